@@ -1,0 +1,42 @@
+# One-command entry points. Each target sets itself up: a .venv in the checkout, reused while
+# requirements.txt and pyproject.toml are unchanged (the stamp file carries their hash).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HASH := $(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(HASH)
+WORKERS ?= 2
+
+.PHONY: venv system demo test test-slow bench clean-demo
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	@rm -f $(VENV)/.installed-*; touch $@
+
+venv: $(STAMP)
+
+# System packages the tests use: headless Chromium (report test), Debian's Fashion-MNIST files.
+system:
+	@bash scripts/setup-system.sh
+
+# The main job on the embedded default: a small LR sweep on parity, probed, HTML report written.
+demo: venv
+	$(BIN)/lrtrain sweep examples/demo.toml --out demo/runs --workers $(WORKERS)
+	$(BIN)/lrprobe compute demo/runs
+	$(BIN)/lrprobe report demo/runs -o demo/report.html --no-compute
+
+test: venv system
+	$(BIN)/python -m pytest -q
+
+test-slow: venv system
+	$(BIN)/python -m pytest -q -m slow
+
+bench: venv
+	$(BIN)/python benchmarks/run_all.py
+
+clean-demo:
+	rm -rf demo

@@ -1,0 +1,21 @@
+"""lrscope: what the learning rate does to neural networks.
+
+>>> import lrscope
+>>> sw = lrscope.open_sweep("runs/")          # lazy xarray Dataset along `run`
+>>> net = lrscope.load_model(lrscope.open_run(sw.stores[0]))
+"""
+
+__version__ = "0.1.0"
+
+from .errors import LrscopeError  # noqa: E402
+from .store.reader import open_run, open_sweep  # noqa: E402
+
+
+def load_model(ds_or_path, checkpoint: int = -1):
+    """Rebuild the ``torch.nn.Module`` of a run from its config and checkpoint arrays."""
+    from .train.restore import load_model as _load
+
+    return _load(ds_or_path, checkpoint=checkpoint)
+
+
+__all__ = ["open_run", "open_sweep", "load_model", "LrscopeError", "__version__"]

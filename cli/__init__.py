@@ -1,0 +1,1 @@
+"""The click commands ``lrtrain`` and ``lrprobe``: thin, they parse, validate and call the library."""

@@ -1,0 +1,85 @@
+"""``lrprobe``: compute probes on run stores, list runs, write the HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import LrscopeError
+from .common import OneLineErrors
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lrscope")
+def main():
+    """Probe run stores offline: metrics as labelled xarray Datasets, figures, reports.
+
+    \b
+    Examples:
+      lrprobe compute runs/
+      lrprobe ls runs/
+      lrprobe report runs/ -o report.html
+    """
+
+
+@main.command("compute")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--only", default=None, help="Comma-separated probe names (default: all; see `lrprobe list`).")
+@click.option("--force", is_flag=True, help="Recompute probes that are up to date.")
+@click.option("--data-root", default=None, help="Where file-based datasets live (for full-test-set pruning).")
+@click.option("--kappa", type=float, default=0.1, show_default=True, help="κ of the (q, κ)-compressibility.")
+@click.option("--quiet", is_flag=True)
+def compute_cmd(paths, only, force, data_root, kappa, quiet):
+    """Compute probes for run stores (a store, a folder of stores, or a glob) into probes/<name>."""
+    from ..probe.runner import compute_paths
+
+    if not 0 <= kappa <= 1:
+        raise LrscopeError(f"--kappa must be in [0, 1], got {kappa}")
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    params = {"kappa": kappa} if kappa != 0.1 else None
+    res = compute_paths(paths, names, force=force, data_root=data_root, progress=not quiet, params=params)
+    n_done = sum(1 for r in res.values() for o in r.values() if o.startswith("computed"))
+    n_fresh = sum(1 for r in res.values() for o in r.values() if o == "up to date")
+    click.echo(f"{len(res)} runs: {n_done} probes computed, {n_fresh} up to date")
+    for path, r in res.items():
+        for name, o in r.items():
+            if not (o.startswith("computed") or o == "up to date"):
+                click.echo(f"  {Path(path).name}: {name}: {o}")
+
+
+@main.command("list")
+def list_cmd():
+    """List the probes `compute` knows."""
+    from ..probe.runner import PROBES
+
+    for name, fn in PROBES.items():
+        click.echo(f"{name:18s} {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
+
+
+@main.command("ls")
+@click.argument("paths", nargs=-1, required=True)
+def ls_cmd(paths):
+    """List runs with status, iterations and headline numbers."""
+    from ..viz.summary import run_table
+
+    for line in run_table(paths):
+        click.echo(line)
+
+
+@main.command("report")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-o", "--output", default="report.html", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--title", default="lrscope report", show_default=True)
+@click.option("--compute/--no-compute", default=True, show_default=True,
+              help="Compute missing or stale probes first.")
+def report_cmd(paths, output, title, compute):
+    """Write a self-contained HTML report (opens with no network) for a sweep."""
+    from ..viz.report import write_report
+
+    if compute:
+        from ..probe.runner import compute_paths
+
+        compute_paths(paths, progress=False)
+    out = write_report(paths, output, title=title)
+    click.echo(f"report written: {out.resolve()}")

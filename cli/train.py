@@ -1,0 +1,145 @@
+"""``lrtrain``: train runs and sweeps into Zarr run stores."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..errors import ConfigError
+from .common import OneLineErrors
+
+OPTIONAL = object()
+
+
+def _json_dict(text: str | None, name: str) -> dict:
+    if not text:
+        return {}
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{name}: not valid JSON ({e.msg})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{name}: expected a JSON object such as '{{\"n_train\": 2000}}'")
+    return d
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lrscope")
+def main():
+    """Train networks and record what they learn into Zarr run stores.
+
+    \b
+    Examples:
+      lrtrain run --dataset parity --model fcn --lr 0.1 --seed 0 --out runs/
+      lrtrain sweep examples/demo.toml --out runs/ --workers 2
+      lrtrain datasets ; lrtrain models
+    """
+
+
+@main.command("run")
+@click.option("--dataset", default="parity", show_default=True, help="Dataset name (see `lrtrain datasets`).")
+@click.option("--model", default="fcn", show_default=True, help="Model name (see `lrtrain models`).")
+@click.option("--lr", type=float, required=True, help="Learning rate (> 0).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Initialisation and minibatch-order seed.")
+@click.option("--data-seed", type=int, default=0, show_default=True, help="Dataset generation seed.")
+@click.option("--batch-size", type=int, default=100, show_default=True)
+@click.option("--optimizer", default="sgd", show_default=True, help="sgd | adam | adamw")
+@click.option("--momentum", type=float, default=0.0, show_default=True)
+@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="L2 (optimizer weight decay).")
+@click.option("--l1", type=float, default=0.0, show_default=True, help="L1 penalty coefficient.")
+@click.option("--loss", default="ce", show_default=True, help="ce | focal")
+@click.option("--focal-gamma", type=float, default=2.0, show_default=True)
+@click.option("--stop", default="train-acc", show_default=True,
+              help="train-acc: stop at 100% training accuracy; max-steps: run all --max-steps.")
+@click.option("--max-steps", type=int, default=20000, show_default=True, help="Upper bound on optimizer steps.")
+@click.option("--bias-conflicting-ratio", type=float, default=None,
+              help="Fraction of bias-conflicting training samples (default: the dataset's paper value).")
+@click.option("--widths", default=None, help="FCN hidden widths, e.g. 200,200,200.")
+@click.option("--data-options", default=None, help="Dataset knobs as JSON, e.g. '{\"n_train\": 2000}'.")
+@click.option("--model-options", default=None, help="Model knobs as JSON, e.g. '{\"width\": 0.25}'.")
+@click.option("--snapshot-every", type=int, default=500, show_default=True,
+              help="Snapshot period in steps (plus log-spaced snapshots before it and a final one).")
+@click.option("--checkpoint-every", type=int, default=1000, show_default=True, help="Checkpoint (resume point) period.")
+@click.option("--probe-size", type=int, default=1000, show_default=True,
+              help="Group-balanced test samples whose penultimate activations are recorded.")
+@click.option("--train-logits", default="auto", show_default=True,
+              help="Full train-set logits at each snapshot: auto (small sets) | always | final.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--out", "out", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder; the run is written to <out>/<run-id>.zarr.")
+@click.option("--name", default=None, help="Run id (default: dataset-model-lr-seed[-hash]).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run_cmd(**kw):
+    """Train one run, or resume it if it was interrupted (same command). A finished run is left as is."""
+    from ..train.config import RunConfig
+    from ..train.loop import train_run
+    from .common import parse_floats
+
+    out, name, quiet = kw.pop("out"), kw.pop("name"), kw.pop("quiet")
+    widths = kw.pop("widths")
+    if widths is not None:
+        ws = parse_floats(widths, "--widths")
+        if any(w != int(w) for w in ws):
+            raise ConfigError(f"--widths: expected integers, got {widths!r}")
+        kw["widths"] = [int(w) for w in ws]
+    kw["data_options"] = _json_dict(kw.pop("data_options"), "--data-options")
+    kw["model_options"] = _json_dict(kw.pop("model_options"), "--model-options")
+    cfg = RunConfig(**kw).validate()
+    r = train_run(cfg, out, run_id=name, progress=not quiet)
+    click.echo(r.message)
+    click.echo(str(r.path))
+
+
+@main.command("sweep")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes.")
+@click.option("--dry-run", is_flag=True, help="List the runs and exit.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def sweep_cmd(spec, out, workers, dry_run, quiet):
+    """Train every run of a TOML grid SPEC (skips finished runs, resumes interrupted ones)."""
+    from ..train.sweep import load_spec, run_sweep
+
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    configs = load_spec(spec)
+    if dry_run:
+        for c in configs:
+            click.echo(c.run_id())
+        return
+    failed = []
+
+    def report(run_id, status, message):
+        if status in ("error", "failed"):
+            failed.append(message)
+
+    results = run_sweep(configs, out, workers=workers, progress=not quiet, on_result=report)
+    counts = {}
+    for _, status, _ in results:
+        counts[status] = counts.get(status, 0) + 1
+    click.echo(f"{len(results)} runs in {out}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    for m in failed:
+        click.echo(f"  {m}", err=True)
+    if failed:
+        raise SystemExit(1)
+
+
+@main.command("datasets")
+def datasets_cmd():
+    """List the registered datasets."""
+    from ..train.data import DATASETS, DEFAULT_RHO
+
+    for name in sorted(DATASETS):
+        doc = (DATASETS[name].__doc__ or "").strip().splitlines()[0]
+        click.echo(f"{name:20s} rho_train={DEFAULT_RHO[name]:<6g} {doc}")
+
+
+@main.command("models")
+def models_cmd():
+    """List the registered models."""
+    from ..train.models import MODELS
+
+    for name in sorted(MODELS):
+        doc = (MODELS[name].__doc__ or "").strip().splitlines()
+        click.echo(f"{name:20s} {doc[0] if doc else ''}")

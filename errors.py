@@ -1,0 +1,17 @@
+"""Errors a user can fix. The CLI prints them as one line and exits with code 2."""
+
+
+class LrscopeError(Exception):
+    """Bad input: a message for the user, no traceback."""
+
+
+class ConfigError(LrscopeError, ValueError):
+    """A run configuration that cannot be trained (unknown name, impossible value)."""
+
+
+class StoreError(LrscopeError):
+    """A path that is not a readable run store, or one this version cannot read."""
+
+
+class DataError(LrscopeError):
+    """A dataset that cannot be built (missing data root, wrong layout)."""

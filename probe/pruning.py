@@ -1,0 +1,128 @@
+"""Pruning curves and κ-prunability (Barsbey et al. §3.2, supplement Figs. 21–22).
+
+Pruning is done with masks on a copy of the weights, one κ at a time, never by rebuilding
+the network: a structured mask zeroes whole output units (rows of a Linear weight, filters of a
+Conv weight); because our networks have no bias terms and no normalisation after a pruned
+unit is handled by a forward hook that zeroes the unit's output (so BatchNorm shifts cannot
+revive a pruned channel), a pruned unit outputs exactly zero downstream.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from ..errors import LrscopeError
+from .metrics import _attrs
+
+KAPPAS = tuple(round(0.1 * i, 1) for i in range(10))
+KINDS = ("structured", "magnitude", "column")
+
+
+def _prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Linear and Conv layers except the output head (kept, per the paper)."""
+    head = getattr(model, "head", None)
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv2d)) and m is not head]
+
+
+def _unit_norms(w: torch.Tensor) -> torch.Tensor:
+    return w.detach().flatten(1).norm(dim=1)
+
+
+@torch.inference_mode()
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> float:
+    from ..train.data import as_model_input
+
+    correct = 0
+    for xb, yb in zip(x.split(batch), y.split(batch)):
+        correct += (model(as_model_input(xb)).argmax(1) == yb).sum().item()
+    return correct / len(y)
+
+
+def _apply_masks(model: nn.Module, kind: str, kappa: float, originals: dict[str, torch.Tensor]):
+    """Set the prunable weights to their masked originals for this κ; returns hook handles."""
+    layers = _prunable_layers(model)
+    hooks = []
+    if kind == "magnitude":  # global unstructured: the κ smallest |w| over all prunable layers
+        allw = torch.cat([originals[n].abs().flatten() for n, _ in layers])
+        k = int(math.floor(kappa * allw.numel()))
+        thr = allw.kthvalue(k).values if k > 0 else None
+        for n, m in layers:
+            w = originals[n]
+            m.weight.copy_(w if thr is None else torch.where(w.abs() <= thr, torch.zeros_like(w), w))
+        return hooks
+    for n, m in layers:
+        w = originals[n]
+        if kind == "structured":
+            norms = _unit_norms(w)
+            k = int(math.floor(kappa * len(norms)))
+            keep = torch.ones(len(norms), dtype=torch.bool, device=w.device)
+            if k > 0:
+                keep[norms.argsort()[:k]] = False
+            shape = (-1,) + (1,) * (w.dim() - 1)
+            m.weight.copy_(w * keep.view(shape).to(w.dtype))
+            ch_mask = keep.to(w.dtype)
+
+            def hook(mod, inp, out, mask=ch_mask):
+                view = (1, -1) + (1,) * (out.dim() - 2)
+                return out * mask.view(view)
+
+            hooks.append(m.register_forward_hook(hook))
+        else:  # column: the κ input columns with the smallest norm, per layer
+            cols = w.transpose(0, 1).flatten(1).norm(dim=1)
+            k = int(math.floor(kappa * len(cols)))
+            keep = torch.ones(len(cols), dtype=torch.bool, device=w.device)
+            if k > 0:
+                keep[cols.argsort()[:k]] = False
+            shape = (1, -1) + (1,) * (w.dim() - 2)
+            m.weight.copy_(w * keep.view(shape).to(w.dtype))
+    return hooks
+
+
+def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: str = "structured",
+                  kappas=KAPPAS) -> xr.DataArray:
+    """Accuracy of the pruned network for each κ (fraction of units / weights / columns removed).
+
+    ``kind``: ``structured`` (lowest-L2 neurons of each Linear layer and filters of each Conv
+    layer, output layer kept), ``magnitude`` (global unstructured, smallest |w|), ``column``
+    (lowest-norm input columns of each layer). The model is restored afterwards.
+    """
+    if kind not in KINDS:
+        raise LrscopeError(f"unknown pruning kind {kind!r}; valid: {', '.join(KINDS)}")
+    kappas = [float(k) for k in kappas]
+    if any(not 0 <= k <= 1 for k in kappas):
+        raise LrscopeError(f"kappa values must be in [0, 1], got {kappas}")
+    layers = _prunable_layers(model)
+    if not layers:
+        raise LrscopeError("model has no prunable Linear/Conv layers besides its head")
+    originals = {n: m.weight.detach().clone() for n, m in layers}
+    accs = []
+    model.eval()
+    try:
+        with torch.no_grad():
+            for kappa in kappas:
+                hooks = _apply_masks(model, kind, kappa, originals)
+                try:
+                    accs.append(_accuracy(model, x, y))
+                finally:
+                    for h in hooks:
+                        h.remove()
+    finally:
+        with torch.no_grad():
+            for n, m in layers:
+                m.weight.copy_(originals[n])
+    da = xr.DataArray(np.array(accs, dtype=np.float64), dims=["kappa"], coords={"kappa": kappas})
+    return _attrs(da, f"accuracy after {kind} pruning", True, kind=kind)
+
+
+def prunability(curve: xr.DataArray, *, dim: str = "kappa") -> xr.DataArray:
+    """κ-prunability: the mean over κ of the retention ratio Acc(f^κ)/Acc(f), clipped to [0, 1]
+    (Barsbey et al. Table 1 scale). NaN when the unpruned accuracy is 0."""
+    base = curve.sel({dim: 0.0}) if 0.0 in curve[dim].values else curve.isel({dim: 0})
+    ratio = (curve / base.where(base > 0)).clip(0, 1)
+    return _attrs(ratio.mean(dim), "κ-prunability (mean accuracy retention)", True)

@@ -1,0 +1,298 @@
+"""``lrprobe compute``: map the metrics over a run's snapshots and checkpoints and write each
+result as an xarray Dataset under ``probes/<name>`` in the run's store, with provenance.
+
+A probe is up to date when its stored provenance (lrscope version, parameters, and the run's
+committed lengths) matches what it would be computed from now; such probes are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from .. import __version__
+from ..errors import LrscopeError
+from ..store import schema as S
+from ..store.reader import open_run, open_store
+from . import metrics as M
+from .linear import feature_probe
+from .pruning import KAPPAS, KINDS, prunability, pruning_curve
+
+PROBE_FORMAT = 1  # bump when a probe's definition changes, so stored results are recomputed
+
+
+@dataclass
+class Context:
+    """What a probe may ask for about one run; expensive things are built on first use."""
+
+    path: Path
+    ds: xr.Dataset
+    data_root: str | None = None
+    params: dict = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict:
+        return self.ds.attrs["config"]
+
+    @cached_property
+    def model(self):
+        from ..train.restore import load_model
+
+        return load_model(self.path, checkpoint=-1)
+
+    @cached_property
+    def eval_set(self):
+        """(inputs, labels, where): the full test split rebuilt from the config when the rebuilt
+        labels match the stored ones, else the stored probe subset (group-balanced)."""
+        import torch
+
+        from ..train.data import build_dataset
+
+        cfg = self.config
+        try:
+            bundle = build_dataset(cfg["dataset"], seed=cfg["data_seed"],
+                                   bias_conflicting_ratio=cfg["bias_conflicting_ratio"], **cfg["data_options"])
+            if np.array_equal(bundle.test.y.numpy(), self.ds.test_y.values) and \
+                    np.array_equal(bundle.test.b.numpy(), self.ds.test_b.values):
+                return bundle.test.x, bundle.test.y, "test"
+        except LrscopeError:
+            pass
+        x = torch.from_numpy(np.asarray(self.ds.probe_inputs.values))
+        return x, torch.from_numpy(self.ds.probe_y.values), "probe subset"
+
+
+def _final(da: xr.DataArray, name: str) -> xr.DataArray:
+    out = da.isel(snapshot=-1, drop=True) if "snapshot" in da.dims else da
+    out.attrs = dict(da.attrs)
+    out.attrs["long_name"] = f"{da.attrs.get('long_name', name)} (final)"
+    return out
+
+
+# ------------------------------------------------------------------------------- the probes
+def probe_accuracy(ctx: Context) -> xr.Dataset:
+    ds = ctx.ds
+    out = M.group_accuracy(ds.test_logits, ds.test_y, ds.test_group, sample_dim="test_sample")
+    if "train_logits" in ds:
+        tl = ds.train_logits
+        out["train_accuracy"] = M._attrs((tl.argmax("class") == ds.train_y).mean("train_sample")
+                                         .where(tl.notnull().all(("train_sample", "class"))),
+                                         "train accuracy", True)
+    for v in ("unbiased_accuracy", "worst_group_accuracy", "bc_accuracy", "ba_accuracy", "train_accuracy"):
+        if v in out:
+            out[f"{v}_final"] = _final(out[v], v)
+    return out
+
+
+def probe_loss_ratio(ctx: Context) -> xr.Dataset:
+    ds = ctx.ds
+    r = M.loss_ratio(ds.bc_loss_sum, ds.ba_loss_sum).compute()
+    out = xr.Dataset({"loss_ratio": r})
+    out["max_loss_ratio"] = M._attrs(r.max("iteration", skipna=True), "maximum BC loss ratio over training", None)
+    tl = ds.train_logits
+    has = tl.notnull().all(("train_sample", "class")).compute()
+    bc = ds.train_bias_conflicting.values
+    if has.any() and bc.any() and (~bc).any():
+        ratio = M.ba_bc_loss_ratio(tl, ds.train_y, ds.train_bias_conflicting, sample_dim="train_sample")
+        out["ba_bc_loss_ratio"] = ratio.where(has)
+    out = out.drop_vars([c for c in out.coords if c not in ("iteration", "snapshot")])
+    return out
+
+
+def probe_compressibility(ctx: Context) -> xr.Dataset:
+    ds = ctx.ds
+    f = ds.probe_features.compute()
+    q, k = ctx.params.get("q", 2), ctx.params.get("kappa", 0.1)
+    comp = M.compressibility(f, dim="neuron", q=q, kappa=k).mean("probe_sample")
+    spar = M.sparsity(f, dim="neuron").mean("probe_sample")
+    pq = M.pq_index(f, dim="neuron").mean("probe_sample")
+    out = xr.Dataset({
+        "activation_compressibility": M._attrs(comp, f"activation ({q:g}, {k:g})-compressibility", True),
+        "activation_sparsity": M._attrs(spar, "activation sparsity", True),
+        "activation_pq_index": M._attrs(pq, "activation PQ-index", True),
+    })
+    # parameters: global, over all weights of the last checkpoint
+    import torch
+
+    w = torch.cat([p.detach().flatten() for p in ctx.model.parameters()]).numpy()
+    pda = xr.DataArray(w, dims=["weight"])
+    out["param_compressibility"] = M.compressibility(pda, dim="weight", q=q, kappa=k)
+    out["param_pq_index"] = M.pq_index(pda, dim="weight")
+    out["param_sparsity"] = M.sparsity(pda, dim="weight", tol=1e-8)
+    for v in ("activation_compressibility", "activation_sparsity", "activation_pq_index"):
+        out[f"{v}_final"] = _final(out[v], v)
+    return out.drop_vars([c for c in out.coords if c not in ("snapshot",)])
+
+
+def probe_representation(ctx: Context) -> xr.Dataset:
+    ds = ctx.ds
+    f = ds.probe_features.compute()
+    kw = dict(sample_dim="probe_sample", feature_dim="neuron")
+    csi = M.selectivity(f, ds.probe_y.values, name="class", **kw)
+    bsi = M.selectivity(f, ds.probe_b.values, name="bias", **kw)
+    out = xr.Dataset({
+        "csi": csi,
+        "bsi": bsi,
+        "csi_mean": M._attrs(csi.mean("neuron"), "average CSI (core-feature utilisation)", True),
+        "bsi_mean": M._attrs(bsi.mean("neuron"), "average BSI (spurious-feature utilisation)", False),
+        "class_separation": M.class_separation(f, ds.probe_y.values, **kw),
+    })
+    out = out.merge(M.neuron_survival(csi, bsi))
+    for v in ("csi_mean", "bsi_mean", "class_separation"):
+        out[f"{v}_final"] = _final(out[v], v)
+    return out.drop_vars([c for c in out.coords if c not in ("snapshot",)])
+
+
+def probe_feature_quality(ctx: Context) -> xr.Dataset:
+    ds = ctx.ds
+    out = feature_probe(ds.probe_features.compute(), ds.probe_y.values, ds.probe_b.values,
+                        sample_dim="probe_sample", feature_dim="neuron")
+    for v in ("core_probe_error", "spurious_probe_error"):
+        out[f"{v}_final"] = _final(out[v], v)
+    return out.drop_vars([c for c in out.coords if c not in ("snapshot",)])
+
+
+def probe_pruning(ctx: Context) -> xr.Dataset:
+    x, y, where = ctx.eval_set
+    kappas = ctx.params.get("kappas", KAPPAS)
+    out = xr.Dataset()
+    for kind in KINDS:
+        curve = pruning_curve(ctx.model, x, y, kind=kind, kappas=kappas)
+        curve.attrs["evaluated_on"] = where
+        out[f"pruning_{kind}"] = curve
+        p = prunability(curve)
+        p.attrs["long_name"] = f"κ-prunability ({kind})"
+        out["prunability" if kind == "structured" else f"prunability_{kind}"] = p
+    out.attrs["evaluated_on"] = where
+    return out
+
+
+def probe_importance(ctx: Context) -> xr.Dataset:
+    ds = ctx.ds
+    tl = ds.train_logits.compute()
+    has = tl.notnull().all(("train_sample", "class"))
+    w = M.importance_weights(tl, ds.train_y)
+    g = M.gini(w.fillna(0), dim="train_sample").where(has)
+    last = int(np.flatnonzero(has.values)[-1]) if has.any() else -1
+    out = xr.Dataset({"importance_gini": g})
+    if last >= 0:
+        first = int(np.flatnonzero(has.values)[0])
+        lz = M.lorenz_curve(w.isel(snapshot=[first, last]), dim="train_sample")
+        out["importance_lorenz"] = lz.rename(snapshot="lorenz_snapshot").assign_coords(
+            lorenz_snapshot=[first, last])  # snapshot positions: first and last with train logits
+    return out.drop_vars([c for c in out.coords if c not in ("snapshot", "fraction", "lorenz_snapshot")])
+
+
+PROBES: dict[str, Callable[[Context], xr.Dataset]] = {
+    "accuracy": probe_accuracy,
+    "loss_ratio": probe_loss_ratio,
+    "compressibility": probe_compressibility,
+    "representation": probe_representation,
+    "feature_quality": probe_feature_quality,
+    "pruning": probe_pruning,
+    "importance": probe_importance,
+}
+
+
+# ------------------------------------------------------------------------------- runner
+def _provenance(ctx: Context, name: str) -> dict:
+    root_attrs = zarr.open_group(str(ctx.path), mode="r").attrs.asdict()
+    return {"probe": name, "probe_format": PROBE_FORMAT, "lrscope_version": __version__,
+            "params": json.dumps(ctx.params, sort_keys=True), "source_committed": json.dumps(
+                root_attrs[S.ATTR_COMMITTED], sort_keys=True), "source_status": root_attrs[S.ATTR_STATUS]}
+
+
+def _stored_provenance(path: Path, name: str) -> dict | None:
+    root = zarr.open_group(str(path), mode="r")
+    key = f"{S.G_PROBES}/{name}"
+    try:
+        g = root[key]
+    except KeyError:
+        return None
+    a = g.attrs.asdict()
+    return a if a.get("complete") else None
+
+
+def compute_run(path, names=None, *, force: bool = False, data_root: str | None = None, params=None,
+                log: Callable[[str], None] | None = None) -> dict[str, str]:
+    """Compute the named probes (default: all) for one run store; returns name -> outcome."""
+    path = Path(path)
+    names = list(PROBES) if names is None else list(names)
+    unknown = [n for n in names if n not in PROBES]
+    if unknown:
+        raise LrscopeError(f"unknown probe(s) {', '.join(unknown)}; valid: {', '.join(PROBES)}")
+    open_store(path)  # validates
+    ds = open_run(path, probes=False)
+    ctx = Context(path, ds, data_root, dict(params or {}))
+    outcomes: dict[str, str] = {}
+    if ds.sizes.get("snapshot", 0) == 0:
+        return {n: "skipped (no snapshots yet)" for n in names}
+    for name in names:
+        prov = _provenance(ctx, name)
+        old = _stored_provenance(path, name)
+        if not force and old is not None and all(old.get(k) == v for k, v in prov.items()):
+            outcomes[name] = "up to date"
+            continue
+        t0 = time.perf_counter()
+        try:
+            res = PROBES[name](ctx)
+        except M.MetricError as e:
+            outcomes[name] = f"not defined: {e}"
+            continue
+        res.attrs.update(prov)
+        res.attrs["seconds"] = round(time.perf_counter() - t0, 4)
+        write_probe(path, name, res)
+        outcomes[name] = f"computed in {time.perf_counter() - t0:.2f}s"
+        if log:
+            log(f"{path.name}: {name} {outcomes[name]}")
+    return outcomes
+
+
+def write_probe(path: Path, name: str, res: xr.Dataset) -> None:
+    """Write one probe's Dataset; mark it complete only after all its arrays are written."""
+    group = f"{S.G_PROBES}/{name}"
+    root = zarr.open_group(str(path), mode="r+")
+    if S.G_PROBES not in root:
+        root.create_group(S.G_PROBES)
+    res = res.copy()
+    for v in res.variables.values():
+        v.encoding = {}
+    res.to_zarr(str(path), group=group, mode="w", zarr_format=3, consolidated=False, compute=True)
+    zarr.open_group(str(path), path=group, mode="r+").attrs.update({"complete": 1})
+
+
+def compute_paths(paths, names=None, *, force=False, data_root=None, progress=True, params=None,
+                  log=None) -> dict[str, dict[str, str]]:
+    from ..store.reader import find_runs
+
+    runs = find_runs(paths)
+    results = {}
+    it = runs
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = it = tqdm(runs, desc="probing", unit="run")
+    for p in it:
+        results[str(p)] = compute_run(p, names, force=force, data_root=data_root, params=params, log=log)
+    if bar is not None:
+        bar.close()
+    return results
+
+
+def probe_seconds(path: str | os.PathLike) -> dict[str, float]:
+    """Seconds each stored probe took (from its provenance)."""
+    root = open_store(path)
+    out = {}
+    if S.G_PROBES in root:
+        for name, g in root[S.G_PROBES].groups():
+            out[name] = float(g.attrs.get("seconds", float("nan")))
+    return out

@@ -1,0 +1,238 @@
+"""Reading run stores as lazy, labelled xarray Datasets."""
+
+from __future__ import annotations
+
+import glob as _glob
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from . import schema as S
+from ..errors import StoreError
+
+# Config fields that become `run` coordinates in a sweep even when they do not vary.
+ALWAYS_COORDS = ("dataset", "model", "lr", "seed")
+
+
+def open_store(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
+    """Open a run store's root group after checking it is one this version can read."""
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"{path}: no such file or directory")
+    try:
+        root = zarr.open_group(str(p), mode=mode, zarr_format=3)
+        attrs = root.attrs.asdict()
+    except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError, zarr.errors.GroupNotFoundError) as e:
+        raise StoreError(f"{path}: not an lrscope run store ({type(e).__name__})") from None
+    except Exception as e:  # corrupted metadata of any other kind
+        raise StoreError(f"{path}: not a readable run store ({type(e).__name__}: {e})") from None
+    check_attrs(attrs, path)
+    return root
+
+
+def check_attrs(attrs: dict[str, Any], path: Any) -> None:
+    if attrs.get(S.ATTR_KIND) != "run":
+        raise StoreError(f"{path}: not an lrscope run store (no '{S.ATTR_KIND}' marker)")
+    v = attrs.get(S.ATTR_SCHEMA)
+    if not isinstance(v, int):
+        raise StoreError(f"{path}: run store without a valid schema_version")
+    if v > S.SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: store schema_version {v} is newer than this lrscope reads ({S.SCHEMA_VERSION}); "
+            "upgrade lrscope")
+    for key in (S.ATTR_CONFIG, S.ATTR_COMMITTED, S.ATTR_STATUS):
+        if key not in attrs:
+            raise StoreError(f"{path}: run store is missing its '{key}' attribute")
+
+
+def _lazy(arr: zarr.Array, n: int | None) -> da.Array:
+    if arr.dtype == object or arr.dtype.kind == "O":
+        raise StoreError(f"{arr.path}: object dtype refused (no pickle in stores)")
+    x = da.from_zarr(arr)
+    return x if n is None else x[:n]
+
+
+def _dims(arr: zarr.Array) -> tuple[str, ...]:
+    dims = arr.metadata.dimension_names
+    if dims is None or len(dims) != arr.ndim:
+        raise StoreError(f"{arr.path}: array without dimension names")
+    return tuple(dims)
+
+
+def open_run(path: str | os.PathLike, *, probes: bool = True) -> xr.Dataset:
+    """Open one run store as a lazy xarray Dataset.
+
+    Dims: ``iteration`` (log rows), ``snapshot``, ``checkpoint``, ``train_sample``,
+    ``test_sample``, ``probe_sample``, ``class``, ``neuron``. Labels are coordinates
+    (``test_y``, ``test_b``, ``test_group``, ...), the run config is in ``attrs["config"]``.
+    Only committed rows are visible, so a run still training reads as a consistent prefix.
+    With ``probes=True`` the results written by ``lrprobe compute`` are merged in.
+
+    Examples
+    --------
+    >>> ds = lrscope.open_run("runs/parity-fcn-lr0.1-s0.zarr")
+    >>> ds.loss.plot()
+    """
+    root = open_store(path)
+    attrs = root.attrs.asdict()
+    com = attrs[S.ATTR_COMMITTED]
+    variables: dict[str, xr.Variable] = {}
+    coords: dict[str, Any] = {}
+    try:
+        data = root[S.G_DATA]
+        for split in S.SPLITS:
+            g = data[split]
+            for name, arr in g.arrays():
+                if name == S.A_INPUTS:
+                    variables["probe_inputs"] = xr.Variable(_dims(arr), _lazy(arr, None))
+                else:
+                    coords[f"{split}_{name}"] = (_dims(arr), np.asarray(arr[...]))
+        if "regions" in data:
+            arr = data["regions"]
+            variables["regions"] = xr.Variable(_dims(arr), np.asarray(arr[...]))
+            coords["region"] = ("region", list(attrs.get(S.ATTR_REGIONS, [])))
+        n_it, n_snap, n_ck = com["iteration"], com["snapshot"], com["checkpoint"]
+        for name, arr in root[S.G_LOG].arrays():
+            variables[name] = xr.Variable(_dims(arr), _lazy(arr, n_it))
+        coords[S.D_ITER] = (S.D_ITER, np.arange(n_it))
+        for name, arr in root[S.G_SNAP].arrays():
+            if name == S.A_SNAP_ITER:
+                coords["snapshot_iteration"] = (S.D_SNAP, np.asarray(arr[:n_snap]))
+            else:
+                variables[name] = xr.Variable(_dims(arr), _lazy(arr, n_snap))
+        coords[S.D_SNAP] = (S.D_SNAP, np.arange(n_snap))
+        coords[S.D_CKPT] = (S.D_CKPT, np.arange(n_ck))
+        coords["checkpoint_iteration"] = (S.D_CKPT, np.asarray(root[S.G_CKPT][S.A_CKPT_ITER][:n_ck]))
+    except KeyError as e:
+        raise StoreError(f"{path}: run store is missing {e} (truncated or corrupted?)") from None
+    except StoreError:
+        raise
+    except Exception as e:
+        raise StoreError(f"{path}: corrupted run store ({type(e).__name__}: {e})") from None
+    # trimmed arrays must agree with the committed lengths (a truncated array is corruption)
+    for name, v in variables.items():
+        for dim, key in S.APPEND_DIMS.items():
+            if dim in v.dims and v.sizes[dim] != com[key]:
+                raise StoreError(f"{path}: array {name} has {v.sizes[dim]} rows along {dim}, "
+                                 f"{com[key]} committed (truncated or corrupted store)")
+    ds = xr.Dataset(variables, coords=coords)
+    ds.attrs.update({
+        "store": str(Path(path).resolve()),
+        "run_id": attrs.get(S.ATTR_RUN_ID, Path(path).stem),
+        "status": attrs[S.ATTR_STATUS],
+        "reason": attrs.get(S.ATTR_REASON, ""),
+        "schema_version": attrs[S.ATTR_SCHEMA],
+        "config": attrs[S.ATTR_CONFIG],
+        "model_info": attrs.get(S.ATTR_MODEL_INFO, {}),
+        "timings": attrs.get(S.ATTR_TIMINGS, {}),
+        "versions": attrs.get(S.ATTR_VERSIONS, {}),
+    })
+    if attrs.get(S.ATTR_DIVERGED_AT) is not None:
+        ds.attrs["diverged_at"] = attrs[S.ATTR_DIVERGED_AT]
+    if probes:
+        ds = ds.merge(read_probes(path, root), combine_attrs="override", compat="override", join="outer")
+    return ds
+
+
+def probe_names(root: zarr.Group) -> list[str]:
+    if S.G_PROBES not in root:
+        return []
+    # a probe group becomes visible once its writer marked it complete (all arrays written)
+    return sorted(name for name, g in root[S.G_PROBES].groups() if g.attrs.get("complete"))
+
+
+def read_probe(path: str | os.PathLike, name: str) -> xr.Dataset:
+    ds = xr.open_zarr(str(path), group=f"{S.G_PROBES}/{name}", consolidated=False, zarr_format=3)
+    return ds
+
+
+def read_probes(path: str | os.PathLike, root: zarr.Group | None = None) -> xr.Dataset:
+    """All probe results of a run, merged (probe variable names are unique across probes)."""
+    root = root if root is not None else open_store(path)
+    parts = []
+    for name in probe_names(root):
+        try:
+            parts.append(read_probe(path, name))
+        except Exception as e:
+            raise StoreError(f"{path}: probe {name!r} is unreadable ({type(e).__name__}: {e}); "
+                             "recompute it with lrprobe compute --force") from None
+    if not parts:
+        return xr.Dataset()
+    return xr.merge(parts, combine_attrs="drop_conflicts", join="outer", compat="override")
+
+
+def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Run stores named by paths: a store itself, a folder of stores, or a glob."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found: list[Path] = []
+    for p in paths:
+        p = str(p)
+        matches = sorted(_glob.glob(p)) if any(c in p for c in "*?[") else [p]
+        if not matches:
+            raise StoreError(f"{p}: no run stores match")
+        for m in matches:
+            mp = Path(m)
+            if (mp / "zarr.json").exists():
+                found.append(mp)
+            elif mp.is_dir():
+                found.extend(sorted(q for q in mp.glob("*.zarr") if (q / "zarr.json").exists()))
+            else:
+                raise StoreError(f"{m}: not a run store or a folder of run stores")
+    if not found:
+        raise StoreError(f"{', '.join(map(str, paths))}: no run stores found")
+    return found
+
+
+def open_sweep(paths, *, probes: bool = True) -> xr.Dataset:
+    """Open a sweep (a folder of run stores, a glob, or a list) as one lazy Dataset along `run`.
+
+    Every config field that varies across the runs becomes a ``run`` coordinate (always:
+    dataset, model, lr, seed), plus ``run_id`` and ``status``. Runs of different lengths are
+    aligned on ``iteration`` and padded with NaN.
+
+    Examples
+    --------
+    >>> sw = lrscope.open_sweep("runs/")
+    >>> sw.unbiased_accuracy.isel(snapshot=-1).groupby("lr").mean()
+    """
+    runs = find_runs(paths)
+    dsets = [open_run(p, probes=probes) for p in runs]
+    configs = [d.attrs["config"] for d in dsets]
+    keys = sorted({k for c in configs for k in c})
+    varying = [k for k in keys
+               if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1 or k in ALWAYS_COORDS]
+    run_coords: dict[str, Any] = {}
+    for k in varying:
+        vals = [c.get(k) for c in configs]
+        if any(isinstance(v, (dict, list)) for v in vals):
+            vals = [json.dumps(v, sort_keys=True) for v in vals]
+        run_coords[k] = ("run", np.asarray(vals))
+    run_coords["run_id"] = ("run", np.asarray([d.attrs["run_id"] for d in dsets]))
+    run_coords["status"] = ("run", np.asarray([d.attrs["status"] for d in dsets]))
+    # per-run coordinates (snapshot/checkpoint iterations) travel as data variables through the
+    # concat so they gain the `run` dim; shared label coordinates are kept once
+    per_run = ["snapshot_iteration", "checkpoint_iteration"]
+    stripped = []
+    sizes = {}
+    for d, p in zip(dsets, runs):
+        for dim in ("train_sample", "test_sample", "probe_sample"):
+            if dim in d.sizes and sizes.setdefault(dim, d.sizes[dim]) != d.sizes[dim]:
+                raise StoreError(f"{p}: its {dim} size differs from the other runs' (mixed datasets?); "
+                                 "open those runs as separate sweeps")
+        d = d.reset_coords([c for c in per_run if c in d.coords])
+        d.attrs = {}
+        stripped.append(d)
+    sw = xr.concat(stripped, dim="run", join="outer", coords="minimal", compat="override",
+                   data_vars="all", combine_attrs="drop", fill_value=np.nan)
+    sw = sw.set_coords([c for c in per_run if c in sw])
+    sw = sw.assign_coords(run=np.arange(len(dsets)), **run_coords)
+    sw.attrs["stores"] = [d.attrs["store"] for d in dsets]
+    sw.attrs["configs"] = configs
+    return sw

@@ -1,0 +1,275 @@
+"""Writing a run store. Training calls this with plain numpy arrays; it never sees torch.
+
+Crash safety: every append writes its data *beyond* the committed lengths first, then
+``commit()`` rewrites the root attributes (atomic on a local store: temp file + rename).
+A crash at any point leaves the previous commit intact; readers trim to it and a resume
+truncates the arrays back to the last committed checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from . import schema as S
+from .lock import RunLock
+from ..errors import StoreError
+
+# Chunk sizes: log rows are flushed in blocks; a chunk holds several blocks.
+LOG_CHUNK = 4096
+LOG_BATCH_CHUNK = 256
+MAX_CHUNK_ELEMS = 4_000_000  # per-sample snapshot arrays: at most ~16 MB float32 per chunk
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import xarray
+
+    from .. import __version__
+
+    v = {"lrscope": __version__, "zarr": zarr.__version__, "numpy": numpy.__version__,
+         "xarray": xarray.__version__, "python": platform.python_version()}
+    try:
+        import torch
+
+        v["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return v
+
+
+class RunWriter:
+    """Appends to one run store. Use :meth:`create` for a new run, :meth:`resume` to continue."""
+
+    def __init__(self, root: zarr.Group, path: Path, lock: RunLock | None = None):
+        self.root = root
+        self.path = path
+        self.lock = lock
+        a = root.attrs.asdict()
+        self.committed: dict[str, int] = dict(a[S.ATTR_COMMITTED])
+        self.optim_keys: dict[str, list[str]] = dict(a.get("optimizer_keys", {}))
+        self.timings: dict[str, float] = dict(a.get(S.ATTR_TIMINGS, {}))
+        self._log_buf: list[dict[str, np.ndarray]] = []
+        self._log_rows = 0
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        run_id: str,
+        config: dict[str, Any],
+        labels: dict[str, dict[str, np.ndarray]],
+        probe_inputs: np.ndarray,
+        probe_test_index: np.ndarray,
+        regions: dict[str, np.ndarray],
+        model_info: dict[str, Any],
+        params: dict[str, np.ndarray],
+        batch_size: int,
+        num_classes: int,
+        device: str,
+        lock: RunLock | None = None,
+    ) -> "RunWriter":
+        path = Path(path)
+        root = zarr.open_group(str(path), mode="w", zarr_format=3)
+        root.attrs.update({
+            S.ATTR_KIND: "run",
+            S.ATTR_SCHEMA: S.SCHEMA_VERSION,
+            S.ATTR_RUN_ID: run_id,
+            S.ATTR_CONFIG: config,
+            S.ATTR_STATUS: S.STATUS_RUNNING,
+            S.ATTR_REASON: "created",
+            S.ATTR_COMMITTED: {"iteration": 0, "snapshot": 0, "checkpoint": 0},
+            S.ATTR_VERSIONS: _versions(),
+            S.ATTR_DEVICE: device,
+            S.ATTR_TIMINGS: {},
+            S.ATTR_MODEL_INFO: model_info,
+            S.ATTR_REGIONS: sorted(regions),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+        data = root.create_group(S.G_DATA)
+        for split, arrays in labels.items():
+            g = data.create_group(split)
+            dim = S.D_SAMPLE[split]
+            for name, arr in arrays.items():
+                _write_full(g, name, np.asarray(arr), (dim,))
+        probe = data["probe"] if "probe" in labels else data.create_group("probe")
+        _write_full(probe, S.A_TEST_INDEX, probe_test_index.astype(np.int64), (S.D_SAMPLE["probe"],))
+        in_dims = tuple(f"input_{i}" for i in range(probe_inputs.ndim - 1))
+        _write_full(probe, S.A_INPUTS, probe_inputs, (S.D_SAMPLE["probe"], *in_dims))
+        if regions:
+            names = sorted(regions)
+            masks = np.stack([regions[n] for n in names]).astype(bool)
+            _write_full(data, "regions", masks, ("region", *in_dims))
+
+        log = root.create_group(S.G_LOG)
+        for name in S.LOG_SCALARS:
+            dtype = "int32" if name.endswith("_count") else "float32"
+            _append_array(log, name, (), dtype, (S.D_ITER,), LOG_CHUNK)
+        _append_array(log, S.A_BATCH_INDEX, (batch_size,), "int32", (S.D_ITER, S.D_SLOT), LOG_BATCH_CHUNK, fill=-1)
+        _append_array(log, S.A_BATCH_LOGITS, (batch_size, num_classes), "float16",
+                      (S.D_ITER, S.D_SLOT, S.D_CLASS), LOG_BATCH_CHUNK)
+
+        snaps = root.create_group(S.G_SNAP)
+        _append_array(snaps, S.A_SNAP_ITER, (), "int64", (S.D_SNAP,), 1024)
+        n_test = len(labels["test"]["y"])
+        n_train = len(labels["train"]["y"])
+        n_probe = len(probe_test_index)
+        _append_array(snaps, S.A_TEST_LOGITS, (n_test, num_classes), "float32",
+                      (S.D_SNAP, S.D_SAMPLE["test"], S.D_CLASS), 1)
+        _append_array(snaps, S.A_TRAIN_LOGITS, (n_train, num_classes), "float32",
+                      (S.D_SNAP, S.D_SAMPLE["train"], S.D_CLASS), 1, fill=np.nan)
+        _append_array(snaps, S.A_PROBE_FEATURES, (n_probe, model_info["num_features"]), "float32",
+                      (S.D_SNAP, S.D_SAMPLE["probe"], S.D_NEURON), 1)
+
+        ck = root.create_group(S.G_CKPT)
+        _append_array(ck, S.A_CKPT_ITER, (), "int64", (S.D_CKPT,), 1024)
+        pg = root.create_group(S.G_PARAMS)
+        for name, arr in params.items():
+            dims = (S.D_CKPT, *(f"{name}_{i}" for i in range(arr.ndim)))
+            _append_array(pg, name, arr.shape, str(arr.dtype), dims, 1)
+        root.create_group(S.G_OPTIM)
+        return cls(root, path, lock)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, lock: RunLock | None = None) -> "RunWriter":
+        """Reopen a run for appending and truncate everything after its last checkpoint."""
+        path = Path(path)
+        root = zarr.open_group(str(path), mode="r+", zarr_format=3)
+        w = cls(root, path, lock)
+        k = w.committed["checkpoint"]
+        if k < 1:
+            raise StoreError(f"{path}: no committed checkpoint to resume from")
+        it = int(root[S.G_CKPT][S.A_CKPT_ITER][k - 1])
+        snap_iters = np.asarray(root[S.G_SNAP][S.A_SNAP_ITER][: w.committed["snapshot"]])
+        w.committed = {"iteration": it, "snapshot": int((snap_iters <= it).sum()), "checkpoint": k}
+        w.commit(status=S.STATUS_RUNNING, reason=f"resumed from iteration {it}")
+        w._shrink_to_committed()
+        return w
+
+    def _shrink_to_committed(self) -> None:
+        """Resize appendable arrays down to the committed lengths (after the commit)."""
+        for group, key in ((S.G_LOG, "iteration"), (S.G_SNAP, "snapshot"), (S.G_CKPT, "checkpoint"),
+                           (S.G_PARAMS, "checkpoint")):
+            n = self.committed[key]
+            for _, arr in self.root[group].arrays():
+                if arr.shape[0] > n:
+                    arr.resize((n, *arr.shape[1:]))
+
+    # ------------------------------------------------------------------ appends
+    def append_log(self, rows: dict[str, np.ndarray]) -> None:
+        """Buffer a block of log rows (each value has leading dim = number of rows)."""
+        n = len(next(iter(rows.values())))
+        self._log_buf.append(rows)
+        self._log_rows += n
+
+    def flush(self) -> None:
+        """Write buffered log rows beyond the committed length (not yet committed)."""
+        if not self._log_buf:
+            return
+        block = {k: np.concatenate([r[k] for r in self._log_buf]) for k in self._log_buf[0]}
+        self._log_buf, self._log_rows = [], 0
+        log = self.root[S.G_LOG]
+        start = self.committed["iteration"]
+        n = len(block["loss"])
+        for name, values in block.items():
+            _write_rows(log[name], start, values)
+        self.committed["iteration"] = start + n  # takes effect at the next commit()
+
+    @property
+    def buffered_rows(self) -> int:
+        return self._log_rows
+
+    def write_snapshot(self, iteration: int, test_logits: np.ndarray, probe_features: np.ndarray,
+                       train_logits: np.ndarray | None = None) -> None:
+        g = self.root[S.G_SNAP]
+        k = self.committed["snapshot"]
+        _write_rows(g[S.A_SNAP_ITER], k, np.array([iteration], dtype=np.int64))
+        _write_rows(g[S.A_TEST_LOGITS], k, test_logits[None].astype(np.float32))
+        _write_rows(g[S.A_PROBE_FEATURES], k, probe_features[None].astype(np.float32))
+        tl = g[S.A_TRAIN_LOGITS]
+        if train_logits is not None:
+            _write_rows(tl, k, train_logits[None].astype(np.float32))
+        else:  # keep the row (NaN fill value) so the snapshot dim stays aligned
+            if tl.shape[0] < k + 1:
+                tl.resize((k + 1, *tl.shape[1:]))
+        self.committed["snapshot"] = k + 1
+
+    def write_checkpoint(self, iteration: int, params: dict[str, np.ndarray], optim: dict[str, np.ndarray]) -> None:
+        k = self.committed["checkpoint"]
+        _write_rows(self.root[S.G_CKPT][S.A_CKPT_ITER], k, np.array([iteration], dtype=np.int64))
+        pg = self.root[S.G_PARAMS]
+        for name, arr in params.items():
+            _write_rows(pg[name], k, arr[None])
+        slot = k % S.OPTIM_SLOTS
+        og = self.root[S.G_OPTIM]
+        sg = og[str(slot)] if str(slot) in og else og.create_group(str(slot))
+        for name, arr in optim.items():
+            arr = np.asarray(arr)
+            if name in sg and sg[name].shape == arr.shape and sg[name].dtype == arr.dtype:
+                sg[name][...] = arr
+            else:
+                sg.create_array(name, shape=arr.shape, dtype=arr.dtype, overwrite=True,
+                                chunks=arr.shape or None)[...] = arr
+        self.optim_keys[str(slot)] = sorted(optim)
+        self.committed["checkpoint"] = k + 1
+
+    # ------------------------------------------------------------------ commit / status
+    def commit(self, status: str | None = None, reason: str | None = None, **extra: Any) -> None:
+        attrs: dict[str, Any] = {S.ATTR_COMMITTED: dict(self.committed), "optimizer_keys": self.optim_keys,
+                                 S.ATTR_TIMINGS: self.timings}
+        if status is not None:
+            attrs[S.ATTR_STATUS] = status
+        if reason is not None:
+            attrs[S.ATTR_REASON] = reason
+        attrs.update(extra)
+        self.root.attrs.update(attrs)
+
+    def finish(self, status: str, reason: str, **extra: Any) -> None:
+        self.flush()
+        self.commit(status=status, reason=reason, **extra)
+
+
+# ------------------------------------------------------------------------ array helpers
+def _chunk_rows(shape: tuple[int, ...], rows: int) -> tuple[int, ...]:
+    """Chunk shape: `rows` along the appendable dim; per-sample dims split so a chunk stays
+    under MAX_CHUNK_ELEMS."""
+    if not shape:
+        return (rows,)
+    inner = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    first = max(1, min(shape[0], MAX_CHUNK_ELEMS // max(1, inner * rows)))
+    return (rows, first, *shape[1:])
+
+
+def _append_array(group: zarr.Group, name: str, row_shape: tuple[int, ...], dtype: str,
+                  dims: tuple[str, ...], rows_per_chunk: int, fill: float | int | None = 0) -> zarr.Array:
+    return group.create_array(
+        name, shape=(0, *row_shape), dtype=dtype, chunks=_chunk_rows(tuple(row_shape), rows_per_chunk),
+        dimension_names=dims, fill_value=fill)
+
+
+def _write_full(group: zarr.Group, name: str, arr: np.ndarray, dims: tuple[str, ...]) -> None:
+    if arr.dtype == object:
+        raise StoreError("refusing to write an object array (no pickle in stores)")
+    a = group.create_array(name, shape=arr.shape, dtype=arr.dtype, dimension_names=dims,
+                           chunks=arr.shape if arr.size else None)
+    a[...] = arr
+
+
+def _write_rows(arr: zarr.Array, start: int, values: np.ndarray) -> None:
+    end = start + len(values)
+    if arr.shape[0] < end:
+        arr.resize((end, *arr.shape[1:]))
+    arr[start:end] = values
+
+
+def config_json(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True)

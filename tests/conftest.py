@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny but real runs (real torch training, real Zarr stores on disk)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from lrscope.train.config import RunConfig  # noqa: E402
+from lrscope.train.loop import train_run  # noqa: E402
+
+TINY_DATA = {"n_train": 400, "n_test": 400, "core_bits": 3, "spurious_bits": 1, "noise_bits": 6}
+
+
+def tiny_config(**kw) -> RunConfig:
+    base = dict(dataset="parity", model="fcn", lr=0.1, widths=[32, 32], data_options=dict(TINY_DATA),
+                max_steps=120, snapshot_every=20, checkpoint_every=40, probe_size=100, batch_size=50)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.fixture
+def tiny():
+    return tiny_config
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory):
+    """Four finished runs (2 LRs x 2 seeds) with probes computed, shared by read-only tests."""
+    from lrscope.probe.runner import compute_paths
+
+    out = tmp_path_factory.mktemp("sweep")
+    for lr in (0.02, 0.5):
+        for seed in (0, 1):
+            train_run(tiny_config(lr=lr, seed=seed, max_steps=400, stop="max-steps"), out, progress=False)
+    compute_paths(out, progress=False)
+    return out

@@ -1,0 +1,224 @@
+"""Dataset registry. Every dataset yields whole splits as tensors (airbench-style: no per-sample
+``__getitem__``; the training loop batches by index), with a class label y, a bias label b,
+the bias-conflicting flag, the (y, b) group, and optional input-region masks (core / spurious /
+noise) for attribution shares.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # raw inputs: float32 (synthetic) or uint8 (images), (N, *input_shape)
+    y: torch.Tensor  # int64 class label
+    b: torch.Tensor  # int64 bias label
+    index: torch.Tensor  # int64 position in the source dataset
+
+    @property
+    def bias_conflicting(self) -> torch.Tensor:
+        return self.y != self.b
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class DataBundle:
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    num_bias: int
+    input_shape: tuple[int, ...]
+    regions: dict[str, np.ndarray] = field(default_factory=dict)  # name -> bool mask of input_shape
+    description: str = ""
+
+    def group(self, split: Split) -> torch.Tensor:
+        return split.y * self.num_bias + split.b
+
+    @property
+    def num_groups(self) -> int:
+        return self.num_classes * self.num_bias
+
+
+def as_model_input(x: torch.Tensor) -> torch.Tensor:
+    """Raw stored inputs -> float model inputs (uint8 images are scaled to [0, 1])."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    return x.float()
+
+
+# ------------------------------------------------------------------------------- registry
+DATASETS: dict[str, Callable[..., DataBundle]] = {}
+DEFAULT_RHO: dict[str, float] = {}
+
+
+def register_dataset(name: str, rho_train: float):
+    def deco(fn):
+        DATASETS[name] = fn
+        DEFAULT_RHO[name] = rho_train
+        return fn
+
+    return deco
+
+
+def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | None = None, **options) -> DataBundle:
+    """Build a dataset by name. ``options`` are the dataset's own knobs (sizes, bits, ...)."""
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
+    rho = DEFAULT_RHO[name] if bias_conflicting_ratio is None else bias_conflicting_ratio
+    try:
+        return DATASETS[name](seed=seed, rho_train=rho, **options)
+    except TypeError as e:  # an unknown option name
+        raise ConfigError(f"bad data option for {name!r}: {e}") from None
+
+
+def _exact_bc_mask(n: int, rho: float, gen: np.random.Generator) -> np.ndarray:
+    """Exactly round(rho * n) bias-conflicting samples, at random positions."""
+    mask = np.zeros(n, dtype=bool)
+    mask[gen.permutation(n)[: int(round(rho * n))]] = True
+    return mask
+
+
+def _labels(n: int, rho: float, n_classes: int, gen: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced class labels y; b = y on bias-aligned samples, another class uniformly on
+    bias-conflicting ones (for binary tasks: the other class)."""
+    y = gen.permutation(np.arange(n) % n_classes)
+    bc = _exact_bc_mask(n, rho, gen)
+    shift = gen.integers(1, n_classes, size=n)
+    b = np.where(bc, (y + shift) % n_classes, y)
+    return y.astype(np.int64), b.astype(np.int64)
+
+
+def _bits_with_parity(parity: np.ndarray, k: int, gen: np.random.Generator) -> np.ndarray:
+    """Uniform random {0,1}^k rows conditioned on their parity (sum mod 2) being `parity`."""
+    bits = gen.integers(0, 2, size=(len(parity), k))
+    wrong = bits.sum(1) % 2 != parity
+    bits[wrong, 0] ^= 1  # flipping one bit fixes parity and keeps the row uniform on its coset
+    return bits
+
+
+# ------------------------------------------------------------------------------- parity
+@register_dataset("parity", rho_train=0.1)
+def parity(
+    *,
+    seed: int = 0,
+    rho_train: float = 0.1,
+    rho_test: float = 0.5,
+    n_train: int = 10000,
+    n_test: int = 10000,
+    core_bits: int = 4,
+    spurious_bits: int = 1,
+    noise_bits: int = 45,
+) -> DataBundle:
+    """Boolean parity task (Qiu et al. 2024 style, as used by Barsbey et al.).
+
+    Inputs are ±1 vectors ``[core | spurious | noise]``; y is the parity of the C core bits,
+    b the parity of the S spurious bits (S < C makes the shortcut simpler), noise bits are
+    uniform. ρ is exact: round(ρ·n) samples have b ≠ y. The paper does not give C, S, N; the
+    defaults are our calibration (see docs/replication.md).
+    """
+    if spurious_bits >= core_bits:
+        raise ConfigError(f"parity needs spurious_bits < core_bits (got S={spurious_bits}, C={core_bits})")
+    for nm, v in (("core_bits", core_bits), ("spurious_bits", spurious_bits), ("n_train", n_train), ("n_test", n_test)):
+        if v < 1:
+            raise ConfigError(f"parity option {nm} must be >= 1, got {v}")
+    if noise_bits < 0:
+        raise ConfigError(f"parity option noise_bits must be >= 0, got {noise_bits}")
+    gen = np.random.default_rng([seed, 7001])
+
+    def split(n: int, rho: float) -> Split:
+        y, b = _labels(n, rho, 2, gen)
+        bits = np.concatenate(
+            [_bits_with_parity(y, core_bits, gen), _bits_with_parity(b, spurious_bits, gen),
+             gen.integers(0, 2, size=(n, noise_bits))], axis=1)
+        x = torch.from_numpy((2 * bits - 1).astype(np.float32))
+        return Split(x, torch.from_numpy(y), torch.from_numpy(b), torch.arange(n))
+
+    d = core_bits + spurious_bits + noise_bits
+    regions = {name: np.zeros(d, dtype=bool) for name in ("core", "spurious", "noise")}
+    regions["core"][:core_bits] = True
+    regions["spurious"][core_bits:core_bits + spurious_bits] = True
+    regions["noise"][core_bits + spurious_bits:] = True
+    return DataBundle("parity", split(n_train, rho_train), split(n_test, rho_test), 2, 2, (d,), regions,
+                      f"parity C={core_bits} S={spurious_bits} N={noise_bits}")
+
+
+# ------------------------------------------------------------------------------- moon-star
+def _render_shapes(y: np.ndarray, b: np.ndarray, size: int, noise: float, gen: np.random.Generator) -> np.ndarray:
+    """Render a moon (y=0) or a five-pointed star (y=1) in the quadrant picked by b
+    (b=0 top-left, b=1 bottom-right), with random scale, rotation, position jitter and noise."""
+    n = len(y)
+    half = size / 2
+    cy = np.where(b == 0, half / 2, 3 * half / 2) + gen.uniform(-1.5, 1.5, n)
+    cx = np.where(b == 0, half / 2, 3 * half / 2) + gen.uniform(-1.5, 1.5, n)
+    r = half * gen.uniform(0.32, 0.42, n)
+    rot = gen.uniform(0, 2 * math.pi, n)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    dy = yy[None] - cy[:, None, None]
+    dx = xx[None] - cx[:, None, None]
+    rho = np.sqrt(dx**2 + dy**2) / r[:, None, None]
+    theta = np.arctan2(dy, dx) - rot[:, None, None]
+    # star: radius oscillates between 0.45 and 1 with five points
+    star_r = 0.45 + 0.55 * np.abs(np.cos(2.5 * theta)) ** 3
+    star = rho <= star_r
+    # moon: unit disk minus a disk shifted along the rotation direction
+    sx = dx / r[:, None, None] - 0.55 * np.cos(rot)[:, None, None]
+    sy = dy / r[:, None, None] - 0.55 * np.sin(rot)[:, None, None]
+    moon = (rho <= 1.0) & (sx**2 + sy**2 > 0.75**2)
+    img = np.where((y == 1)[:, None, None], star, moon).astype(np.float32)
+    img = np.clip(img + noise * gen.standard_normal(img.shape).astype(np.float32), 0, 1)
+    return (img * 255).round().astype(np.uint8)[:, None]  # (n, 1, size, size)
+
+
+@register_dataset("moon_star", rho_train=0.1)
+def moon_star(
+    *,
+    seed: int = 0,
+    rho_train: float = 0.1,
+    rho_test: float = 0.5,
+    n_train: int = 10000,
+    n_test: int = 2000,
+    size: int = 28,
+    noise: float = 0.15,
+) -> DataBundle:
+    """Moon vs star (Kirichenko et al. style): the shape is the class, the quadrant it sits in
+    is the spurious feature (ρ_train = 0.1, ρ_test = 0.5)."""
+    if size < 8:
+        raise ConfigError(f"moon_star option size must be >= 8, got {size}")
+    gen = np.random.default_rng([seed, 7002])
+
+    def split(n: int, rho: float) -> Split:
+        y, b = _labels(n, rho, 2, gen)
+        x = torch.from_numpy(_render_shapes(y, b, size, noise, gen))
+        return Split(x, torch.from_numpy(y), torch.from_numpy(b), torch.arange(n))
+
+    return DataBundle("moon_star", split(n_train, rho_train), split(n_test, rho_test), 2, 2, (1, size, size),
+                      {}, f"moon-star {size}x{size}")
+
+
+def probe_subset(bundle: DataBundle, size: int, seed: int) -> np.ndarray:
+    """Positions in the test split of a group-balanced subset of at most `size` samples
+    (equal count per (y, b) group where the groups allow), sorted."""
+    groups = bundle.group(bundle.test).numpy()
+    gen = np.random.default_rng([seed, 7100])
+    present = np.unique(groups)
+    per = max(1, size // len(present))
+    picks = []
+    for g in present:
+        pos = np.flatnonzero(groups == g)
+        picks.append(gen.permutation(pos)[:per])
+    sel = np.concatenate(picks)
+    if len(sel) < size:  # small groups: fill up from the rest at random
+        rest = np.setdiff1d(np.arange(len(groups)), sel)
+        sel = np.concatenate([sel, gen.permutation(rest)[: size - len(sel)]])
+    return np.sort(sel[:size])

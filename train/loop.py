@@ -1,0 +1,429 @@
+"""The training loop: data as device tensors, batched by index, recording into a run store.
+
+Per step the loop only copies the minibatch's losses, logits and sample ids into preallocated
+device buffers and takes two fused norms (``torch._foreach_norm``); everything derived from
+them (accuracy, bias-conflicting/aligned loss sums, logit norms) is computed once per epoch
+on the host, vectorised over the epoch's rows. Zarr writes happen in blocks at snapshots and
+checkpoints. Divergence (a non-finite loss) is a result: status ``diverged``, store intact.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, LrscopeError, StoreError
+from ..store import schema as S
+from ..store.lock import RunLock, RunLocked
+from ..store.reader import open_store
+from ..store.writer import RunWriter
+from .config import RunConfig, check_run_id
+from .data import DataBundle, Split, as_model_input, build_dataset, probe_subset
+from .restore import build_model, state_arrays
+
+EVAL_BATCH = 4096
+SMALL_TRAIN_ELEMS = 20_000_000  # "auto" train logits at every snapshot below this many input values
+
+
+@dataclass
+class RunResult:
+    path: Path
+    status: str
+    message: str
+    iterations: int = 0
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def is_snapshot(t: int, every: int) -> bool:
+    """Log-spaced early (0, 1, 2, 4, ... below `every`), then every `every` steps."""
+    return t == 0 or t % every == 0 or (t < every and (t & (t - 1)) == 0)
+
+
+def store_path(out: str | os.PathLike, run_id: str) -> Path:
+    return Path(out) / f"{check_run_id(run_id)}.zarr"
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, features: bool = False, batch: int = EVAL_BATCH):
+    """Logits (and penultimate features) for all of `x`, kept on the device, in big batches."""
+    was_training = model.training
+    model.eval()
+    logits, feats = [], []
+    for xb in x.split(batch):
+        f = model.forward_features(as_model_input(xb))
+        logits.append(model.forward_head(f))
+        if features:
+            feats.append(f)
+    model.train(was_training)
+    out = torch.cat(logits)
+    return (out, torch.cat(feats)) if features else out
+
+
+def per_sample_loss(cfg: RunConfig, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    ce = F.cross_entropy(logits, y, reduction="none")
+    if cfg.loss == "focal":  # Lin et al. 2017: (1 - p_t)^gamma * CE
+        pt = torch.exp(-ce)
+        return (1 - pt).pow(cfg.focal_gamma) * ce
+    return ce
+
+
+def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def optimizer_arrays(opt: torch.optim.Optimizer) -> dict[str, np.ndarray]:
+    out = {}
+    for i, st in opt.state_dict()["state"].items():
+        for key, v in st.items():
+            if torch.is_tensor(v):
+                out[f"{i}.{key}"] = v.detach().cpu().numpy().copy()
+            else:
+                out[f"{i}.{key}"] = np.asarray(v)
+    return out
+
+
+def load_optimizer(opt: torch.optim.Optimizer, arrays: dict[str, np.ndarray], device) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, arr in arrays.items():
+        i, key = name.split(".", 1)
+        t = torch.from_numpy(np.array(arr))
+        state.setdefault(int(i), {})[key] = t if key == "step" else t.to(device)
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+# ----------------------------------------------------------------------------- the loop
+class _StopFlag:
+    """SIGTERM/SIGINT between steps: checkpoint cleanly, then stop (pre-emption friendly)."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+
+
+def train_run(cfg: RunConfig, out: str | os.PathLike, *, run_id: str | None = None, progress: bool = True,
+              data: DataBundle | None = None) -> RunResult:
+    """Train one run into ``<out>/<run_id>.zarr``; resume it if interrupted; no-op if finished."""
+    cfg.validate()
+    path = store_path(out, run_id or cfg.run_id())
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LrscopeError(f"cannot create output folder {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise LrscopeError(f"output folder {out} is not writable")
+    lock = RunLock(path)
+    try:
+        lock.acquire()
+    except RunLocked as e:
+        raise LrscopeError(str(e)) from None
+    except OSError as e:
+        raise LrscopeError(f"cannot write in {out}: {e.strerror}") from None
+    try:
+        return _train_locked(cfg, path, progress, data, lock)
+    finally:
+        lock.release()
+
+
+def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle | None, lock: RunLock) -> RunResult:
+    resume = (path / "zarr.json").exists()
+    if resume:
+        root = open_store(path)
+        attrs = root.attrs.asdict()
+        stored = RunConfig.from_dict(attrs[S.ATTR_CONFIG])
+        if stored.identity() != cfg.identity():
+            diff = [k for k, v in cfg.identity().items() if stored.identity().get(k) != v]
+            raise ConfigError(f"{path} holds a run with a different config ({', '.join(diff)}); "
+                              "choose another --out or --name")
+        if attrs[S.ATTR_STATUS] in S.FINISHED:
+            return RunResult(path, attrs[S.ATTR_STATUS],
+                             f"{path.name}: already {attrs[S.ATTR_STATUS]} ({attrs.get(S.ATTR_REASON, '')}); nothing to do",
+                             attrs[S.ATTR_COMMITTED]["iteration"])
+        if attrs[S.ATTR_COMMITTED]["checkpoint"] < 1:  # crashed before its first checkpoint
+            resume = False
+    elif path.exists() and any(path.iterdir()):
+        raise StoreError(f"{path} exists and is not a run store; refusing to overwrite it")
+
+    device = pick_device(cfg.device)
+    bundle = data if data is not None else build_dataset(
+        cfg.dataset, seed=cfg.data_seed, bias_conflicting_ratio=cfg.bias_conflicting_ratio, **cfg.data_options)
+    n_classes = bundle.num_classes
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, bundle.input_shape, n_classes).to(device)
+    opt = make_optimizer(cfg, model.parameters())
+    probe_idx = probe_subset(bundle, cfg.probe_size, cfg.data_seed)
+
+    if resume:
+        writer = RunWriter.resume(path, lock)
+        k = writer.committed["checkpoint"] - 1
+        params = writer.root[S.G_PARAMS]
+        model.load_state_dict({n: torch.from_numpy(np.asarray(params[n][k])) for n in model.state_dict()})
+        slot = writer.root[S.G_OPTIM].get(str(k % S.OPTIM_SLOTS))
+        keys = writer.optim_keys.get(str(k % S.OPTIM_SLOTS), [])
+        if keys:
+            load_optimizer(opt, {n: np.asarray(slot[n][...]) for n in keys}, device)
+        start = writer.committed["iteration"]
+    else:
+        labels = {}
+        for split_name, split in (("train", bundle.train), ("test", bundle.test)):
+            labels[split_name] = _label_arrays(bundle, split, np.arange(len(split)))
+        labels["probe"] = _label_arrays(bundle, bundle.test, probe_idx)
+        model_info = {"input_shape": list(bundle.input_shape), "num_classes": n_classes,
+                      "num_bias": bundle.num_bias, "num_features": int(model.num_features),
+                      "dataset_description": bundle.description}
+        writer = RunWriter.create(
+            path, run_id=path.stem, config=cfg.to_dict(), labels=labels,
+            probe_inputs=bundle.test.x[probe_idx].numpy(), probe_test_index=probe_idx,
+            regions=bundle.regions, model_info=model_info, params=state_arrays(model),
+            batch_size=cfg.batch_size, num_classes=n_classes, device=str(device), lock=lock)
+        start = 0
+    return Trainer(cfg, bundle, model, opt, writer, device, probe_idx).run(start, progress)
+
+
+def _label_arrays(bundle: DataBundle, split: Split, pos: np.ndarray) -> dict[str, np.ndarray]:
+    y, b = split.y.numpy()[pos], split.b.numpy()[pos]
+    return {"y": y, "b": b, "bias_conflicting": y != b, "group": y * bundle.num_bias + b,
+            "index": split.index.numpy()[pos]}
+
+
+class Trainer:
+    def __init__(self, cfg, bundle, model, opt, writer: RunWriter, device, probe_idx):
+        self.cfg, self.model, self.opt, self.writer, self.device = cfg, model, opt, writer, device
+        self.bundle = bundle
+        self.X = bundle.train.x.to(device)
+        self.Y = bundle.train.y.to(device)
+        self.Xt = bundle.test.x.to(device)
+        self.Xp = self.Xt[torch.as_tensor(probe_idx, device=device)]
+        self.n = len(self.Y)
+        self.bs = min(cfg.batch_size, self.n)
+        self.steps_per_epoch = math.ceil(self.n / self.bs)
+        # host copies of labels for the per-epoch statistics
+        self.y_np = bundle.train.y.numpy()
+        self.bc_np = (bundle.train.y != bundle.train.b).numpy()
+        n_in = self.n * int(np.prod(bundle.input_shape))
+        self.train_logits_every_snapshot = cfg.train_logits == "always" or (
+            cfg.train_logits == "auto" and n_in <= SMALL_TRAIN_ELEMS)
+        rows = self.steps_per_epoch
+        c = bundle.num_classes
+        self.buf_loss = torch.full((rows, self.bs), float("nan"), device=device)
+        self.buf_logits = torch.zeros((rows, self.bs, c), device=device)
+        self.buf_idx = torch.full((rows, self.bs), -1, dtype=torch.long, device=device)
+        self.buf_norms = torch.zeros((rows, 2), device=device)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    # -------------------------------------------------------------------- recording
+    def snapshot(self, t: int, final: bool = False) -> None:
+        test_logits = evaluate(self.model, self.Xt)
+        _, feats = evaluate(self.model, self.Xp, features=True)
+        train_logits = None
+        if final or self.train_logits_every_snapshot:
+            train_logits = evaluate(self.model, self.X).cpu().numpy()
+        self.writer.write_snapshot(t, test_logits.cpu().numpy(), feats.cpu().numpy(), train_logits)
+
+    def checkpoint(self, t: int) -> None:
+        self.writer.write_checkpoint(t, state_arrays(self.model), optimizer_arrays(self.opt))
+
+    def epoch_rows(self, t0: int, rows: int, lr: float) -> tuple[dict[str, np.ndarray], int, int]:
+        """Host-side statistics for `rows` logged steps starting at iteration t0."""
+        loss = self.buf_loss[:rows].cpu().numpy()
+        logits = self.buf_logits[:rows].cpu().numpy()
+        idx = self.buf_idx[:rows].cpu().numpy()
+        norms = self.buf_norms[:rows].cpu().numpy()
+        valid = idx >= 0
+        safe = np.where(valid, idx, 0)
+        y = self.y_np[safe]
+        bc = self.bc_np[safe] & valid
+        ba = ~self.bc_np[safe] & valid
+        correct = (logits.argmax(-1) == y) & valid
+        cnt = valid.sum(1)
+        lz = np.where(valid, loss, 0.0)
+        block = {
+            "lr": np.full(rows, lr, dtype=np.float32),
+            "loss": (lz.sum(1) / cnt).astype(np.float32),
+            "accuracy": (correct.sum(1) / cnt).astype(np.float32),
+            "bc_loss_sum": np.where(bc, loss, 0).sum(1).astype(np.float32),
+            "ba_loss_sum": np.where(ba, loss, 0).sum(1).astype(np.float32),
+            "bc_count": bc.sum(1).astype(np.int32),
+            "ba_count": ba.sum(1).astype(np.int32),
+            "grad_norm": norms[:, 0].astype(np.float32),
+            "param_norm": norms[:, 1].astype(np.float32),
+            "logit_norm": (np.where(valid, np.linalg.norm(logits, axis=-1), 0).sum(1) / cnt).astype(np.float32),
+            S.A_BATCH_INDEX: idx.astype(np.int32),
+            S.A_BATCH_LOGITS: logits.astype(np.float16),
+        }
+        return block, int(correct.sum()), int(cnt.sum())
+
+    # -------------------------------------------------------------------- main loop
+    def run(self, start: int, progress: bool) -> RunResult:
+        cfg, model, opt, w = self.cfg, self.model, self.opt, self.writer
+        model.train()
+        t = start
+        rec = 0.0  # seconds spent recording (snapshots, checkpoints, stats, writes)
+        t_wall = time.perf_counter()
+        if start == 0:
+            r0 = time.perf_counter()
+            self.snapshot(0)
+            self.checkpoint(0)
+            w.commit(status=S.STATUS_RUNNING, reason="training")
+            rec += time.perf_counter() - r0
+        status, reason = S.STATUS_COMPLETED, f"max_steps={cfg.max_steps} reached"
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=start, desc=w.path.stem, unit="step", leave=False,
+                       dynamic_ncols=True)
+        row, row_t0 = 0, t
+        epoch_perm = None
+        epoch_correct = epoch_count = 0
+        lr = cfg.lr
+        with _StopFlag() as stop:
+            try:
+                while t < cfg.max_steps:
+                    epoch, pos = divmod(t, self.steps_per_epoch)
+                    if epoch_perm is None or pos == 0:
+                        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+                        epoch_perm = torch.randperm(self.n, generator=g).to(self.device)
+                    idx = epoch_perm[pos * self.bs:(pos + 1) * self.bs]
+                    xb, yb = as_model_input(self.X[idx]), self.Y[idx]
+                    logits = model(xb)
+                    losses = per_sample_loss(cfg, logits, yb)
+                    loss = losses.mean()
+                    if cfg.l1 > 0:
+                        loss = loss + cfg.l1 * sum(p.abs().sum() for p in self.params)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    m = len(idx)
+                    self.buf_loss[row, :m] = losses.detach()  # buffers: device copies, no sync
+                    self.buf_logits[row, :m] = logits.detach()
+                    self.buf_idx[row, :m] = idx
+                    if m < self.bs:
+                        self.buf_loss[row, m:] = float("nan")
+                        self.buf_idx[row, m:] = -1
+                    with torch.no_grad():
+                        gn = torch._foreach_norm([p.grad for p in self.params if p.grad is not None])
+                        pn = torch._foreach_norm(self.params)
+                        self.buf_norms[row, 0] = torch.linalg.vector_norm(torch.stack(gn))
+                        self.buf_norms[row, 1] = torch.linalg.vector_norm(torch.stack(pn))
+                    opt.step()
+                    t += 1
+                    row += 1
+                    end_of_epoch = pos == self.steps_per_epoch - 1
+                    snap = is_snapshot(t, cfg.snapshot_every)
+                    ckpt = t % cfg.checkpoint_every == 0
+                    if not (end_of_epoch or snap or ckpt or t == cfg.max_steps or stop.signal):
+                        continue
+                    # ---- once per epoch (or at a recording point): host-side statistics
+                    r0 = time.perf_counter()
+                    block, corr, cnt = self.epoch_rows(row_t0, row, lr)
+                    finite = np.isfinite(block["loss"]) & np.isfinite(block["grad_norm"])
+                    if not finite.all():
+                        bad = int(np.argmin(finite))
+                        w.append_log({k: v[: bad + 1] for k, v in block.items()})
+                        t = row_t0 + bad + 1
+                        status = S.STATUS_DIVERGED
+                        reason = f"non-finite loss at iteration {row_t0 + bad} (lr={cfg.lr:g})"
+                        w.finish(status, reason, **{S.ATTR_DIVERGED_AT: row_t0 + bad})
+                        break
+                    w.append_log(block)
+                    epoch_correct += corr
+                    epoch_count += cnt
+                    row, row_t0 = 0, t
+                    done = False
+                    if end_of_epoch:
+                        if cfg.stop == "train-acc" and epoch_count and epoch_correct / epoch_count >= 0.99:
+                            acc = (evaluate(model, self.X).argmax(1) == self.Y).float().mean().item()
+                            if acc == 1.0:
+                                done = True
+                                reason = f"100% train accuracy at iteration {t}"
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{block['loss'][-1]:.3g}",
+                                            acc=f"{epoch_correct / max(epoch_count, 1):.3f}", refresh=False)
+                        epoch_correct = epoch_count = 0
+                    done = done or t >= cfg.max_steps
+                    if snap and not done:
+                        w.flush()
+                        self.snapshot(t)
+                    if (ckpt or stop.signal) and not done:
+                        w.flush()
+                        self.checkpoint(t)
+                    if (snap or ckpt or stop.signal) and not done:
+                        w.commit()
+                    rec += time.perf_counter() - r0
+                    if bar is not None:
+                        bar.update(t - bar.n)
+                    if stop.signal:
+                        w.timings = _timings(w.timings, t_wall, rec)
+                        w.commit(status=S.STATUS_RUNNING,
+                                 reason=f"stopped by signal {stop.signal} at iteration {t}; re-run to resume")
+                        raise LrscopeError(f"{w.path.name}: stopped at iteration {t} (checkpointed); "
+                                           "re-run the same command to resume")
+                    if done:
+                        break
+                if status != S.STATUS_DIVERGED:
+                    r0 = time.perf_counter()
+                    w.flush()
+                    self.snapshot(t, final=True)
+                    self.checkpoint(t)
+                    rec += time.perf_counter() - r0
+                    w.timings = _timings(w.timings, t_wall, rec)
+                    w.finish(status, reason)
+                else:
+                    w.timings = _timings(w.timings, t_wall, rec)
+                    w.commit()
+            except LrscopeError:
+                raise
+            except KeyboardInterrupt:
+                w.commit(status=S.STATUS_RUNNING, reason=f"interrupted near iteration {t}; re-run to resume")
+                raise
+            except Exception as e:
+                w.commit(status=S.STATUS_FAILED, reason=f"{type(e).__name__}: {e}")
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+        return RunResult(w.path, status, f"{w.path.name}: {status} ({reason})", t)
+
+
+def _timings(old: dict, t_wall: float, rec: float) -> dict:
+    wall = time.perf_counter() - t_wall
+    return {"wall_seconds": old.get("wall_seconds", 0.0) + wall,
+            "record_seconds": old.get("record_seconds", 0.0) + rec,
+            "train_seconds": old.get("train_seconds", 0.0) + wall - rec}

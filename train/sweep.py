@@ -1,0 +1,129 @@
+"""Sweeps: a TOML grid of run configs, trained one after another or by a local process pool.
+
+Spec format::
+
+    [base]                 # any RunConfig field
+    dataset = "parity"
+    model = "fcn"
+
+    [grid]                 # the cross product of these lists
+    lr = [0.01, 0.1, 0.5]
+    seed = [0, 1, 2]
+
+Completed and diverged runs are skipped, interrupted ones resume (each run is resumable by
+itself), so re-running a sweep command finishes whatever is left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import tomllib
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ConfigError, LrscopeError
+from .config import RunConfig
+
+
+def load_spec(path: str | os.PathLike) -> list[RunConfig]:
+    try:
+        with open(path, "rb") as f:
+            spec = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"sweep spec {path} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"sweep spec {path} is not valid TOML: {e}") from None
+    return expand_spec(spec, str(path))
+
+
+def expand_spec(spec: dict[str, Any], where: str = "spec") -> list[RunConfig]:
+    unknown = set(spec) - {"base", "grid", "name", "description"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}; expected [base] and [grid]")
+    base = spec.get("base", {})
+    grid = spec.get("grid", {})
+    if not isinstance(base, dict) or not isinstance(grid, dict):
+        raise ConfigError(f"{where}: [base] and [grid] must be tables")
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    for key in list(base) + list(grid):
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown config field {key!r}; valid: {', '.join(sorted(fields))}")
+    both = set(base) & set(grid)
+    if both:
+        raise ConfigError(f"{where}: {', '.join(sorted(both))} given in both [base] and [grid]")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: grid axis {key!r} must be a non-empty list")
+    keys = list(grid)
+    configs = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        d = dict(base)
+        d.update(zip(keys, combo))
+        try:
+            cfg = RunConfig.from_dict(d)
+        except TypeError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        try:
+            cfg.validate()
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        configs.append(cfg)
+    ids = [c.run_id() for c in configs]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{where}: the grid repeats a run (duplicate values on an axis?)")
+    return configs
+
+
+def _worker(cfg_dict: dict, out: str, threads: int) -> tuple[str, str, str]:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from .loop import train_run
+
+    cfg = RunConfig.from_dict(cfg_dict)
+    try:
+        r = train_run(cfg, out, progress=False)
+        return cfg.run_id(), r.status, r.message
+    except LrscopeError as e:
+        return cfg.run_id(), "error", str(e)
+
+
+def run_sweep(configs: list[RunConfig], out: str | os.PathLike, *, workers: int = 1, progress: bool = True,
+              on_result: Callable[[str, str, str], None] | None = None) -> list[tuple[str, str, str]]:
+    """Train every config into `out`; returns (run_id, status, message) per run."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    results = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(configs), desc="sweep", unit="run")
+
+    def done(r):
+        results.append(r)
+        if on_result:
+            on_result(*r)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{r[0]}: {r[1]}")
+
+    try:
+        if workers <= 1:
+            for cfg in configs:
+                done(_worker(cfg.to_dict(), str(out), 0))
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                futs = [pool.submit(_worker, c.to_dict(), str(out), threads) for c in configs]
+                for f in as_completed(futs):
+                    done(f.result())
+    finally:
+        if bar is not None:
+            bar.close()
+    return results

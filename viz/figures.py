@@ -1,0 +1,179 @@
+"""HoloViews figure builders, one per paper figure kind. Each takes the sweep Dataset from
+``lrscope.open_sweep`` (with probes) and returns a HoloViews object that displays in Jupyter,
+renders to bokeh for the HTML report, and to matplotlib for static figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import holoviews as hv
+import xarray as xr
+from bokeh.palettes import Viridis256
+
+HEADLINE = [
+    ("unbiased_accuracy_final", "unbiased test accuracy"),
+    ("worst_group_accuracy_final", "worst-group accuracy"),
+    ("prunability", "prunability"),
+    ("activation_compressibility_final", "activation compressibility"),
+    ("csi_mean_final", "average CSI"),
+    ("class_separation_final", "class separation R²"),
+]
+FINISHED = ("completed",)
+
+
+def _palette(n: int) -> list[str]:
+    if n <= 1:
+        return [Viridis256[0]]
+    return [Viridis256[int(i * 230 / (n - 1))] for i in range(n)]
+
+
+def _ok(sw: xr.Dataset) -> np.ndarray:
+    return np.isin(sw.status.values, FINISHED)
+
+
+def lr_values(sw: xr.Dataset) -> np.ndarray:
+    return np.unique(sw.lr.values[_ok(sw)])
+
+
+def per_lr(sw: xr.Dataset, var: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seed mean and standard deviation of a per-run scalar at each learning rate (finished runs)."""
+    ok = _ok(sw)
+    vals = sw[var].values.astype(float)
+    lrs = lr_values(sw)
+    mean = np.array([np.nanmean(vals[ok & (sw.lr.values == lr)]) if np.isfinite(vals[ok & (sw.lr.values == lr)]).any()
+                     else np.nan for lr in lrs])
+    std = np.array([np.nanstd(vals[ok & (sw.lr.values == lr)]) if np.isfinite(vals[ok & (sw.lr.values == lr)]).any()
+                    else np.nan for lr in lrs])
+    return lrs, mean, std
+
+
+def metrics_vs_lr(sw: xr.Dataset, metrics=HEADLINE, normalise: bool = True) -> hv.Overlay:
+    """Metrics against the learning rate, each min-max normalised over the LR means as in the
+    paper's Figs. 3–5 (seed mean ± std; diverged runs marked with a red x at the bottom)."""
+    colors = _palette(len(metrics))
+    items = []
+    for (var, label), c in zip(metrics, colors):
+        if var not in sw:
+            continue
+        lrs, mean, std = per_lr(sw, var)
+        if not np.isfinite(mean).any():
+            continue
+        if normalise:
+            lo, hi = np.nanmin(mean), np.nanmax(mean)
+            scale = (hi - lo) if hi > lo else 1.0
+            mean, std = (mean - lo) / scale, std / scale
+        items.append(hv.Curve((lrs, mean), "learning rate", "normalised value", label=label).opts(color=c))
+        items.append(hv.ErrorBars((lrs, mean, std), "learning rate", ["normalised value", "std"]).opts(color=c))
+        items.append(hv.Scatter((lrs, mean), "learning rate", "normalised value", label=label).opts(color=c, size=6))
+    div = sw.status.values == "diverged"
+    if div.any():
+        items.append(hv.Scatter((sw.lr.values[div], np.full(div.sum(), -0.05)), "learning rate",
+                                "normalised value", label="diverged").opts(color="red", marker="x", size=10))
+    ov = hv.Overlay(items) if items else hv.Overlay([hv.Curve([])])
+    return ov.opts(hv.opts.Curve(logx=True), hv.opts.Scatter(logx=True)).opts(
+        title="Metrics vs learning rate (normalised per metric)", legend_position="right")
+
+
+def _lr_overlay(curves: list, title: str) -> hv.Overlay:
+    return hv.Overlay(curves).opts(title=title, legend_position="right") if curves else hv.Overlay([hv.Curve([])])
+
+
+def loss_ratio_trajectories(sw: xr.Dataset, window: int = 50) -> hv.Overlay:
+    """Bias-conflicting share of the minibatch loss through training, per learning rate
+    (seed mean, running mean over `window` iterations)."""
+    if "loss_ratio" not in sw:
+        return _lr_overlay([], "BC loss ratio (no probe)")
+    lrs = lr_values(sw)
+    curves = []
+    for lr, c in zip(lrs, _palette(len(lrs))):
+        sel = sw.loss_ratio.isel(run=np.flatnonzero(_ok(sw) & (sw.lr.values == lr))).mean("run")
+        sm = sel.rolling(iteration=window, min_periods=1).mean()
+        v = sm.values
+        keep = np.isfinite(v)
+        curves.append(hv.Curve((sm.iteration.values[keep], v[keep]), "iteration", "BC loss ratio",
+                               label=f"lr={lr:g}").opts(color=c))
+    return _lr_overlay(curves, "Bias-conflicting loss ratio through training")
+
+
+def pruning_curves(sw: xr.Dataset, kind: str = "structured") -> hv.Overlay:
+    """Unbiased test accuracy after pruning a fraction κ, per learning rate (Figs. 21–22)."""
+    var = f"pruning_{kind}"
+    if var not in sw:
+        return _lr_overlay([], "pruning (no probe)")
+    lrs = lr_values(sw)
+    curves = []
+    for lr, c in zip(lrs, _palette(len(lrs))):
+        sel = sw[var].isel(run=np.flatnonzero(_ok(sw) & (sw.lr.values == lr))).mean("run")
+        curves.append(hv.Curve((sel.kappa.values, sel.values), "κ (fraction pruned)", "accuracy",
+                               label=f"lr={lr:g}").opts(color=c))
+        curves.append(hv.Scatter((sel.kappa.values, sel.values), "κ (fraction pruned)", "accuracy",
+                                 label=f"lr={lr:g}").opts(color=c, size=5))
+    return _lr_overlay(curves, f"Pruning curves ({kind})")
+
+
+def loss_ratio_vs_accuracy(sw: xr.Dataset) -> hv.Overlay:
+    """Maximum bias-conflicting loss ratio against unbiased accuracy, one point per run, with
+    Pearson's r in the title (Fig. 12)."""
+    if "max_loss_ratio" not in sw or "unbiased_accuracy_final" not in sw:
+        return _lr_overlay([], "max loss ratio (no probe)")
+    ok = _ok(sw)
+    x = sw.max_loss_ratio.values[ok].astype(float)
+    y = sw.unbiased_accuracy_final.values[ok].astype(float)
+    m = np.isfinite(x) & np.isfinite(y)
+    r = float(np.corrcoef(x[m], y[m])[0, 1]) if m.sum() > 2 and np.std(x[m]) > 0 and np.std(y[m]) > 0 else float("nan")
+    pts = hv.Points((x[m], y[m], np.log10(sw.lr.values[ok][m])), ["max BC loss ratio", "unbiased accuracy"],
+                    "log10 lr").opts(color="log10 lr", cmap="viridis", size=8, colorbar=True)
+    return hv.Overlay([pts]).opts(title=f"Max BC loss ratio vs unbiased accuracy (r = {r:.2f})")
+
+
+def dynamics(sw: xr.Dataset, var: str = "unbiased_accuracy", label: str | None = None) -> hv.Overlay:
+    """A per-snapshot metric through training, per learning rate (seed mean), Fig. 13 style."""
+    if var not in sw:
+        return _lr_overlay([], f"{var} (no probe)")
+    lrs = lr_values(sw)
+    curves = []
+    for lr, c in zip(lrs, _palette(len(lrs))):
+        runs = np.flatnonzero(_ok(sw) & (sw.lr.values == lr))
+        it = sw.snapshot_iteration.isel(run=runs).max("run").values
+        v = sw[var].isel(run=runs).mean("run").values
+        keep = np.isfinite(v) & np.isfinite(it)
+        curves.append(hv.Curve((it[keep] + 1, v[keep]), "iteration + 1", label or var, label=f"lr={lr:g}")
+                      .opts(color=c, logx=True))
+    return _lr_overlay(curves, f"{label or var} through training")
+
+
+def neuron_survival(sw: xr.Dataset) -> hv.Layout:
+    """Share of class-dominant (left) and bias-dominant (right) neurons at each snapshot that are
+    still so at the end of training, per learning rate (supplement Fig. 18)."""
+    return (dynamics(sw, "class_neuron_survival", "class-dominant survival")
+            + dynamics(sw, "bias_neuron_survival", "bias-dominant survival")).cols(2)
+
+
+def lorenz_curves(sw: xr.Dataset) -> hv.Overlay:
+    """Lorenz curves of per-sample importance weights at the end of training, per learning
+    rate, with the uniform diagonal (Springer et al. Fig. 5)."""
+    if "importance_lorenz" not in sw:
+        return _lr_overlay([], "Lorenz curves (no probe)")
+    lrs = lr_values(sw)
+    curves = [hv.Curve(([0, 1], [0, 1]), "fraction of samples (top first)", "share of importance",
+                       label="uniform").opts(color="gray", line_dash="dashed")]
+    for lr, c in zip(lrs, _palette(len(lrs))):
+        sel = sw.importance_lorenz.isel(run=np.flatnonzero(_ok(sw) & (sw.lr.values == lr)), lorenz_snapshot=-1)
+        v = sel.mean("run")
+        curves.append(hv.Curve((v.fraction.values, v.values), "fraction of samples (top first)",
+                               "share of importance", label=f"lr={lr:g}").opts(color=c))
+    return _lr_overlay(curves, "Lorenz curves of importance weights (end of training)")
+
+
+def minmax_table(sw: xr.Dataset, metrics=HEADLINE) -> hv.Table:
+    """Paper Tables 1–2: each metric at the smallest and the largest (non-diverged) learning rate."""
+    lrs = lr_values(sw)
+    rows = []
+    ds_name = str(sw.dataset.values[0]) if "dataset" in sw.coords else "?"
+    model = str(sw.model.values[0]) if "model" in sw.coords else "?"
+    for var, label in metrics:
+        if var not in sw or len(lrs) == 0:
+            continue
+        _, mean, std = per_lr(sw, var)
+        rows.append((ds_name, model, label, f"{lrs[0]:g}", f"{lrs[-1]:g}", f"{mean[0]:.3f} ± {std[0]:.3f}",
+                     f"{mean[-1]:.3f} ± {std[-1]:.3f}"))
+    return hv.Table(rows, ["dataset", "model", "metric", "LR min", "LR max"], ["value at LR min", "value at LR max"])

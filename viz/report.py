@@ -1,0 +1,112 @@
+"""The self-contained HTML report: bokeh resources inlined, so it opens with no network."""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import holoviews as hv
+from bokeh.embed import file_html
+from bokeh.layouts import column
+from bokeh.models import Div
+from bokeh.resources import INLINE
+
+from .. import __version__
+from ..errors import LrscopeError
+from ..store.reader import find_runs, open_sweep
+from . import figures as F
+from .summary import HEAD, run_rows
+
+PLOT_OPTS = dict(width=760, height=360)
+
+
+def _render(obj):
+    hv.extension("bokeh", logo=False) if not hv.Store.current_backend == "bokeh" else None
+    try:
+        obj = obj.opts(**PLOT_OPTS) if not isinstance(obj, hv.Layout) else obj
+    except Exception:
+        pass
+    return hv.render(obj, backend="bokeh")
+
+
+def _table_html(headers, rows, flag=None) -> str:
+    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    trs = []
+    for r in rows:
+        style = ' style="background:#fde2e2"' if flag and flag(r) else ""
+        trs.append(f"<tr{style}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>")
+    return f'<table class="lr"><thead><tr>{th}</tr></thead><tbody>{"".join(trs)}</tbody></table>'
+
+
+CSS = """<style>
+table.lr{border-collapse:collapse;font:13px sans-serif} table.lr td,table.lr th{border:1px solid #ccc;padding:3px 8px}
+table.lr th{background:#f0f0f0} h1,h2,h3{font-family:sans-serif} p{font:14px sans-serif}
+</style>"""
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def sections_for(paths) -> dict[tuple[str, str], list[Path]]:
+    groups: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    for r in run_rows(paths):
+        groups[(r["dataset"], r["model"])].append(Path(r["path"]))
+    return dict(groups)
+
+
+def write_report(paths, output, *, title: str = "lrscope report") -> Path:
+    out = Path(output)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LrscopeError(f"cannot create {out.parent}: {e.strerror}") from None
+    hv.extension("bokeh", logo=False)
+    rows = run_rows(paths)
+    n_div = sum(r["status"] == "diverged" for r in rows)
+    blocks = [Div(text=CSS + f"<h1>{html.escape(title)}</h1><p>{len(rows)} runs, {n_div} diverged · "
+                  f"lrscope {__version__} · {time.strftime('%Y-%m-%d %H:%M')}</p>")]
+    # summary: headline numbers per dataset x model, then the run list
+    groups = sections_for(paths)
+    sweeps = {key: open_sweep(runs) for key, runs in groups.items()}
+    summary_rows = []
+    for (dname, model), sw in sweeps.items():
+        lrs = F.lr_values(sw)
+        for var, label in F.HEADLINE:
+            if var in sw and len(lrs):
+                _, mean, _ = F.per_lr(sw, var)
+                summary_rows.append((dname, model, label, f"{lrs[0]:g} → {lrs[-1]:g}",
+                                     f"{_fmt(mean[0])} → {_fmt(mean[-1])}"))
+    blocks.append(Div(text="<h2>Summary</h2><p>Seed means at the smallest and largest learning rate "
+                      "that did not diverge.</p>" + _table_html(
+                          ["dataset", "model", "metric", "learning rate", "value"], summary_rows)))
+    run_list = [(r["run_id"], r["status"], r["lr"], r["seed"], r["iterations"],
+                 *(_fmt(r[v]) for v, _ in HEAD), r["reason"]) for r in rows]
+    blocks.append(Div(text="<h3>Runs</h3>" + _table_html(
+        ["run", "status", "lr", "seed", "iterations", *(h for _, h in HEAD), "reason"], run_list,
+        flag=lambda r: r[1] != "completed")))
+    for (dname, model), sw in sweeps.items():
+        blocks.append(Div(text=f"<h2>{html.escape(dname)} · {html.escape(model)}</h2>"))
+        figs = [
+            ("Metrics vs learning rate (Figs. 3–5)", F.metrics_vs_lr(sw)),
+            ("Pruning curves (Figs. 21–22)", F.pruning_curves(sw)),
+            ("Bias-conflicting loss ratio (Fig. 12, left)", F.loss_ratio_trajectories(sw)),
+            ("Max BC loss ratio vs unbiased accuracy (Fig. 12)", F.loss_ratio_vs_accuracy(sw)),
+            ("Unbiased accuracy through training (Fig. 13)", F.dynamics(sw, "unbiased_accuracy", "unbiased accuracy")),
+            ("Average CSI through training (Fig. 13)", F.dynamics(sw, "csi_mean", "average CSI")),
+            ("Neuron survival (Fig. 18)", F.neuron_survival(sw)),
+            ("Importance weights (Springer et al. Fig. 5)", F.lorenz_curves(sw)),
+        ]
+        for heading, fig in figs:
+            blocks.append(Div(text=f"<h3>{html.escape(heading)}</h3>"))
+            blocks.append(_render(fig))
+        tbl = F.minmax_table(sw)
+        blocks.append(Div(text="<h3>Min/max table (Tables 1–2)</h3>" + _table_html(
+            [d.name for d in tbl.dimensions()], [tuple(r) for r in tbl.data.itertuples(index=False)]
+            if hasattr(tbl.data, "itertuples") else tbl.data)))
+    doc = column(*blocks)
+    out.write_text(file_html(doc, INLINE, title), encoding="utf-8")
+    return out

@@ -1,0 +1,35 @@
+"""Text summaries of runs: the rows of `lrprobe ls` and of the report's run list."""
+
+from __future__ import annotations
+
+import math
+
+from ..store.reader import find_runs, open_run
+
+HEAD = [("unbiased_accuracy_final", "unb.acc"), ("worst_group_accuracy_final", "worst"),
+        ("prunability", "prun"), ("csi_mean_final", "CSI")]
+
+
+def run_rows(paths) -> list[dict]:
+    rows = []
+    for p in find_runs(paths):
+        ds = open_run(p)
+        cfg = ds.attrs["config"]
+        row = {"run_id": ds.attrs["run_id"], "status": ds.attrs["status"], "reason": ds.attrs["reason"],
+               "dataset": cfg["dataset"], "model": cfg["model"], "lr": cfg["lr"], "seed": cfg["seed"],
+               "iterations": int(ds.sizes.get("iteration", 0)), "path": str(p)}
+        for var, _ in HEAD:
+            row[var] = float(ds[var]) if var in ds and ds[var].ndim == 0 else math.nan
+        rows.append(row)
+    return rows
+
+
+def run_table(paths) -> list[str]:
+    rows = run_rows(paths)
+    width = max([len(r["run_id"]) for r in rows] + [6])
+    head = f"{'run':{width}s}  {'status':9s} {'iters':>6s} " + " ".join(f"{h:>7s}" for _, h in HEAD)
+    out = [head]
+    for r in rows:
+        vals = " ".join("      -" if math.isnan(r[v]) else f"{r[v]:7.3f}" for v, _ in HEAD)
+        out.append(f"{r['run_id']:{width}s}  {r['status']:9s} {r['iterations']:6d} {vals}")
+    return out
