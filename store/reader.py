@@ -179,6 +179,8 @@ def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
             raise StoreError(f"{p}: no run stores match")
         for m in matches:
             mp = Path(m)
+            if not mp.exists():
+                raise StoreError(f"{m}: no such file or directory")
             if (mp / "zarr.json").exists():
                 found.append(mp)
             elif mp.is_dir():

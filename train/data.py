@@ -118,7 +118,7 @@ def parity(
     n_test: int = 10000,
     core_bits: int = 4,
     spurious_bits: int = 1,
-    noise_bits: int = 45,
+    noise_bits: int = 30,
 ) -> DataBundle:
     """Boolean parity task (Qiu et al. 2024 style, as used by Barsbey et al.).
 

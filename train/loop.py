@@ -313,6 +313,12 @@ class Trainer:
         row, row_t0 = 0, t
         epoch_perm = None
         epoch_correct = epoch_count = 0
+        ep_start = (start // self.steps_per_epoch) * self.steps_per_epoch
+        if start > ep_start:  # resumed mid-epoch: the epoch's running accuracy so far, from the log
+            log = w.root[S.G_LOG]
+            acc = np.asarray(log["accuracy"][ep_start:start], dtype=np.float64)
+            cnt = np.asarray(log["bc_count"][ep_start:start]) + np.asarray(log["ba_count"][ep_start:start])
+            epoch_correct, epoch_count = int(np.round(acc * cnt).sum()), int(cnt.sum())
         lr = cfg.lr
         with _StopFlag() as stop:
             try:

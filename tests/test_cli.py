@@ -1,0 +1,159 @@
+"""The real CLIs through click's runner: happy paths and one-line errors (exit 2)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+import lrscope
+from lrscope.cli.probe import main as lrprobe
+from lrscope.cli.train import main as lrtrain
+from lrscope.store import schema as S
+
+TINY = ["--widths", "32,32", "--data-options", json.dumps({"n_train": 400, "n_test": 400, "core_bits": 3,
+                                                            "spurious_bits": 1, "noise_bits": 6}),
+        "--batch-size", "50", "--probe-size", "100", "--snapshot-every", "20", "--checkpoint-every", "40", "--quiet"]
+
+
+def run(cli, args):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def one_line_error(res, *needles):
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.output
+    assert lines[0].startswith("Error: ")
+    assert "Traceback" not in res.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_train_probe_ls_report(tmp_path):
+    out = tmp_path / "runs"
+    res = run(lrtrain, ["run", "--lr", "0.1", "--max-steps", "80", "--out", str(out), *TINY])
+    assert res.exit_code == 0, res.output
+    stores = list(out.glob("*.zarr"))
+    assert len(stores) == 1 and "completed" in res.output
+    # a second identical command does nothing and says so
+    res = run(lrtrain, ["run", "--lr", "0.1", "--max-steps", "80", "--out", str(out), *TINY])
+    assert res.exit_code == 0 and "nothing to do" in res.output
+    res = run(lrprobe, ["compute", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "7 probes computed" in res.output
+    res = run(lrprobe, ["compute", str(out), "--quiet"])
+    assert "0 probes computed, 7 up to date" in res.output
+    ds = lrscope.open_run(stores[0])
+    assert 0 <= float(ds.prunability) <= 1
+    assert ds.unbiased_accuracy.sizes["snapshot"] == ds.sizes["snapshot"]
+    res = run(lrprobe, ["ls", str(out)])
+    assert res.exit_code == 0 and "completed" in res.output and stores[0].stem in res.output
+    report = tmp_path / "rep" / "report.html"
+    res = run(lrprobe, ["report", str(out), "-o", str(report)])
+    assert res.exit_code == 0, res.output
+    html = report.read_text()
+    assert "Bokeh" in html and "cdn.bokeh.org" not in html  # inlined resources: opens offline
+    assert "Metrics vs learning rate" in html
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["run", "--lr", "0"], ["learning rate", "> 0"]),
+    (["run", "--lr", "-1"], ["learning rate"]),
+    (["run", "--lr", "nan"], ["learning rate"]),
+    (["run", "--lr", "0.1", "--batch-size", "0"], ["batch_size"]),
+    (["run", "--lr", "0.1", "--max-steps", "0"], ["max_steps"]),
+    (["run", "--lr", "0.1", "--momentum", "1.5"], ["momentum"]),
+    (["run", "--lr", "0.1", "--weight-decay", "-1"], ["weight_decay"]),
+    (["run", "--lr", "0.1", "--bias-conflicting-ratio", "1.5"], ["bias-conflicting ratio", "[0, 1]"]),
+    (["run", "--lr", "0.1", "--bias-conflicting-ratio", "-0.1"], ["bias-conflicting ratio"]),
+    (["run", "--lr", "0.1", "--dataset", "nope"], ["unknown dataset", "parity"]),
+    (["run", "--lr", "0.1", "--model", "nope"], ["unknown model", "fcn"]),
+    (["run", "--lr", "0.1", "--optimizer", "nope"], ["unknown optimizer", "sgd"]),
+    (["run", "--lr", "0.1", "--loss", "hinge"], ["unknown loss"]),
+    (["run", "--lr", "0.1", "--widths", "a,b"], ["--widths"]),
+    (["run", "--lr", "0.1", "--data-options", "{bad"], ["--data-options", "JSON"]),
+    (["run", "--lr", "0.1", "--name", "../escape"], ["run id", "not allowed"]),
+    (["run", "--lr", "0.1", "--name", "a/b"], ["run id"]),
+    (["run", "--lr", "abc"], ["--lr"]),
+    (["run"], ["--lr"]),
+    (["nosuchcommand"], ["No such command"]),
+    (["sweep", "missing.toml"], ["not found"]),
+    (["sweep", "x.toml", "--workers", "0"], ["--workers"]),
+])
+def test_lrtrain_bad_input(tmp_path, monkeypatch, args, needles):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(run(lrtrain, args), *needles)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").glob("*.zarr"))
+
+
+@pytest.mark.parametrize("spec,needles", [
+    ("[base]\nlr = 0.1\n[grid]\nseed = [", ["not valid TOML"]),
+    ("[base]\nlr = 0.1\nbogus = 3\n", ["unknown config field", "bogus"]),
+    ("[base]\nlr = 0.1\n[grid]\nlr = [0.1, 0.2]\n", ["both [base] and [grid]"]),
+    ("[grid]\nlr = []\n", ["non-empty list"]),
+    ("[grid]\nlr = [0.1, -0.5]\n", ["learning rate"]),
+    ("[grid]\nlr = [0.1, 0.1]\n", ["repeats a run"]),
+    ("[base]\nlr = 0.1\n[extra]\nx = 1\n", ["unknown section"]),
+])
+def test_sweep_spec_errors(tmp_path, spec, needles):
+    p = tmp_path / "s.toml"
+    p.write_text(spec)
+    one_line_error(run(lrtrain, ["sweep", str(p), "--out", str(tmp_path / "o")]), *needles)
+
+
+def test_lrprobe_bad_input(tmp_path, tiny):
+    one_line_error(run(lrprobe, ["compute", str(tmp_path / "nothing.zarr")]), "no such file")
+    d = tmp_path / "plain"
+    d.mkdir()
+    (d / "file.txt").write_text("x")
+    one_line_error(run(lrprobe, ["compute", str(d)]), "no run stores")
+    z = tmp_path / "other.zarr"
+    zarr.open_group(str(z), mode="w")
+    one_line_error(run(lrprobe, ["ls", str(z)]), "not an lrscope run store")
+    from lrscope.train.loop import train_run
+
+    r = train_run(tiny(max_steps=40), tmp_path / "runs", progress=False)
+    one_line_error(run(lrprobe, ["compute", str(r.path), "--only", "nope"]), "unknown probe", "accuracy")
+    one_line_error(run(lrprobe, ["compute", str(r.path), "--kappa", "2"]), "--kappa")
+    zarr.open_group(str(r.path), mode="r+").attrs[S.ATTR_SCHEMA] = 99
+    one_line_error(run(lrprobe, ["ls", str(r.path)]), "newer than this lrscope")
+
+
+def test_store_with_different_config_is_not_overwritten(tmp_path):
+    out = tmp_path / "runs"
+    res = run(lrtrain, ["run", "--lr", "0.1", "--max-steps", "40", "--out", str(out), "--name", "mine", *TINY])
+    assert res.exit_code == 0
+    before = sorted(p.name for p in (out / "mine.zarr").rglob("*"))
+    res = run(lrtrain, ["run", "--lr", "0.2", "--max-steps", "40", "--out", str(out), "--name", "mine", *TINY])
+    one_line_error(res, "different config", "lr")
+    assert sorted(p.name for p in (out / "mine.zarr").rglob("*")) == before
+
+
+def test_console_scripts_exit_code_and_help(tmp_path):
+    exe = [sys.executable, "-m", "lrscope.cli.train"]
+    r = subprocess.run([sys.executable, "-c", "from lrscope.cli.train import main; main()", "run", "--lr", "-1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-c", "from lrscope.cli.train import main; main()", "run", "--help"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "--lr" in r.stdout and "resume" in r.stdout
+    del exe
+
+
+def test_divergence_is_a_result(tmp_path, tiny):
+    from lrscope.train.loop import train_run
+
+    r = train_run(tiny(lr=1e6, max_steps=200, stop="max-steps"), tmp_path, progress=False)
+    assert r.status == "diverged"
+    ds = lrscope.open_run(r.path)
+    assert ds.attrs["status"] == "diverged" and "non-finite" in ds.attrs["reason"]
+    assert not np.isfinite(ds.loss.values[-1]) and np.isfinite(ds.loss.values[:-1]).all()
+    assert ds.attrs["diverged_at"] == ds.sizes["iteration"] - 1
+    # probing and reporting a diverged run works and flags it
+    res = run(lrprobe, ["report", str(tmp_path), "-o", str(tmp_path / "r.html")])
+    assert res.exit_code == 0, res.output
+    assert "diverged" in (tmp_path / "r.html").read_text()

@@ -1,0 +1,266 @@
+"""Each metric against a brute-force or hand-computed reference, plus property tests."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from lrscope import probe
+from lrscope.probe.metrics import MetricError
+
+fin = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+
+
+def acts_da(a):
+    return xr.DataArray(np.asarray(a, dtype=np.float64), dims=["s", "n"])
+
+
+# ----------------------------------------------------------------------------- compressibility
+def brute_compressibility(z, q, kappa):
+    d = len(z)
+    k = math.ceil(kappa * d)
+    order = np.argsort(-np.abs(z), kind="stable")
+    zk = np.zeros_like(z)
+    zk[order[:k]] = z[order[:k]]
+    nz = np.linalg.norm(z, q)
+    return 1.0 if nz == 0 else 1 - np.linalg.norm(z - zk, q) / nz
+
+
+@pytest.mark.parametrize("q,kappa", [(2, 0.1), (1, 0.3), (2, 0.0), (2, 1.0), (3, 0.5)])
+def test_compressibility_matches_brute_force(q, kappa):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 23)) * rng.integers(0, 2, (7, 23))
+    got = probe.compressibility(xr.DataArray(x, dims=["s", "n"]), dim="n", q=q, kappa=kappa).values
+    ref = [brute_compressibility(r, q, kappa) for r in x]
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+
+
+def test_compressibility_hand_values():
+    z = xr.DataArray([3.0, 4.0, 0.0, 0.0], dims=["n"])
+    # kappa=0.25 keeps 1 entry (the 4): remaining norm 3 of 5
+    assert float(probe.compressibility(z, dim="n", kappa=0.25)) == pytest.approx(1 - 3 / 5)
+    assert float(probe.compressibility(xr.DataArray(np.zeros(5), dims=["n"]), dim="n")) == 1.0
+    with pytest.raises(MetricError):
+        probe.compressibility(z, dim="n", kappa=1.5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(1, 5), st.integers(1, 30)), elements=fin),
+       st.floats(0, 1))
+def test_compressibility_bounds(x, kappa):
+    c = probe.compressibility(xr.DataArray(x, dims=["s", "n"]), dim="n", kappa=kappa).values
+    assert np.all((c >= -1e-12) & (c <= 1 + 1e-12))
+
+
+# ----------------------------------------------------------------------------- sparsity / PQ
+def test_sparsity_and_pq_index_hand_values():
+    z = xr.DataArray([0.0, 2.0, 0.0, 0.0], dims=["n"])
+    assert float(probe.sparsity(z, dim="n")) == 0.75
+    # one-sparse: 1 - d^(1/2-1) * 1 = 1 - 4^-0.5 = 0.5
+    assert float(probe.pq_index(z, dim="n")) == pytest.approx(0.5)
+    assert float(probe.pq_index(xr.DataArray(np.ones(4), dims=["n"]), dim="n")) == pytest.approx(0.0)
+    assert float(probe.pq_index(xr.DataArray(np.zeros(4), dims=["n"]), dim="n")) == 0.0
+    with pytest.raises(MetricError):
+        probe.pq_index(z, dim="n", p=2, q=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.integers(1, 40), elements=fin))
+def test_pq_index_bounds(x):
+    d = len(x)
+    v = float(probe.pq_index(xr.DataArray(x, dims=["n"]), dim="n"))
+    assert -1e-9 <= v <= 1 - d ** (-0.5) + 1e-9
+
+
+# ----------------------------------------------------------------------------- class separation
+def brute_r2(x, labels):
+    classes = np.unique(labels)
+    K = len(classes)
+
+    def cos(a, b):
+        na, nb = np.linalg.norm(a), np.linalg.norm(b)
+        return 0.0 if na == 0 or nb == 0 else a @ b / (na * nb)
+
+    groups = [x[labels == c] for c in classes]
+    dw = sum(sum(1 - cos(a, b) for a in g for b in g) / (K * len(g) ** 2) for g in groups)
+    dt = sum(sum(1 - cos(a, b) for a in gj for b in gk) / (K**2 * len(gj) * len(gk)) for gj in groups for gk in groups)
+    return 1 - dw / dt
+
+
+def test_class_separation_matches_all_pairs():
+    rng = np.random.default_rng(1)
+    x = np.maximum(rng.standard_normal((40, 6)), 0)
+    x[3] = 0  # an all-zero vector
+    labels = rng.integers(0, 3, 40)
+    got = float(probe.class_separation(acts_da(x), labels, sample_dim="s", feature_dim="n"))
+    assert got == pytest.approx(brute_r2(x, labels), rel=1e-10)
+
+
+def test_class_separation_degenerate():
+    x = acts_da(np.eye(4))
+    # perfectly separated orthogonal classes of one sample each
+    assert float(probe.class_separation(x, np.arange(4), sample_dim="s", feature_dim="n")) == pytest.approx(1.0)
+    with pytest.raises(MetricError, match="2 classes"):
+        probe.class_separation(x, np.zeros(4), sample_dim="s", feature_dim="n")
+    zero = float(probe.class_separation(acts_da(np.zeros((4, 3))), [0, 0, 1, 1], sample_dim="s", feature_dim="n"))
+    assert zero == 0.0
+
+
+# ----------------------------------------------------------------------------- CSI / BSI
+def brute_csi(a, labels, eps=1e-8):
+    classes = np.unique(labels)
+    means = np.array([a[labels == c].mean() for c in classes])
+    k = means.argmax()
+    rest = np.delete(means, k).mean()
+    rho = (a[labels == classes[k]] > 0).mean()
+    return rho * (means[k] - rest) / (means[k] + rest + eps)
+
+
+def test_csi_matches_per_neuron_reference():
+    rng = np.random.default_rng(2)
+    x = np.maximum(rng.standard_normal((60, 9)), 0)
+    x[:, 4] = 0  # dead neuron
+    labels = rng.integers(0, 3, 60)
+    got = probe.class_selectivity(acts_da(x), labels, sample_dim="s", feature_dim="n").values
+    ref = [brute_csi(x[:, j], labels) for j in range(9)]
+    np.testing.assert_allclose(got, ref, rtol=1e-10)
+    assert got[4] == 0.0
+
+
+def test_csi_hand_value_and_one_class():
+    # neuron fires 2.0 on half of class 0, never on class 1: pi_max=1, pi_rest=0, rho=0.5
+    a = np.array([[2.0], [0.0], [0.0], [0.0]])
+    assert float(probe.class_selectivity(acts_da(a), [0, 0, 1, 1], sample_dim="s", feature_dim="n")[0]) == \
+        pytest.approx(0.5, rel=1e-6)
+    with pytest.raises(MetricError):
+        probe.class_selectivity(acts_da(a), [1, 1, 1, 1], sample_dim="s", feature_dim="n")
+
+
+@settings(max_examples=50, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(4, 20), st.integers(1, 6)), elements=st.floats(0, 100)),
+       st.integers(0, 10_000))
+def test_csi_bounds_for_nonnegative_activations(x, seed):
+    labels = np.random.default_rng(seed).integers(0, 2, len(x))
+    labels[:2] = [0, 1]
+    v = probe.class_selectivity(acts_da(x), labels, sample_dim="s", feature_dim="n").values
+    assert np.all((v >= -1e-9) & (v <= 1 + 1e-9))
+
+
+def test_neuron_survival_hand_case():
+    csi = xr.DataArray([[0.5, 0.1, 0.3], [0.5, 0.4, 0.0]], dims=["snapshot", "neuron"])
+    bsi = xr.DataArray([[0.1, 0.2, 0.1], [0.1, 0.2, 0.2]], dims=["snapshot", "neuron"])
+    s = probe.neuron_survival(csi, bsi)
+    # t=0: class-dominant {0, 2}; at the end class-dominant {0, 1} -> 1/2 survive
+    assert float(s.class_neuron_survival[0]) == 0.5
+    # t=0: bias-dominant {1}; at the end it is class-dominant -> 0 survive
+    assert float(s.bias_neuron_survival[0]) == 0.0
+    assert float(s.class_neuron_survival[-1]) == 1.0
+
+
+# ----------------------------------------------------------------------------- accuracy, loss ratio
+def test_group_accuracy_hand_case():
+    logits = xr.DataArray(np.array([[1, 0], [0, 1], [1, 0], [1, 0]], dtype=float), dims=["s", "class"])
+    y = xr.DataArray([0, 1, 1, 0], dims=["s"])
+    b = np.array([0, 1, 0, 1])
+    group = xr.DataArray(np.asarray(y) * 2 + b, dims=["s"])
+    out = probe.group_accuracy(logits, y, group, sample_dim="s")
+    assert float(out.unbiased_accuracy) == 0.75
+    assert float(out.worst_group_accuracy) == 0.0  # group (y=1, b=0) is wrong
+    assert float(out.bc_accuracy) == 0.5 and float(out.ba_accuracy) == 1.0
+
+
+def test_loss_ratio_and_ba_bc_ratio():
+    r = probe.loss_ratio(xr.DataArray([1.0, 0.0, 3.0]), xr.DataArray([3.0, 0.0, 1.0]))
+    np.testing.assert_allclose(r.values, [0.25, np.nan, 0.75])
+    logits = xr.DataArray(np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]]), dims=["s", "class"])
+    y = xr.DataArray([0, 0, 1], dims=["s"])
+    ce = torch.nn.functional.cross_entropy(torch.tensor(logits.values), torch.tensor([0, 0, 1]), reduction="none")
+    bc = xr.DataArray([False, True, True], dims=["s"])
+    got = float(probe.ba_bc_loss_ratio(logits, y, bc, sample_dim="s"))
+    assert got == pytest.approx(float(ce[0] / ce[1:].mean()))
+    with pytest.raises(MetricError):
+        probe.ba_bc_loss_ratio(logits, y, xr.DataArray([True] * 3, dims=["s"]), sample_dim="s")
+
+
+# ----------------------------------------------------------------------------- importance weights
+def test_importance_gini_lorenz():
+    w = xr.DataArray(np.ones(10), dims=["s"])
+    assert float(probe.gini(w, dim="s")) == pytest.approx(0.0)
+    lz = probe.lorenz_curve(w, dim="s", points=11)
+    np.testing.assert_allclose(lz.values, np.linspace(0, 1, 11), atol=1e-12)
+    one = xr.DataArray(np.r_[np.zeros(9), 1.0], dims=["s"])
+    assert float(probe.gini(one, dim="s")) == pytest.approx(0.9)
+    assert float(probe.gini(xr.DataArray(np.zeros(5), dims=["s"]), dim="s")) == 0.0
+    logits = xr.DataArray(np.array([[0.0, 0.0], [10.0, -10.0]]), dims=["s", "class"])
+    iw = probe.importance_weights(logits, xr.DataArray([0, 0], dims=["s"]))
+    np.testing.assert_allclose(iw.values, [0.5, 1 / (1 + np.exp(20))], rtol=1e-9)
+
+
+@settings(max_examples=50, deadline=None)
+@given(arrays(np.float64, st.integers(1, 50), elements=st.floats(0, 1e3)))
+def test_gini_bounds(w):
+    g = float(probe.gini(xr.DataArray(w, dims=["s"]), dim="s"))
+    assert -1e-9 <= g <= 1
+
+
+# ----------------------------------------------------------------------------- pruning
+def test_structured_pruning_matches_rebuilt_network():
+    from lrscope.train.models import FCN
+
+    torch.manual_seed(0)
+    net = FCN(5, [8, 6], 3)
+    x = torch.randn(200, 5)
+    y = net(x).argmax(1)  # the unpruned net is 100% accurate on its own labels
+    curve = probe.pruning_curve(net, x, y, kind="structured", kappas=[0.0, 0.5])
+    assert float(curve.sel(kappa=0.0)) == 1.0
+    # reference: zero the 4 lowest-norm rows of layer 1 and the 3 lowest of layer 2 by hand
+    w1, w2, wh = (m.weight.detach().clone() for m in (net.features[1], net.features[3], net.head))
+    w1[w1.norm(dim=1).argsort()[:4]] = 0
+    w2[w2.norm(dim=1).argsort()[:3]] = 0
+    ref = (torch.relu(torch.relu(x @ w1.T) @ w2.T) @ wh.T).argmax(1)
+    assert float(curve.sel(kappa=0.5)) == pytest.approx((ref == y).float().mean().item())
+    # the model is restored afterwards
+    assert (net(x).argmax(1) == y).all()
+    p = probe.prunability(curve)
+    assert 0 <= float(p) <= 1
+
+
+def test_magnitude_and_column_pruning_monotone_in_zeros():
+    from lrscope.train.models import FCN
+
+    torch.manual_seed(1)
+    net = FCN(5, [16], 2)
+    x = torch.randn(100, 5)
+    y = net(x).argmax(1)
+    for kind in ("magnitude", "column"):
+        c = probe.pruning_curve(net, x, y, kind=kind, kappas=[0.0, 0.9])
+        assert float(c.sel(kappa=0.0)) == 1.0
+    with pytest.raises(Exception, match="kappa"):
+        probe.pruning_curve(net, x, y, kappas=[1.5])
+
+
+# ----------------------------------------------------------------------------- linear probe
+def test_linear_probe_agrees_with_sklearn():
+    from sklearn.linear_model import LogisticRegression
+
+    from lrscope.probe.linear import balanced_halves, fit_logistic
+
+    rng = np.random.default_rng(3)
+    n, d = 600, 20
+    y = rng.integers(0, 2, n)
+    b = np.where(rng.random(n) < 0.5, y, 1 - y)
+    x = rng.standard_normal((n, d)) + 0.6 * y[:, None] * (np.arange(d) < 3) + 0.9 * b[:, None] * (np.arange(d) >= 17)
+    tr, te = balanced_halves(y * 2 + b)
+    for lab in (y, b):
+        ours = (fit_logistic(x[tr], lab[tr])(x[te]) == lab[te]).mean()
+        mu, sd = x[tr].mean(0), x[tr].std(0)
+        sk = LogisticRegression(max_iter=2000).fit((x[tr] - mu) / sd, lab[tr])
+        theirs = (sk.predict((x[te] - mu) / sd) == lab[te]).mean()
+        assert abs(ours - theirs) <= 0.01
+    res = probe.feature_probe(xr.DataArray(x, dims=["s", "n"]), y, b, sample_dim="s", feature_dim="n")
+    assert 0 <= float(res.core_probe_error) < 0.5 and 0 <= float(res.spurious_probe_error) < 0.5
