@@ -35,23 +35,24 @@ def _as_da(x, dims) -> xr.DataArray:
 
 
 # ------------------------------------------------------------------------------- accuracy
-def group_accuracy(logits: xr.DataArray, y: xr.DataArray, group: xr.DataArray, *, sample_dim: str,
+def group_accuracy(logits: xr.DataArray, y: xr.DataArray, b: xr.DataArray, *, sample_dim: str,
                    class_dim: str = "class") -> xr.Dataset:
     """Accuracy per (y, b) group, the unbiased (all-sample) accuracy, the worst-group accuracy,
-    and the bias-aligned / bias-conflicting accuracies.
+    and the bias-aligned (b = y) / bias-conflicting (b ≠ y) accuracies.
 
     On the unbiased test set (y ⟂ b) the plain accuracy is the paper's *unbiased test accuracy*;
-    worst-group accuracy is the minimum over groups present (Sagawa et al. 2020).
+    worst-group accuracy is the minimum over the groups present (Sagawa et al. 2020). Groups are
+    numbered y · n_b + b with n_b = max(b) + 1.
     """
     correct = (logits.argmax(class_dim) == y).astype(np.float32)
-    g = np.asarray(group)
+    yv, bv = np.asarray(y), np.asarray(b)
+    if yv.size == 0:
+        raise MetricError("accuracy of an empty sample set")
+    g = yv * (int(bv.max()) + 1) + bv
     groups = np.unique(g)
     per_group = xr.concat([correct.isel({sample_dim: np.flatnonzero(g == k)}).mean(sample_dim) for k in groups],
                           dim="group").assign_coords(group=groups)
-    yv = np.asarray(y)
-    num_bias = int(g.max() // max(1, yv.max()) + 1) if yv.max() > 0 else int(g.max()) + 1
-    bvals = g - yv * num_bias  # group = y * num_bias + b
-    bc = bvals != yv
+    bc = bv != yv
     out = xr.Dataset({
         "unbiased_accuracy": _attrs(correct.mean(sample_dim), "unbiased test accuracy", True),
         "group_accuracy": _attrs(per_group, "accuracy per (y, b) group", True),
@@ -219,12 +220,16 @@ def neuron_survival(csi: xr.DataArray, bsi: xr.DataArray, *, time_dim: str = "sn
 def importance_weights(logits: xr.DataArray, y: xr.DataArray, class_dim: str = "class") -> xr.DataArray:
     """Per-sample importance weights λ_i = 1 − p_θ(y_i | x_i): the scale of each sample's
     cross-entropy gradient w.r.t. its logits (Springer et al. §6; σ(−y f(x)) in the binary case)."""
+    # 1 - p_y = exp(logsumexp_{j != y} z_j - logsumexp_j z_j): exact even when p_y is ~1
     z = logits.astype(np.float64)
     m = z.max(class_dim)
-    p = np.exp(z - m)
-    p = p / p.sum(class_dim)
-    py = p.isel({class_dim: xr.DataArray(np.asarray(y), dims=y.dims)})
-    return _attrs(1 - py, "importance weight 1 - p(y|x)", None)
+    lse = m + np.log(np.exp(z - m).sum(class_dim))
+    is_y = xr.DataArray(np.arange(z.sizes[class_dim]), dims=[class_dim]) == y
+    zo = z.where(~is_y, -np.inf)
+    mo = zo.max(class_dim)
+    lse_o = mo + np.log(np.exp(zo - mo).sum(class_dim))
+    w = np.exp(lse_o - lse)
+    return _attrs(w, "importance weight 1 - p(y|x)", None)
 
 
 def lorenz_curve(w: xr.DataArray, *, dim: str, points: int = 101) -> xr.DataArray:

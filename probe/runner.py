@@ -80,7 +80,7 @@ def _final(da: xr.DataArray, name: str) -> xr.DataArray:
 # ------------------------------------------------------------------------------- the probes
 def probe_accuracy(ctx: Context) -> xr.Dataset:
     ds = ctx.ds
-    out = M.group_accuracy(ds.test_logits, ds.test_y, ds.test_group, sample_dim="test_sample")
+    out = M.group_accuracy(ds.test_logits, ds.test_y, ds.test_b, sample_dim="test_sample")
     if "train_logits" in ds:
         tl = ds.train_logits
         out["train_accuracy"] = M._attrs((tl.argmax("class") == ds.train_y).mean("train_sample")

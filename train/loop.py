@@ -286,8 +286,9 @@ class Trainer:
             "param_norm": norms[:, 1].astype(np.float32),
             "logit_norm": (np.where(valid, np.linalg.norm(logits, axis=-1), 0).sum(1) / cnt).astype(np.float32),
             S.A_BATCH_INDEX: idx.astype(np.int32),
-            S.A_BATCH_LOGITS: logits.astype(np.float16),
         }
+        with np.errstate(over="ignore"):  # a diverging run's logits overflow float16: inf is the truth
+            block[S.A_BATCH_LOGITS] = logits.astype(np.float16)
         return block, int(correct.sum()), int(cnt.sum())
 
     # -------------------------------------------------------------------- main loop
