@@ -20,7 +20,7 @@ import xarray as xr
 import zarr
 
 from .. import __version__
-from ..errors import LrscopeError
+from ..errors import LrscopeError, StoreError
 from ..store import schema as S
 from ..store.reader import open_run, open_store
 from . import metrics as M
@@ -257,10 +257,17 @@ def compute_run(path, names=None, *, force: bool = False, data_root: str | None 
             continue
         t0 = time.perf_counter()
         try:
-            res = PROBES[name](ctx)
+            res = PROBES[name](ctx).compute()  # read everything here, where errors are caught
         except M.MetricError as e:
             outcomes[name] = f"not defined: {e}"
             continue
+        except LrscopeError:
+            raise
+        except Exception as e:  # unreadable chunks, codec errors: a damaged store, said in one line
+            if os.environ.get("LRSCOPE_DEBUG"):
+                raise
+            raise StoreError(f"{path}: probe {name!r} failed reading the store ({type(e).__name__}: {e}); "
+                             "corrupted or truncated store? (LRSCOPE_DEBUG=1 shows the traceback)") from None
         res.attrs.update(prov)
         res.attrs["seconds"] = round(time.perf_counter() - t0, 4)
         write_probe(path, name, res)

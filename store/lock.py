@@ -11,7 +11,10 @@ import os
 from pathlib import Path
 
 
-class RunLocked(Exception):
+from ..errors import LrscopeError
+
+
+class RunLocked(LrscopeError):
     """Another live process holds this run."""
 
 

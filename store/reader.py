@@ -51,9 +51,22 @@ def check_attrs(attrs: dict[str, Any], path: Any) -> None:
             raise StoreError(f"{path}: run store is missing its '{key}' attribute")
 
 
+def check_array(arr: zarr.Array) -> zarr.Array:
+    """Refuse anything but plain numeric/bool arrays with non-executable codecs: a store is data,
+    never code (object, string and void dtypes and pickle codecs can carry pickled objects)."""
+    kind = np.dtype(arr.dtype).kind if not hasattr(arr.dtype, "to_native_dtype") else \
+        np.dtype(arr.dtype.to_native_dtype()).kind
+    if kind not in "biuf":
+        raise StoreError(f"{arr.path}: dtype {arr.dtype} refused (only numeric arrays; no pickle in stores)")
+    for codec in getattr(arr.metadata, "codecs", ()) or ():
+        name = str(codec.to_dict().get("name", "")) if hasattr(codec, "to_dict") else type(codec).__name__
+        if "pickle" in name.lower() or "vlen" in name.lower():
+            raise StoreError(f"{arr.path}: codec {name!r} refused (no pickle in stores)")
+    return arr
+
+
 def _lazy(arr: zarr.Array, n: int | None) -> da.Array:
-    if arr.dtype == object or arr.dtype.kind == "O":
-        raise StoreError(f"{arr.path}: object dtype refused (no pickle in stores)")
+    check_array(arr)
     x = da.from_zarr(arr)
     return x if n is None else x[:n]
 
@@ -92,10 +105,10 @@ def open_run(path: str | os.PathLike, *, probes: bool = True) -> xr.Dataset:
                 if name == S.A_INPUTS:
                     variables["probe_inputs"] = xr.Variable(_dims(arr), _lazy(arr, None))
                 else:
-                    coords[f"{split}_{name}"] = (_dims(arr), np.asarray(arr[...]))
+                    coords[f"{split}_{name}"] = (_dims(arr), np.asarray(check_array(arr)[...]))
         if "regions" in data:
             arr = data["regions"]
-            variables["regions"] = xr.Variable(_dims(arr), np.asarray(arr[...]))
+            variables["regions"] = xr.Variable(_dims(arr), np.asarray(check_array(arr)[...]))
             coords["region"] = ("region", list(attrs.get(S.ATTR_REGIONS, [])))
         n_it, n_snap, n_ck = com["iteration"], com["snapshot"], com["checkpoint"]
         for name, arr in root[S.G_LOG].arrays():
@@ -103,7 +116,7 @@ def open_run(path: str | os.PathLike, *, probes: bool = True) -> xr.Dataset:
         coords[S.D_ITER] = (S.D_ITER, np.arange(n_it))
         for name, arr in root[S.G_SNAP].arrays():
             if name == S.A_SNAP_ITER:
-                coords["snapshot_iteration"] = (S.D_SNAP, np.asarray(arr[:n_snap]))
+                coords["snapshot_iteration"] = (S.D_SNAP, np.asarray(check_array(arr)[:n_snap]))
             else:
                 variables[name] = xr.Variable(_dims(arr), _lazy(arr, n_snap))
         coords[S.D_SNAP] = (S.D_SNAP, np.arange(n_snap))

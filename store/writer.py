@@ -22,6 +22,24 @@ from . import schema as S
 from .lock import RunLock
 from ..errors import StoreError
 
+# Fault injection for the crash tests: LRSCOPE_CRASH_AT="<point>:<n>" SIGKILLs this process the
+# n-th time it reaches <point> (flush, snapshot, checkpoint, optimizer, commit), mid-write.
+_CRASH = os.environ.get("LRSCOPE_CRASH_AT", "")
+_crash_hits: dict[str, int] = {}
+
+
+def _crash_point(name: str) -> None:
+    if not _CRASH:
+        return
+    point, _, nth = _CRASH.partition(":")
+    if point == name:
+        _crash_hits[name] = _crash_hits.get(name, 0) + 1
+        if _crash_hits[name] == int(nth or 1):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 # Chunk sizes: log rows are flushed in blocks; a chunk holds several blocks.
 LOG_CHUNK = 4096
 LOG_BATCH_CHUNK = 256
@@ -180,8 +198,10 @@ class RunWriter:
         log = self.root[S.G_LOG]
         start = self.committed["iteration"]
         n = len(block["loss"])
-        for name, values in block.items():
+        for i, (name, values) in enumerate(block.items()):
             _write_rows(log[name], start, values)
+            if i == len(block) // 2:
+                _crash_point("flush")
         self.committed["iteration"] = start + n  # takes effect at the next commit()
 
     @property
@@ -194,6 +214,7 @@ class RunWriter:
         k = self.committed["snapshot"]
         _write_rows(g[S.A_SNAP_ITER], k, np.array([iteration], dtype=np.int64))
         _write_rows(g[S.A_TEST_LOGITS], k, test_logits[None].astype(np.float32))
+        _crash_point("snapshot")
         _write_rows(g[S.A_PROBE_FEATURES], k, probe_features[None].astype(np.float32))
         tl = g[S.A_TRAIN_LOGITS]
         if train_logits is not None:
@@ -207,8 +228,10 @@ class RunWriter:
         k = self.committed["checkpoint"]
         _write_rows(self.root[S.G_CKPT][S.A_CKPT_ITER], k, np.array([iteration], dtype=np.int64))
         pg = self.root[S.G_PARAMS]
-        for name, arr in params.items():
+        for i, (name, arr) in enumerate(params.items()):
             _write_rows(pg[name], k, arr[None])
+            if i == 0:
+                _crash_point("checkpoint")
         slot = k % S.OPTIM_SLOTS
         og = self.root[S.G_OPTIM]
         sg = og[str(slot)] if str(slot) in og else og.create_group(str(slot))
@@ -219,6 +242,7 @@ class RunWriter:
             else:
                 sg.create_array(name, shape=arr.shape, dtype=arr.dtype, overwrite=True,
                                 chunks=arr.shape or None)[...] = arr
+            _crash_point("optimizer")
         self.optim_keys[str(slot)] = sorted(optim)
         self.committed["checkpoint"] = k + 1
 
@@ -231,6 +255,7 @@ class RunWriter:
         if reason is not None:
             attrs[S.ATTR_REASON] = reason
         attrs.update(extra)
+        _crash_point("commit")
         self.root.attrs.update(attrs)
 
     def finish(self, status: str, reason: str, **extra: Any) -> None:

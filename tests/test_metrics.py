@@ -263,3 +263,56 @@ def test_linear_probe_agrees_with_sklearn():
         assert abs(ours - theirs) <= 0.01
     res = probe.feature_probe(xr.DataArray(x, dims=["s", "n"]), y, b, sample_dim="s", feature_dim="n")
     assert 0 <= float(res.core_probe_error) < 0.5 and 0 <= float(res.spurious_probe_error) < 0.5
+
+
+# ----------------------------------------------------------------------------- degenerate inputs
+nan_or_fin = st.one_of(st.just(np.nan), st.floats(-10, 10, allow_nan=False))
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(2, 12), st.integers(1, 8)), elements=nan_or_fin),
+       st.integers(0, 10_000))
+def test_metrics_on_nans_are_defined_or_nan(x, seed):
+    """NaN inputs give NaN (or a value in range) for that entry, never an exception."""
+    labels = np.random.default_rng(seed).integers(0, 2, len(x))
+    labels[:2] = [0, 1]
+    da = xr.DataArray(x, dims=["s", "n"])
+    for v in (probe.compressibility(da, dim="n").values, probe.pq_index(da, dim="n").values,
+              probe.sparsity(da, dim="n").values):
+        finite = v[np.isfinite(v)]
+        assert np.all((finite >= -1e-9) & (finite <= 1 + 1e-9))
+    rows_ok = np.isfinite(x).all(1)
+    c = probe.compressibility(da, dim="n").values
+    assert np.all(np.isnan(c[~rows_ok]))
+    probe.class_selectivity(da, labels, sample_dim="s", feature_dim="n")  # NaN neurons, no raise
+    r2 = float(probe.class_separation(da.fillna(0), labels, sample_dim="s", feature_dim="n"))
+    assert -1 - 1e-9 <= r2 <= 1 + 1e-9
+
+
+@pytest.mark.parametrize("fn", [
+    lambda a, y: probe.class_selectivity(a, y, sample_dim="s", feature_dim="n"),
+    lambda a, y: probe.class_separation(a, y, sample_dim="s", feature_dim="n"),
+    lambda a, y: probe.feature_probe(a, y, y, sample_dim="s", feature_dim="n"),
+])
+def test_single_class_raises_a_clear_error(fn):
+    a = xr.DataArray(np.random.default_rng(0).random((10, 3)), dims=["s", "n"])
+    with pytest.raises(MetricError):
+        fn(a, np.zeros(10, dtype=int))
+
+
+def test_all_zero_and_empty_inputs():
+    z = xr.DataArray(np.zeros((6, 4)), dims=["s", "n"])
+    lab = np.array([0, 0, 0, 1, 1, 1])
+    assert np.all(probe.class_selectivity(z, lab, sample_dim="s", feature_dim="n").values == 0)
+    assert float(probe.class_separation(z, lab, sample_dim="s", feature_dim="n")) == 0.0
+    assert np.all(probe.sparsity(z, dim="n").values == 1.0)
+    empty = xr.DataArray(np.zeros((0, 2)), dims=["s", "class"])
+    with pytest.raises(MetricError):
+        probe.group_accuracy(empty, xr.DataArray(np.zeros(0, int), dims=["s"]),
+                             xr.DataArray(np.zeros(0, int), dims=["s"]), sample_dim="s")
+    # a group with no samples is simply absent; worst-group is over the groups present
+    logits = xr.DataArray(np.array([[1.0, 0.0], [0.0, 1.0]]), dims=["s", "class"])
+    out = probe.group_accuracy(logits, xr.DataArray([0, 1], dims=["s"]), xr.DataArray([0, 1], dims=["s"]),
+                               sample_dim="s")
+    assert out.sizes["group"] == 2 and float(out.worst_group_accuracy) == 1.0 and "bc_accuracy" not in out
+    assert float(probe.loss_ratio(xr.DataArray(0.0), xr.DataArray(0.0))) != 0.0  # NaN: undefined, not 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -20,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import zarr
 
 from ..errors import ConfigError, LrscopeError, StoreError
 from ..store import schema as S
-from ..store.lock import RunLock, RunLocked
+from ..store.lock import RunLock
 from ..store.reader import open_store
 from ..store.writer import RunWriter
 from .config import RunConfig, check_run_id
@@ -152,8 +154,6 @@ def train_run(cfg: RunConfig, out: str | os.PathLike, *, run_id: str | None = No
     lock = RunLock(path)
     try:
         lock.acquire()
-    except RunLocked as e:
-        raise LrscopeError(str(e)) from None
     except OSError as e:
         raise LrscopeError(f"cannot write in {out}: {e.strerror}") from None
     try:
@@ -164,6 +164,9 @@ def train_run(cfg: RunConfig, out: str | os.PathLike, *, run_id: str | None = No
 
 def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle | None, lock: RunLock) -> RunResult:
     resume = (path / "zarr.json").exists()
+    if resume and _half_created(path):
+        shutil.rmtree(path)
+        resume = False
     if resume:
         root = open_store(path)
         attrs = root.attrs.asdict()
@@ -201,20 +204,40 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
             load_optimizer(opt, {n: np.asarray(slot[n][...]) for n in keys}, device)
         start = writer.committed["iteration"]
     else:
-        labels = {}
-        for split_name, split in (("train", bundle.train), ("test", bundle.test)):
-            labels[split_name] = _label_arrays(bundle, split, np.arange(len(split)))
-        labels["probe"] = _label_arrays(bundle, bundle.test, probe_idx)
-        model_info = {"input_shape": list(bundle.input_shape), "num_classes": n_classes,
-                      "num_bias": bundle.num_bias, "num_features": int(model.num_features),
-                      "dataset_description": bundle.description}
-        writer = RunWriter.create(
-            path, run_id=path.stem, config=cfg.to_dict(), labels=labels,
-            probe_inputs=bundle.test.x[probe_idx].numpy(), probe_test_index=probe_idx,
-            regions=bundle.regions, model_info=model_info, params=state_arrays(model),
-            batch_size=cfg.batch_size, num_classes=n_classes, device=str(device), lock=lock)
+        try:
+            writer = _create_store(path, cfg, bundle, model, probe_idx, device, lock)
+        except OSError as e:
+            raise LrscopeError(f"cannot create {path}: {e.strerror or e}") from None
         start = 0
-    return Trainer(cfg, bundle, model, opt, writer, device, probe_idx).run(start, progress)
+    try:
+        trainer = Trainer(cfg, bundle, model, opt, writer, device, probe_idx)
+    except OSError as e:
+        raise LrscopeError(f"{path.name}: could not prepare the store ({e.strerror or e})") from None
+    return trainer.run(start, progress)
+
+
+def _create_store(path, cfg, bundle, model, probe_idx, device, lock) -> RunWriter:
+    labels = {}
+    for split_name, split in (("train", bundle.train), ("test", bundle.test)):
+        labels[split_name] = _label_arrays(bundle, split, np.arange(len(split)))
+    labels["probe"] = _label_arrays(bundle, bundle.test, probe_idx)
+    model_info = {"input_shape": list(bundle.input_shape), "num_classes": bundle.num_classes,
+                  "num_bias": bundle.num_bias, "num_features": int(model.num_features),
+                  "dataset_description": bundle.description}
+    return RunWriter.create(
+        path, run_id=path.stem, config=cfg.to_dict(), labels=labels,
+        probe_inputs=bundle.test.x[probe_idx].numpy(), probe_test_index=probe_idx,
+        regions=bundle.regions, model_info=model_info, params=state_arrays(model),
+        batch_size=cfg.batch_size, num_classes=bundle.num_classes, device=str(device), lock=lock)
+
+
+def _half_created(path: Path) -> bool:
+    """A store whose creation was cut off before its attributes were written: nothing but an
+    attribute-less zarr.json (anything else is never deleted)."""
+    try:
+        return set(os.listdir(path)) <= {"zarr.json"} and not zarr.open_group(str(path), mode="r").attrs.asdict()
+    except Exception:
+        return False
 
 
 def _label_arrays(bundle: DataBundle, split: Split, pos: np.ndarray) -> dict[str, np.ndarray]:
@@ -298,7 +321,7 @@ class Trainer:
         t = start
         rec = 0.0  # seconds spent recording (snapshots, checkpoints, stats, writes)
         t_wall = time.perf_counter()
-        if start == 0:
+        if w.committed["checkpoint"] == 0:  # a fresh store (a resume from iteration 0 has both already)
             r0 = time.perf_counter()
             self.snapshot(0)
             self.checkpoint(0)
@@ -417,6 +440,11 @@ class Trainer:
                     w.commit()
             except LrscopeError:
                 raise
+            except OSError as e:  # disk full, store deleted, ...: the last commit is intact
+                raise LrscopeError(
+                    f"{w.path.name}: writing the store failed near iteration {t} ({e.strerror or e}); "
+                    "everything up to the last commit is intact: fix the cause and re-run the same command "
+                    "to resume") from None
             except KeyboardInterrupt:
                 w.commit(status=S.STATUS_RUNNING, reason=f"interrupted near iteration {t}; re-run to resume")
                 raise

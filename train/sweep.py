@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import time
 import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -84,17 +85,28 @@ def _worker(cfg_dict: dict, out: str, threads: int) -> tuple[str, str, str]:
         torch.set_num_threads(threads)
     from .loop import train_run
 
+    from ..store.lock import RunLocked
+
     cfg = RunConfig.from_dict(cfg_dict)
     try:
         r = train_run(cfg, out, progress=False)
         return cfg.run_id(), r.status, r.message
+    except RunLocked as e:
+        return cfg.run_id(), BUSY, str(e)
     except LrscopeError as e:
         return cfg.run_id(), "error", str(e)
 
 
+BUSY = "busy"
+
+
 def run_sweep(configs: list[RunConfig], out: str | os.PathLike, *, workers: int = 1, progress: bool = True,
-              on_result: Callable[[str, str, str], None] | None = None) -> list[tuple[str, str, str]]:
-    """Train every config into `out`; returns (run_id, status, message) per run."""
+              on_result: Callable[[str, str, str], None] | None = None,
+              poll: float = 1.0) -> list[tuple[str, str, str]]:
+    """Train every config into `out`; returns (run_id, status, message) per run.
+
+    Runs another process is training (its lock is held) are deferred and waited for, so several
+    sweep processes can share one output folder and each returns once the whole grid is done."""
     Path(out).mkdir(parents=True, exist_ok=True)
     results = []
     bar = None
@@ -111,10 +123,19 @@ def run_sweep(configs: list[RunConfig], out: str | os.PathLike, *, workers: int 
             bar.update(1)
             bar.set_postfix_str(f"{r[0]}: {r[1]}")
 
+    by_id = {c.run_id(): c for c in configs}
+    busy: list[str] = []
+
+    def take(r):
+        if r[1] == BUSY:  # another process trains it: come back to it at the end
+            busy.append(r[0])
+        else:
+            done(r)
+
     try:
         if workers <= 1:
             for cfg in configs:
-                done(_worker(cfg.to_dict(), str(out), 0))
+                take(_worker(cfg.to_dict(), str(out), 0))
         else:
             threads = max(1, (os.cpu_count() or 1) // workers)
             import multiprocessing as mp
@@ -122,7 +143,17 @@ def run_sweep(configs: list[RunConfig], out: str | os.PathLike, *, workers: int 
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
                 futs = [pool.submit(_worker, c.to_dict(), str(out), threads) for c in configs]
                 for f in as_completed(futs):
-                    done(f.result())
+                    take(f.result())
+        # runs held by other processes: wait for their lock, then finish (a no-op if the other
+        # process completed it; a resume if it crashed)
+        while busy:
+            run_id = busy.pop(0)
+            r = _worker(by_id[run_id].to_dict(), str(out), 0)
+            if r[1] == BUSY:
+                busy.append(run_id)
+                time.sleep(poll)
+            else:
+                done(r)
     finally:
         if bar is not None:
             bar.close()

@@ -1,0 +1,273 @@
+"""Crashes at any moment, readers during writes, concurrent sweep workers, a full disk, damaged
+and untrusted stores: lrscope loses nothing, tells the truth, and executes nothing from a store."""
+
+import errno
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+import lrscope
+from lrscope.cli.probe import main as lrprobe
+from lrscope.cli.train import main as lrtrain
+from lrscope.errors import StoreError
+
+from test_resume import assert_same_store, committed
+
+ARGS = ["run", "--lr", "0.1", "--momentum", "0.9", "--widths", "32,32", "--batch-size", "50", "--probe-size", "100",
+        "--data-options", json.dumps({"n_train": 1000, "n_test": 300, "core_bits": 3, "spurious_bits": 1,
+                                      "noise_bits": 8}),
+        "--snapshot-every", "40", "--checkpoint-every", "60", "--max-steps", "400", "--stop", "max-steps",
+        "--quiet"]
+CODE = "import torch; torch.set_num_threads(1); from lrscope.cli.train import main; main()"
+
+
+def env(**extra):
+    e = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    e.pop("LRSCOPE_CRASH_AT", None)
+    e.update(extra)
+    return e
+
+
+def train_cmd(out):
+    return [sys.executable, "-c", CODE, *ARGS, "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    subprocess.run(train_cmd(out), env=env(), check=True, capture_output=True)
+    return next(out.glob("*.zarr"))
+
+
+# ----------------------------------------------------------------------------- killed mid-write
+@pytest.mark.parametrize("point", ["flush:2", "snapshot:3", "checkpoint:2", "optimizer:3", "commit:4",
+                                   pytest.param("snapshot:9", marks=pytest.mark.slow),
+                                   pytest.param("checkpoint:5", marks=pytest.mark.slow),
+                                   pytest.param("flush:7", marks=pytest.mark.slow),
+                                   pytest.param("commit:11", marks=pytest.mark.slow)])
+def test_killed_mid_write_resumes_to_identical_store(tmp_path, reference, point):
+    out = tmp_path / "run"
+    r = subprocess.run(train_cmd(out), env=env(LRSCOPE_CRASH_AT=point), capture_output=True)
+    assert r.returncode == -9, (point, r.returncode, r.stderr[-500:])
+    store = next(out.glob("*.zarr"))
+    ds = lrscope.open_run(store)  # the interrupted store reads as a consistent prefix
+    assert ds.attrs["status"] == "running"
+    r = subprocess.run(train_cmd(out), env=env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert_same_store(reference, store)
+
+
+def _random_kill_trials(tmp_path, reference, trials, seed):
+    rng = random.Random(seed)
+    for trial in range(trials):
+        out = tmp_path / f"t{trial}"
+        p = subprocess.Popen(train_cmd(out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 5.0))  # interpreter start-up is ~2 s of this
+        p.kill()
+        p.wait()
+        for _ in range(3):  # killed again on the way, sometimes
+            r = subprocess.Popen(train_cmd(out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if rng.random() < 0.3:
+                time.sleep(rng.uniform(2.0, 3.5))
+                r.kill()
+            r.wait()
+        r = subprocess.run(train_cmd(out), env=env(), capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert_same_store(reference, next(out.glob("*.zarr")))
+
+
+def test_killed_at_random_moments(tmp_path, reference):
+    _random_kill_trials(tmp_path, reference, trials=1, seed=0)
+
+
+@pytest.mark.slow
+def test_killed_at_random_moments_many(tmp_path, reference):
+    _random_kill_trials(tmp_path, reference, trials=12, seed=1)
+
+
+# ----------------------------------------------------------------------------- readers during writes
+def test_readers_see_consistent_prefixes_while_training(tmp_path):
+    out = tmp_path / "live"
+    args = [a if a != "400" else "3000" for a in train_cmd(out)]
+    p = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    reads = 0
+    try:
+        while p.poll() is None:
+            stores = list(out.glob("*.zarr"))
+            if not stores or committed(stores[0]) is None or committed(stores[0])["snapshot"] == 0:
+                time.sleep(0.05)
+                continue
+            ds = lrscope.open_run(stores[0], probes=False)
+            n_it, n_snap = ds.sizes["iteration"], ds.sizes["snapshot"]
+            assert (ds.batch_index.values >= 0).all()  # no unwritten (-1 filled) log rows
+            assert np.isfinite(ds.loss.values).all()
+            it = ds.snapshot_iteration.values
+            assert len(it) == n_snap and np.all(np.diff(it) > 0) and it[-1] <= max(n_it, 1)
+            last = ds.test_logits.isel(snapshot=-1).values
+            assert np.abs(last).sum() > 0  # a written snapshot, not the zero fill value
+            assert ds.probe_features.isel(snapshot=-1).values.shape[0] == 100
+            reads += 1
+    finally:
+        p.wait()
+    assert p.returncode == 0, p.stderr.read()[-1000:]
+    assert reads >= 3
+    assert lrscope.open_run(next(out.glob("*.zarr"))).attrs["status"] == "completed"
+
+
+# ----------------------------------------------------------------------------- concurrent sweeps
+def test_two_sweep_processes_share_a_grid(tmp_path):
+    spec = tmp_path / "grid.toml"
+    spec.write_text(
+        "[base]\ndataset='parity'\nwidths=[32,32]\nbatch_size=50\nprobe_size=100\nmax_steps=300\n"
+        "stop='max-steps'\nsnapshot_every=50\ncheckpoint_every=50\n"
+        "data_options={n_train=1000, n_test=300, core_bits=3, spurious_bits=1, noise_bits=8}\n"
+        "[grid]\nlr=[0.05, 0.1]\nseed=[0, 1]\n")
+    code = "import torch; torch.set_num_threads(1); from lrscope.cli.train import main; main()"
+    cmd = [sys.executable, "-c", code, "sweep", str(spec), "--out", str(tmp_path / "shared"), "--quiet"]
+    procs = [subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-1000:]
+        assert "4 runs" in o and "4 completed" in o, o
+    # every store is complete and equals a run trained alone
+    solo = tmp_path / "solo"
+    subprocess.run([*cmd[:4], str(spec), "--out", str(solo), "--quiet"], env=env(), check=True,
+                   capture_output=True)
+    for store in sorted((tmp_path / "shared").glob("*.zarr")):
+        assert_same_store(solo / store.name, store)
+    assert not list((tmp_path / "shared").glob("*.lock"))
+
+
+def test_second_trainer_of_a_running_run_is_refused(tmp_path):
+    out = tmp_path / "o"
+    args = [a if a != "400" else "100000" for a in train_cmd(out)]
+    p = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t0 = time.time()
+        while not list(out.glob("*.zarr")) or committed(next(out.glob("*.zarr"))) is None:
+            assert time.time() - t0 < 60
+            time.sleep(0.05)
+        r = subprocess.run(args, env=env(), capture_output=True, text=True)
+        assert r.returncode == 2 and "another process" in r.stderr and r.stderr.count("\n") == 1
+    finally:
+        p.kill()
+        p.wait()
+
+
+# ----------------------------------------------------------------------------- full disk
+def test_full_disk_is_a_clean_error_and_resumable(tmp_path, tiny, monkeypatch):
+    from zarr.storage import _local
+
+    from lrscope.train.loop import train_run
+
+    ref = train_run(tiny(max_steps=200, stop="max-steps"), tmp_path / "ref", progress=False)
+    real_put = _local._put
+    calls = {"n": 0}
+
+    def full_put(path, value, exclusive=False):  # the disk fills up during the 3rd checkpoint
+        if "checkpoints/params" in str(path) and "/c/" in str(path):
+            calls["n"] += 1
+            if calls["n"] > 7:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_put(path, value, exclusive=exclusive)
+
+    monkeypatch.setattr(_local, "_put", full_put)
+    cfg = tiny(max_steps=200, stop="max-steps")
+    argv = ["run", "--lr", "0.1", "--widths", "32,32", "--batch-size", "50", "--probe-size", "100",
+            "--data-options", json.dumps(cfg.data_options), "--snapshot-every", "20", "--checkpoint-every", "40",
+            "--max-steps", "200", "--stop", "max-steps", "--quiet", "--out", str(tmp_path / "full"),
+            "--name", ref.path.stem]
+    res = CliRunner().invoke(lrtrain, argv, catch_exceptions=False)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "resume" in lines[0]
+    store = tmp_path / "full" / f"{ref.path.stem}.zarr"
+    assert lrscope.open_run(store).attrs["status"] == "running"
+    monkeypatch.setattr(_local, "_put", real_put)
+    res = CliRunner().invoke(lrtrain, argv, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert_same_store(ref.path, store)
+
+
+# ----------------------------------------------------------------------------- damaged stores
+@pytest.fixture
+def finished(tmp_path, tiny):
+    from lrscope.train.loop import train_run
+
+    return train_run(tiny(max_steps=60), tmp_path / "runs", progress=False).path
+
+
+def one_line(res, *needles):
+    lines = [ln for ln in res.output.splitlines() if ln.strip() and "%|" not in ln]
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_corrupted_chunk(finished):
+    chunks = [p for p in (finished / "snapshots" / "test_logits").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    chunks[-1].write_bytes(b"\x00garbage" * 10)
+    one_line(CliRunner().invoke(lrprobe, ["compute", str(finished), "--quiet"]), "corrupted")
+
+
+def test_truncated_array(finished):
+    arr = zarr.open_array(str(finished / "log" / "loss"), mode="r+")
+    arr.resize((arr.shape[0] - 5,))
+    one_line(CliRunner().invoke(lrprobe, ["ls", str(finished)]), "truncated or corrupted")
+
+
+def test_corrupted_metadata(finished):
+    (finished / "zarr.json").write_text("{not json")
+    one_line(CliRunner().invoke(lrprobe, ["ls", str(finished)]), "run store")
+    one_line(CliRunner().invoke(lrtrain, ["run", "--lr", "0.1", "--out", str(finished.parent),
+                                          "--name", finished.stem]), "run store")
+
+
+def test_store_with_string_dtype_is_refused(finished):
+    g = zarr.open_group(str(finished / "data" / "train"), mode="r+")
+    a = g.create_array("evil", shape=(2,), dtype="U5", dimension_names=["train_sample"])
+    a[...] = np.array(["a", "b"])
+    with pytest.raises(StoreError, match="refused"):
+        lrscope.open_run(finished)
+
+
+def test_store_with_pickle_codec_is_refused(finished):
+    meta_path = finished / "log" / "loss" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["codecs"].insert(0, {"name": "numcodecs.pickle", "configuration": {"protocol": 5}})
+    meta_path.write_text(json.dumps(meta))
+    res = CliRunner().invoke(lrprobe, ["ls", str(finished)])
+    one_line(res)
+    assert "pickle" in res.output.lower() or "corrupted" in res.output
+
+
+def test_nothing_unpickles():
+    import pathlib
+
+    root = pathlib.Path(lrscope.__file__).parent
+    for py in root.rglob("*.py"):
+        if ".venv" in py.parts or "tests" in py.parts:
+            continue
+        text = py.read_text()
+        assert "import pickle" not in text and "pickle.load" not in text, py
+        for line in text.splitlines():
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, (py, line)
+
+
+# ----------------------------------------------------------------------------- bad output folders
+def test_unwritable_output_folder(tmp_path):
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    one_line(CliRunner().invoke(lrtrain, ["run", "--lr", "0.1", "--out", str(f / "sub")]), "cannot")
+    one_line(CliRunner().invoke(lrtrain, ["run", "--lr", "0.1", "--out", "/proc/lrscope-out"]), "cannot")
+    one_line(CliRunner().invoke(lrprobe, ["report", str(tmp_path), "-o", str(f / "r.html")]))
