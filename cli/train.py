@@ -58,13 +58,16 @@ def main():
 @click.option("--widths", default=None, help="FCN hidden widths, e.g. 200,200,200.")
 @click.option("--data-options", default=None, help="Dataset knobs as JSON, e.g. '{\"n_train\": 2000}'.")
 @click.option("--model-options", default=None, help="Model knobs as JSON, e.g. '{\"width\": 0.25}'.")
-@click.option("--snapshot-every", type=int, default=500, show_default=True,
+@click.option("--snapshot-every", type=int, default=1000, show_default=True,
               help="Snapshot period in steps (plus log-spaced snapshots before it and a final one).")
-@click.option("--checkpoint-every", type=int, default=1000, show_default=True, help="Checkpoint (resume point) period.")
+@click.option("--early-snapshots", default="light", show_default=True,
+              help="Log-spaced early snapshots: light (probe subset only, cheap) | full (whole test set).")
+@click.option("--checkpoint-every", type=int, default=2000, show_default=True, help="Checkpoint (resume point) period.")
 @click.option("--probe-size", type=int, default=1000, show_default=True,
               help="Group-balanced test samples whose penultimate activations are recorded.")
 @click.option("--train-logits", default="auto", show_default=True,
-              help="Full train-set logits at each snapshot: auto (small sets) | always | final.")
+              help="Train-set logits at full snapshots: auto (when a pass costs <= 2% of the steps "
+                   "between snapshots) | always | final (last snapshot only).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--out", "out", default="runs", show_default=True, type=click.Path(file_okay=False),
               help="Output folder; the run is written to <out>/<run-id>.zarr.")

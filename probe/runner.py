@@ -78,18 +78,29 @@ def _final(da: xr.DataArray, name: str) -> xr.DataArray:
 
 
 # ------------------------------------------------------------------------------- the probes
+def _evaluated(logits: xr.DataArray, sample_dim: str) -> np.ndarray:
+    """Snapshot positions whose logits were evaluated (light snapshots leave NaN rows)."""
+    return np.flatnonzero(logits.notnull().all((sample_dim, "class")).values)
+
+
 def probe_accuracy(ctx: Context) -> xr.Dataset:
+    """Unbiased, worst-group, per-group, BA/BC accuracy per snapshot (test split at full
+    snapshots; the group-balanced probe subset at every snapshot), train accuracy."""
     ds = ctx.ds
-    out = M.group_accuracy(ds.test_logits, ds.test_y, ds.test_b, sample_dim="test_sample")
-    if "train_logits" in ds:
-        tl = ds.train_logits
-        out["train_accuracy"] = M._attrs((tl.argmax("class") == ds.train_y).mean("train_sample")
-                                         .where(tl.notnull().all(("train_sample", "class"))),
-                                         "train accuracy", True)
+    full = _evaluated(ds.test_logits, "test_sample")
+    out = M.group_accuracy(ds.test_logits.isel(snapshot=full), ds.test_y, ds.test_b, sample_dim="test_sample")
+    out = out.reindex(snapshot=ds.snapshot.values)  # NaN at light snapshots
+    pr = M.group_accuracy(ds.probe_logits, ds.probe_y, ds.probe_b, sample_dim="probe_sample")
+    out["probe_accuracy"] = M._attrs(pr.unbiased_accuracy, "accuracy on the group-balanced probe subset", True)
+    out["probe_worst_group_accuracy"] = M._attrs(pr.worst_group_accuracy, "worst-group accuracy (probe subset)", True)
+    tl = ds.train_logits
+    tr = _evaluated(tl, "train_sample")
+    out["train_accuracy"] = M._attrs((tl.isel(snapshot=tr).argmax("class") == ds.train_y).mean("train_sample")
+                                     .reindex(snapshot=ds.snapshot.values), "train accuracy", True)
     for v in ("unbiased_accuracy", "worst_group_accuracy", "bc_accuracy", "ba_accuracy", "train_accuracy"):
         if v in out:
             out[f"{v}_final"] = _final(out[v], v)
-    return out
+    return out.drop_vars([c for c in out.coords if c not in ("snapshot", "group")])
 
 
 def probe_loss_ratio(ctx: Context) -> xr.Dataset:
@@ -106,12 +117,12 @@ def probe_loss_ratio(ctx: Context) -> xr.Dataset:
                                      window=window)
     out["max_loss_ratio_raw"] = M._attrs(r.max("iteration", skipna=True),
                                          "maximum BC loss ratio of a single minibatch", None)
-    tl = ds.train_logits
-    has = tl.notnull().all(("train_sample", "class")).compute()
+    tr = _evaluated(ds.train_logits, "train_sample")
     bc = ds.train_bias_conflicting.values
-    if has.any() and bc.any() and (~bc).any():
-        ratio = M.ba_bc_loss_ratio(tl, ds.train_y, ds.train_bias_conflicting, sample_dim="train_sample")
-        out["ba_bc_loss_ratio"] = ratio.where(has)
+    if len(tr) and bc.any() and (~bc).any():
+        ratio = M.ba_bc_loss_ratio(ds.train_logits.isel(snapshot=tr), ds.train_y, ds.train_bias_conflicting,
+                                   sample_dim="train_sample")
+        out["ba_bc_loss_ratio"] = ratio.reindex(snapshot=ds.snapshot.values)
     out = out.drop_vars([c for c in out.coords if c not in ("iteration", "snapshot")])
     return out
 

@@ -84,7 +84,8 @@ A_BATCH_LOGITS = "batch_logits"  # (iteration, batch_slot, class) float16
 
 # ---- snapshots/ arrays (dim snapshot) --------------------------------------------------
 A_SNAP_ITER = "iteration"
-A_TEST_LOGITS = "test_logits"  # (snapshot, test_sample, class) float32
+A_TEST_LOGITS = "test_logits"  # (snapshot, test_sample, class) float32, NaN at light snapshots
+A_PROBE_LOGITS = "probe_logits"  # (snapshot, probe_sample, class) float32, every snapshot
 A_TRAIN_LOGITS = "train_logits"  # (snapshot, train_sample, class) float32, NaN when not evaluated
 A_PROBE_FEATURES = "probe_features"  # (snapshot, probe_sample, neuron) float32
 

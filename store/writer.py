@@ -76,6 +76,15 @@ class RunWriter:
         self.timings: dict[str, float] = dict(a.get(S.ATTR_TIMINGS, {}))
         self._log_buf: list[dict[str, np.ndarray]] = []
         self._log_rows = 0
+        self._snap_buf: list[dict] = []
+        self.buffered_snapshot_bytes = 0
+        self._handles: dict[str, zarr.Array] = {}  # open arrays: each lookup would re-read metadata
+
+    def _array(self, group: str, name: str) -> zarr.Array:
+        key = f"{group}/{name}"
+        if key not in self._handles:
+            self._handles[key] = self.root[group][name]
+        return self._handles[key]
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -142,7 +151,9 @@ class RunWriter:
         n_train = len(labels["train"]["y"])
         n_probe = len(probe_test_index)
         _append_array(snaps, S.A_TEST_LOGITS, (n_test, num_classes), "float32",
-                      (S.D_SNAP, S.D_SAMPLE["test"], S.D_CLASS), 1)
+                      (S.D_SNAP, S.D_SAMPLE["test"], S.D_CLASS), 1, fill=np.nan)
+        _append_array(snaps, S.A_PROBE_LOGITS, (len(probe_test_index), num_classes), "float32",
+                      (S.D_SNAP, S.D_SAMPLE["probe"], S.D_CLASS), 1, fill=np.nan)
         _append_array(snaps, S.A_TRAIN_LOGITS, (n_train, num_classes), "float32",
                       (S.D_SNAP, S.D_SAMPLE["train"], S.D_CLASS), 1, fill=np.nan)
         _append_array(snaps, S.A_PROBE_FEATURES, (n_probe, model_info["num_features"]), "float32",
@@ -178,9 +189,10 @@ class RunWriter:
         for group, key in ((S.G_LOG, "iteration"), (S.G_SNAP, "snapshot"), (S.G_CKPT, "checkpoint"),
                            (S.G_PARAMS, "checkpoint")):
             n = self.committed[key]
-            for _, arr in self.root[group].arrays():
+            for name, arr in self.root[group].arrays():
                 if arr.shape[0] > n:
                     arr.resize((n, *arr.shape[1:]))
+                self._handles[f"{group}/{name}"] = arr
 
     # ------------------------------------------------------------------ appends
     def append_log(self, rows: dict[str, np.ndarray]) -> None:
@@ -190,48 +202,61 @@ class RunWriter:
         self._log_rows += n
 
     def flush(self) -> None:
-        """Write buffered log rows beyond the committed length (not yet committed)."""
-        if not self._log_buf:
-            return
-        block = {k: np.concatenate([r[k] for r in self._log_buf]) for k in self._log_buf[0]}
-        self._log_buf, self._log_rows = [], 0
-        log = self.root[S.G_LOG]
-        start = self.committed["iteration"]
-        n = len(block["loss"])
-        for i, (name, values) in enumerate(block.items()):
-            _write_rows(log[name], start, values)
-            if i == len(block) // 2:
-                _crash_point("flush")
-        self.committed["iteration"] = start + n  # takes effect at the next commit()
+        """Write the buffered log rows and snapshots beyond the committed lengths; they become
+        visible at the next commit(). Rows after the last checkpoint are dropped by a resume
+        anyway, so holding them in memory until then loses nothing."""
+        if self._log_buf:
+            block = {k: np.concatenate([r[k] for r in self._log_buf]) for k in self._log_buf[0]}
+            self._log_buf, self._log_rows = [], 0
+            start = self.committed["iteration"]
+            n = len(block["loss"])
+            _write_many([(self._array(S.G_LOG, name), start, values) for name, values in block.items()])
+            self.committed["iteration"] = start + n  # takes effect at the next commit()
+        _crash_point("flush")
+        if self._snap_buf:
+            k0 = self.committed["snapshot"]
+            snaps, self._snap_buf, self.buffered_snapshot_bytes = self._snap_buf, [], 0
+            writes = [(self._array(S.G_SNAP, S.A_SNAP_ITER), k0,
+                       np.array([s_[S.A_SNAP_ITER] for s_ in snaps], dtype=np.int64))]
+            for name in (S.A_TEST_LOGITS, S.A_PROBE_LOGITS, S.A_PROBE_FEATURES, S.A_TRAIN_LOGITS):
+                arr = self._array(S.G_SNAP, name)
+                _ensure_rows(arr, k0 + len(snaps))
+                # consecutive rows that hold data are written as one block; missing rows keep
+                # the NaN fill value (never materialised on disk)
+                j = 0
+                while j < len(snaps):
+                    if snaps[j].get(name) is None:
+                        j += 1
+                        continue
+                    e = j
+                    while e < len(snaps) and snaps[e].get(name) is not None:
+                        e += 1
+                    writes.append((arr, k0 + j, np.stack([snaps[q][name] for q in range(j, e)]).astype(np.float32)))
+                    j = e
+            _write_many(writes[: len(writes) // 2])
+            _crash_point("snapshot")
+            _write_many(writes[len(writes) // 2:])
+            self.committed["snapshot"] = k0 + len(snaps)
 
     @property
     def buffered_rows(self) -> int:
         return self._log_rows
 
-    def write_snapshot(self, iteration: int, test_logits: np.ndarray, probe_features: np.ndarray,
-                       train_logits: np.ndarray | None = None) -> None:
-        g = self.root[S.G_SNAP]
-        k = self.committed["snapshot"]
-        _write_rows(g[S.A_SNAP_ITER], k, np.array([iteration], dtype=np.int64))
-        _write_rows(g[S.A_TEST_LOGITS], k, test_logits[None].astype(np.float32))
-        _crash_point("snapshot")
-        _write_rows(g[S.A_PROBE_FEATURES], k, probe_features[None].astype(np.float32))
-        tl = g[S.A_TRAIN_LOGITS]
-        if train_logits is not None:
-            _write_rows(tl, k, train_logits[None].astype(np.float32))
-        else:  # keep the row (NaN fill value) so the snapshot dim stays aligned
-            if tl.shape[0] < k + 1:
-                tl.resize((k + 1, *tl.shape[1:]))
-        self.committed["snapshot"] = k + 1
+    def write_snapshot(self, iteration: int, *, probe_features: np.ndarray, probe_logits: np.ndarray,
+                       test_logits: np.ndarray | None = None, train_logits: np.ndarray | None = None) -> None:
+        """Buffer one snapshot (written at the next flush). Logits not evaluated are None."""
+        snap = {S.A_SNAP_ITER: iteration, S.A_PROBE_FEATURES: probe_features, S.A_PROBE_LOGITS: probe_logits,
+                S.A_TEST_LOGITS: test_logits, S.A_TRAIN_LOGITS: train_logits}
+        self._snap_buf.append(snap)
+        self.buffered_snapshot_bytes += sum(v.nbytes for v in snap.values() if isinstance(v, np.ndarray))
 
     def write_checkpoint(self, iteration: int, params: dict[str, np.ndarray], optim: dict[str, np.ndarray]) -> None:
         k = self.committed["checkpoint"]
-        _write_rows(self.root[S.G_CKPT][S.A_CKPT_ITER], k, np.array([iteration], dtype=np.int64))
-        pg = self.root[S.G_PARAMS]
-        for i, (name, arr) in enumerate(params.items()):
-            _write_rows(pg[name], k, arr[None])
-            if i == 0:
-                _crash_point("checkpoint")
+        _write_rows(self._array(S.G_CKPT, S.A_CKPT_ITER), k, np.array([iteration], dtype=np.int64))
+        items = [(self._array(S.G_PARAMS, name), k, arr[None]) for name, arr in params.items()]
+        _write_many(items[:1])
+        _crash_point("checkpoint")
+        _write_many(items[1:])
         slot = k % S.OPTIM_SLOTS
         og = self.root[S.G_OPTIM]
         sg = og[str(slot)] if str(slot) in og else og.create_group(str(slot))
@@ -261,6 +286,7 @@ class RunWriter:
     def finish(self, status: str, reason: str, **extra: Any) -> None:
         self.flush()
         self.commit(status=status, reason=reason, **extra)
+        self._shrink_to_committed()  # arrays grow in steps; a finished store is exact
 
 
 # ------------------------------------------------------------------------ array helpers
@@ -289,11 +315,38 @@ def _write_full(group: zarr.Group, name: str, arr: np.ndarray, dims: tuple[str, 
     a[...] = arr
 
 
-def _write_rows(arr: zarr.Array, start: int, values: np.ndarray) -> None:
-    end = start + len(values)
+def _ensure_rows(arr: zarr.Array, end: int) -> None:
+    """Grow the leading dim to at least `end`, in whole chunks (at least 16 rows) so most appends
+    skip the metadata rewrite; readers only ever look at the committed rows."""
     if arr.shape[0] < end:
-        arr.resize((end, *arr.shape[1:]))
-    arr[start:end] = values
+        step = max(arr.chunks[0], 16)
+        arr.resize((-(-end // step) * step, *arr.shape[1:]))
+
+
+def _write_many(items: list[tuple[zarr.Array, int, np.ndarray]]) -> None:
+    """Write rows into several arrays concurrently (one trip through Zarr's event loop)."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def one(arr: zarr.Array, start: int, values: np.ndarray) -> None:
+        aa = arr.async_array
+        end = start + len(values)
+        if aa.metadata.shape[0] < end:
+            step = max(arr.chunks[0], 16)
+            await aa.resize((-(-end // step) * step, *aa.metadata.shape[1:]))
+        await aa.setitem(slice(start, end), values)
+
+    async def all_() -> None:
+        await asyncio.gather(*(one(*it) for it in items))
+
+    if items:
+        sync(all_())
+
+
+def _write_rows(arr: zarr.Array, start: int, values: np.ndarray) -> None:
+    _ensure_rows(arr, start + len(values))
+    arr[start:start + len(values)] = values
 
 
 def config_json(config: dict[str, Any]) -> str:

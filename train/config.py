@@ -49,10 +49,11 @@ class RunConfig:
     widths: list[int] | None = None  # hidden widths for the FCN; None: the model's default
     data_options: dict[str, Any] = field(default_factory=dict)  # dataset-specific knobs
     model_options: dict[str, Any] = field(default_factory=dict)  # model-specific knobs (cnn: width)
-    snapshot_every: int = 500  # snapshots at 0,1,2,4,... below this, then every N steps, + final
-    checkpoint_every: int = 1000  # checkpoints (resume points) every N steps, + final
+    snapshot_every: int = 1000  # snapshots at 0,1,2,4,... below this, then every N steps, + final
+    early_snapshots: str = "light"  # log-spaced early snapshots: light (probe subset only) or full
+    checkpoint_every: int = 2000  # checkpoints (resume points) every N steps, + final
     probe_size: int = 1000  # test samples (group-balanced) whose activations are recorded
-    train_logits: str = "auto"  # full train-set logits at snapshots: auto (small sets), always, final
+    train_logits: str = "auto"  # train-set logits at full snapshots: auto (when cheap), always, final
     device: str = "auto"
 
     # ------------------------------------------------------------------ validation
@@ -70,6 +71,7 @@ class RunConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("stop", self.stop, STOPS)
         _choice("train_logits", self.train_logits, TRAIN_LOGITS)
+        _choice("early_snapshots", self.early_snapshots, ("light", "full"))
         _choice("device", self.device, DEVICES)
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr}")

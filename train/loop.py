@@ -1,10 +1,11 @@
 """The training loop: data as device tensors, batched by index, recording into a run store.
 
-Per step the loop only copies the minibatch's losses, logits and sample ids into preallocated
-device buffers and takes two fused norms (``torch._foreach_norm``); everything derived from
-them (accuracy, bias-conflicting/aligned loss sums, logit norms) is computed once per epoch
-on the host, vectorised over the epoch's rows. Zarr writes happen in blocks at snapshots and
-checkpoints. Divergence (a non-finite loss) is a result: status ``diverged``, store intact.
+Per step the loop only keeps references to the minibatch logits and two fused norms
+(``torch._foreach_norm``); sample ids come from the epoch permutation, and losses, accuracy,
+bias-conflicting/aligned loss sums and logit norms are derived on the host once per epoch,
+vectorised. Log rows and snapshots are buffered in memory and written to Zarr in blocks at
+checkpoints (what follows the last checkpoint is dropped by a resume anyway), every 20 s, or
+when the buffer passes 256 MB. Divergence (a non-finite loss) is a result: status ``diverged``, store intact.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .data import DataBundle, Split, as_model_input, build_dataset, probe_subset
 from .restore import build_model, state_arrays
 
 EVAL_BATCH = 4096
-SMALL_TRAIN_ELEMS = 20_000_000  # "auto" train logits at every snapshot below this many input values
+TRAIN_LOGITS_BUDGET = 0.02  # "auto": train logits at full snapshots when a pass costs <= 2% of the interval
 
 
 @dataclass
@@ -55,6 +56,16 @@ def pick_device(name: str) -> torch.device:
 def is_snapshot(t: int, every: int) -> bool:
     """Log-spaced early (0, 1, 2, 4, ... below `every`), then every `every` steps."""
     return t == 0 or t % every == 0 or (t < every and (t & (t - 1)) == 0)
+
+
+def is_light_snapshot(t: int, cfg: RunConfig) -> bool:
+    """The early log-spaced snapshots (not 0, not multiples of snapshot_every) are light: probe
+    subset only, unless early_snapshots="full"."""
+    return cfg.early_snapshots == "light" and t != 0 and t % cfg.snapshot_every != 0
+
+
+FLUSH_SECONDS = 20.0
+FLUSH_BYTES = 256 * 2**20
 
 
 def store_path(out: str | os.PathLike, run_id: str) -> Path:
@@ -246,7 +257,25 @@ def _label_arrays(bundle: DataBundle, split: Split, pos: np.ndarray) -> dict[str
             "index": split.index.numpy()[pos]}
 
 
+MAX_BLOCK_ROWS = 512  # at most this many steps' logits are held before the host statistics run
+
+
+def per_sample_loss_np(cfg: RunConfig, logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The training loss of each sample, recomputed on the host from its logits (float64)."""
+    z = logits.astype(np.float64)
+    m = z.max(-1, keepdims=True)
+    lse = (m + np.log(np.exp(z - m).sum(-1, keepdims=True)))[..., 0]
+    ce = lse - np.take_along_axis(z, y[..., None], -1)[..., 0]
+    if cfg.loss == "focal":
+        ce = (1 - np.exp(-ce)) ** cfg.focal_gamma * ce
+    return ce
+
+
 class Trainer:
+    """Runs the optimisation. Per step it only keeps references: the minibatch logits (detached)
+    and the two fused norm results; ids come from the epoch permutation, losses and all other
+    statistics are derived on the host once per block of steps (an epoch, or MAX_BLOCK_ROWS)."""
+
     def __init__(self, cfg, bundle, model, opt, writer: RunWriter, device, probe_idx):
         self.cfg, self.model, self.opt, self.writer, self.device = cfg, model, opt, writer, device
         self.bundle = bundle
@@ -257,44 +286,68 @@ class Trainer:
         self.n = len(self.Y)
         self.bs = min(cfg.batch_size, self.n)
         self.steps_per_epoch = math.ceil(self.n / self.bs)
-        # host copies of labels for the per-epoch statistics
+        # host copies of labels for the per-block statistics
         self.y_np = bundle.train.y.numpy()
         self.bc_np = (bundle.train.y != bundle.train.b).numpy()
-        n_in = self.n * int(np.prod(bundle.input_shape))
+        # cost model: a forward pass over n samples ~ n / (3 * batch) training steps (fwd + bwd ~ 3 fwd)
+        train_pass_steps = self.n / (3 * self.bs)
         self.train_logits_every_snapshot = cfg.train_logits == "always" or (
-            cfg.train_logits == "auto" and n_in <= SMALL_TRAIN_ELEMS)
-        rows = self.steps_per_epoch
-        c = bundle.num_classes
-        self.buf_loss = torch.full((rows, self.bs), float("nan"), device=device)
-        self.buf_logits = torch.zeros((rows, self.bs, c), device=device)
-        self.buf_idx = torch.full((rows, self.bs), -1, dtype=torch.long, device=device)
-        self.buf_norms = torch.zeros((rows, 2), device=device)
+            cfg.train_logits == "auto" and train_pass_steps <= TRAIN_LOGITS_BUDGET * cfg.snapshot_every)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self._logits: list[torch.Tensor] = []
+        self._norms: list[torch.Tensor] = []  # per step: one 0-d norm per grad, then per param
+        self.perm_cpu: torch.Tensor | None = None
+
+    def epoch_perm(self, epoch: int) -> torch.Tensor:
+        """The minibatch order of an epoch: a pure function of (seed, epoch), so resumes replay it."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        self.perm_cpu = torch.randperm(self.n, generator=g)
+        return self.perm_cpu.to(self.device)
 
     # -------------------------------------------------------------------- recording
     def snapshot(self, t: int, final: bool = False) -> None:
-        test_logits = evaluate(self.model, self.Xt)
-        _, feats = evaluate(self.model, self.Xp, features=True)
+        """Evaluate and buffer a snapshot. Light snapshots (the early log-spaced ones, by default)
+        record only the probe subset; full ones add the whole test split, and the train split
+        where that is cheap (or at the final snapshot)."""
+        full = final or not is_light_snapshot(t, self.cfg)
+        logits, feats = evaluate(self.model, self.Xp, features=True)
+        test_logits = evaluate(self.model, self.Xt).cpu().numpy() if full else None
         train_logits = None
-        if final or self.train_logits_every_snapshot:
+        if final or (full and self.train_logits_every_snapshot):
             train_logits = evaluate(self.model, self.X).cpu().numpy()
-        self.writer.write_snapshot(t, test_logits.cpu().numpy(), feats.cpu().numpy(), train_logits)
+        self.writer.write_snapshot(t, probe_features=feats.cpu().numpy(), probe_logits=logits.cpu().numpy(),
+                                   test_logits=test_logits, train_logits=train_logits)
 
     def checkpoint(self, t: int) -> None:
         self.writer.write_checkpoint(t, state_arrays(self.model), optimizer_arrays(self.opt))
 
     def epoch_rows(self, t0: int, rows: int, lr: float) -> tuple[dict[str, np.ndarray], int, int]:
-        """Host-side statistics for `rows` logged steps starting at iteration t0."""
-        loss = self.buf_loss[:rows].cpu().numpy()
-        logits = self.buf_logits[:rows].cpu().numpy()
-        idx = self.buf_idx[:rows].cpu().numpy()
-        norms = self.buf_norms[:rows].cpu().numpy()
+        """Host-side statistics for the `rows` steps since iteration t0 (all within one epoch)."""
+        bs, c = self.bs, self.bundle.num_classes
+        pos0 = t0 % self.steps_per_epoch
+        flat_idx = self.perm_cpu[pos0 * bs:(pos0 + rows) * bs].numpy()
+        flat_logits = torch.cat(self._logits).float().cpu().numpy()
+        norms = torch.stack(self._norms).reshape(rows, -1).double().cpu().numpy()
+        k = len(self.params)
+        gn = np.sqrt((norms[:, :-k] ** 2).sum(1))
+        pn = np.sqrt((norms[:, -k:] ** 2).sum(1))
+        self._logits, self._norms = [], []
+        total = rows * bs
+        idx = np.full(total, -1, dtype=np.int64)
+        idx[:len(flat_idx)] = flat_idx
+        idx = idx.reshape(rows, bs)
+        logits = np.full((total, c), np.nan, dtype=np.float32)
+        logits[:len(flat_logits)] = flat_logits
+        logits = logits.reshape(rows, bs, c)
         valid = idx >= 0
         safe = np.where(valid, idx, 0)
         y = self.y_np[safe]
+        with np.errstate(invalid="ignore", over="ignore"):
+            loss = np.where(valid, per_sample_loss_np(self.cfg, np.where(valid[..., None], logits, 0), y), np.nan)
+            loss = np.where(valid & ~np.isfinite(logits).all(-1), np.nan, loss)  # non-finite logits: NaN loss
         bc = self.bc_np[safe] & valid
         ba = ~self.bc_np[safe] & valid
-        correct = (logits.argmax(-1) == y) & valid
+        correct = (np.nan_to_num(logits, nan=-np.inf).argmax(-1) == y) & valid
         cnt = valid.sum(1)
         lz = np.where(valid, loss, 0.0)
         block = {
@@ -305,9 +358,10 @@ class Trainer:
             "ba_loss_sum": np.where(ba, loss, 0).sum(1).astype(np.float32),
             "bc_count": bc.sum(1).astype(np.int32),
             "ba_count": ba.sum(1).astype(np.int32),
-            "grad_norm": norms[:, 0].astype(np.float32),
-            "param_norm": norms[:, 1].astype(np.float32),
-            "logit_norm": (np.where(valid, np.linalg.norm(logits, axis=-1), 0).sum(1) / cnt).astype(np.float32),
+            "grad_norm": gn.astype(np.float32),
+            "param_norm": pn.astype(np.float32),
+            "logit_norm": (np.where(valid, np.linalg.norm(np.nan_to_num(logits), axis=-1), 0).sum(1) / cnt
+                           ).astype(np.float32),
             S.A_BATCH_INDEX: idx.astype(np.int32),
         }
         with np.errstate(over="ignore"):  # a diverging run's logits overflow float16: inf is the truth
@@ -324,6 +378,7 @@ class Trainer:
         if w.committed["checkpoint"] == 0:  # a fresh store (a resume from iteration 0 has both already)
             r0 = time.perf_counter()
             self.snapshot(0)
+            w.flush()  # a checkpoint's commit must carry every snapshot up to its iteration
             self.checkpoint(0)
             w.commit(status=S.STATUS_RUNNING, reason="training")
             rec += time.perf_counter() - r0
@@ -335,6 +390,7 @@ class Trainer:
             bar = tqdm(total=cfg.max_steps, initial=start, desc=w.path.stem, unit="step", leave=False,
                        dynamic_ncols=True)
         row, row_t0 = 0, t
+        last_flush = time.perf_counter()
         epoch_perm = None
         epoch_correct = epoch_count = 0
         ep_start = (start // self.steps_per_epoch) * self.steps_per_epoch
@@ -349,36 +405,29 @@ class Trainer:
                 while t < cfg.max_steps:
                     epoch, pos = divmod(t, self.steps_per_epoch)
                     if epoch_perm is None or pos == 0:
-                        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-                        epoch_perm = torch.randperm(self.n, generator=g).to(self.device)
+                        epoch_perm = self.epoch_perm(epoch)
                     idx = epoch_perm[pos * self.bs:(pos + 1) * self.bs]
-                    xb, yb = as_model_input(self.X[idx]), self.Y[idx]
-                    logits = model(xb)
-                    losses = per_sample_loss(cfg, logits, yb)
-                    loss = losses.mean()
+                    logits = model(as_model_input(self.X[idx]))
+                    if cfg.loss == "ce":
+                        loss = F.cross_entropy(logits, self.Y[idx])
+                    else:
+                        loss = per_sample_loss(cfg, logits, self.Y[idx]).mean()
                     if cfg.l1 > 0:
                         loss = loss + cfg.l1 * sum(p.abs().sum() for p in self.params)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    m = len(idx)
-                    self.buf_loss[row, :m] = losses.detach()  # buffers: device copies, no sync
-                    self.buf_logits[row, :m] = logits.detach()
-                    self.buf_idx[row, :m] = idx
-                    if m < self.bs:
-                        self.buf_loss[row, m:] = float("nan")
-                        self.buf_idx[row, m:] = -1
-                    with torch.no_grad():
-                        gn = torch._foreach_norm([p.grad for p in self.params if p.grad is not None])
-                        pn = torch._foreach_norm(self.params)
-                        self.buf_norms[row, 0] = torch.linalg.vector_norm(torch.stack(gn))
-                        self.buf_norms[row, 1] = torch.linalg.vector_norm(torch.stack(pn))
+                    with torch.no_grad():  # references only: no copies, no host syncs
+                        self._logits.append(logits.detach())
+                        self._norms.extend(torch._foreach_norm(  # grads and params in one fused call
+                            [p.grad for p in self.params if p.grad is not None] + self.params))
                     opt.step()
                     t += 1
                     row += 1
                     end_of_epoch = pos == self.steps_per_epoch - 1
                     snap = is_snapshot(t, cfg.snapshot_every)
                     ckpt = t % cfg.checkpoint_every == 0
-                    if not (end_of_epoch or snap or ckpt or t == cfg.max_steps or stop.signal):
+                    if not (end_of_epoch or snap or ckpt or t == cfg.max_steps or stop.signal
+                            or row >= MAX_BLOCK_ROWS):
                         continue
                     # ---- once per epoch (or at a recording point): host-side statistics
                     r0 = time.perf_counter()
@@ -409,13 +458,17 @@ class Trainer:
                         epoch_correct = epoch_count = 0
                     done = done or t >= cfg.max_steps
                     if snap and not done:
-                        w.flush()
                         self.snapshot(t)
-                    if (ckpt or stop.signal) and not done:
+                    # write and commit at checkpoints, and every FLUSH_SECONDS or FLUSH_BYTES of
+                    # buffered snapshots so that readers follow a long run
+                    due = (time.perf_counter() - last_flush > FLUSH_SECONDS
+                           or w.buffered_snapshot_bytes > FLUSH_BYTES)
+                    if (ckpt or stop.signal or due) and not done:
                         w.flush()
-                        self.checkpoint(t)
-                    if (snap or ckpt or stop.signal) and not done:
+                        if ckpt or stop.signal:
+                            self.checkpoint(t)
                         w.commit()
+                        last_flush = time.perf_counter()
                     rec += time.perf_counter() - r0
                     if bar is not None:
                         bar.update(t - bar.n)
