@@ -69,6 +69,8 @@ def main():
               help="Train-set logits at full snapshots: auto (when a pass costs <= 2% of the steps "
                    "between snapshots) | always | final (last snapshot only).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--data-root", default=None, type=click.Path(file_okay=False),
+              help="Folder of file-based datasets (MNIST IDX files, ...).")
 @click.option("--out", "out", default="runs", show_default=True, type=click.Path(file_okay=False),
               help="Output folder; the run is written to <out>/<run-id>.zarr.")
 @click.option("--name", default=None, help="Run id (default: dataset-model-lr-seed[-hash]).")

@@ -60,7 +60,8 @@ class Context:
         cfg = self.config
         try:
             bundle = build_dataset(cfg["dataset"], seed=cfg["data_seed"],
-                                   bias_conflicting_ratio=cfg["bias_conflicting_ratio"], **cfg["data_options"])
+                                   bias_conflicting_ratio=cfg["bias_conflicting_ratio"],
+                                   data_root=self.data_root or cfg.get("data_root"), **cfg["data_options"])
             if np.array_equal(bundle.test.y.numpy(), self.ds.test_y.values) and \
                     np.array_equal(bundle.test.b.numpy(), self.ds.test_b.values):
                 return bundle.test.x, bundle.test.y, "test"

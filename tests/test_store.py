@@ -114,3 +114,17 @@ def test_open_sweep_coords(tiny_sweep):
     assert means.sizes["lr"] == 2
     g = lrscope.open_sweep(str(tiny_sweep / "*lr0.5*"))
     assert g.sizes["run"] == 2
+
+
+def test_open_sweep_fast_path_matches_open_run(tiny_sweep):
+    """Runs after the first reuse its array metadata: their values must be their own."""
+    sw = lrscope.open_sweep(tiny_sweep)
+    for i, store in enumerate(sw.attrs["stores"]):
+        ds = lrscope.open_run(store)
+        n = ds.sizes["iteration"]
+        np.testing.assert_array_equal(sw.loss.isel(run=i, iteration=slice(0, n)).values, ds.loss.values)
+        np.testing.assert_array_equal(sw.test_logits.isel(run=i, snapshot=slice(0, ds.sizes["snapshot"])).values,
+                                      ds.test_logits.values)
+        np.testing.assert_array_equal(sw.snapshot_iteration.isel(run=i).values[:ds.sizes["snapshot"]],
+                                      ds.snapshot_iteration.values)
+        assert float(sw.prunability.isel(run=i)) == float(ds.prunability)

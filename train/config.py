@@ -21,7 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 # Fields that change how a run is executed but not what it computes: left out of the run id
 # and of the "same run?" check on resume.
-EXECUTION_FIELDS = ("device",)
+EXECUTION_FIELDS = ("device", "data_root")
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
 
@@ -55,6 +55,7 @@ class RunConfig:
     probe_size: int = 1000  # test samples (group-balanced) whose activations are recorded
     train_logits: str = "auto"  # train-set logits at full snapshots: auto (when cheap), always, final
     device: str = "auto"
+    data_root: str | None = None  # where file-based datasets live (not part of the run's identity)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> "RunConfig":

@@ -71,15 +71,24 @@ def register_dataset(name: str, rho_train: float):
     return deco
 
 
-def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | None = None, **options) -> DataBundle:
-    """Build a dataset by name. ``options`` are the dataset's own knobs (sizes, bits, ...)."""
+def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | None = None,
+                  data_root: str | None = None, **options) -> DataBundle:
+    """Build a dataset by name. ``options`` are the dataset's own knobs (sizes, bits, base set, ...);
+    ``data_root`` is passed to the datasets that read files."""
+    import inspect
+
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
     rho = DEFAULT_RHO[name] if bias_conflicting_ratio is None else bias_conflicting_ratio
-    try:
-        return DATASETS[name](seed=seed, rho_train=rho, **options)
-    except TypeError as e:  # an unknown option name
-        raise ConfigError(f"bad data option for {name!r}: {e}") from None
+    fn = DATASETS[name]
+    params = inspect.signature(fn).parameters
+    unknown = sorted(set(options) - set(params) - {"seed", "rho_train"})
+    if unknown:
+        valid = [p for p in params if p not in ("seed", "rho_train", "data_root")]
+        raise ConfigError(f"unknown data option(s) {', '.join(unknown)} for {name!r}; valid: {', '.join(valid)}")
+    if "data_root" in params:
+        options["data_root"] = data_root
+    return fn(seed=seed, rho_train=rho, **options)
 
 
 def _exact_bc_mask(n: int, rho: float, gen: np.random.Generator) -> np.ndarray:
@@ -222,3 +231,6 @@ def probe_subset(bundle: DataBundle, size: int, seed: int) -> np.ndarray:
         rest = np.setdiff1d(np.arange(len(groups)), sel)
         sel = np.concatenate([sel, gen.permutation(rest)[: size - len(sel)]])
     return np.sort(sel[:size])
+
+
+from . import images  # noqa: E402,F401  (registers the MNIST-style recipes)

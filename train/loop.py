@@ -197,7 +197,8 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
 
     device = pick_device(cfg.device)
     bundle = data if data is not None else build_dataset(
-        cfg.dataset, seed=cfg.data_seed, bias_conflicting_ratio=cfg.bias_conflicting_ratio, **cfg.data_options)
+        cfg.dataset, seed=cfg.data_seed, bias_conflicting_ratio=cfg.bias_conflicting_ratio,
+        data_root=cfg.data_root, **cfg.data_options)
     n_classes = bundle.num_classes
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, bundle.input_shape, n_classes).to(device)
