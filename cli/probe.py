@@ -29,15 +29,21 @@ def main():
 @click.option("--force", is_flag=True, help="Recompute probes that are up to date.")
 @click.option("--data-root", default=None, help="Where file-based datasets live (for full-test-set pruning).")
 @click.option("--kappa", type=float, default=0.1, show_default=True, help="κ of the (q, κ)-compressibility.")
+@click.option("--checkpoints", default="first,last", show_default=True,
+              help="Checkpoints for attributions: first,last | all | comma-separated positions.")
 @click.option("--quiet", is_flag=True)
-def compute_cmd(paths, only, force, data_root, kappa, quiet):
+def compute_cmd(paths, only, force, data_root, kappa, checkpoints, quiet):
     """Compute probes for run stores (a store, a folder of stores, or a glob) into probes/<name>."""
     from ..probe.runner import compute_paths
 
     if not 0 <= kappa <= 1:
         raise LrscopeError(f"--kappa must be in [0, 1], got {kappa}")
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None
-    params = {"kappa": kappa} if kappa != 0.1 else None
+    params = {}
+    if kappa != 0.1:
+        params["kappa"] = kappa
+    if checkpoints != "first,last":
+        params["checkpoints"] = checkpoints
     res = compute_paths(paths, names, force=force, data_root=data_root, progress=not quiet, params=params)
     n_done = sum(1 for r in res.values() for o in r.values() if o.startswith("computed"))
     n_fresh = sum(1 for r in res.values() for o in r.values() if o == "up to date")

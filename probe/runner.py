@@ -212,6 +212,67 @@ def probe_importance(ctx: Context) -> xr.Dataset:
     return out.drop_vars([c for c in out.coords if c not in ("snapshot", "fraction", "lorenz_snapshot")])
 
 
+def _checkpoints(ctx: Context) -> list[int]:
+    n = ctx.ds.sizes["checkpoint"]
+    spec = ctx.params.get("checkpoints", "first,last")
+    if spec == "all":
+        return list(range(n))
+    out = []
+    for part in str(spec).split(","):
+        part = part.strip()
+        k = 0 if part == "first" else n - 1 if part == "last" else int(part)
+        if not -n <= k < n:
+            raise LrscopeError(f"checkpoint {part} out of range (the run has {n})")
+        out.append(k % n)
+    return sorted(set(out))
+
+
+def probe_attributions(ctx: Context) -> xr.Dataset:
+    """Integrated Gradients and DeepLift on the probe inputs (up to 256, group-balanced) at the
+    chosen checkpoints: attribution share per input region, normalised entropy, and maps of the
+    first 16 probe samples at the last chosen checkpoint."""
+    import torch
+
+    from ..train.data import as_model_input
+    from ..train.restore import load_model
+    from .attribution import METHODS, attribution_entropy, attributions, region_shares
+
+    ds = ctx.ds
+    n = min(ds.sizes["probe_sample"], int(ctx.params.get("attr_samples", 256)))
+    pos = np.linspace(0, ds.sizes["probe_sample"] - 1, n).round().astype(int)
+    x = as_model_input(torch.from_numpy(np.asarray(ds.probe_inputs.isel(probe_sample=pos).values)))
+    y = torch.from_numpy(ds.probe_y.values[pos])
+    in_dims = list(ds.probe_inputs.dims[1:])
+    cks = _checkpoints(ctx)
+    out = xr.Dataset(coords={"attr_checkpoint": cks,
+                             "attr_iteration": ("attr_checkpoint", ds.checkpoint_iteration.values[cks])})
+    short = {"integrated_gradients": "ig", "deeplift": "deeplift"}
+    maps = {}
+    for method in METHODS:
+        shares, ents = {}, []
+        for k in cks:
+            a = attributions(load_model(ctx.path, checkpoint=k), x, y, method=method,
+                             n_steps=int(ctx.params.get("ig_steps", 32)))
+            da_ = xr.DataArray(a.numpy(), dims=["attr_sample", *in_dims])
+            ents.append(float(attribution_entropy(da_, sample_dim="attr_sample")))
+            if "regions" in ds:
+                for r, name in enumerate(ds.region.values):
+                    shares.setdefault(str(name), []).append(
+                        float(region_shares(da_, ds.regions.isel(region=r), sample_dim="attr_sample")))
+            maps[method] = da_.isel(attr_sample=slice(0, 16))
+        m = short[method]
+        out[f"{m}_entropy"] = M._attrs(xr.DataArray(ents, dims=["attr_checkpoint"]),
+                                       f"{method} normalised attribution entropy", None)
+        for name, vals in shares.items():
+            out[f"{m}_{name}_share"] = M._attrs(xr.DataArray(vals, dims=["attr_checkpoint"]),
+                                                f"{method} attribution share on {name} inputs",
+                                                True if name == "core" else None)
+        out[f"{m}_maps"] = M._attrs(maps[method].rename(attr_sample="map_sample"),
+                                    f"{method} maps (first 16 probe samples, last checkpoint)", None)
+    out = out.assign_coords(map_sample_index=("map_sample", pos[:16]))
+    return out
+
+
 PROBES: dict[str, Callable[[Context], xr.Dataset]] = {
     "accuracy": probe_accuracy,
     "loss_ratio": probe_loss_ratio,
@@ -220,6 +281,7 @@ PROBES: dict[str, Callable[[Context], xr.Dataset]] = {
     "feature_quality": probe_feature_quality,
     "pruning": probe_pruning,
     "importance": probe_importance,
+    "attributions": probe_attributions,
 }
 
 

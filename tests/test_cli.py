@@ -44,9 +44,9 @@ def test_train_probe_ls_report(tmp_path):
     assert res.exit_code == 0 and "nothing to do" in res.output
     res = run(lrprobe, ["compute", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
-    assert "7 probes computed" in res.output
+    assert "8 probes computed" in res.output
     res = run(lrprobe, ["compute", str(out), "--quiet"])
-    assert "0 probes computed, 7 up to date" in res.output
+    assert "0 probes computed, 8 up to date" in res.output
     ds = lrscope.open_run(stores[0])
     assert 0 <= float(ds.prunability) <= 1
     assert ds.unbiased_accuracy.sizes["snapshot"] == ds.sizes["snapshot"]

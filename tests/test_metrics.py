@@ -316,3 +316,50 @@ def test_all_zero_and_empty_inputs():
                                sample_dim="s")
     assert out.sizes["group"] == 2 and float(out.worst_group_accuracy) == 1.0 and "bc_accuracy" not in out
     assert float(probe.loss_ratio(xr.DataArray(0.0), xr.DataArray(0.0))) != 0.0  # NaN: undefined, not 0
+
+
+# ----------------------------------------------------------------------------- attributions
+@pytest.mark.parametrize("method", ["integrated_gradients", "deeplift"])
+def test_attributions_completeness_and_regions(method):
+    from lrscope.train.models import FCN
+
+    torch.manual_seed(0)
+    f = FCN(6, [8, 8], 2).eval()
+    x = torch.randn(5, 6)
+    t = torch.tensor([0, 1, 0, 1, 0])
+    a = probe.attributions(f, x, t, method=method, n_steps=300)
+    # bias-free ReLU net, zero baseline: attributions sum to the target logit
+    np.testing.assert_allclose(a.sum(1).numpy(), f(x).gather(1, t[:, None])[:, 0].detach().numpy(), atol=1e-4)
+    da = xr.DataArray(np.array([[1.0, -3.0, 0.0, 0.0, 0.0, 0.0]]), dims=["s", "f"])
+    core = xr.DataArray([True, False, False, False, False, False], dims=["f"])
+    assert float(probe.region_shares(da, core, sample_dim="s")) == pytest.approx(0.25)
+    assert float(probe.attribution_entropy(xr.DataArray(np.ones((1, 4)), dims=["s", "f"]), sample_dim="s")) == \
+        pytest.approx(1.0)
+    fg = xr.DataArray([[True, True, False, False, False, False]], dims=["s", "f"])
+    assert float(probe.background_share(da, fg, sample_dim="s")) == 0.0
+
+
+def test_deeplift_on_torchvision_resnet_with_inplace_reused_relus():
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    a = probe.attributions(net, x, torch.tensor([0, 2]), method="deeplift")
+    assert a.shape == x.shape and torch.isfinite(a).all()
+    # the original model is untouched (still in-place, shared ReLUs)
+    assert net.relu.inplace and net.layer1[0].relu.inplace
+
+
+def test_sweep_analyses(tiny_sweep):
+    import lrscope
+
+    sw = lrscope.open_sweep(tiny_sweep)
+    corr = probe.loss_ratio_correlation(sw)
+    assert -1 <= float(corr.pearson_r) <= 1 and int(corr.n_runs) == 4
+    sel = probe.lr_sensitive_samples(sw, low_lrs=[0.02], high_lrs=[0.5], high_frac=0.5, low_frac=0.5)
+    assert sel.selected.dtype == bool and sel.sizes["probe_sample"] == sw.sizes["probe_sample"]
+    # by definition the selected samples are right at high LR and wrong at low LR
+    s = sel.selected.values
+    assert (sel.high_lr_correct.values[s] > 0.5).all() and (sel.low_lr_correct.values[s] < 0.5).all()
+    with pytest.raises(MetricError):
+        probe.lr_sensitive_samples(sw, low_lrs=[9.0], high_lrs=[0.5])

@@ -1,0 +1,48 @@
+"""Analyses across the runs of a sweep (the Dataset from ``lrscope.open_sweep``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from .metrics import MetricError, _attrs
+
+
+def last_snapshot(sw: xr.Dataset, var: str) -> xr.DataArray:
+    """Each run's value of a per-snapshot variable at its own last snapshot (runs are NaN-padded
+    to the longest)."""
+    n = sw.snapshot_iteration.notnull().sum("snapshot")
+    return sw[var].isel(snapshot=(n - 1).clip(min=0))
+
+
+def lr_sensitive_samples(sw: xr.Dataset, *, low_lrs, high_lrs, high_frac: float = 0.75,
+                         low_frac: float = 0.25) -> xr.Dataset:
+    """Probe samples predicted correctly by more than `high_frac` of the high-LR runs and fewer
+    than `low_frac` of the low-LR runs, at the end of training (Barsbey et al. Fig. 8)."""
+    logits = last_snapshot(sw, "probe_logits")
+    correct = (logits.argmax("class") == sw.probe_y).astype(float)
+    ok = sw.status == "completed"
+    hi = correct.where(ok & sw.lr.isin(list(high_lrs)), drop=True)
+    lo = correct.where(ok & sw.lr.isin(list(low_lrs)), drop=True)
+    if hi.sizes.get("run", 0) == 0 or lo.sizes.get("run", 0) == 0:
+        raise MetricError("need finished runs at both the low and the high learning rates")
+    frac_hi, frac_lo = hi.mean("run"), lo.mean("run")
+    sel = np.flatnonzero(((frac_hi > high_frac) & (frac_lo < low_frac)).values)
+    return xr.Dataset({"high_lr_correct": frac_hi, "low_lr_correct": frac_lo,
+                       "selected": ("probe_sample", np.isin(np.arange(frac_hi.sizes["probe_sample"]), sel))})
+
+
+def loss_ratio_correlation(sw: xr.Dataset) -> xr.Dataset:
+    """Pearson correlation, over finished runs, of the maximum bias-conflicting loss ratio with
+    unbiased test accuracy (Barsbey et al. Fig. 12)."""
+    from scipy import stats
+
+    ok = (sw.status == "completed").values
+    x = sw.max_loss_ratio.values[ok].astype(float)
+    y = sw.unbiased_accuracy_final.values[ok].astype(float)
+    m = np.isfinite(x) & np.isfinite(y)
+    if m.sum() < 3 or np.std(x[m]) == 0 or np.std(y[m]) == 0:
+        raise MetricError("the correlation needs at least 3 finished runs with varying values")
+    r, p = stats.pearsonr(x[m], y[m])
+    return xr.Dataset({"pearson_r": _attrs(xr.DataArray(r), "Pearson r (max BC loss ratio, unbiased accuracy)", None),
+                       "p_value": xr.DataArray(p), "n_runs": xr.DataArray(int(m.sum()))})
