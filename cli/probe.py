@@ -73,6 +73,20 @@ def ls_cmd(paths):
         click.echo(line)
 
 
+@main.command("figures")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-o", "--output", "outdir", default="figures", show_default=True, type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["png", "svg"]), default="png", show_default=True)
+@click.option("--only", default=None, help="Comma-separated figure names (default: all).")
+def figures_cmd(paths, outdir, fmt, only):
+    """Static figures for a manuscript (matplotlib backend), one file per figure and dataset x model."""
+    from ..viz.static import write_figures
+
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    for path in write_figures(paths, outdir, fmt=fmt, names=names):
+        click.echo(str(path))
+
+
 @main.command("report")
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-o", "--output", default="report.html", show_default=True, type=click.Path(dir_okay=False))

@@ -27,7 +27,7 @@ from . import metrics as M
 from .linear import feature_probe
 from .pruning import KAPPAS, KINDS, prunability, pruning_curve
 
-PROBE_FORMAT = 1  # bump when a probe's definition changes, so stored results are recomputed
+PROBE_FORMAT = 2  # bump when a probe's definition changes, so stored results are recomputed
 
 
 @dataclass

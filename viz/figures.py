@@ -177,3 +177,106 @@ def minmax_table(sw: xr.Dataset, metrics=HEADLINE) -> hv.Table:
         rows.append((ds_name, model, label, f"{lrs[0]:g}", f"{lrs[-1]:g}", f"{mean[0]:.3f} ± {std[0]:.3f}",
                      f"{mean[-1]:.3f} ± {std[-1]:.3f}"))
     return hv.Table(rows, ["dataset", "model", "metric", "LR min", "LR max"], ["value at LR min", "value at LR max"])
+
+
+KNOBS = ("lr", "batch_size", "momentum", "weight_decay", "l1", "focal_gamma", "optimizer")
+
+
+def knob_comparison(sw: xr.Dataset, metrics=(("unbiased_accuracy_final", "unbiased accuracy"),
+                                              ("prunability", "prunability"), ("csi_mean_final", "average CSI"))
+                    ) -> hv.Layout:
+    """Rival hyperparameters (Fig. 6 / Table 2): one row per knob that varies in the sweep, its
+    value on x and each metric (seed mean ± std over finished runs) on y."""
+    ok = _ok(sw)
+    rows = []
+    for knob in KNOBS:
+        if knob not in sw.coords or len(np.unique(sw[knob].values)) < 2:
+            continue
+        vals = np.unique(sw[knob].values[ok])
+        for var, label in metrics:
+            if var not in sw:
+                continue
+            m = [np.nanmean(sw[var].values[ok & (sw[knob].values == v)].astype(float)) for v in vals]
+            s = [np.nanstd(sw[var].values[ok & (sw[knob].values == v)].astype(float)) for v in vals]
+            numeric = np.issubdtype(np.asarray(vals).dtype, np.number)
+            xs = vals if numeric else np.arange(len(vals))
+            c = hv.Curve((xs, m), knob, label) * hv.ErrorBars((xs, m, s), knob, [label, "std"])
+            c = c * hv.Scatter((xs, m), knob, label).opts(size=6)
+            rows.append(c.opts(title=f"{label} vs {knob}"))
+    if not rows:
+        return hv.Layout([hv.Curve([]).opts(title="no varying knob")])
+    return hv.Layout(rows).cols(len(metrics))
+
+
+def attribution_grid(sw: xr.Dataset, *, low_lr: float | None = None, high_lr: float | None = None,
+                     n: int = 6, method: str = "integrated_gradients") -> hv.Layout:
+    """Fig. 8: probe samples that high-LR runs get right and low-LR runs get wrong; for each, the
+    input and the attribution maps of one low-LR and one high-LR run (|attribution|, normalised)."""
+    import torch
+
+    from ..probe.attribution import attributions
+    from ..probe.sweep import lr_sensitive_samples
+    from ..train.data import as_model_input
+    from ..train.restore import load_model
+
+    lrs = lr_values(sw)
+    if len(lrs) < 2:
+        return hv.Layout([hv.Curve([]).opts(title="attribution grid needs two learning rates")])
+    low_lr = lrs[0] if low_lr is None else low_lr
+    high_lr = lrs[-1] if high_lr is None else high_lr
+    try:
+        sel = lr_sensitive_samples(sw, low_lrs=[low_lr], high_lrs=[high_lr])
+        picks = np.flatnonzero(sel.selected.values)
+    except Exception:
+        picks = np.array([], dtype=int)
+    if len(picks) == 0:  # fall back to the samples the high-LR runs gain most on
+        gain = (sel.high_lr_correct - sel.low_lr_correct).values if "sel" in locals() else None
+        picks = np.argsort(-gain)[:n] if gain is not None else np.arange(n)
+    picks = picks[:n]
+    ok = _ok(sw)
+    stores = sw.attrs["stores"]
+    run_lo = int(np.flatnonzero(ok & (sw.lr.values == low_lr))[0])
+    run_hi = int(np.flatnonzero(ok & (sw.lr.values == high_lr))[0])
+    inputs = sw.probe_inputs.isel(run=run_hi) if "run" in sw.probe_inputs.dims else sw.probe_inputs
+    x_raw = torch.from_numpy(np.asarray(inputs.isel(probe_sample=picks).values))
+    x = as_model_input(x_raw)
+    y = torch.from_numpy(sw.probe_y.values[picks])
+    maps = {lbl: attributions(load_model(stores[r]), x, y, method=method).abs().numpy()
+            for lbl, r in ((f"lr={low_lr:g}", run_lo), (f"lr={high_lr:g}", run_hi))}
+
+    def to_img(a):
+        a = np.asarray(a, dtype=float)
+        if a.ndim == 1:
+            return a[None, :]
+        if a.ndim == 3:
+            return a.mean(0) if a.shape[0] in (1, 3) else a[0]
+        return a
+
+    def image(a):
+        a = np.ascontiguousarray(a[::-1])
+        return hv.Image(a, bounds=(0, 0, a.shape[1], a.shape[0]))
+
+    panels = []
+    for i in range(len(picks)):
+        panels.append(image(to_img(x[i].numpy())).opts(
+            title=f"sample {picks[i]} (y={int(y[i])})", cmap="gray", xaxis=None, yaxis=None))
+        for lbl, m in maps.items():
+            img = to_img(m[i])
+            img = img / img.max() if img.max() > 0 else img
+            panels.append(image(img).opts(title=lbl, cmap="magma", xaxis=None, yaxis=None))
+    return hv.Layout(panels).cols(3).opts(title=f"{method} attributions: low vs high LR")
+
+
+FIGURES = {
+    "metrics_vs_lr": metrics_vs_lr,
+    "pruning_curves": pruning_curves,
+    "loss_ratio_trajectories": loss_ratio_trajectories,
+    "loss_ratio_vs_accuracy": loss_ratio_vs_accuracy,
+    "dynamics_accuracy": lambda sw: dynamics(sw, "probe_accuracy", "unbiased accuracy (probe subset)"),
+    "dynamics_csi": lambda sw: dynamics(sw, "csi_mean", "average CSI"),
+    "neuron_survival": neuron_survival,
+    "lorenz_curves": lorenz_curves,
+    "knob_comparison": knob_comparison,
+    "attribution_grid": attribution_grid,
+    "minmax_table": minmax_table,
+}

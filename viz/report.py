@@ -100,7 +100,10 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
             ("Average CSI through training (Fig. 13)", F.dynamics(sw, "csi_mean", "average CSI")),
             ("Neuron survival (Fig. 18)", F.neuron_survival(sw)),
             ("Importance weights (Springer et al. Fig. 5)", F.lorenz_curves(sw)),
+            ("Attributions, low vs high learning rate (Fig. 8)", F.attribution_grid(sw)),
         ]
+        if any(k != "lr" and k in sw.coords and len(set(sw[k].values.tolist())) > 1 for k in F.KNOBS):
+            figs.insert(1, ("Rival knobs (Fig. 6, Table 2)", F.knob_comparison(sw)))
         for heading, fig in figs:
             blocks.append(Div(text=f"<h3>{html.escape(heading)}</h3>"))
             blocks.append(_render(fig))

@@ -1,0 +1,54 @@
+"""Every figure kind builds from a small real sweep, renders with bokeh (report, notebooks) and
+is written as a static file (matplotlib) by `lrprobe figures`."""
+
+import holoviews as hv
+import pytest
+from click.testing import CliRunner
+
+import lrscope
+from lrscope.cli.probe import main as lrprobe
+from lrscope.viz import figures as F
+
+
+@pytest.mark.parametrize("name", list(F.FIGURES))
+def test_figure_builds_and_renders(tiny_sweep, name):
+    hv.extension("bokeh", logo=False)
+    sw = lrscope.open_sweep(tiny_sweep)
+    fig = F.FIGURES[name](sw)
+    assert isinstance(fig, (hv.Overlay, hv.Layout, hv.Table, hv.Element))
+    model = hv.render(fig, backend="bokeh")
+    assert model is not None
+    if isinstance(fig, hv.Overlay) and name not in ("loss_ratio_vs_accuracy",):
+        assert len(fig) >= 2, "one curve per learning rate (or metric) expected"
+
+
+def test_metrics_vs_lr_marks_diverged(tiny_sweep, tmp_path, tiny):
+    import shutil
+
+    from lrscope.train.loop import train_run
+
+    d = tmp_path / "sw"
+    shutil.copytree(tiny_sweep, d)
+    train_run(tiny(lr=1e6, max_steps=400, stop="max-steps"), d, progress=False)
+    from lrscope.probe.runner import compute_paths
+
+    compute_paths(d, progress=False)
+    sw = lrscope.open_sweep(d)
+    assert (sw.status == "diverged").sum() == 1
+    fig = F.metrics_vs_lr(sw)
+    labels = [el.label for el in fig]
+    assert "diverged" in labels
+    # diverged runs are excluded from the per-LR means (normalisation)
+    assert 1e6 not in F.lr_values(sw)
+
+
+def test_lrprobe_figures_writes_files(tiny_sweep, tmp_path):
+    out = tmp_path / "figs"
+    res = CliRunner().invoke(lrprobe, ["figures", str(tiny_sweep), "-o", str(out), "--format", "svg",
+                                       "--only", "metrics_vs_lr,pruning_curves,minmax_table"])
+    assert res.exit_code == 0, res.output
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["parity-fcn-metrics_vs_lr.svg", "parity-fcn-minmax_table.csv", "parity-fcn-pruning_curves.svg"]
+    assert (out / "parity-fcn-metrics_vs_lr.svg").read_text().lstrip().startswith("<?xml")
+    res = CliRunner().invoke(lrprobe, ["figures", str(tiny_sweep), "--only", "nope"])
+    assert res.exit_code == 2 and "unknown figure" in res.output
