@@ -15,3 +15,12 @@ class StoreError(LrscopeError):
 
 class DataError(LrscopeError):
     """A dataset that cannot be built (missing data root, wrong layout)."""
+
+
+class RunInterrupted(LrscopeError):
+    """Training stopped by a signal after a clean checkpoint (pre-emption): not an error of input.
+    The CLI exits with 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..errors import LrscopeError
+from ..errors import LrscopeError, RunInterrupted
 
 
 class OneLineErrors(click.Group):
@@ -24,6 +24,9 @@ class OneLineErrors(click.Group):
             where = f"{ctx.command_path}: " if ctx is not None else ""
             click.echo(f"Error: {where}{_flat(e.format_message())}", err=True)
             sys.exit(2)
+        except RunInterrupted as e:
+            click.echo(_flat(str(e)), err=True)
+            sys.exit(128 + int(e.signum))
         except LrscopeError as e:
             click.echo(f"Error: {_flat(str(e))}", err=True)
             sys.exit(2)

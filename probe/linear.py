@@ -17,7 +17,7 @@ import xarray as xr
 from .metrics import MetricError, _attrs
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, *, C: float = 1.0, max_iter: int = 500):
+def fit_logistic(x: np.ndarray, y: np.ndarray, *, C: float = 1.0, max_iter: int = 100):
     """Multinomial L2 logistic regression; returns a predict function (numpy -> labels)."""
     classes = np.unique(y)
     if len(classes) < 2:
@@ -38,7 +38,12 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, C: float = 1.0, max_iter: int 
         loss.backward()
         return loss
 
-    opt.step(closure)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a (n x d) solve gains nothing from threads and suffers badly from contention
+    try:
+        opt.step(closure)
+    finally:
+        torch.set_num_threads(threads)
     Wn, bn = W.detach().numpy(), b.detach().numpy()
 
     def predict(xn: np.ndarray) -> np.ndarray:

@@ -93,3 +93,23 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "completed" in r.stdout
     assert_same_store(ref, store)
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
+    out = tmp_path / "term"
+    cmd, env = lrtrain(out)
+    cmd = [a if a != "1500" else "100000" for a in cmd]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (list(out.glob("*.zarr")) and committed(next(out.glob("*.zarr"))) and
+               committed(next(out.glob("*.zarr")))["iteration"] > 0):
+        assert time.time() - t0 < 60
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert "checkpointed" in err and "Error" not in err and "Traceback" not in err
+    ds = lrscope.open_run(next(out.glob("*.zarr")))
+    assert ds.attrs["status"] == "running" and "signal" in ds.attrs["reason"]
+    # the checkpoint is at the iteration where it stopped: nothing is lost
+    assert ds.checkpoint_iteration.values[-1] == ds.sizes["iteration"]

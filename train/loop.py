@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 import zarr
 
-from ..errors import ConfigError, LrscopeError, StoreError
+from ..errors import ConfigError, LrscopeError, RunInterrupted, StoreError
 from ..store import schema as S
 from ..store.lock import RunLock
 from ..store.reader import open_store
@@ -477,8 +477,8 @@ class Trainer:
                         w.timings = _timings(w.timings, t_wall, rec)
                         w.commit(status=S.STATUS_RUNNING,
                                  reason=f"stopped by signal {stop.signal} at iteration {t}; re-run to resume")
-                        raise LrscopeError(f"{w.path.name}: stopped at iteration {t} (checkpointed); "
-                                           "re-run the same command to resume")
+                        raise RunInterrupted(f"{w.path.name}: stopped at iteration {t} (checkpointed); "
+                                             "re-run the same command to resume", stop.signal)
                     if done:
                         break
                 if status != S.STATUS_DIVERGED:

@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ConfigError, LrscopeError
+from ..errors import ConfigError, LrscopeError, RunInterrupted
 from .config import RunConfig
 
 
@@ -93,6 +93,8 @@ def _worker(cfg_dict: dict, out: str, threads: int) -> tuple[str, str, str]:
         return cfg.run_id(), r.status, r.message
     except RunLocked as e:
         return cfg.run_id(), BUSY, str(e)
+    except RunInterrupted:
+        raise
     except LrscopeError as e:
         return cfg.run_id(), "error", str(e)
 
