@@ -143,14 +143,29 @@ def probe_compressibility(ctx: Context) -> xr.Dataset:
     # parameters: global, over all weights of the last checkpoint
     import torch
 
-    w = torch.cat([p.detach().flatten() for p in ctx.model.parameters()]).numpy()
-    pda = xr.DataArray(w, dims=["weight"])
+    named = [(n, p.detach().cpu().flatten().numpy()) for n, p in ctx.model.named_parameters()]
+    pda = xr.DataArray(np.concatenate([w for _, w in named]), dims=["weight"])
     out["param_compressibility"] = M.compressibility(pda, dim="weight", q=q, kappa=k)
     out["param_pq_index"] = M.pq_index(pda, dim="weight")
     out["param_sparsity"] = M.sparsity(pda, dim="weight", tol=1e-8)
+    # per layer (one value per parameter tensor, in state-dict order; names in attrs)
+    per = [float(M.compressibility(xr.DataArray(w, dims=["weight"]), dim="weight", q=q, kappa=k)) for _, w in named]
+    out["layer_param_compressibility"] = M._attrs(
+        xr.DataArray(per, dims=["layer"]), f"parameter ({q:g}, {k:g})-compressibility per layer", True,
+        layers=json.dumps([n for n, _ in named]))
+    out["layer_param_pq_index"] = M._attrs(
+        xr.DataArray([float(M.pq_index(xr.DataArray(w, dims=["weight"]), dim="weight")) for _, w in named],
+                     dims=["layer"]), "parameter PQ-index per layer", True)
     for v in ("activation_compressibility", "activation_sparsity", "activation_pq_index"):
         out[f"{v}_final"] = _final(out[v], v)
     return out.drop_vars([c for c in out.coords if c not in ("snapshot",)])
+
+
+def probe_device():
+    """Probes that run the network (pruning, attributions) use the GPU when there is one."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def probe_representation(ctx: Context) -> xr.Dataset:
@@ -183,16 +198,19 @@ def probe_feature_quality(ctx: Context) -> xr.Dataset:
 
 def probe_pruning(ctx: Context) -> xr.Dataset:
     x, y, where = ctx.eval_set
+    dev = probe_device()
+    model, x, y = ctx.model.to(dev), x.to(dev), y.to(dev)
     kappas = ctx.params.get("kappas", KAPPAS)
     out = xr.Dataset()
     for kind in KINDS:
-        curve = pruning_curve(ctx.model, x, y, kind=kind, kappas=kappas)
+        curve = pruning_curve(model, x, y, kind=kind, kappas=kappas)
         curve.attrs["evaluated_on"] = where
         out[f"pruning_{kind}"] = curve
         p = prunability(curve)
         p.attrs["long_name"] = f"κ-prunability ({kind})"
         out["prunability" if kind == "structured" else f"prunability_{kind}"] = p
     out.attrs["evaluated_on"] = where
+    ctx.model.cpu()
     return out
 
 
@@ -251,9 +269,10 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
     for method in METHODS:
         shares, ents = {}, []
         for k in cks:
-            a = attributions(load_model(ctx.path, checkpoint=k), x, y, method=method,
+            dev = probe_device()
+            a = attributions(load_model(ctx.path, checkpoint=k).to(dev), x.to(dev), y.to(dev), method=method,
                              n_steps=int(ctx.params.get("ig_steps", 32)))
-            da_ = xr.DataArray(a.numpy(), dims=["attr_sample", *in_dims])
+            da_ = xr.DataArray(a.cpu().numpy(), dims=["attr_sample", *in_dims])
             ents.append(float(attribution_entropy(da_, sample_dim="attr_sample")))
             if "regions" in ds:
                 for r, name in enumerate(ds.region.values):

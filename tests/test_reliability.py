@@ -49,10 +49,10 @@ def reference(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- killed mid-write
 @pytest.mark.parametrize("point", ["flush:2", "snapshot:3", "checkpoint:2", "optimizer:3", "commit:4",
-                                   pytest.param("snapshot:9", marks=pytest.mark.slow),
+                                   pytest.param("snapshot:6", marks=pytest.mark.slow),
                                    pytest.param("checkpoint:5", marks=pytest.mark.slow),
                                    pytest.param("flush:7", marks=pytest.mark.slow),
-                                   pytest.param("commit:11", marks=pytest.mark.slow)])
+                                   pytest.param("commit:7", marks=pytest.mark.slow)])
 def test_killed_mid_write_resumes_to_identical_store(tmp_path, reference, point):
     out = tmp_path / "run"
     r = subprocess.run(train_cmd(out), env=env(LRSCOPE_CRASH_AT=point), capture_output=True)
