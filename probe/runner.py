@@ -141,7 +141,6 @@ def probe_compressibility(ctx: Context) -> xr.Dataset:
         "activation_pq_index": M._attrs(pq, "activation PQ-index", True),
     })
     # parameters: global, over all weights of the last checkpoint
-    import torch
 
     named = [(n, p.detach().cpu().flatten().numpy()) for n, p in ctx.model.named_parameters()]
     pda = xr.DataArray(np.concatenate([w for _, w in named]), dims=["weight"])

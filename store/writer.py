@@ -8,7 +8,6 @@ truncates the arrays back to the last committed checkpoint.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -75,7 +74,6 @@ class RunWriter:
         self.optim_keys: dict[str, list[str]] = dict(a.get("optimizer_keys", {}))
         self.timings: dict[str, float] = dict(a.get(S.ATTR_TIMINGS, {}))
         self._log_buf: list[dict[str, np.ndarray]] = []
-        self._log_rows = 0
         self._snap_buf: list[dict] = []
         self.buffered_snapshot_bytes = 0
         self._handles: dict[str, zarr.Array] = {}  # open arrays: each lookup would re-read metadata
@@ -197,9 +195,7 @@ class RunWriter:
     # ------------------------------------------------------------------ appends
     def append_log(self, rows: dict[str, np.ndarray]) -> None:
         """Buffer a block of log rows (each value has leading dim = number of rows)."""
-        n = len(next(iter(rows.values())))
         self._log_buf.append(rows)
-        self._log_rows += n
 
     def flush(self) -> None:
         """Write the buffered log rows and snapshots beyond the committed lengths; they become
@@ -207,7 +203,7 @@ class RunWriter:
         anyway, so holding them in memory until then loses nothing."""
         if self._log_buf:
             block = {k: np.concatenate([r[k] for r in self._log_buf]) for k in self._log_buf[0]}
-            self._log_buf, self._log_rows = [], 0
+            self._log_buf = []
             start = self.committed["iteration"]
             n = len(block["loss"])
             _write_many([(self._array(S.G_LOG, name), start, values) for name, values in block.items()])
@@ -237,10 +233,6 @@ class RunWriter:
             _crash_point("snapshot")
             _write_many(writes[len(writes) // 2:])
             self.committed["snapshot"] = k0 + len(snaps)
-
-    @property
-    def buffered_rows(self) -> int:
-        return self._log_rows
 
     def write_snapshot(self, iteration: int, *, probe_features: np.ndarray, probe_logits: np.ndarray,
                        test_logits: np.ndarray | None = None, train_logits: np.ndarray | None = None) -> None:
@@ -348,6 +340,3 @@ def _write_rows(arr: zarr.Array, start: int, values: np.ndarray) -> None:
     _ensure_rows(arr, start + len(values))
     arr[start:start + len(values)] = values
 
-
-def config_json(config: dict[str, Any]) -> str:
-    return json.dumps(config, sort_keys=True)

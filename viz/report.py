@@ -16,7 +16,7 @@ from bokeh.resources import INLINE
 
 from .. import __version__
 from ..errors import LrscopeError
-from ..store.reader import find_runs, open_sweep
+from ..store.reader import open_sweep
 from . import figures as F
 from .summary import HEAD, run_rows
 
@@ -24,11 +24,9 @@ PLOT_OPTS = dict(width=760, height=360)
 
 
 def _render(obj):
-    hv.extension("bokeh", logo=False) if not hv.Store.current_backend == "bokeh" else None
-    try:
-        obj = obj.opts(**PLOT_OPTS) if not isinstance(obj, hv.Layout) else obj
-    except Exception:
-        pass
+    """A figure as a bokeh model (layouts keep their panels' own sizes)."""
+    if not isinstance(obj, hv.Layout):
+        obj = obj.opts(**PLOT_OPTS)
     return hv.render(obj, backend="bokeh")
 
 
