@@ -222,13 +222,14 @@ def importance_weights(logits: xr.DataArray, y: xr.DataArray, class_dim: str = "
     cross-entropy gradient w.r.t. its logits (Springer et al. §6; σ(−y f(x)) in the binary case)."""
     # 1 - p_y = exp(logsumexp_{j != y} z_j - logsumexp_j z_j): exact even when p_y is ~1
     z = logits.astype(np.float64)
-    m = z.max(class_dim)
-    lse = m + np.log(np.exp(z - m).sum(class_dim))
-    is_y = xr.DataArray(np.arange(z.sizes[class_dim]), dims=[class_dim]) == y
-    zo = z.where(~is_y, -np.inf)
-    mo = zo.max(class_dim)
-    lse_o = mo + np.log(np.exp(zo - mo).sum(class_dim))
-    w = np.exp(lse_o - lse)
+    with np.errstate(divide="ignore", invalid="ignore"):  # unevaluated (NaN) rows stay NaN
+        m = z.max(class_dim)
+        lse = m + np.log(np.exp(z - m).sum(class_dim))
+        is_y = xr.DataArray(np.arange(z.sizes[class_dim]), dims=[class_dim]) == y
+        zo = z.where(~is_y, -np.inf)
+        mo = zo.max(class_dim)
+        lse_o = mo + np.log(np.exp(zo - mo).sum(class_dim))
+        w = np.exp(lse_o - lse)
     return _attrs(w, "importance weight 1 - p(y|x)", None)
 
 

@@ -2,9 +2,9 @@
 
 Pruning is done with masks on a copy of the weights, one κ at a time, never by rebuilding
 the network: a structured mask zeroes whole output units (rows of a Linear weight, filters of a
-Conv weight); because our networks have no bias terms and no normalisation after a pruned
-unit is handled by a forward hook that zeroes the unit's output (so BatchNorm shifts cannot
-revive a pruned channel), a pruned unit outputs exactly zero downstream.
+Conv weight), and a forward hook zeroes the unit's output — after the BatchNorm that follows a
+conv when there is one (its shift would otherwise revive the channel), so a pruned unit outputs
+exactly zero downstream.
 """
 
 from __future__ import annotations
@@ -28,6 +28,21 @@ def _prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     head = getattr(model, "head", None)
     return [(n, m) for n, m in model.named_modules()
             if isinstance(m, (nn.Linear, nn.Conv2d)) and m is not head]
+
+
+def _output_module(model: nn.Module) -> dict[str, nn.Module]:
+    """For each prunable layer, the module whose output carries its channels: the BatchNorm that
+    directly follows a conv (same channel count), else the layer itself."""
+    mods = list(model.named_modules())
+    out = {}
+    for i, (name, m) in enumerate(mods):
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nxt = mods[i + 1][1] if i + 1 < len(mods) else None
+            if isinstance(m, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d) and nxt.num_features == m.out_channels:
+                out[name] = nxt
+            else:
+                out[name] = m
+    return out
 
 
 def _unit_norms(w: torch.Tensor) -> torch.Tensor:
@@ -56,6 +71,7 @@ def _apply_masks(model: nn.Module, kind: str, kappa: float, originals: dict[str,
             w = originals[n]
             m.weight.copy_(w if thr is None else torch.where(w.abs() <= thr, torch.zeros_like(w), w))
         return hooks
+    outputs = _output_module(model)
     for n, m in layers:
         w = originals[n]
         if kind == "structured":
@@ -72,7 +88,7 @@ def _apply_masks(model: nn.Module, kind: str, kappa: float, originals: dict[str,
                 view = (1, -1) + (1,) * (out.dim() - 2)
                 return out * mask.view(view)
 
-            hooks.append(m.register_forward_hook(hook))
+            hooks.append(outputs[n].register_forward_hook(hook))
         else:  # column: the κ input columns with the smallest norm, per layer
             cols = w.transpose(0, 1).flatten(1).norm(dim=1)
             k = int(math.floor(kappa * len(cols)))

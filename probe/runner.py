@@ -27,7 +27,7 @@ from . import metrics as M
 from .linear import feature_probe
 from .pruning import KAPPAS, KINDS, prunability, pruning_curve
 
-PROBE_FORMAT = 2  # bump when a probe's definition changes, so stored results are recomputed
+PROBE_FORMAT = 3  # bump when a probe's definition changes, so stored results are recomputed
 
 
 @dataclass
@@ -224,9 +224,11 @@ def probe_importance(ctx: Context) -> xr.Dataset:
     if last >= 0:
         first = int(np.flatnonzero(has.values)[0])
         lz = M.lorenz_curve(w.isel(snapshot=[first, last]), dim="train_sample")
-        out["importance_lorenz"] = lz.rename(snapshot="lorenz_snapshot").assign_coords(
-            lorenz_snapshot=[first, last])  # snapshot positions: first and last with train logits
-    return out.drop_vars([c for c in out.coords if c not in ("snapshot", "fraction", "lorenz_snapshot")])
+        # lorenz_at 0 / 1: the first / last snapshot with train logits (the same one when only the
+        # final snapshot has them); which snapshots they are is in lorenz_snapshot
+        out["importance_lorenz"] = lz.rename(snapshot="lorenz_at").assign_coords(lorenz_at=[0, 1])
+        out["lorenz_snapshot"] = xr.DataArray([first, last], dims=["lorenz_at"])
+    return out.drop_vars([c for c in out.coords if c not in ("snapshot", "fraction", "lorenz_at")])
 
 
 def _checkpoints(ctx: Context) -> list[int]:

@@ -13,7 +13,7 @@ from lrscope.errors import ConfigError, DataError
 from lrscope.train.data import DATASETS, build_dataset
 from lrscope.train.images import COLORS, DEBIAN_FASHION, read_idx
 from lrscope.train.loop import train_run
-from lrscope.train.models import MODELS
+from lrscope.train.models import IMAGE_MODELS, MODELS
 
 from conftest import tiny_config
 
@@ -128,7 +128,7 @@ def test_every_dataset_model_pair(tmp_path, dataset, model):
                       checkpoint_every=3, probe_size=40, widths=[16] if model == "fcn" else None,
                       model_options={"width": 0.125} if model == "cnn" else {})
     bundle = build_dataset(dataset, **SMALL[dataset])
-    if model == "cnn" and len(bundle.input_shape) != 3:
+    if model in IMAGE_MODELS and len(bundle.input_shape) != 3:
         with pytest.raises(ConfigError, match="image inputs"):
             train_run(cfg, tmp_path, progress=False)
         return

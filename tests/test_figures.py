@@ -52,3 +52,20 @@ def test_lrprobe_figures_writes_files(tiny_sweep, tmp_path):
     assert (out / "parity-fcn-metrics_vs_lr.svg").read_text().lstrip().startswith("<?xml")
     res = CliRunner().invoke(lrprobe, ["figures", str(tiny_sweep), "--only", "nope"])
     assert res.exit_code == 2 and "unknown figure" in res.output
+
+
+def test_sweep_with_train_logits_only_at_the_end(tmp_path, tiny):
+    """The default cost rule on real sizes records train logits only at the final snapshot:
+    probes, open_sweep, figures and the report must cope (regression: duplicate Lorenz index)."""
+    from lrscope.probe.runner import compute_paths
+    from lrscope.train.loop import train_run
+    from lrscope.viz.report import write_report
+
+    for lr in (0.05, 0.5):
+        train_run(tiny(lr=lr, train_logits="final", max_steps=80, stop="max-steps"), tmp_path, progress=False)
+    compute_paths(tmp_path, progress=False, names=["accuracy", "loss_ratio", "importance"])
+    sw = lrscope.open_sweep(tmp_path)
+    assert sw.importance_lorenz.sizes["lorenz_at"] == 2
+    assert (sw.lorenz_snapshot.isel(lorenz_at=0) == sw.lorenz_snapshot.isel(lorenz_at=1)).all()
+    hv.render(F.lorenz_curves(sw), backend="bokeh")
+    write_report(tmp_path, tmp_path / "r.html")

@@ -363,3 +363,26 @@ def test_sweep_analyses(tiny_sweep):
     assert (sel.high_lr_correct.values[s] > 0.5).all() and (sel.low_lr_correct.values[s] < 0.5).all()
     with pytest.raises(MetricError):
         probe.lr_sensitive_samples(sw, low_lrs=[9.0], high_lrs=[0.5])
+
+
+def test_structured_pruning_zeroes_channels_after_batchnorm():
+    """torchvision ResNet: a pruned conv filter's channel is zero after its BatchNorm too."""
+    import torchvision
+
+    from lrscope.probe.pruning import _apply_masks, _prunable_layers
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=3).eval()
+    with torch.no_grad():  # non-trivial BN shifts, which would revive a zeroed conv output
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.bias.uniform_(0.5, 1.0)
+    originals = {n: m.weight.detach().clone() for n, m in _prunable_layers(net)}
+    pruned = originals["conv1"].flatten(1).norm(dim=1).argsort()[:32]
+    with torch.no_grad():
+        hooks = _apply_masks(net, "structured", 0.5, originals)
+        out = net.maxpool(net.relu(net.bn1(net.conv1(torch.randn(2, 3, 32, 32)))))
+    for hk in hooks:
+        hk.remove()
+    assert float(out[:, pruned].abs().sum()) == 0.0
+    assert float(out.abs().sum()) > 0

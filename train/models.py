@@ -101,3 +101,51 @@ def cnn(*, input_shape, num_classes, width: float = 1.0, **_) -> nn.Module:
     if len(input_shape) != 3:
         raise ConfigError(f"model 'cnn' needs image inputs (C, H, W), got input shape {input_shape}")
     return VGGLike(input_shape[0], num_classes, width)
+
+
+IMAGE_MODELS = {"cnn"}
+
+
+class TorchvisionResNet(nn.Module):
+    """A torchvision ResNet with the registry's interface: ``forward_features`` is everything up
+    to the global average pool (post-ReLU, flattened), ``forward_head`` the final linear layer.
+    Grey (1-channel) inputs get a 1-channel stem; nothing is downloaded (weights=None)."""
+
+    def __init__(self, arch: str, in_channels: int, num_classes: int):
+        super().__init__()
+        import torchvision
+
+        net = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.net = net
+        self.head = net.fc
+        self.num_features = net.fc.in_features
+
+    def forward_features(self, x):
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        return torch.flatten(n.avgpool(x), 1)
+
+    def forward_head(self, f):
+        return self.head(f)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def _register_resnet(arch: str):
+    def make(*, input_shape, num_classes, **_) -> nn.Module:
+        if len(input_shape) != 3:
+            raise ConfigError(f"model {arch!r} needs image inputs (C, H, W), got input shape {input_shape}")
+        return TorchvisionResNet(arch, input_shape[0], num_classes)
+
+    make.__name__ = arch
+    make.__doc__ = f"torchvision {arch} (weights=None), penultimate = pooled features."
+    MODELS[arch] = make
+    IMAGE_MODELS.add(arch)
+
+
+for _arch in ("resnet18", "resnet50"):
+    _register_resnet(_arch)

@@ -4,8 +4,9 @@ renders to bokeh for the HTML report, and to matplotlib for static figures."""
 
 from __future__ import annotations
 
-import numpy as np
 import holoviews as hv
+import holoviews.plotting.bokeh  # noqa: F401  (registers the bokeh backend: builders' options need one)
+import numpy as np
 import xarray as xr
 from bokeh.palettes import Viridis256
 
@@ -157,7 +158,7 @@ def lorenz_curves(sw: xr.Dataset) -> hv.Overlay:
     curves = [hv.Curve(([0, 1], [0, 1]), "fraction of samples (top first)", "share of importance",
                        label="uniform").opts(color="gray", line_dash="dashed")]
     for lr, c in zip(lrs, _palette(len(lrs))):
-        sel = sw.importance_lorenz.isel(run=np.flatnonzero(_ok(sw) & (sw.lr.values == lr)), lorenz_snapshot=-1)
+        sel = sw.importance_lorenz.isel(run=np.flatnonzero(_ok(sw) & (sw.lr.values == lr)), lorenz_at=-1)
         v = sel.mean("run")
         curves.append(hv.Curve((v.fraction.values, v.values), "fraction of samples (top first)",
                                "share of importance", label=f"lr={lr:g}").opts(color=c))
