@@ -44,14 +44,24 @@ def main():
 @click.option("--seed", type=int, default=0, show_default=True, help="Initialisation and minibatch-order seed.")
 @click.option("--data-seed", type=int, default=0, show_default=True, help="Dataset generation seed.")
 @click.option("--batch-size", type=int, default=100, show_default=True)
-@click.option("--optimizer", default="sgd", show_default=True, help="sgd | adam | adamw")
+@click.option("--optimizer", default="sgd", show_default=True,
+              help="sgd | adam | adamw | sam | asam (SAM/ASAM on SGD with --momentum and --weight-decay).")
+@click.option("--sam-rho", type=float, default=0.05, show_default=True, help="SAM/ASAM neighbourhood radius.")
 @click.option("--momentum", type=float, default=0.0, show_default=True)
 @click.option("--weight-decay", type=float, default=0.0, show_default=True, help="L2 (optimizer weight decay).")
 @click.option("--l1", type=float, default=0.0, show_default=True, help="L1 penalty coefficient.")
 @click.option("--loss", default="ce", show_default=True, help="ce | focal")
 @click.option("--focal-gamma", type=float, default=2.0, show_default=True)
+@click.option("--schedule", default="constant", show_default=True,
+              help="LR schedule: constant | step (x --step-factor at --step-at) | cosine (to 0 at --max-steps) | "
+                   "wsd (warm-up, stable, linear decay over the last --decay-fraction).")
+@click.option("--step-at", type=int, default=1000, show_default=True, help="step schedule: iteration of the drop.")
+@click.option("--step-factor", type=float, default=0.1, show_default=True, help="step schedule: LR multiplier.")
+@click.option("--warmup-steps", type=int, default=0, show_default=True, help="Linear LR warm-up (any schedule).")
+@click.option("--decay-fraction", type=float, default=0.2, show_default=True, help="wsd: decaying fraction of --max-steps.")
 @click.option("--stop", default="train-acc", show_default=True,
-              help="train-acc: stop at 100% training accuracy; max-steps: run all --max-steps.")
+              help="train-acc: stop at 100% training accuracy; train-loss[=1e-5]: 100% and CE below the "
+                   "threshold; max-steps: run all --max-steps.")
 @click.option("--max-steps", type=int, default=20000, show_default=True, help="Upper bound on optimizer steps.")
 @click.option("--bias-conflicting-ratio", type=float, default=None,
               help="Fraction of bias-conflicting training samples (default: the dataset's paper value).")
@@ -88,6 +98,13 @@ def run_cmd(**kw):
         if any(w != int(w) for w in ws):
             raise ConfigError(f"--widths: expected integers, got {widths!r}")
         kw["widths"] = [int(w) for w in ws]
+    stop = kw["stop"]
+    if stop.startswith("train-loss="):
+        kw["stop"] = "train-loss"
+        try:
+            kw["stop_loss"] = float(stop.split("=", 1)[1])
+        except ValueError:
+            raise ConfigError(f"--stop {stop}: expected a number after '=', e.g. train-loss=1e-5") from None
     kw["data_options"] = _json_dict(kw.pop("data_options"), "--data-options")
     kw["model_options"] = _json_dict(kw.pop("model_options"), "--model-options")
     cfg = RunConfig(**kw).validate()

@@ -318,7 +318,10 @@ def open_sweep(paths, *, probes: bool = True) -> xr.Dataset:
         if not any(lay is known for known in layouts):
             layouts.append(lay)
         dsets.append(ds)
-    configs = [d.attrs["config"] for d in dsets]
+    from ..train.config import RunConfig
+
+    defaults = RunConfig().to_dict()  # stores written before a field existed ran with its default
+    configs = [{**defaults, **d.attrs["config"]} for d in dsets]
     keys = sorted({k for c in configs for k in c})
     varying = [k for k in keys
                if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1 or k in ALWAYS_COORDS]

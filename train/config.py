@@ -12,10 +12,10 @@ from typing import Any
 
 from ..errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "sam", "asam")
 LOSSES = ("ce", "focal")
-SCHEDULES = ("constant",)
-STOPS = ("train-acc", "max-steps")
+SCHEDULES = ("constant", "step", "cosine", "wsd")
+STOPS = ("train-acc", "train-loss", "max-steps")
 TRAIN_LOGITS = ("auto", "always", "final")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -38,12 +38,18 @@ class RunConfig:
     batch_size: int = 100
     optimizer: str = "sgd"
     momentum: float = 0.0
+    sam_rho: float = 0.05  # SAM/ASAM neighbourhood radius (Foret et al. 2021; Kwon et al. 2021)
     weight_decay: float = 0.0  # L2, as the optimizer's weight decay
     l1: float = 0.0  # L1 penalty coefficient added to the loss
     loss: str = "ce"
     focal_gamma: float = 2.0
-    schedule: str = "constant"
-    stop: str = "train-acc"  # stop at 100% training accuracy (checked each epoch) or max-steps
+    schedule: str = "constant"  # constant | step (x step_factor at step_at) | cosine | wsd
+    step_at: int = 1000  # step schedule: the iteration at which the LR is multiplied by step_factor
+    step_factor: float = 0.1
+    warmup_steps: int = 0  # linear warm-up from 0 (any schedule; wsd's "warm-up")
+    decay_fraction: float = 0.2  # wsd: the last fraction of max_steps decays linearly to 0
+    stop: str = "train-acc"  # train-acc (100% training accuracy), train-loss (100% and loss < stop_loss), max-steps
+    stop_loss: float = 1e-5
     max_steps: int = 20000
     bias_conflicting_ratio: float | None = None  # None: the dataset's paper default
     widths: list[int] | None = None  # hidden widths for the FCN; None: the model's default
@@ -83,12 +89,22 @@ class RunConfig:
         _int_at_least("probe_size", self.probe_size, 2)
         _int_at_least("seed", self.seed, 0)
         _int_at_least("data_seed", self.data_seed, 0)
+        _int_at_least("step_at", self.step_at, 0)
+        _int_at_least("warmup_steps", self.warmup_steps, 0)
+        if not (0 < self.decay_fraction <= 1):
+            raise ConfigError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if self.warmup_steps >= self.max_steps:
+            raise ConfigError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
         if not (0 <= self.momentum < 1):
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        for name in ("weight_decay", "l1", "focal_gamma"):
+        for name in ("weight_decay", "l1", "focal_gamma", "step_factor"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
+        for name in ("sam_rho", "stop_loss"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {v}")
         r = self.bias_conflicting_ratio
         if r is not None and not (0 <= r <= 1):
             raise ConfigError(f"bias-conflicting ratio must be in [0, 1], got {r}")
@@ -96,6 +112,26 @@ class RunConfig:
             if not self.widths or any((not isinstance(w, int)) or w < 1 for w in self.widths):
                 raise ConfigError(f"widths must be a non-empty list of positive integers, got {self.widths}")
         return self
+
+    # ------------------------------------------------------------------ schedule
+    def lr_at(self, t):
+        """The learning rate used by optimizer step t (0-based); `t` may be an int or an array."""
+        import numpy as np
+
+        t = np.asarray(t, dtype=np.float64)
+        if self.schedule == "step":
+            f = np.where(t >= self.step_at, self.step_factor, 1.0)
+        elif self.schedule == "cosine":
+            f = 0.5 * (1 + np.cos(np.pi * np.clip(t / self.max_steps, 0, 1)))
+        elif self.schedule == "wsd":  # warm-up, stable, then linear decay to 0 over the last fraction
+            start = self.max_steps * (1 - self.decay_fraction)
+            f = np.clip((self.max_steps - t) / (self.max_steps - start), 0, 1)
+        else:
+            f = np.ones_like(t)
+        if self.warmup_steps:
+            f = f * np.minimum(1.0, (t + 1) / self.warmup_steps)
+        out = self.lr * f
+        return float(out) if out.ndim == 0 else out
 
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict[str, Any]:

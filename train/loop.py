@@ -98,7 +98,9 @@ def per_sample_loss(cfg: RunConfig, logits: torch.Tensor, y: torch.Tensor) -> to
 
 
 def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
+    """The optimizer; SAM/ASAM use SGD (momentum, weight decay) as their base step, the ascent
+    step is taken by the loop (`sam_perturb`)."""
+    if cfg.optimizer in ("sgd", "sam", "asam"):
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -125,6 +127,21 @@ def load_optimizer(opt: torch.optim.Optimizer, arrays: dict[str, np.ndarray], de
         state.setdefault(int(i), {})[key] = t if key == "step" else t.to(device)
     sd["state"] = state
     opt.load_state_dict(sd)
+
+
+@torch.no_grad()
+def sam_perturb(params: list[torch.Tensor], rho: float, adaptive: bool) -> list[torch.Tensor]:
+    """SAM's ascent step (Foret et al. 2021), ASAM's scale-invariant one when `adaptive` (Kwon et al.
+    2021, as in davda54/sam): w += rho * T^2 g / ||T g|| with T = |w| (ASAM) or 1 (SAM).
+    Returns the perturbed tensors and their perturbations, to be subtracted after the second gradient."""
+    ps = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in ps]
+    scaled = torch._foreach_mul(grads, torch._foreach_abs(ps)) if adaptive else grads
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(scaled)))
+    scale = rho / (norm + 1e-12)
+    e = torch._foreach_mul(torch._foreach_mul(scaled, torch._foreach_abs(ps)) if adaptive else grads, scale)
+    torch._foreach_add_(ps, e)
+    return ps, e
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -322,7 +339,7 @@ class Trainer:
     def checkpoint(self, t: int) -> None:
         self.writer.write_checkpoint(t, state_arrays(self.model), optimizer_arrays(self.opt))
 
-    def epoch_rows(self, t0: int, rows: int, lr: float) -> tuple[dict[str, np.ndarray], int, int]:
+    def epoch_rows(self, t0: int, rows: int, lr) -> tuple[dict[str, np.ndarray], int, int]:
         """Host-side statistics for the `rows` steps since iteration t0 (all within one epoch)."""
         bs, c = self.bs, self.bundle.num_classes
         pos0 = t0 % self.steps_per_epoch
@@ -352,7 +369,7 @@ class Trainer:
         cnt = valid.sum(1)
         lz = np.where(valid, loss, 0.0)
         block = {
-            "lr": np.full(rows, lr, dtype=np.float32),
+            "lr": np.broadcast_to(np.asarray(lr, dtype=np.float32), (rows,)).copy(),
             "loss": (lz.sum(1) / cnt).astype(np.float32),
             "accuracy": (correct.sum(1) / cnt).astype(np.float32),
             "bc_loss_sum": np.where(bc, loss, 0).sum(1).astype(np.float32),
@@ -368,6 +385,32 @@ class Trainer:
         with np.errstate(over="ignore"):  # a diverging run's logits overflow float16: inf is the truth
             block[S.A_BATCH_LOGITS] = logits.astype(np.float16)
         return block, int(correct.sum()), int(cnt.sum())
+
+    def objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Minibatch logits and the training loss (CE or focal, + L1 penalty)."""
+        cfg = self.cfg
+        logits = self.model(x)
+        if cfg.loss == "ce":
+            loss = F.cross_entropy(logits, y)
+        else:
+            loss = per_sample_loss(cfg, logits, y).mean()
+        if cfg.l1 > 0:
+            loss = loss + cfg.l1 * sum(p.abs().sum() for p in self.params)
+        return logits, loss
+
+    def converged(self, t: int) -> tuple[bool, str]:
+        """The stop criterion on the whole training set (only called when the epoch's running
+        statistics say it may hold): 100% accuracy, and for train-loss also CE below stop_loss."""
+        logits = evaluate(self.model, self.X)
+        acc = (logits.argmax(1) == self.Y).float().mean().item()
+        if acc < 1.0:
+            return False, ""
+        if self.cfg.stop == "train-acc":
+            return True, f"100% train accuracy at iteration {t}"
+        ce = F.cross_entropy(logits.float(), self.Y).item()
+        if ce < self.cfg.stop_loss:
+            return True, f"100% train accuracy and train loss {ce:.2g} < {self.cfg.stop_loss:g} at iteration {t}"
+        return False, ""
 
     # -------------------------------------------------------------------- main loop
     def run(self, start: int, progress: bool) -> RunResult:
@@ -394,13 +437,16 @@ class Trainer:
         last_flush = time.perf_counter()
         epoch_perm = None
         epoch_correct = epoch_count = 0
+        epoch_loss = 0.0
         ep_start = (start // self.steps_per_epoch) * self.steps_per_epoch
         if start > ep_start:  # resumed mid-epoch: the epoch's running accuracy so far, from the log
             log = w.root[S.G_LOG]
             acc = np.asarray(log["accuracy"][ep_start:start], dtype=np.float64)
             cnt = np.asarray(log["bc_count"][ep_start:start]) + np.asarray(log["ba_count"][ep_start:start])
             epoch_correct, epoch_count = int(np.round(acc * cnt).sum()), int(cnt.sum())
-        lr = cfg.lr
+            epoch_loss = float((np.asarray(log["loss"][ep_start:start], dtype=np.float64) * cnt).sum())
+        scheduled = cfg.schedule != "constant" or cfg.warmup_steps > 0
+        sam = cfg.optimizer in ("sam", "asam")
         with _StopFlag() as stop:
             try:
                 while t < cfg.max_steps:
@@ -408,19 +454,24 @@ class Trainer:
                     if epoch_perm is None or pos == 0:
                         epoch_perm = self.epoch_perm(epoch)
                     idx = epoch_perm[pos * self.bs:(pos + 1) * self.bs]
-                    logits = model(as_model_input(self.X[idx]))
-                    if cfg.loss == "ce":
-                        loss = F.cross_entropy(logits, self.Y[idx])
-                    else:
-                        loss = per_sample_loss(cfg, logits, self.Y[idx]).mean()
-                    if cfg.l1 > 0:
-                        loss = loss + cfg.l1 * sum(p.abs().sum() for p in self.params)
+                    xb, yb = as_model_input(self.X[idx]), self.Y[idx]
+                    if scheduled:
+                        lr_t = cfg.lr_at(t)
+                        for g in opt.param_groups:
+                            g["lr"] = lr_t
+                    logits, loss = self.objective(xb, yb)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     with torch.no_grad():  # references only: no copies, no host syncs
                         self._logits.append(logits.detach())
                         self._norms.extend(torch._foreach_norm(  # grads and params in one fused call
                             [p.grad for p in self.params if p.grad is not None] + self.params))
+                    if sam:  # second gradient at the perturbed weights, then back to w for the step
+                        ps, e = sam_perturb(self.params, cfg.sam_rho, cfg.optimizer == "asam")
+                        opt.zero_grad(set_to_none=True)
+                        self.objective(xb, yb)[1].backward()
+                        with torch.no_grad():
+                            torch._foreach_sub_(ps, e)
                     opt.step()
                     t += 1
                     row += 1
@@ -432,7 +483,7 @@ class Trainer:
                         continue
                     # ---- once per epoch (or at a recording point): host-side statistics
                     r0 = time.perf_counter()
-                    block, corr, cnt = self.epoch_rows(row_t0, row, lr)
+                    block, corr, cnt = self.epoch_rows(row_t0, row, cfg.lr_at(np.arange(row_t0, t)))
                     finite = np.isfinite(block["loss"]) & np.isfinite(block["grad_norm"])
                     if not finite.all():
                         bad = int(np.argmin(finite))
@@ -445,14 +496,18 @@ class Trainer:
                     w.append_log(block)
                     epoch_correct += corr
                     epoch_count += cnt
+                    epoch_loss += float((block["loss"].astype(np.float64)
+                                         * (block["bc_count"] + block["ba_count"])).sum())
                     row, row_t0 = 0, t
                     done = False
                     if end_of_epoch:
-                        if cfg.stop == "train-acc" and epoch_count and epoch_correct / epoch_count >= 0.99:
-                            acc = (evaluate(model, self.X).argmax(1) == self.Y).float().mean().item()
-                            if acc == 1.0:
-                                done = True
-                                reason = f"100% train accuracy at iteration {t}"
+                        if epoch_count and epoch_correct / epoch_count >= 0.99 and (
+                                cfg.stop == "train-acc"
+                                or (cfg.stop == "train-loss" and epoch_loss / epoch_count < 10 * cfg.stop_loss)):
+                            ok, why = self.converged(t)
+                            if ok:
+                                done, reason = True, why
+                        epoch_loss = 0.0
                         if bar is not None:
                             bar.set_postfix(loss=f"{block['loss'][-1]:.3g}",
                                             acc=f"{epoch_correct / max(epoch_count, 1):.3f}", refresh=False)

@@ -180,7 +180,8 @@ def minmax_table(sw: xr.Dataset, metrics=HEADLINE) -> hv.Table:
     return hv.Table(rows, ["dataset", "model", "metric", "LR min", "LR max"], ["value at LR min", "value at LR max"])
 
 
-KNOBS = ("lr", "batch_size", "momentum", "weight_decay", "l1", "focal_gamma", "optimizer")
+KNOBS = ("lr", "batch_size", "momentum", "weight_decay", "l1", "focal_gamma", "sam_rho", "optimizer", "schedule",
+         "step_at")
 
 
 def knob_comparison(sw: xr.Dataset, metrics=(("unbiased_accuracy_final", "unbiased accuracy"),
