@@ -68,6 +68,9 @@ def main():
 @click.option("--widths", default=None, help="FCN hidden widths, e.g. 200,200,200.")
 @click.option("--data-options", default=None, help="Dataset knobs as JSON, e.g. '{\"n_train\": 2000}'.")
 @click.option("--model-options", default=None, help="Model knobs as JSON, e.g. '{\"width\": 0.25}'.")
+@click.option("--weights", default=None, type=click.Path(dir_okay=False),
+              help="Initialise from a local state-dict file (e.g. torchvision's ImageNet Swin-T); "
+                   "mismatched tensors such as the head stay freshly initialised. Nothing is downloaded.")
 @click.option("--snapshot-every", type=int, default=1000, show_default=True,
               help="Snapshot period in steps (plus log-spaced snapshots before it and a final one).")
 @click.option("--early-snapshots", default="light", show_default=True,
@@ -154,7 +157,8 @@ def datasets_cmd():
 
     for name in sorted(DATASETS):
         doc = (DATASETS[name].__doc__ or "").strip().splitlines()[0]
-        click.echo(f"{name:20s} rho_train={DEFAULT_RHO[name]:<6g} {doc}")
+        rho = "n/a" if DEFAULT_RHO[name] is None else f"{DEFAULT_RHO[name]:g}"
+        click.echo(f"{name:20s} rho_train={rho:<8s} {doc}")
 
 
 @main.command("models")

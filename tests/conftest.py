@@ -7,6 +7,8 @@ import os
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# built datasets are cached on disk: keep the tests' cache out of the user's home
+os.environ.setdefault("LRSCOPE_CACHE", __import__("tempfile").mkdtemp(prefix="lrscope-cache-"))
 
 import torch  # noqa: E402
 

@@ -1,50 +1,40 @@
 """Dataset recipes and loaders, on IDX files fabricated in the real on-disk format, on sklearn's
 digits, and on Debian's Fashion-MNIST when installed; plus every dataset x model pair."""
 
-import gzip
 import struct
 
 import numpy as np
 import pytest
 import torch
+import zarr
 
 import lrscope
 from lrscope.errors import ConfigError, DataError
+from lrscope.store import schema as S
 from lrscope.train.data import DATASETS, build_dataset
 from lrscope.train.images import COLORS, DEBIAN_FASHION, read_idx
 from lrscope.train.loop import train_run
 from lrscope.train.models import IMAGE_MODELS, MODELS
 
+import fabricate
 from conftest import tiny_config
-
-
-def write_idx(path, arr, gz=True):
-    if arr.ndim == 3:
-        header = struct.pack(">IIII", 2051, *arr.shape)
-    else:
-        header = struct.pack(">II", 2049, len(arr))
-    data = header + arr.astype(np.uint8).tobytes()
-    if gz:
-        with gzip.open(str(path) + ".gz", "wb") as f:
-            f.write(data)
-    else:
-        path.write_bytes(data)
+from fabricate import write_idx
 
 
 @pytest.fixture(scope="module")
 def mnist_root(tmp_path_factory):
     """A tiny MNIST in torchvision's layout: <root>/MNIST/raw/*-ubyte.gz (80 train, 40 test)."""
-    root = tmp_path_factory.mktemp("data")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 80), ("t10k", 40)):
-        y = np.arange(n) % 10
-        x = np.zeros((n, 28, 28), np.uint8)
-        for i, k in enumerate(y):  # a class-dependent stroke so the digits differ
-            x[i, 4 + k:8 + k, 6:22] = 200 + rng.integers(0, 55)
-        write_idx(raw / f"{split}-images-idx3-ubyte", x)
-        write_idx(raw / f"{split}-labels-idx1-ubyte", y)
+    return fabricate.mnist(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """Every file format in one --data-root: MNIST IDX, CIFAR-10/100 batches, CelebA, Waterbirds,
+    ImageNet folders."""
+    root = tmp_path_factory.mktemp("all")
+    for make in (fabricate.mnist, fabricate.cifar10, fabricate.cifar100, fabricate.celeba, fabricate.waterbirds,
+                 fabricate.imagenet):
+        make(root)
     return root
 
 
@@ -118,27 +108,208 @@ SMALL = {
     "moon_star": {"n_train": 200, "n_test": 100, "size": 16},
     "colored_mnist": {"base": "digits", "n_train": 200, "n_test": 100},
     "double_mnist": {"base": "digits", "n_train": 200, "n_test": 100},
+    "mnist_cifar": {"n_train": 60},
+    "corrupted_cifar10": {"n_train": 60},
+    "cifar10": {},
+    "cifar100": {},
+    "celeba": {"size": 32},
+    "waterbirds": {"size": 32},
+    "imagenet": {"size": 32},
 }
+HEAVY = {"resnet50": "colored_mnist", "wide_resnet101_2": None, "swin_t": None}  # model -> its default-suite pair
 
 
-@pytest.mark.parametrize("dataset", sorted(DATASETS))
-@pytest.mark.parametrize("model", sorted(MODELS))
-def test_every_dataset_model_pair(tmp_path, dataset, model):
-    cfg = tiny_config(dataset=dataset, model=model, data_options=SMALL[dataset], max_steps=6, snapshot_every=3,
-                      checkpoint_every=3, probe_size=40, widths=[16] if model == "fcn" else None,
+def _pair_params():
+    """Every pair; those of the big models run in the slow suite (CI runs both)."""
+    for dataset in sorted(DATASETS):
+        for model in sorted(MODELS):
+            heavy = model in HEAVY and dataset != HEAVY[model]
+            yield pytest.param(dataset, model, marks=[pytest.mark.slow] if heavy else [])
+
+
+@pytest.mark.parametrize("dataset,model", list(_pair_params()))
+def test_every_dataset_model_pair(tmp_path, data_root, dataset, model):
+    cfg = tiny_config(dataset=dataset, model=model, data_options=SMALL[dataset], max_steps=4, snapshot_every=2,
+                      checkpoint_every=4, probe_size=20, batch_size=16, data_root=str(data_root), stop="max-steps",
+                      widths=[16] if model == "fcn" else None,
                       model_options={"width": 0.125} if model == "cnn" else {})
-    bundle = build_dataset(dataset, **SMALL[dataset])
+    bundle = build_dataset(dataset, data_root=str(data_root), **SMALL[dataset])
     if model in IMAGE_MODELS and len(bundle.input_shape) != 3:
         with pytest.raises(ConfigError, match="image inputs"):
             train_run(cfg, tmp_path, progress=False)
         return
     r = train_run(cfg, tmp_path, progress=False)
     ds = lrscope.open_run(r.path)
-    assert ds.attrs["status"] == "completed" and ds.sizes["iteration"] == 6
-    assert ds.sizes["probe_sample"] == 40
+    assert ds.attrs["status"] == "completed" and ds.sizes["iteration"] == 4
+    assert ds.sizes["probe_sample"] == min(20, len(bundle.test))
     net = lrscope.load_model(ds)
     from lrscope.train.data import as_model_input
 
     with torch.inference_mode():
         out = net(as_model_input(torch.from_numpy(ds.probe_inputs.values)))
-    np.testing.assert_allclose(out.numpy(), ds.probe_logits.isel(snapshot=-1).values, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out.numpy(), ds.probe_logits.isel(snapshot=-1).values, rtol=1e-3, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------- file-based loaders
+def test_cifar_loaders(data_root):
+    b = build_dataset("cifar10", data_root=str(data_root))
+    assert b.train.x.shape == (100, 3, 32, 32) and len(b.test) == 40 and b.num_classes == 10
+    assert (b.train.y == b.train.b).all()  # no bias attribute: everything bias-aligned
+    for i in range(10):  # the class's column block is red
+        k = int(b.train.y[i])
+        assert (b.train.x[i, 0, :, 3 * k:3 * k + 3] == 250).all()
+    c = build_dataset("cifar100", data_root=str(data_root))
+    assert c.num_classes == 100 and len(c.train) == 200 and (c.train.x[:, 0, 0, 0] == c.train.y * 2).all()
+    with pytest.raises(ConfigError, match="no bias-conflicting ratio"):
+        build_dataset("cifar10", data_root=str(data_root), bias_conflicting_ratio=0.1)
+
+
+def test_mnist_cifar_recipe(data_root):
+    b = build_dataset("mnist_cifar", data_root=str(data_root), seed=0)
+    assert b.train.x.shape == (100, 3, 64, 32) and b.input_shape == (3, 64, 32)
+    assert (b.train.y != b.train.b).sum() == 10  # rho 0.1, exact
+    assert (b.test.y != b.test.b).float().mean() == pytest.approx(0.9)
+    for i in range(20):
+        k, d = int(b.train.y[i]), int(b.train.b[i])
+        assert (b.train.x[i, 0, 32:, 3 * k:3 * k + 3] == 250).all()  # CIFAR object (core) at the bottom
+        rows = np.flatnonzero(b.train.x[i, 0, :32].numpy().max(1) > 0)  # digit (spurious) on top
+        assert rows.min() == 2 + 4 + d
+    assert b.regions["spurious"][:, :32].all() and b.regions["core"][:, 32:].all()
+
+
+def test_corruptions_do_what_they_say():
+    from lrscope.train.vision import CORRUPTIONS, corrupt
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.from_numpy(fabricate.cifar_images(np.arange(20) % 10)).float() / 255
+    outs = {}
+    for kind in CORRUPTIONS:
+        o = corrupt(x.clone(), kind, 4, gen)
+        assert o.shape == x.shape and o.min() >= 0 and o.max() <= 1, kind
+        assert not torch.allclose(o, x, atol=1e-3), kind
+        outs[kind] = o
+    assert outs["brightness"].mean() > x.mean() + 0.3
+    assert outs["contrast"].std() < 0.3 * x.std()
+    g = lambda t: t.mean(1)  # noqa: E731
+    sat = lambda t: (t - g(t)[:, None]).abs().mean()  # noqa: E731
+    assert sat(outs["saturate"]) > 1.5 * sat(x)
+    pix = outs["pixelate"]
+    assert (pix[..., ::1, 1:] == pix[..., ::1, :-1]).float().mean() > 0.5  # blocky
+
+
+def test_corrupted_cifar10_recipe(data_root):
+    from lrscope.train.vision import CORRUPTIONS, corrupt
+
+    b = build_dataset("corrupted_cifar10", data_root=str(data_root), seed=0, severity=1)
+    assert b.train.x.shape == (100, 3, 32, 32) and (b.train.y != b.train.b).sum() == 10
+    # brightness (b=3) images are brighter than the clean ones, contrast (b=4) ones flatter
+    clean = torch.from_numpy(fabricate.cifar_images(b.train.y.numpy())).float()
+    x = b.train.x.float()
+    bright, flat = b.train.b == CORRUPTIONS.index("brightness"), b.train.b == CORRUPTIONS.index("contrast")
+    assert (x[bright].mean((1, 2, 3)) > clean[bright].mean((1, 2, 3)) + 15).all()
+    assert (x[flat].std((1, 2, 3)) < 0.5 * clean[flat].std((1, 2, 3))).all()
+    with pytest.raises(ConfigError, match="severity"):
+        build_dataset("corrupted_cifar10", data_root=str(data_root), severity=9)
+    with pytest.raises(ConfigError, match="unknown corruption"):
+        corrupt(torch.zeros(1, 3, 8, 8), "rain", 1, torch.Generator())
+
+
+def test_celeba_loader(data_root):
+    from fabricate import CELEBA_ATTRS
+
+    b = build_dataset("celeba", data_root=str(data_root), size=32)
+    assert b.train.x.shape == (12, 3, 32, 32) and len(b.test) == 6 and b.num_groups == 4
+    lines = (data_root / "celeba" / "list_attr_celeba.txt").read_text().splitlines()[2:]
+    attrs = np.array([[int(v) for v in ln.split()[1:]] for ln in lines]) > 0
+    blond, male = CELEBA_ATTRS.index("Blond_Hair"), CELEBA_ATTRS.index("Male")
+    np.testing.assert_array_equal(b.train.y.numpy(), attrs[:12, blond])
+    np.testing.assert_array_equal(b.train.b.numpy(), attrs[:12, male])
+    np.testing.assert_array_equal(b.test.index.numpy(), np.arange(18, 24))
+    # the image's top half is green for blond (k=1), red otherwise: decoded and resized, not scrambled
+    top = b.train.x[:, :, :8].float().mean((2, 3))
+    assert ((top[:, 1] > top[:, 0]) == b.train.y.bool()).all()
+    s = build_dataset("celeba", data_root=str(data_root), size=32, target="Smiling", bias="Young",
+                      test_split="valid")
+    assert len(s.test) == 6 and (s.train.y.numpy() == attrs[:12, CELEBA_ATTRS.index("Smiling")]).all()
+    with pytest.raises(ConfigError, match="no attribute"):
+        build_dataset("celeba", data_root=str(data_root), target="Purple_Hair")
+
+
+def test_waterbirds_loader(data_root):
+    b = build_dataset("waterbirds", data_root=str(data_root), size=32)
+    assert b.train.x.shape == (12, 3, 32, 32) and len(b.test) == 6
+    assert set(zip(b.train.y.tolist(), b.train.b.tolist())) == {(0, 0), (1, 0), (0, 1), (1, 1)}
+    top = b.train.x[:, :, :8].float().mean((2, 3))
+    assert ((top[:, 1] > top[:, 0]) == b.train.y.bool()).all()
+
+
+def test_imagenet_loader(data_root):
+    b = build_dataset("imagenet", data_root=str(data_root), size=16)
+    assert b.num_classes == 3 and b.train.x.shape == (12, 3, 16, 16) and len(b.test) == 6
+    assert (b.train.y == b.train.b).all()
+    assert build_dataset("imagenet", data_root=str(data_root), size=16, classes=2, per_class_train=1).train.x.shape[0] == 2
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "mnist_cifar", "corrupted_cifar10", "celeba", "waterbirds",
+                                  "imagenet"])
+def test_missing_files_say_where_to_get_them(tmp_path, name):
+    with pytest.raises(DataError, match="to get"):
+        build_dataset(name, data_root=str(tmp_path))
+    with pytest.raises(DataError, match="to get|--data-root"):
+        build_dataset(name, data_root=None)
+
+
+def test_built_datasets_are_cached(data_root, tmp_path, monkeypatch):
+    from lrscope.train import data as D
+
+    monkeypatch.setenv("LRSCOPE_CACHE", str(tmp_path / "cache"))
+    first = build_dataset("corrupted_cifar10", data_root=str(data_root), seed=3)
+    files = list((tmp_path / "cache").glob("corrupted_cifar10-*.npz"))
+    assert len(files) == 1
+    calls = []
+
+    def builder(**kw):
+        calls.append(kw)
+        raise RuntimeError("rebuilt")
+
+    import inspect
+
+    builder.__signature__ = inspect.signature(D.DATASETS["corrupted_cifar10"])
+    monkeypatch.setitem(D.DATASETS, "corrupted_cifar10", builder)
+    again = build_dataset("corrupted_cifar10", data_root=str(data_root), seed=3)
+    assert not calls  # served from the cache, same tensors and metadata
+    for sp in ("train", "test"):
+        for k in ("x", "y", "b", "index"):
+            assert torch.equal(getattr(getattr(first, sp), k), getattr(getattr(again, sp), k))
+    assert again.input_shape == first.input_shape and again.description == first.description
+    with pytest.raises(RuntimeError, match="rebuilt"):  # another seed is another key: the builder runs
+        build_dataset("corrupted_cifar10", data_root=str(data_root), seed=4)
+    assert calls
+    monkeypatch.setenv("LRSCOPE_CACHE", "off")
+    assert D.cache_dir() is None
+
+
+def test_local_weights(tmp_path):
+    import torchvision
+
+    from lrscope.train.models import create_model, load_weights
+
+    src = torchvision.models.resnet18(weights=None)  # stands in for an ImageNet checkpoint
+    torch.save(src.state_dict(), tmp_path / "r18.pth")
+    m = create_model("resnet18", input_shape=(1, 28, 28), num_classes=10)
+    fresh = load_weights(m, str(tmp_path / "r18.pth"))
+    assert set(fresh) == {"net.conv1.weight", "net.fc.weight", "net.fc.bias", "head.weight", "head.bias"}
+    torch.testing.assert_close(m.net.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="not a loadable"):
+        load_weights(m, str(tmp_path / "junk.pth"))
+    with pytest.raises(ConfigError, match="no such file"):
+        load_weights(m, str(tmp_path / "missing.pth"))
+    # through a real run: the stored initial checkpoint holds the loaded tensors
+    cfg = tiny_config(dataset="colored_mnist", model="resnet18", data_options={"base": "digits", "n_train": 50,
+                      "n_test": 30}, max_steps=2, probe_size=10, batch_size=10, weights=str(tmp_path / "r18.pth"),
+                      stop="max-steps")
+    path = train_run(cfg, tmp_path / "runs", progress=False).path
+    root = zarr.open_group(str(path), mode="r")
+    np.testing.assert_allclose(root[S.G_PARAMS]["net.layer1.0.conv1.weight"][0],
+                               src.layer1[0].conv1.weight.detach().numpy())

@@ -55,6 +55,7 @@ class RunConfig:
     widths: list[int] | None = None  # hidden widths for the FCN; None: the model's default
     data_options: dict[str, Any] = field(default_factory=dict)  # dataset-specific knobs
     model_options: dict[str, Any] = field(default_factory=dict)  # model-specific knobs (cnn: width)
+    weights: str | None = None  # a local state dict to initialise from (pretrained); never downloaded
     snapshot_every: int = 1000  # snapshots at 0,1,2,4,... below this, then every N steps, + final
     early_snapshots: str = "light"  # log-spaced early snapshots: light (probe subset only) or full
     checkpoint_every: int = 2000  # checkpoints (resume points) every N steps, + final

@@ -6,8 +6,12 @@ noise) for attribution shares.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -59,16 +63,73 @@ def as_model_input(x: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------- registry
 DATASETS: dict[str, Callable[..., DataBundle]] = {}
-DEFAULT_RHO: dict[str, float] = {}
+DEFAULT_RHO: dict[str, float | None] = {}  # None: a natural bias (or none), not a recipe's knob
+CACHED: set[str] = set()
+CACHE_VERSION = 1  # bump when a cached recipe's output changes
 
 
-def register_dataset(name: str, rho_train: float):
+def register_dataset(name: str, rho_train: float | None, cache: bool = False):
+    """Register a dataset builder; `cache`: its built splits are kept on disk (slow builds)."""
     def deco(fn):
         DATASETS[name] = fn
         DEFAULT_RHO[name] = rho_train
+        if cache:
+            CACHED.add(name)
         return fn
 
     return deco
+
+
+def cache_dir() -> Path | None:
+    """Where built datasets are cached: $LRSCOPE_CACHE (\"off\" disables), else
+    $XDG_CACHE_HOME/lrscope/datasets (~/.cache/lrscope/datasets)."""
+    env = os.environ.get("LRSCOPE_CACHE")
+    if env is not None:
+        return None if env.strip().lower() in ("off", "0", "") else Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lrscope" / "datasets"
+
+
+def _cache_key(name: str, seed: int, rho, options: dict) -> str:
+    opts = dict(options)
+    root = opts.pop("data_root", None)
+    stamp = None
+    if root is not None:
+        root = str(Path(root).resolve())
+        try:
+            stamp = os.stat(root).st_mtime_ns  # files added or removed under the root: rebuild
+        except OSError:
+            stamp = None
+    blob = json.dumps([CACHE_VERSION, name, seed, rho, opts, root, stamp], sort_keys=True, default=str)
+    return f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}.npz"
+
+
+def _save_cached(path: Path, b: DataBundle) -> None:
+    arrays = {f"{sp}_{k}": getattr(getattr(b, sp), k).numpy() for sp in ("train", "test")
+              for k in ("x", "y", "b", "index")}
+    arrays.update({f"region_{k}": v for k, v in b.regions.items()})
+    meta = {"name": b.name, "num_classes": b.num_classes, "num_bias": b.num_bias,
+            "input_shape": list(b.input_shape), "description": b.description, "regions": list(b.regions)}
+    arrays["meta"] = np.array(json.dumps(meta))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full cache is not an error: the next run rebuilds
+        pass
+
+
+def _load_cached(path: Path) -> DataBundle | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            sp = {s: Split(*(torch.from_numpy(z[f"{s}_{k}"]) for k in ("x", "y", "b", "index")))
+                  for s in ("train", "test")}
+            regions = {k: z[f"region_{k}"] for k in meta["regions"]}
+    except (OSError, ValueError, KeyError):
+        return None
+    return DataBundle(meta["name"], sp["train"], sp["test"], meta["num_classes"], meta["num_bias"],
+                      tuple(meta["input_shape"]), regions, meta["description"])
 
 
 def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | None = None,
@@ -79,6 +140,8 @@ def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | N
 
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
+    if DEFAULT_RHO[name] is None and bias_conflicting_ratio is not None:
+        raise ConfigError(f"{name!r} has no bias-conflicting ratio to set (its bias is natural or absent)")
     rho = DEFAULT_RHO[name] if bias_conflicting_ratio is None else bias_conflicting_ratio
     fn = DATASETS[name]
     params = inspect.signature(fn).parameters
@@ -88,6 +151,16 @@ def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | N
         raise ConfigError(f"unknown data option(s) {', '.join(unknown)} for {name!r}; valid: {', '.join(valid)}")
     if "data_root" in params:
         options["data_root"] = data_root
+    folder = cache_dir() if name in CACHED else None
+    if folder is not None:
+        path = folder / _cache_key(name, seed, rho, options)
+        if path.exists():
+            cached = _load_cached(path)
+            if cached is not None:
+                return cached
+        bundle = fn(seed=seed, rho_train=rho, **options)
+        _save_cached(path, bundle)
+        return bundle
     return fn(seed=seed, rho_train=rho, **options)
 
 
@@ -234,3 +307,4 @@ def probe_subset(bundle: DataBundle, size: int, seed: int) -> np.ndarray:
 
 
 from . import images  # noqa: E402,F401  (registers the MNIST-style recipes)
+from . import vision  # noqa: E402,F401  (registers the CIFAR/CelebA/Waterbirds/ImageNet loaders)

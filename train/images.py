@@ -132,7 +132,7 @@ def _check_common(base, n_train, n_test):
             raise ConfigError(f"option {nm} must be >= 1, got {v}")
 
 
-@register_dataset("colored_mnist", rho_train=0.025)
+@register_dataset("colored_mnist", rho_train=0.025, cache=True)
 def colored_mnist(*, seed: int = 0, rho_train: float = 0.025, base: str = "mnist", data_root=None,
                   n_train: int | None = None, n_test: int | None = None, color_std: float = 0.005) -> DataBundle:
     """Colored MNIST (Nam et al. 2020): the digit (shape) is the class, its colour the bias.
@@ -156,7 +156,7 @@ def colored_mnist(*, seed: int = 0, rho_train: float = 0.025, base: str = "mnist
                       10, 10, (3, 28, 28), {}, f"colored {base}")
 
 
-@register_dataset("double_mnist", rho_train=0.025)
+@register_dataset("double_mnist", rho_train=0.025, cache=True)
 def double_mnist(*, seed: int = 0, rho_train: float = 0.025, base: str = "mnist", data_root=None,
                  n_train: int | None = None, n_test: int | None = None, dim: float = 0.5) -> DataBundle:
     """Double MNIST (Barsbey et al.): two digits side by side; the left one is the class (core),

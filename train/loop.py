@@ -218,7 +218,12 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
         data_root=cfg.data_root, **cfg.data_options)
     n_classes = bundle.num_classes
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, bundle.input_shape, n_classes).to(device)
+    model = build_model(cfg, bundle.input_shape, n_classes)
+    if cfg.weights and not resume:
+        from .models import load_weights
+
+        load_weights(model, cfg.weights)
+    model = model.to(device)
     opt = make_optimizer(cfg, model.parameters())
     probe_idx = probe_subset(bundle, cfg.probe_size, cfg.data_seed)
 
@@ -257,7 +262,7 @@ def _create_store(path, cfg, bundle, model, probe_idx, device, lock) -> RunWrite
         path, run_id=path.stem, config=cfg.to_dict(), labels=labels,
         probe_inputs=bundle.test.x[probe_idx].numpy(), probe_test_index=probe_idx,
         regions=bundle.regions, model_info=model_info, params=state_arrays(model),
-        batch_size=cfg.batch_size, num_classes=bundle.num_classes, device=str(device), lock=lock)
+        batch_size=min(cfg.batch_size, len(bundle.train)), num_classes=bundle.num_classes, device=str(device), lock=lock)
 
 
 def _half_created(path: Path) -> bool:

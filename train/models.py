@@ -147,5 +147,76 @@ def _register_resnet(arch: str):
     IMAGE_MODELS.add(arch)
 
 
-for _arch in ("resnet18", "resnet50"):
+for _arch in ("resnet18", "resnet50", "wide_resnet101_2"):
     _register_resnet(_arch)
+
+
+class TorchvisionSwin(nn.Module):
+    """torchvision's Swin-T: ``forward_features`` is the layer-normed, average-pooled token
+    representation (the input of the classification head; not a ReLU output, so it can be
+    negative), ``forward_head`` the head. Grey inputs get a 1-channel patch embedding."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        import torchvision
+
+        net = torchvision.models.swin_t(weights=None, num_classes=num_classes)
+        if in_channels != 3:
+            old = net.features[0][0]
+            net.features[0][0] = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride)
+        self.net = net
+        self.head = net.head
+        self.num_features = net.head.in_features
+
+    def forward_features(self, x):
+        n = self.net
+        return n.flatten(n.avgpool(n.permute(n.norm(n.features(x)))))
+
+    def forward_head(self, f):
+        return self.head(f)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+@register_model
+def swin_t(*, input_shape, num_classes, **_) -> nn.Module:
+    """torchvision Swin-T (weights=None; --weights loads a local ImageNet checkpoint), pooled features."""
+    if len(input_shape) != 3:
+        raise ConfigError(f"model 'swin_t' needs image inputs (C, H, W), got input shape {input_shape}")
+    return TorchvisionSwin(input_shape[0], num_classes)
+
+
+IMAGE_MODELS.add("swin_t")
+
+
+def load_weights(model: nn.Module, path: str) -> list[str]:
+    """Initialise from a local state dict (torch.save'd, read with weights_only=True: no pickle
+    code runs), e.g. torchvision's ImageNet Swin-T/ResNet file. Keys may be the torchvision
+    model's own (``conv1.weight``) or ours (``net.conv1.weight``); tensors whose shape differs
+    (the 1000-class head, a grey stem) keep their fresh initialisation. Returns those names."""
+    import os
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"--weights {path}: no such file")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a one-line error
+        raise ConfigError(f"--weights {path}: not a loadable state dict ({type(e).__name__}: {e})") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+        raise ConfigError(f"--weights {path}: expected a dict of tensors (a state dict)")
+    own = model.state_dict()
+    prefix = "net." if any(k.startswith("net.") for k in own) and not any(k.startswith("net.") for k in sd) else ""
+    mapped = {prefix + k: v for k, v in sd.items()}
+    # the head is shared between net.fc/net.head and self.head: fill both names
+    for k in list(mapped):
+        for short in ("net.fc.", "net.head."):
+            if k.startswith(short):
+                mapped["head." + k[len(short):]] = mapped[k]
+    matched = {k: v for k, v in mapped.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise ConfigError(f"--weights {path}: no tensor matches model {type(model).__name__}")
+    model.load_state_dict(matched, strict=False)
+    return sorted(k for k in own if k not in matched)

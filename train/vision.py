@@ -1,0 +1,428 @@
+"""File-based image datasets: CIFAR-10/100, MNIST-CIFAR, Corrupted CIFAR-10, CelebA, Waterbirds,
+ImageNet. Each reads the layout the field already uses (DATA.md) from ``--data-root`` and returns
+whole uint8 splits; the corruptions of Corrupted CIFAR-10 are implemented here with torch/numpy/
+scipy (no ImageMagick). Datasets without a bias attribute (CIFAR, ImageNet) set b = y, so every
+sample is bias-aligned and the test split is the usual one.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, DataError
+from .data import DataBundle, Split, register_dataset
+from .images import _bias_labels, _subsample, load_base
+
+# ------------------------------------------------------------------------------- helpers
+HOW_TO_GET = {
+    "cifar10": "torchvision.datasets.CIFAR10(root, download=True) on a machine with internet "
+               "(expects <root>/cifar-10-batches-py/)",
+    "cifar100": "torchvision.datasets.CIFAR100(root, download=True) on a machine with internet "
+                "(expects <root>/cifar-100-python/)",
+    "celeba": "torchvision.datasets.CelebA(root, download=True), or the files from the CelebA site "
+              "(expects <root>/celeba/list_attr_celeba.txt, list_eval_partition.txt, img_align_celeba/)",
+    "waterbirds": "the Waterbirds tarball of kohpangwei/group_DRO or WILDS (expects a folder with "
+                  "metadata.csv: img_filename, y, split, place; give it or its parent as --data-root)",
+    "imagenet": "the ILSVRC-2012 images from image-net.org, in ImageFolder layout "
+                "(<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG)",
+}
+
+
+def _root(name: str, data_root) -> Path:
+    if data_root is None:
+        raise DataError(f"{name} reads files: give --data-root; to get them: {HOW_TO_GET[name]}")
+    root = Path(data_root)
+    if not root.is_dir():
+        raise DataError(f"{name}: data root {root} not found; to get them: {HOW_TO_GET[name]}")
+    return root
+
+
+def _split(x: np.ndarray, y: np.ndarray, b: np.ndarray, idx: np.ndarray) -> Split:
+    return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)),
+                 torch.from_numpy(b.astype(np.int64)), torch.from_numpy(idx.astype(np.int64)))
+
+
+def _check_sizes(**kw):
+    for nm, v in kw.items():
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise ConfigError(f"option {nm} must be an integer >= 1, got {v}")
+
+
+def load_cifar(name: str, data_root) -> tuple[np.ndarray, ...]:
+    """(x_train, y_train, x_test, y_test): uint8 (n, 3, 32, 32) and int64 labels, read by
+    torchvision from its batch layout (the download checksum is not enforced, so a copy made on
+    another machine, or a test fixture in the same format, is accepted)."""
+    import torchvision
+
+    root = _root(name, data_root)
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    folder = root / cls.base_folder
+    if not folder.is_dir():
+        raise DataError(f"{name} not found under {root}: expected {folder}/; to get it: {HOW_TO_GET[name]}")
+
+    class _Local(cls):
+        def _check_integrity(self):  # presence only: no md5 of the download archive's members
+            return all((Path(self.root) / self.base_folder / f).exists() for f, _ in self.train_list + self.test_list)
+
+        def _load_meta(self):  # class names are not needed
+            self.classes = []
+
+    try:
+        tr, te = _Local(str(root), train=True), _Local(str(root), train=False)
+    except RuntimeError as e:
+        raise DataError(f"{name} under {root} is incomplete ({e}); to get it: {HOW_TO_GET[name]}") from None
+    return (tr.data.transpose(0, 3, 1, 2), np.asarray(tr.targets, np.int64),
+            te.data.transpose(0, 3, 1, 2), np.asarray(te.targets, np.int64))
+
+
+def decode_images(paths: list[Path], size: int, desc: str) -> np.ndarray:
+    """Decode image files (JPEG, PNG, ... via Pillow) as RGB, centre-crop to a square, resize to
+    size×size (antialiased): uint8 (n, 3, size, size). Threads decode in parallel (Pillow releases
+    the GIL); a progress bar shows on large sets."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    out = np.empty((len(paths), 3, size, size), np.uint8)
+
+    def one(i):
+        try:
+            with Image.open(paths[i]) as im:
+                im = im.convert("RGB")
+                w, h = im.size
+                s = min(h, w)
+                left, top = (w - s) // 2, (h - s) // 2
+                im = im.crop((left, top, left + s, top + s))
+                if s != size:
+                    im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+                out[i] = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+        except OSError as e:
+            raise DataError(f"cannot decode image {paths[i]}: {e}") from None
+
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        list(tqdm(pool.map(one, range(len(paths))), total=len(paths), desc=desc, unit="img", leave=False,
+                  disable=len(paths) < 2000))
+    return out
+
+
+# ------------------------------------------------------------------------------- CIFAR
+def _plain(name: str, n_classes: int, data_root, seed, n_train, n_test) -> DataBundle:
+    _check_sizes(n_train=n_train, n_test=n_test)
+    gen = np.random.default_rng([seed, 7500])
+    xtr, ytr, xte, yte = load_cifar(name, data_root)
+    xtr, ytr, itr = _subsample(xtr, ytr, n_train, gen)
+    xte, yte, ite = _subsample(xte, yte, n_test, gen)
+    return DataBundle(name, _split(xtr, ytr, ytr, itr), _split(xte, yte, yte, ite), n_classes, n_classes,
+                      (3, 32, 32), {}, f"{name} (no bias attribute: b = y)")
+
+
+@register_dataset("cifar10", rho_train=None, cache=True)
+def cifar10(*, seed: int = 0, rho_train=None, data_root=None, n_train: int | None = None,
+            n_test: int | None = None) -> DataBundle:
+    """CIFAR-10 (torchvision's batch layout); no bias attribute (b = y)."""
+    return _plain("cifar10", 10, data_root, seed, n_train, n_test)
+
+
+@register_dataset("cifar100", rho_train=None, cache=True)
+def cifar100(*, seed: int = 0, rho_train=None, data_root=None, n_train: int | None = None,
+             n_test: int | None = None) -> DataBundle:
+    """CIFAR-100 (torchvision's layout); no bias attribute (b = y)."""
+    return _plain("cifar100", 100, data_root, seed, n_train, n_test)
+
+
+# ------------------------------------------------------------------------------- MNIST-CIFAR
+@register_dataset("mnist_cifar", rho_train=0.1, cache=True)
+def mnist_cifar(*, seed: int = 0, rho_train: float = 0.1, data_root=None, base: str = "mnist",
+                n_train: int | None = None, n_test: int | None = None) -> DataBundle:
+    """MNIST-CIFAR (Shah et al. 2020, 10 classes each): an MNIST digit (spurious, top) stacked on a
+    CIFAR-10 object (core, bottom), 3×64×32. Bias-conflicting samples pair the object with a digit
+    of another class; the unbiased test set draws the digit's class uniformly. `base` picks the
+    digit set (mnist, fashion_mnist, digits), read from the same --data-root."""
+    _check_sizes(n_train=n_train, n_test=n_test)
+    gen = np.random.default_rng([seed, 7600])
+    ctr, cytr, cte, cyte = load_cifar("cifar10", data_root)
+    mtr, mytr, mte, myte = load_base(base, data_root, seed)
+
+    def split(x, y, digits, dlabels, n, rho) -> Split:
+        x, y, idx = _subsample(x, y, n, gen)
+        b = _bias_labels(y, rho, 10, gen)
+        by_class = [np.flatnonzero(dlabels == k) for k in range(10)]
+        if any(len(c) == 0 for c in by_class):
+            raise DataError("mnist_cifar needs every digit class in the base set")
+        pick = np.array([gen.choice(by_class[k]) for k in b], dtype=np.int64)
+        d = np.zeros((len(y), 32, 32), np.uint8)
+        d[:, 2:30, 2:30] = digits[pick]
+        top = np.repeat(d[:, None], 3, axis=1)
+        return _split(np.concatenate([top, x], axis=2), y, b, idx)
+
+    regions = {"spurious": np.zeros((3, 64, 32), bool), "core": np.zeros((3, 64, 32), bool)}
+    regions["spurious"][:, :32] = True
+    regions["core"][:, 32:] = True
+    return DataBundle("mnist_cifar", split(ctr, cytr, mtr, mytr, n_train, rho_train),
+                      split(cte, cyte, mte, myte, n_test, 0.9), 10, 10, (3, 64, 32), regions,
+                      f"MNIST({base})-CIFAR-10")
+
+
+# ------------------------------------------------------------------------------- corruptions
+CORRUPTIONS = ("snow", "frost", "fog", "brightness", "contrast", "spatter", "elastic", "jpeg", "pixelate",
+               "saturate")  # LfF's "type 0" set; bias label b = position in this tuple
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+
+
+def _fractal(n: int, size: int, gen: torch.Generator, decay: float) -> torch.Tensor:
+    """Fractal (plasma-like) noise in [0, 1], (n, 1, size, size): octaves of upsampled uniform noise."""
+    out = torch.zeros(n, 1, size, size)
+    amp, res = 1.0, 2
+    while res <= size:
+        z = torch.rand(n, 1, res, res, generator=gen)
+        out += amp * F.interpolate(z, size=(size, size), mode="bicubic", align_corners=False)
+        amp *= decay
+        res *= 2
+    out -= out.amin((2, 3), keepdim=True)
+    return out / out.amax((2, 3), keepdim=True).clamp_min(1e-8)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    from scipy.ndimage import gaussian_filter
+
+    return torch.from_numpy(gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma))).float()
+
+
+def corrupt(x: torch.Tensor, kind: str, severity: int, gen: torch.Generator) -> torch.Tensor:
+    """Apply one corruption (Hendrycks & Dietterich 2019 style formulas, severity 1-5) to float
+    images in [0, 1], (n, 3, H, W)."""
+    s = severity - 1
+    n, _, h, w = x.shape
+    if kind == "brightness":
+        return (x + (0.1, 0.2, 0.3, 0.4, 0.5)[s]).clamp(0, 1)
+    if kind == "contrast":
+        c = (0.4, 0.3, 0.2, 0.1, 0.05)[s]
+        m = x.mean((1, 2, 3), keepdim=True)
+        return ((x - m) * c + m).clamp(0, 1)
+    if kind == "saturate":
+        c = (2.0, 3.0, 4.0, 6.0, 8.0)[s]
+        g = _gray(x)
+        return (g + (x - g) * c).clamp(0, 1)
+    if kind == "fog":
+        c = (0.75, 1.0, 1.25, 1.5, 2.0)[s]
+        m = x.amax((1, 2, 3), keepdim=True)
+        return ((x + c * _fractal(n, max(h, w), gen, 0.55)[..., :h, :w]) * m / (m + c)).clamp(0, 1)
+    if kind == "frost":
+        c = (0.35, 0.45, 0.55, 0.6, 0.7)[s]
+        crystals = (torch.rand(n, 1, h, w, generator=gen) > 0.93).float()
+        frost = _blur(crystals, 0.7) * 4 + 0.6 * _fractal(n, max(h, w), gen, 0.8)[..., :h, :w]
+        frost = frost.clamp(0, 1) * torch.tensor([0.85, 0.92, 1.0]).view(1, 3, 1, 1)
+        return ((1 - c * 0.6) * x + c * frost).clamp(0, 1)
+    if kind == "snow":
+        c = (0.1, 0.2, 0.3, 0.4, 0.5)[s]
+        flakes = (torch.randn(n, 1, h, w, generator=gen) > 2.2 - 0.5 * c).float()
+        from scipy.ndimage import convolve1d
+
+        streak = torch.from_numpy(convolve1d(flakes.numpy(), np.ones(3) / 2, axis=3)).clamp(0, 1)
+        x = (1 - c) * x + c * torch.maximum(x, _gray(x) * 1.5 + 0.5)
+        return (x + streak + streak.flip(2) * 0.5).clamp(0, 1)
+    if kind == "spatter":
+        c = (0.6, 0.65, 0.7, 0.75, 0.8)[s]
+        liquid = _blur(torch.rand(n, 1, h, w, generator=gen), 1.5)
+        liquid = (liquid > liquid.flatten(1).quantile(c, dim=1).view(n, 1, 1, 1)).float()
+        mud = torch.tensor([0.42, 0.32, 0.2]).view(1, 3, 1, 1)
+        return (x * (1 - liquid) + liquid * (0.5 * x + 0.5 * mud)).clamp(0, 1)
+    if kind == "elastic":
+        alpha, sigma = (1.0, 1.5, 2.0, 2.5, 3.0)[s], 2.0
+        disp = _blur(torch.rand(n, 2, h, w, generator=gen) * 2 - 1, sigma) * alpha * 2 / max(h, w) * 8
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        grid = torch.stack([xs, ys], -1)[None] + disp.permute(0, 2, 3, 1)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+    if kind == "pixelate":
+        f = (0.6, 0.5, 0.4, 0.3, 0.25)[s]
+        small = F.interpolate(x, size=(max(1, int(h * f)), max(1, int(w * f))), mode="area")
+        return F.interpolate(small, size=(h, w), mode="nearest")
+    if kind == "jpeg":
+        import io
+
+        from PIL import Image
+
+        q = (25, 18, 15, 10, 7)[s]
+        out = []
+        for img in (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy():
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="JPEG", quality=q)
+            buf.seek(0)
+            with Image.open(buf) as im:
+                out.append(np.asarray(im.convert("RGB")))
+        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
+    raise ConfigError(f"unknown corruption {kind!r}; valid: {', '.join(CORRUPTIONS)}")
+
+
+@register_dataset("corrupted_cifar10", rho_train=0.1, cache=True)
+def corrupted_cifar10(*, seed: int = 0, rho_train: float = 0.1, data_root=None, severity: int = 4,
+                      n_train: int | None = None, n_test: int | None = None) -> DataBundle:
+    """Corrupted CIFAR-10 (Nam et al. 2020, type 0): the object is the class, one of ten corruptions
+    (snow, frost, fog, brightness, contrast, spatter, elastic, JPEG, pixelate, saturate) the bias;
+    bias-aligned images get their class's corruption. Implemented with torch/scipy."""
+    _check_sizes(n_train=n_train, n_test=n_test)
+    if severity not in (1, 2, 3, 4, 5):
+        raise ConfigError(f"corrupted_cifar10 option severity must be 1-5, got {severity}")
+    gen = np.random.default_rng([seed, 7700])
+    tgen = torch.Generator().manual_seed(int(gen.integers(2**31)))
+    xtr, ytr, xte, yte = load_cifar("cifar10", data_root)
+
+    def split(x, y, n, rho) -> Split:
+        x, y, idx = _subsample(x, y, n, gen)
+        b = _bias_labels(y, rho, 10, gen)
+        out = np.empty_like(x)
+        for k, kind in enumerate(CORRUPTIONS):
+            sel = np.flatnonzero(b == k)
+            for chunk in np.array_split(sel, max(1, len(sel) // 2048)):
+                if len(chunk):
+                    img = torch.from_numpy(x[chunk]).float() / 255
+                    out[chunk] = (corrupt(img, kind, severity, tgen) * 255).round().clamp(0, 255).to(torch.uint8)
+        return _split(out, y, b, idx)
+
+    return DataBundle("corrupted_cifar10", split(xtr, ytr, n_train, rho_train), split(xte, yte, n_test, 0.9),
+                      10, 10, (3, 32, 32), {}, f"corrupted CIFAR-10 (severity {severity})")
+
+
+# ------------------------------------------------------------------------------- CelebA
+def _read_celeba(root: Path) -> tuple[Path, list[str], np.ndarray, np.ndarray, list[str]]:
+    base = root / "celeba" if (root / "celeba").is_dir() else root
+    attr_f, part_f, img_dir = base / "list_attr_celeba.txt", base / "list_eval_partition.txt", base / "img_align_celeba"
+    for f in (attr_f, part_f, img_dir):
+        if not f.exists():
+            raise DataError(f"celeba not found under {root}: missing {f.name}; to get it: {HOW_TO_GET['celeba']}")
+    lines = attr_f.read_text().splitlines()
+    names = lines[1].split()
+    files, rows = [], []
+    for ln in lines[2:]:
+        if ln.strip():
+            parts = ln.split()
+            files.append(parts[0])
+            rows.append([int(v) for v in parts[1:]])
+    attrs = np.asarray(rows, dtype=np.int64)
+    if attrs.ndim != 2 or attrs.shape[1] != len(names):
+        raise DataError(f"{attr_f}: expected {len(names)} attribute columns per line")
+    part = {}
+    for ln in part_f.read_text().splitlines():
+        if ln.strip():
+            f, p = ln.split()
+            part[f] = int(p)
+    split = np.array([part.get(f, -1) for f in files])
+    return img_dir, files, (attrs > 0).astype(np.int64), split, names
+
+
+@register_dataset("celeba", rho_train=None, cache=True)
+def celeba(*, seed: int = 0, rho_train=None, data_root=None, target: str = "Blond_Hair",
+           bias: str = "Male", size: int = 64, test_split: str = "test", n_train: int | None = None,
+           n_test: int | None = None) -> DataBundle:
+    """CelebA (torchvision's layout): target and bias attributes (default Blond_Hair / Male, Sagawa
+    et al. 2020), images centre-cropped and resized to size×size; the natural correlation is kept
+    (report worst-group accuracy). test_split: test | valid."""
+    _check_sizes(n_train=n_train, n_test=n_test, size=size)
+    if test_split not in ("test", "valid"):
+        raise ConfigError(f"celeba option test_split must be test or valid, got {test_split!r}")
+    root = _root("celeba", data_root)
+    img_dir, files, attrs, part, names = _read_celeba(root)
+    for nm in (target, bias):
+        if nm not in names:
+            raise ConfigError(f"celeba has no attribute {nm!r}; valid: {', '.join(names)}")
+    ti, bi = names.index(target), names.index(bias)
+    gen = np.random.default_rng([seed, 7800])
+
+    def split(code: int, n) -> Split:
+        pos = np.flatnonzero(part == code)
+        if len(pos) == 0:
+            raise DataError(f"celeba under {root}: no images in partition {code}")
+        if n is not None and n < len(pos):
+            pos = np.sort(gen.permutation(pos)[:n])
+        x = decode_images([img_dir / files[i] for i in pos], size, f"celeba[{code}]")
+        return _split(x, attrs[pos, ti], attrs[pos, bi], pos)
+
+    return DataBundle("celeba", split(0, n_train), split(2 if test_split == "test" else 1, n_test), 2, 2,
+                      (3, size, size), {}, f"CelebA {target} / {bias} ({size}px)")
+
+
+# ------------------------------------------------------------------------------- Waterbirds
+@register_dataset("waterbirds", rho_train=None, cache=True)
+def waterbirds(*, seed: int = 0, rho_train=None, data_root=None, size: int = 64, test_split: str = "test",
+               n_train: int | None = None, n_test: int | None = None) -> DataBundle:
+    """Waterbirds (Sagawa et al. 2020; group_DRO/WILDS metadata.csv): y landbird/waterbird, bias the
+    background place; natural correlation (report worst-group accuracy); images resized to size×size."""
+    _check_sizes(n_train=n_train, n_test=n_test, size=size)
+    if test_split not in ("test", "val"):
+        raise ConfigError(f"waterbirds option test_split must be test or val, got {test_split!r}")
+    root = _root("waterbirds", data_root)
+    cands = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
+    folder = next((c for c in cands if (c / "metadata.csv").exists()), None)
+    if folder is None:
+        raise DataError(f"waterbirds not found under {root}: no metadata.csv; to get it: {HOW_TO_GET['waterbirds']}")
+    with open(folder / "metadata.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    need = {"img_filename", "y", "split", "place"}
+    if not rows or not need <= set(rows[0]):
+        raise DataError(f"{folder / 'metadata.csv'}: expected columns {', '.join(sorted(need))}")
+    files = [r["img_filename"] for r in rows]
+    y = np.array([int(r["y"]) for r in rows])
+    b = np.array([int(r["place"]) for r in rows])
+    sp = np.array([int(r["split"]) for r in rows])
+    gen = np.random.default_rng([seed, 7900])
+
+    def split(code: int, n) -> Split:
+        pos = np.flatnonzero(sp == code)
+        if len(pos) == 0:
+            raise DataError(f"waterbirds under {folder}: no images with split={code}")
+        if n is not None and n < len(pos):
+            pos = np.sort(gen.permutation(pos)[:n])
+        x = decode_images([folder / files[i] for i in pos], size, f"waterbirds[{code}]")
+        return _split(x, y[pos], b[pos], pos)
+
+    return DataBundle("waterbirds", split(0, n_train), split(2 if test_split == "test" else 1, n_test), 2, 2,
+                      (3, size, size), {}, f"Waterbirds ({size}px)")
+
+
+# ------------------------------------------------------------------------------- ImageNet
+IMG_EXT = (".jpeg", ".jpg", ".png")
+
+
+@register_dataset("imagenet", rho_train=None, cache=True)
+def imagenet(*, seed: int = 0, rho_train=None, data_root=None, size: int = 64,
+             per_class_train: int | None = None, per_class_test: int | None = None,
+             classes: int | None = None) -> DataBundle:
+    """ImageNet in ImageFolder layout (train/<wnid>/, val/<wnid>/), resized to size×size and held in
+    memory as uint8; `classes` keeps the first N classes, per_class_* subsample; no bias (b = y)."""
+    _check_sizes(size=size, per_class_train=per_class_train, per_class_test=per_class_test, classes=classes)
+    root = _root("imagenet", data_root)
+    for sub in ("train", "val"):
+        if not (root / sub).is_dir():
+            raise DataError(f"imagenet not found under {root}: missing {sub}/; to get it: {HOW_TO_GET['imagenet']}")
+    wnids = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    if classes is not None:
+        wnids = wnids[:classes]
+    if not wnids:
+        raise DataError(f"imagenet under {root}: train/ holds no class folders")
+    gen = np.random.default_rng([seed, 8000])
+
+    def split(sub: str, per) -> Split:
+        paths, labels = [], []
+        for k, wn in enumerate(wnids):
+            fs = sorted(p for p in (root / sub / wn).glob("*") if p.suffix.lower() in IMG_EXT) \
+                if (root / sub / wn).is_dir() else []
+            if per is not None and per < len(fs):
+                fs = [fs[i] for i in np.sort(gen.permutation(len(fs))[:per])]
+            paths += fs
+            labels += [k] * len(fs)
+        if not paths:
+            raise DataError(f"imagenet under {root}: no images in {sub}/")
+        y = np.asarray(labels)
+        return _split(decode_images(paths, size, f"imagenet/{sub}"), y, y, np.arange(len(y)))
+
+    return DataBundle("imagenet", split("train", per_class_train), split("val", per_class_test), len(wnids),
+                      len(wnids), (3, size, size), {}, f"ImageNet {len(wnids)} classes ({size}px)")
