@@ -119,11 +119,22 @@ def run_cmd(**kw):
 @main.command("sweep")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Local worker processes (with --scheduler local: LocalCluster workers).")
+@click.option("--scheduler", default=None,
+              help="Run on dask.distributed: 'local' starts a LocalCluster, or a scheduler address "
+                   "(tcp://host:8786, e.g. a dask-jobqueue SLURMCluster's); --out must be shared storage.")
 @click.option("--dry-run", is_flag=True, help="List the runs and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def sweep_cmd(spec, out, workers, dry_run, quiet):
-    """Train every run of a TOML grid SPEC (skips finished runs, resumes interrupted ones)."""
+def sweep_cmd(spec, out, workers, scheduler, dry_run, quiet):
+    """Train every run of a TOML grid SPEC (skips finished runs, resumes interrupted ones).
+
+    \b
+    On a SLURM machine (pip install dask-jobqueue):
+      python -c "from dask_jobqueue import SLURMCluster; c = SLURMCluster(cores=8, memory='32GB',
+                 job_extra_directives=['--gres=gpu:1']); c.scale(jobs=4); print(c.scheduler_address); input()"
+      lrtrain sweep spec.toml --out /shared/runs --scheduler tcp://<that address>
+    """
     from ..train.sweep import load_spec, run_sweep
 
     if workers < 1:
@@ -139,7 +150,7 @@ def sweep_cmd(spec, out, workers, dry_run, quiet):
         if status in ("error", "failed"):
             failed.append(message)
 
-    results = run_sweep(configs, out, workers=workers, progress=not quiet, on_result=report)
+    results = run_sweep(configs, out, workers=workers, progress=not quiet, on_result=report, scheduler=scheduler)
     counts = {}
     for _, status, _ in results:
         counts[status] = counts.get(status, 0) + 1

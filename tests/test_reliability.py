@@ -271,3 +271,31 @@ def test_unwritable_output_folder(tmp_path):
     one_line(CliRunner().invoke(lrtrain, ["run", "--lr", "0.1", "--out", str(f / "sub")]), "cannot")
     one_line(CliRunner().invoke(lrtrain, ["run", "--lr", "0.1", "--out", "/proc/lrscope-out"]), "cannot")
     one_line(CliRunner().invoke(lrprobe, ["report", str(tmp_path), "-o", str(f / "r.html")]))
+
+
+def test_local_pool_and_dask_local_cluster_write_identical_stores(tmp_path):
+    """The same grid through the process pool and through a dask LocalCluster: every store equal
+    array for array (one torch thread per run in both)."""
+    from click.testing import CliRunner
+
+    from lrscope.cli.train import main as lrtrain_cli
+    from lrscope.train.sweep import expand_spec, run_sweep
+
+    spec = {"base": {"dataset": "parity", "widths": [32, 32], "batch_size": 50, "probe_size": 100, "max_steps": 150,
+                     "stop": "max-steps", "snapshot_every": 50, "checkpoint_every": 50,
+                     "data_options": {"n_train": 600, "n_test": 300, "core_bits": 3, "spurious_bits": 1,
+                                      "noise_bits": 8}},
+            "grid": {"lr": [0.05, 0.2], "seed": [0, 1]}}
+    configs = expand_spec(spec)
+    pool = run_sweep(configs, tmp_path / "pool", workers=2, threads=1, progress=False)
+    dask = run_sweep(configs, tmp_path / "dask", workers=2, scheduler="local", progress=False)
+    assert sorted(r[1] for r in pool) == sorted(r[1] for r in dask) == ["completed"] * 4
+    for store in sorted((tmp_path / "pool").glob("*.zarr")):
+        assert_same_store(store, tmp_path / "dask" / store.name)
+    # a second pass over the cluster finds everything done; an unreachable scheduler is one line
+    again = run_sweep(configs, tmp_path / "dask", workers=1, scheduler="local", progress=False)
+    assert all("nothing to do" in r[2] for r in again)
+    (tmp_path / "s.toml").write_text("[grid]\nlr = [0.1]\n")
+    res = CliRunner().invoke(lrtrain_cli, ["sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "x"),
+                                           "--scheduler", "tcp://127.0.0.1:9", "--quiet"])
+    assert res.exit_code == 2 and "dask scheduler" in res.output and "Traceback" not in res.output

@@ -98,6 +98,7 @@ class VGGLike(nn.Module):
 
 @register_model
 def cnn(*, input_shape, num_classes, width: float = 1.0, **_) -> nn.Module:
+    """VGG11-like CNN, no bias terms or normalisation, Kaiming init; model option width scales channels."""
     if len(input_shape) != 3:
         raise ConfigError(f"model 'cnn' needs image inputs (C, H, W), got input shape {input_shape}")
     return VGGLike(input_shape[0], num_classes, width)

@@ -10,7 +10,8 @@ Spec format::
     lr = [0.01, 0.1, 0.5]
     seed = [0, 1, 2]
 
-Completed and diverged runs are skipped, interrupted ones resume (each run is resumable by
+Runs go to a local process pool (``workers``) or, with ``scheduler``, to a dask.distributed cluster
+(one task per run). Completed and diverged runs are skipped, interrupted ones resume (each run is resumable by
 itself), so re-running a sweep command finishes whatever is left.
 """
 
@@ -102,10 +103,46 @@ def _worker(cfg_dict: dict, out: str, threads: int) -> tuple[str, str, str]:
 BUSY = "busy"
 
 
+def _dask_results(configs: list[RunConfig], out: str, scheduler, workers: int, threads: int | None):
+    """One dask.distributed task per run. `scheduler`: "local" (a LocalCluster of `workers`
+    single-threaded processes), a scheduler address (tcp://host:8786, e.g. of a dask-jobqueue
+    SLURMCluster), or a distributed.Client. `out` must be on a filesystem the workers share."""
+    from dask.distributed import Client, LocalCluster, as_completed as dask_completed
+
+    cluster = client = None
+    try:
+        if isinstance(scheduler, Client):
+            client = scheduler
+        elif scheduler == "local":
+            cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+        else:
+            try:
+                client = Client(scheduler, timeout="10s")
+            except OSError as e:
+                raise LrscopeError(f"cannot reach the dask scheduler at {scheduler}: {e}") from None
+        if threads is None:
+            threads = 1 if scheduler == "local" else 0  # 0: leave the remote workers' setting alone
+        futs = [client.submit(_worker, c.to_dict(), out, threads, key=f"lrtrain-{c.run_id()}", pure=False)
+                for c in configs]
+        for f in dask_completed(futs):
+            yield f.result()
+    finally:
+        if client is not None and client is not scheduler:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 def run_sweep(configs: list[RunConfig], out: str | os.PathLike, *, workers: int = 1, progress: bool = True,
               on_result: Callable[[str, str, str], None] | None = None,
-              poll: float = 1.0) -> list[tuple[str, str, str]]:
+              poll: float = 1.0, scheduler=None, threads: int | None = None) -> list[tuple[str, str, str]]:
     """Train every config into `out`; returns (run_id, status, message) per run.
+
+    ``workers``: local processes (a ProcessPoolExecutor) with ``threads`` torch threads each
+    (default: the cores shared out); ``scheduler``: run on dask.distributed instead ("local", an
+    address, or a Client; see `_dask_results`).
 
     Runs another process is training (its lock is held) are deferred and waited for, so several
     sweep processes can share one output folder and each returns once the whole grid is done."""
@@ -135,11 +172,14 @@ def run_sweep(configs: list[RunConfig], out: str | os.PathLike, *, workers: int 
             done(r)
 
     try:
-        if workers <= 1:
+        if scheduler is not None:
+            for r in _dask_results(configs, str(out), scheduler, workers, threads):
+                take(r)
+        elif workers <= 1:
             for cfg in configs:
                 take(_worker(cfg.to_dict(), str(out), 0))
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
+            threads = threads or max(1, (os.cpu_count() or 1) // workers)
             import multiprocessing as mp
 
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
