@@ -82,6 +82,10 @@ def main():
               help="Train-set logits at full snapshots: auto (when a pass costs <= 2% of the steps "
                    "between snapshots) | always | final (last snapshot only).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--precision", default="fp32", show_default=True,
+              help="fp32 | bf16 (autocast forward passes; weights and optimizer state stay fp32).")
+@click.option("--channels-last", is_flag=True, help="NHWC memory format for convnets (faster on GPUs).")
+@click.option("--deterministic", is_flag=True, help="Deterministic algorithms only (bitwise-repeatable CUDA runs).")
 @click.option("--data-root", default=None, type=click.Path(file_okay=False),
               help="Folder of file-based datasets (MNIST IDX files, ...).")
 @click.option("--out", "out", default="runs", show_default=True, type=click.Path(file_okay=False),

@@ -7,8 +7,14 @@ import os
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# built datasets are cached on disk: keep the tests' cache out of the user's home
-os.environ.setdefault("LRSCOPE_CACHE", __import__("tempfile").mkdtemp(prefix="lrscope-cache-"))
+# built datasets are cached on disk: keep the tests' cache out of the user's home, and remove it
+if "LRSCOPE_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["LRSCOPE_CACHE"] = tempfile.mkdtemp(prefix="lrscope-cache-")
+    atexit.register(shutil.rmtree, os.environ["LRSCOPE_CACHE"], ignore_errors=True)
 
 import torch  # noqa: E402
 

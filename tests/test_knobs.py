@@ -71,3 +71,21 @@ def test_train_loss_stop(tmp_path):
     ds = lrscope.open_run(next(tmp_path.glob("*.zarr")))
     assert ds.attrs["config"]["stop"] == "train-loss" and ds.attrs["config"]["stop_loss"] == 1e-3
     assert ds.sizes["iteration"] < 6000
+
+
+def test_gpu_path_options_on_cpu(tmp_path):
+    """bf16 autocast, channels-last and deterministic mode run (here on the CPU) and are recorded;
+    channels-last and deterministic change how, not what: identical stores."""
+    small = {"base": "digits", "n_train": 100, "n_test": 40}
+    kw = dict(dataset="colored_mnist", model="cnn", model_options={"width": 0.125}, data_options=small,
+              max_steps=6, snapshot_every=3, checkpoint_every=6, probe_size=20, batch_size=20, stop="max-steps")
+    plain = lrscope.open_run(train_run(tiny_config(**kw), tmp_path / "a", progress=False).path)
+    cl = lrscope.open_run(train_run(tiny_config(**kw, channels_last=True, deterministic=True), tmp_path / "b",
+                                    progress=False).path)
+    assert plain.attrs["run_id"] == cl.attrs["run_id"]  # execution settings are not part of the identity
+    np.testing.assert_allclose(cl.loss.values, plain.loss.values, rtol=1e-4)
+    bf = lrscope.open_run(train_run(tiny_config(**kw, precision="bf16"), tmp_path / "c", progress=False).path)
+    assert bf.attrs["config"]["precision"] == "bf16" and bf.attrs["run_id"] != plain.attrs["run_id"]
+    assert bf.test_logits.dtype == np.float32 and np.isfinite(bf.loss.values).all()
+    np.testing.assert_allclose(bf.loss.values[0], plain.loss.values[0], rtol=0.05)
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after the run

@@ -21,7 +21,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 # Fields that change how a run is executed but not what it computes: left out of the run id
 # and of the "same run?" check on resume.
-EXECUTION_FIELDS = ("device", "data_root")
+EXECUTION_FIELDS = ("device", "data_root", "channels_last", "deterministic")
+PRECISIONS = ("fp32", "bf16")
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
 
@@ -62,6 +63,9 @@ class RunConfig:
     probe_size: int = 1000  # test samples (group-balanced) whose activations are recorded
     train_logits: str = "auto"  # train-set logits at full snapshots: auto (when cheap), always, final
     device: str = "auto"
+    precision: str = "fp32"  # fp32 | bf16 (autocast for forward passes; weights and optimizer stay fp32)
+    channels_last: bool = False  # NHWC memory format for image models (faster convolutions on GPUs)
+    deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-repeatable CUDA runs)
     data_root: str | None = None  # where file-based datasets live (not part of the run's identity)
 
     # ------------------------------------------------------------------ validation
@@ -81,6 +85,10 @@ class RunConfig:
         _choice("train_logits", self.train_logits, TRAIN_LOGITS)
         _choice("early_snapshots", self.early_snapshots, ("light", "full"))
         _choice("device", self.device, DEVICES)
+        _choice("precision", self.precision, PRECISIONS)
+        for name in ("channels_last", "deterministic"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr}")
         _int_at_least("batch_size", self.batch_size, 1)

@@ -85,8 +85,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, features: bool = False, ba
         if features:
             feats.append(f)
     model.train(was_training)
-    out = torch.cat(logits)
-    return (out, torch.cat(feats)) if features else out
+    out = torch.cat(logits).float()  # bf16 autocast: back to fp32 for the host and the store
+    return (out, torch.cat(feats).float()) if features else out
 
 
 def per_sample_loss(cfg: RunConfig, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -184,9 +184,16 @@ def train_run(cfg: RunConfig, out: str | os.PathLike, *, run_id: str | None = No
         lock.acquire()
     except OSError as e:
         raise LrscopeError(f"cannot write in {out}: {e.strerror}") from None
+    prev = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    if cfg.deterministic:  # before any CUDA work; cuBLAS needs its workspace setting for determinism
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     try:
         return _train_locked(cfg, path, progress, data, lock)
     finally:
+        torch.use_deterministic_algorithms(prev[0])
+        torch.backends.cudnn.benchmark = prev[1]
         lock.release()
 
 
@@ -316,6 +323,9 @@ class Trainer:
         train_pass_steps = self.n / (3 * self.bs)
         self.train_logits_every_snapshot = cfg.train_logits == "always" or (
             cfg.train_logits == "auto" and train_pass_steps <= TRAIN_LOGITS_BUDGET * cfg.snapshot_every)
+        self.channels_last = cfg.channels_last and self.X.ndim == 4
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._logits: list[torch.Tensor] = []
         self._norms: list[torch.Tensor] = []  # per step: one 0-d norm per grad, then per param
@@ -328,16 +338,21 @@ class Trainer:
         return self.perm_cpu.to(self.device)
 
     # -------------------------------------------------------------------- recording
+    def amp(self):
+        """bf16 autocast for forward passes when asked for (weights, grads, optimizer stay fp32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
     def snapshot(self, t: int, final: bool = False) -> None:
         """Evaluate and buffer a snapshot. Light snapshots (the early log-spaced ones, by default)
         record only the probe subset; full ones add the whole test split, and the train split
         where that is cheap (or at the final snapshot)."""
         full = final or not is_light_snapshot(t, self.cfg)
-        logits, feats = evaluate(self.model, self.Xp, features=True)
-        test_logits = evaluate(self.model, self.Xt).cpu().numpy() if full else None
-        train_logits = None
-        if final or (full and self.train_logits_every_snapshot):
-            train_logits = evaluate(self.model, self.X).cpu().numpy()
+        with self.amp():
+            logits, feats = evaluate(self.model, self.Xp, features=True)
+            test_logits = evaluate(self.model, self.Xt).cpu().numpy() if full else None
+            train_logits = None
+            if final or (full and self.train_logits_every_snapshot):
+                train_logits = evaluate(self.model, self.X).cpu().numpy()
         self.writer.write_snapshot(t, probe_features=feats.cpu().numpy(), probe_logits=logits.cpu().numpy(),
                                    test_logits=test_logits, train_logits=train_logits)
 
@@ -394,7 +409,11 @@ class Trainer:
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Minibatch logits and the training loss (CE or focal, + L1 penalty)."""
         cfg = self.cfg
-        logits = self.model(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.amp():
+            logits = self.model(x)
+        logits = logits.float()
         if cfg.loss == "ce":
             loss = F.cross_entropy(logits, y)
         else:
@@ -406,7 +425,8 @@ class Trainer:
     def converged(self, t: int) -> tuple[bool, str]:
         """The stop criterion on the whole training set (only called when the epoch's running
         statistics say it may hold): 100% accuracy, and for train-loss also CE below stop_loss."""
-        logits = evaluate(self.model, self.X)
+        with self.amp():
+            logits = evaluate(self.model, self.X)
         acc = (logits.argmax(1) == self.Y).float().mean().item()
         if acc < 1.0:
             return False, ""
