@@ -128,9 +128,12 @@ def run_cmd(**kw):
 @click.option("--scheduler", default=None,
               help="Run on dask.distributed: 'local' starts a LocalCluster, or a scheduler address "
                    "(tcp://host:8786, e.g. a dask-jobqueue SLURMCluster's); --out must be shared storage.")
+@click.option("--data-root", default=None, type=click.Path(file_okay=False),
+              help="Folder of file-based datasets, for every run (overrides the spec).")
+@click.option("--device", default=None, help="auto | cpu | cuda, for every run (overrides the spec).")
 @click.option("--dry-run", is_flag=True, help="List the runs and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def sweep_cmd(spec, out, workers, scheduler, dry_run, quiet):
+def sweep_cmd(spec, out, workers, scheduler, data_root, device, dry_run, quiet):
     """Train every run of a TOML grid SPEC (skips finished runs, resumes interrupted ones).
 
     \b
@@ -144,6 +147,12 @@ def sweep_cmd(spec, out, workers, scheduler, dry_run, quiet):
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     configs = load_spec(spec)
+    for c in configs:  # execution settings: not part of a run's identity
+        if data_root is not None:
+            c.data_root = data_root
+        if device is not None:
+            c.device = device
+            c.validate()
     if dry_run:
         for c in configs:
             click.echo(c.run_id())
