@@ -131,9 +131,12 @@ def run_cmd(**kw):
 @click.option("--data-root", default=None, type=click.Path(file_okay=False),
               help="Folder of file-based datasets, for every run (overrides the spec).")
 @click.option("--device", default=None, help="auto | cpu | cuda, for every run (overrides the spec).")
+@click.option("--batched", is_flag=True,
+              help="Train fresh runs that differ only in lr and seed as one stacked model (torch.func; "
+                   "fcn and cnn with SGD), each into its own store; the others run as usual.")
 @click.option("--dry-run", is_flag=True, help="List the runs and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def sweep_cmd(spec, out, workers, scheduler, data_root, device, dry_run, quiet):
+def sweep_cmd(spec, out, workers, scheduler, data_root, device, batched, dry_run, quiet):
     """Train every run of a TOML grid SPEC (skips finished runs, resumes interrupted ones).
 
     \b
@@ -163,7 +166,8 @@ def sweep_cmd(spec, out, workers, scheduler, data_root, device, dry_run, quiet):
         if status in ("error", "failed"):
             failed.append(message)
 
-    results = run_sweep(configs, out, workers=workers, progress=not quiet, on_result=report, scheduler=scheduler)
+    results = run_sweep(configs, out, workers=workers, progress=not quiet, on_result=report, scheduler=scheduler,
+                        batched=int(batched))
     counts = {}
     for _, status, _ in results:
         counts[status] = counts.get(status, 0) + 1

@@ -135,14 +135,48 @@ def _dask_results(configs: list[RunConfig], out: str, scheduler, workers: int, t
             cluster.close()
 
 
+def _run_batched(configs, out, progress, done, max_stack: int) -> list[RunConfig]:
+    """Train the batchable fresh runs in stacks; return the configs left for the usual path."""
+    from ..store.lock import RunLocked
+    from .batched import batch_key, train_batched
+    from .loop import store_path
+
+    groups: dict[str, list[RunConfig]] = {}
+    rest = []
+    for c in configs:
+        key = batch_key(c)
+        if key is None or store_path(out, c.run_id()).exists():
+            rest.append(c)
+        else:
+            groups.setdefault(key, []).append(c)
+    for members in groups.values():
+        if len(members) == 1:
+            rest.extend(members)
+            continue
+        for i in range(0, len(members), max_stack):
+            chunk = members[i:i + max_stack]
+            try:
+                results = train_batched(chunk, out, progress=progress)
+            except (RunLocked, LrscopeError):  # busy or half-made: the one-by-one path sorts it out
+                rest.extend(chunk)
+                continue
+            for c, r in zip(chunk, results):
+                done((c.run_id(), r.status, r.message))
+    order = {c.run_id(): i for i, c in enumerate(configs)}
+    return sorted(rest, key=lambda c: order[c.run_id()])
+
+
 def run_sweep(configs: list[RunConfig], out: str | os.PathLike, *, workers: int = 1, progress: bool = True,
               on_result: Callable[[str, str, str], None] | None = None,
-              poll: float = 1.0, scheduler=None, threads: int | None = None) -> list[tuple[str, str, str]]:
+              poll: float = 1.0, scheduler=None, threads: int | None = None,
+              batched: int = 0) -> list[tuple[str, str, str]]:
     """Train every config into `out`; returns (run_id, status, message) per run.
 
     ``workers``: local processes (a ProcessPoolExecutor) with ``threads`` torch threads each
     (default: the cores shared out); ``scheduler``: run on dask.distributed instead ("local", an
-    address, or a Client; see `_dask_results`).
+    address, or a Client; see `_dask_results`). ``batched``: first train the fresh runs that
+    differ only in lr and seed as stacks in this process (`train.batched`; up to ``batched`` runs
+    per stack when > 1), then the rest as usual.
 
     Runs another process is training (its lock is held) are deferred and waited for, so several
     sweep processes can share one output folder and each returns once the whole grid is done."""
@@ -172,6 +206,8 @@ def run_sweep(configs: list[RunConfig], out: str | os.PathLike, *, workers: int 
             done(r)
 
     try:
+        if batched:
+            configs = _run_batched(configs, str(out), progress, done, max_stack=batched if batched > 1 else 64)
         if scheduler is not None:
             for r in _dask_results(configs, str(out), scheduler, workers, threads):
                 take(r)

@@ -1,0 +1,296 @@
+"""Batched sweeps: K runs that share an architecture, dataset and every knob except learning rate
+and seed, trained in one process as one stacked model (``torch.func``: ``stack_module_state``,
+``functional_call``, ``vmap`` over ``grad_and_value``), each recorded into its own store exactly
+as a sequential run records it (the per-run `Trainer` does the host statistics, snapshots and
+checkpoints from its run's slice of the stacked weights).
+
+Supported: models without BatchNorm (``fcn``, ``cnn``), SGD with momentum / weight decay, CE or
+focal loss, L1, any LR schedule, every stop criterion; a run that converges or diverges leaves
+the stack. Runs that exist already (finished or interrupted) are not batched: a sweep finishes
+or resumes them one by one, and an interrupted batched run resumes that way too.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import LrscopeError, RunInterrupted
+from ..store import schema as S
+from ..store.lock import RunLock
+from .config import RunConfig
+from .data import as_model_input, build_dataset, probe_subset
+from .loop import (MAX_BLOCK_ROWS, RunResult, Trainer, _StopFlag, _create_store, _timings, is_snapshot,
+                   make_optimizer, pick_device, store_path)
+from .restore import build_model
+
+BATCHABLE_MODELS = ("fcn", "cnn")
+
+
+def batch_key(cfg: RunConfig) -> str | None:
+    """Runs with the same key can share a stack; None: this run cannot be batched."""
+    if cfg.model not in BATCHABLE_MODELS or cfg.optimizer != "sgd" or cfg.precision != "fp32":
+        return None
+    ident = cfg.identity()
+    for k in ("lr", "seed"):
+        ident.pop(k)
+    import json
+
+    return json.dumps(ident, sort_keys=True) + f"|{cfg.device}|{cfg.data_root}"
+
+
+class _Stack:
+    """The stacked weights and momentum buffers of the active runs, and the functional step."""
+
+    def __init__(self, models, cfg: RunConfig, device):
+        from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+        self.cfg = cfg
+        params, buffers = stack_module_state(models)
+        self.names = list(params)
+        self.params = [params[n].detach().to(device) for n in self.names]
+        self.bufs = [torch.zeros_like(p) for p in self.params] if cfg.momentum > 0 else None
+        self.buffers = {k: v.to(device) for k, v in buffers.items()}
+        base = copy.deepcopy(models[0]).to("meta")
+
+        def loss_fn(plist, buffers, x, y):
+            logits = functional_call(base, ({n: p for n, p in zip(self.names, plist)}, buffers), (x,))
+            ce = F.cross_entropy(logits, y, reduction="none")
+            if cfg.loss == "focal":
+                ce = (1 - torch.exp(-ce)).pow(cfg.focal_gamma) * ce
+            loss = ce.mean()
+            if cfg.l1 > 0:
+                loss = loss + cfg.l1 * sum(p.abs().sum() for p in plist)
+            return loss, logits
+
+        self.step_fn = vmap(grad_and_value(loss_fn, has_aux=True), in_dims=(0, 0, 0, 0))
+        from .models import FCN
+
+        if isinstance(models[0], FCN):  # batched matmuls directly: ~1.5x faster than vmap on CPUs
+            self.params = [p.requires_grad_() for p in self.params]
+            self.step_fn = self._fcn_step
+
+    def _fcn_step(self, params, buffers, x, y):
+        """(grads, (per-run loss, logits)) of the stacked FCN: bmm through the layers, one
+        backward of the summed per-run losses (runs do not interact, so each gets its own grad)."""
+        cfg = self.cfg
+        k, b = y.shape
+        h = x.reshape(k, b, -1)
+        for w in params[:-1]:
+            h = torch.relu(torch.bmm(h, w.transpose(1, 2)))
+        logits = torch.bmm(h, params[-1].transpose(1, 2))
+        ce = F.cross_entropy(logits.reshape(k * b, -1), y.reshape(-1), reduction="none").view(k, b)
+        if cfg.loss == "focal":
+            ce = (1 - torch.exp(-ce)).pow(cfg.focal_gamma) * ce
+        loss = ce.mean(1)
+        if cfg.l1 > 0:
+            loss = loss + cfg.l1 * sum(p.abs().flatten(1).sum(1) for p in params)
+        grads = torch.autograd.grad(loss.sum(), params)
+        return grads, (loss.detach(), logits)
+
+    def keep(self, rows: list[int]) -> None:
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.params[0].device)
+        self.params = [p.detach()[idx].requires_grad_(p.requires_grad) for p in self.params]
+        if self.bufs is not None:
+            self.bufs = [b[idx] for b in self.bufs]
+        self.buffers = {k: v[idx] for k, v in self.buffers.items()}
+
+    @torch.no_grad()
+    def sgd(self, grads, lr: torch.Tensor) -> None:
+        """torch.optim.SGD's update (weight decay, momentum without dampening), per-run LR."""
+        cfg = self.cfg
+        d = torch._foreach_add(grads, self.params, alpha=cfg.weight_decay) if cfg.weight_decay else grads
+        if self.bufs is not None:
+            torch._foreach_mul_(self.bufs, cfg.momentum)
+            torch._foreach_add_(self.bufs, d)
+            d = self.bufs
+        for p, g in zip(self.params, d):
+            p.sub_(g * lr.view(-1, *([1] * (p.ndim - 1))))
+
+    @torch.no_grad()
+    def load_into(self, k: int, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        """Run k's slice of the stack -> its own module and optimizer (for snapshots/checkpoints)."""
+        named = dict(model.named_parameters())
+        for i, n in enumerate(self.names):
+            named[n].copy_(self.params[i][k])
+        if self.bufs is not None:
+            for i, p in enumerate(model.parameters()):
+                opt.state[p]["momentum_buffer"] = self.bufs[i][k].clone()
+
+
+def train_batched(configs: list[RunConfig], out: str | os.PathLike, *, progress: bool = True) -> list[RunResult]:
+    """Train fresh runs `configs` (one batch_key) as one stack; each into its own store."""
+    if not configs:
+        return []
+    keys = {batch_key(c) for c in configs}
+    if len(keys) != 1 or None in keys:
+        raise LrscopeError("train_batched: runs must share everything but lr and seed, with a batchable model/optimizer")
+    cfg0 = configs[0]
+    for c in configs:
+        c.validate()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg0.device)
+    bundle = build_dataset(cfg0.dataset, seed=cfg0.data_seed, bias_conflicting_ratio=cfg0.bias_conflicting_ratio,
+                           data_root=cfg0.data_root, **cfg0.data_options)
+    probe_idx = probe_subset(bundle, cfg0.probe_size, cfg0.data_seed)
+    locks, writers, models, opts = [], [], [], []
+    try:
+        for c in configs:
+            path = store_path(out, c.run_id())
+            lock = RunLock(path)
+            lock.acquire()
+            locks.append(lock)
+            if path.exists():
+                raise LrscopeError(f"{path} exists: batched mode trains fresh runs only")
+            torch.manual_seed(c.seed)
+            model = build_model(c, bundle.input_shape, bundle.num_classes).to(device)
+            opts.append(make_optimizer(c, model.parameters()))
+            writers.append(_create_store(path, c, bundle, model, probe_idx, device, lock))
+            models.append(model)
+        # the data moves to the device once, shared by every run's Trainer
+        on_dev = dataclasses.replace(bundle, train=dataclasses.replace(bundle.train, x=bundle.train.x.to(device)),
+                                     test=dataclasses.replace(bundle.test, x=bundle.test.x.to(device)))
+        trainers = [Trainer(c, on_dev, m, o, w, device, probe_idx)
+                    for c, m, o, w in zip(configs, models, opts, writers)]
+        return _run(configs, trainers, models, opts, device, progress)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run(configs, trainers, models, opts, device, progress) -> list[RunResult]:
+    cfg0 = configs[0]
+    K = len(configs)
+    stack = _Stack(models, cfg0, device)
+    tr0 = trainers[0]
+    X, Y, n, bs, spe = tr0.X, tr0.Y, tr0.n, tr0.bs, tr0.steps_per_epoch
+    active = list(range(K))  # run numbers still training, in stack order
+    results: dict[int, RunResult] = {}
+    t_wall = time.perf_counter()
+
+    def timings():  # the stack's wall time (shared by its K runs)
+        return {**_timings({}, t_wall, 0.0), "batched_runs": K}
+
+    for k in active:
+        tr = trainers[k]
+        tr.snapshot(0)
+        tr.writer.flush()
+        tr.checkpoint(0)
+        tr.writer.commit(status=S.STATUS_RUNNING, reason="training (batched)")
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg0.max_steps, desc=f"batched x{K}", unit="step", leave=False, dynamic_ncols=True)
+    scheduled = cfg0.schedule != "constant" or cfg0.warmup_steps > 0
+    lrs = torch.tensor([configs[k].lr for k in active], device=device)
+    epoch_stats = {k: [0, 0, 0.0] for k in active}  # correct, count, loss sum of the epoch so far
+    block_logits, block_norms = [], []
+    row, row_t0, t = 0, 0, 0
+    last_flush = time.perf_counter()
+    perms = None
+    with _StopFlag() as stop:
+        while active and t < cfg0.max_steps:
+            epoch, pos = divmod(t, spe)
+            if perms is None or pos == 0:
+                perms = torch.stack([trainers[k].epoch_perm(epoch) for k in active])
+            idx = perms[:, pos * bs:(pos + 1) * bs]
+            xb, yb = as_model_input(X[idx]), Y[idx]
+            if scheduled:
+                lrs = torch.tensor([configs[k].lr_at(t) for k in active], device=device, dtype=torch.float32)
+            grads, (_, logits) = stack.step_fn(stack.params, stack.buffers, xb, yb)
+            with torch.no_grad():
+                dims = [tuple(range(1, g.ndim)) for g in grads]
+                gn = [torch.linalg.vector_norm(g, dim=d) for g, d in zip(grads, dims)]
+                pn = [torch.linalg.vector_norm(p, dim=d) for p, d in zip(stack.params, dims)]
+                block_logits.append(logits.detach())
+                block_norms.append(torch.stack(gn + pn))  # (2 * n_params, K)
+            stack.sgd(grads, lrs)
+            t += 1
+            row += 1
+            end_of_epoch = pos == spe - 1
+            snap = is_snapshot(t, cfg0.snapshot_every)
+            ckpt = t % cfg0.checkpoint_every == 0
+            if not (end_of_epoch or snap or ckpt or t == cfg0.max_steps or stop.signal or row >= MAX_BLOCK_ROWS):
+                continue
+            leaving = []
+            due = time.perf_counter() - last_flush > 20.0
+            for j, k in enumerate(active):
+                tr, cfg, w = trainers[k], configs[k], trainers[k].writer
+                tr._logits = [lg[j] for lg in block_logits]
+                tr._norms = [nm[:, j] for nm in block_norms]
+                tr.perm_cpu = perms[j].cpu()
+                block, corr, cnt = tr.epoch_rows(row_t0, row, cfg.lr_at(np.arange(row_t0, t)))
+                finite = np.isfinite(block["loss"]) & np.isfinite(block["grad_norm"])
+                if not finite.all():
+                    bad = int(np.argmin(finite))
+                    w.append_log({key: v[: bad + 1] for key, v in block.items()})
+                    w.timings = timings()
+                    reason = f"non-finite loss at iteration {row_t0 + bad} (lr={cfg.lr:g})"
+                    w.finish(S.STATUS_DIVERGED, reason, **{S.ATTR_DIVERGED_AT: row_t0 + bad})
+                    results[k] = RunResult(w.path, S.STATUS_DIVERGED, f"{w.path.name}: diverged ({reason})",
+                                           row_t0 + bad + 1)
+                    leaving.append(j)
+                    continue
+                w.append_log(block)
+                st = epoch_stats[k]
+                st[0] += corr
+                st[1] += cnt
+                st[2] += float((block["loss"].astype(np.float64) * (block["bc_count"] + block["ba_count"])).sum())
+                done, reason = False, f"max_steps={cfg.max_steps} reached"
+                if end_of_epoch:
+                    if st[1] and st[0] / st[1] >= 0.99 and (
+                            cfg.stop == "train-acc" or (cfg.stop == "train-loss" and st[2] / st[1] < 10 * cfg.stop_loss)):
+                        stack.load_into(j, models[k], opts[k])
+                        ok, why = tr.converged(t)
+                        if ok:
+                            done, reason = True, why
+                    epoch_stats[k] = [0, 0, 0.0]
+                done = done or t >= cfg.max_steps
+                if snap or ckpt or done or stop.signal:
+                    stack.load_into(j, models[k], opts[k])
+                if snap and not done:
+                    tr.snapshot(t)
+                if done:
+                    w.flush()
+                    tr.snapshot(t, final=True)
+                    tr.checkpoint(t)
+                    w.timings = timings()
+                    w.finish(S.STATUS_COMPLETED, reason)
+                    results[k] = RunResult(w.path, S.STATUS_COMPLETED, f"{w.path.name}: completed ({reason})", t)
+                    leaving.append(j)
+                elif ckpt or stop.signal or due:
+                    w.flush()
+                    if ckpt or stop.signal:
+                        tr.checkpoint(t)
+                    w.commit()
+            if due:
+                last_flush = time.perf_counter()
+            block_logits, block_norms = [], []
+            row, row_t0 = 0, t
+            if bar is not None:
+                bar.update(t - bar.n)
+            if leaving:
+                keep = [j for j in range(len(active)) if j not in leaving]
+                active = [active[j] for j in keep]
+                stack.keep(keep)
+                perms = perms[keep]
+                lrs = lrs[keep]
+            if stop.signal:
+                for k in active:
+                    w = trainers[k].writer
+                    w.timings = timings()
+                    w.commit(status=S.STATUS_RUNNING,
+                             reason=f"stopped by signal {stop.signal} at iteration {t}; re-run to resume")
+                raise RunInterrupted(f"batched runs stopped at iteration {t} (checkpointed); re-run the sweep "
+                                     "to resume them", stop.signal)
+    if bar is not None:
+        bar.close()
+    return [results[k] for k in range(K)]
