@@ -318,13 +318,12 @@ def open_sweep(paths, *, probes: bool = True) -> xr.Dataset:
         if not any(lay is known for known in layouts):
             layouts.append(lay)
         dsets.append(ds)
-    from ..train.config import RunConfig
-
-    defaults = RunConfig().to_dict()  # stores written before a field existed ran with its default
-    configs = [{**defaults, **d.attrs["config"]} for d in dsets]
+    configs = [d.attrs["config"] for d in dsets]
     keys = sorted({k for c in configs for k in c})
+    # a field missing from some configs (stores written before it existed, which ran with its
+    # default) varies only if the stores that have it disagree
     varying = [k for k in keys
-               if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1 or k in ALWAYS_COORDS]
+               if len({json.dumps(c[k], sort_keys=True) for c in configs if k in c}) > 1 or k in ALWAYS_COORDS]
     run_coords: dict[str, Any] = {}
     for k in varying:
         vals = [c.get(k) for c in configs]
