@@ -8,7 +8,7 @@ HASH := $(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(HASH)
 WORKERS ?= 2
 
-.PHONY: venv system demo test test-slow bench clean-demo
+.PHONY: venv system demo test test-slow bench replicate clean-demo
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test-slow: venv system
 
 bench: venv
 	$(BIN)/python benchmarks/run_all.py
+
+# The CPU replication sweeps (examples/replication/), resumed where they stopped, probed, and
+# docs/replication.md regenerated. ONLY=parity-fcn runs one of them.
+replicate: venv system
+	$(BIN)/python scripts/replicate.py --workers $(WORKERS) $(if $(ONLY),--only $(ONLY))
 
 clean-demo:
 	rm -rf demo

@@ -13,6 +13,40 @@ from . import figures as F
 from .report import sections_for
 
 
+_LINESTYLE = {"dashed": "--", "dotted": ":", "dashdot": "-.", "solid": "-"}
+
+
+def _matplotlib_look(fig):
+    """Carry the builders' bokeh options that matter on paper (log axes, per-curve colours and
+    dashes, axis limits) over to the matplotlib backend, element by element."""
+    def apply(el):
+        plot = hv.Store.lookup_options("bokeh", el, "plot").kwargs
+        style = hv.Store.lookup_options("bokeh", el, "style").kwargs
+        kw = {k: plot[k] for k in ("logx", "logy", "xlim", "ylim") if k in plot}
+        if isinstance(style.get("color"), str):
+            kw["color"] = style["color"]
+        if isinstance(style.get("line_dash"), str):
+            kw["linestyle"] = _LINESTYLE.get(style["line_dash"], "-")
+        return el.opts(backend="matplotlib", aspect=1.6, **kw)
+
+    def tidy_axes(plot, element):  # no labels on minor log ticks (they collide on short ranges)
+        from matplotlib.ticker import NullFormatter
+
+        ax = plot.handles["axis"]
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+    def frame(ov):
+        return ov.opts(backend="matplotlib", aspect=1.6, fig_inches=8, legend_position="right",
+                       hooks=[tidy_axes])
+
+    try:
+        fig = fig.map(apply, hv.Element)
+        return fig.map(frame, hv.Overlay) if not isinstance(fig, hv.Element) else fig
+    except Exception:  # noqa: BLE001 - a look we cannot carry over leaves the default look
+        return fig
+
+
 def write_figures(paths, outdir, *, fmt: str = "png", names=None) -> list[Path]:
     names = list(F.FIGURES) if names is None else list(names)
     unknown = [n for n in names if n not in F.FIGURES]
@@ -36,6 +70,6 @@ def write_figures(paths, outdir, *, fmt: str = "png", names=None) -> list[Path]:
                 path = path.with_suffix(".csv")
                 fig.dframe().to_csv(path, index=False)
             else:
-                hv.save(fig, str(path), fmt=fmt, backend="matplotlib")
+                hv.save(_matplotlib_look(fig), str(path), fmt=fmt, backend="matplotlib")
             written.append(path)
     return written

@@ -1,0 +1,224 @@
+"""Run the replication sweeps (resuming what is done), probe them, regenerate docs/replication.md.
+
+    python scripts/replicate.py                      # every sweep in examples/replication/
+    python scripts/replicate.py --only parity-fcn    # one of them
+    python scripts/replicate.py --no-train           # only re-probe and rewrite the document
+
+Runs go to replication/runs/<sweep>/ (not committed: large); the document and its figures
+(docs/replication.md, docs/replication/*.png) are. Sweeps that have not been run are listed
+in the document with the command that runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SPECS = REPO / "examples" / "replication"
+PROBES = ["accuracy", "loss_ratio", "compressibility", "representation", "pruning"]
+METRICS = [  # sweep variable, label, paper column (Table 1), scale of the paper's number
+    ("unbiased_accuracy_final", "unbiased test accuracy", "acc", 0.01),
+    ("prunability", "prunability", "prun", 1.0),
+    ("activation_compressibility_final", "activation compressibility", "comp", 1.0),
+    ("csi_mean_final", "average CSI", "csi", 1.0),
+    ("class_separation_final", "class separation R²", "sep", 1.0),
+]
+# Barsbey et al., supplement Table 1: LR range and (min, max) of each metric over it.
+PAPER = {
+    "parity-fcn": ("Parity / FCN", (0.01, 0.75), {"acc": (55.31, 85.663), "prun": (0.56, 0.782),
+                   "comp": (0.333, 0.679), "csi": (0.032, 0.152), "sep": (0.008, 0.136)}),
+    "moon_star-fcn": ("Moon-Star / FCN", (0.01, 0.75), {"acc": (74.315, 81.156), "prun": (0.954, 0.971),
+                      "comp": (0.375, 0.457), "csi": (0.257, 0.34), "sep": (0.2, 0.326)}),
+    "colored_mnist-fcn": ("Colored MNIST / FCN", (0.001, 0.5), {"acc": (72.727, 76.11), "prun": (0.935, 0.968),
+                          "comp": (0.285, 0.389), "csi": (0.243, 0.381), "sep": (0.291, 0.387)}),
+    "colored_mnist-cnn": ("Colored MNIST / CNN", (0.01, 0.35), {"acc": (88.2, 91.48), "prun": (0.532, 0.931),
+                          "comp": (0.372, 0.643), "csi": (0.302, 0.576), "sep": (0.376, 0.692)}),
+    "double_mnist-fcn": ("Double MNIST / FCN", (0.001, 0.5), {"acc": (69.287, 72.47), "prun": (0.986, 0.999),
+                         "comp": (0.236, 0.406), "csi": (0.22, 0.485), "sep": (0.428, 0.481)}),
+    "double_mnist-cnn": ("Double MNIST / CNN", (0.005, 0.4), {"acc": (83.987, 94.57), "prun": (0.383, 0.916),
+                         "comp": (0.235, 0.772), "csi": (0.187, 0.476), "sep": (0.204, 0.55)}),
+}
+
+
+def usable_lrs(sw) -> tuple[list[float], str]:
+    """The paper's rule: LRs in ascending order up to (not including) the first where a seed
+    diverged or lost > 25 points of unbiased accuracy against the best LR's mean."""
+    lrs = sorted(np.unique(sw.lr.values).tolist())
+    acc = sw.unbiased_accuracy_final.values.astype(float)
+    status = sw.status.values
+    done = status == "completed"
+    means = {lr: np.nanmean(acc[(sw.lr.values == lr) & done]) for lr in lrs if ((sw.lr.values == lr) & done).any()}
+    best_lr = max(means, key=lambda lr: means[lr]) if means else None
+    keep = []
+    for lr in lrs:
+        sel = sw.lr.values == lr
+        if (status[sel] == "diverged").any():
+            return keep, f"LR {lr:g} diverged in {int((status[sel] == 'diverged').sum())} of {int(sel.sum())} seeds"
+        if (status[sel] != "completed").any():
+            return keep, f"LR {lr:g} not finished"
+        if lr > best_lr and np.nanmin(acc[sel]) < means[best_lr] - 0.25:
+            return keep, f"LR {lr:g} lost > 25 points of accuracy in a seed"
+        keep.append(lr)
+    return keep, "no LR in the grid diverged"
+
+
+def per_lr(sw, var: str, lrs: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    vals = sw[var].values.astype(float)
+    mean = np.array([np.nanmean(vals[sw.lr.values == lr]) for lr in lrs])
+    std = np.array([np.nanstd(vals[sw.lr.values == lr]) for lr in lrs])
+    return mean, std
+
+
+def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]:
+    import lrscope
+    from lrscope.probe.sweep import loss_ratio_correlation
+    from lrscope.viz.static import write_figures
+    from scipy import stats
+
+    title, (plo, phi), paper = PAPER[name]
+    sw = lrscope.open_sweep(runs)
+    lrs, why = usable_lrs(sw)
+    n_runs = sw.sizes["run"]
+    wall = sum(float(t.get("wall_seconds", 0)) for t in (lrscope.open_run(p, probes=False).attrs.get("timings", {})
+                                                        for p in sw.stores)) / 60
+    seeds = len(np.unique(sw.seed.values))
+    lines = [f"## {title}", "",
+             f"Spec: `examples/replication/{name}.toml` — {n_runs} runs ({seeds} seeds), "
+             f"{wall:.0f} CPU-minutes of training. LRs used: {', '.join(f'{v:g}' for v in lrs)} "
+             f"(stopped there: {why}). Paper's range: {plo:g} → {phi:g}.", "",
+             "| metric | ours: lowest LR | ours: highest LR | ours min → max | paper min → max | Spearman ρ (metric, LR) | rises? |",
+             "|---|---|---|---|---|---|---|"]
+    verdicts = []
+    for var, label, col, scale in METRICS:
+        if var not in sw or len(lrs) < 2:
+            continue
+        mean, std = per_lr(sw, var, lrs)
+        rho = stats.spearmanr(lrs, mean).statistic if np.isfinite(mean).all() else float("nan")
+        pmin, pmax = paper[col]
+        f = 100.0 if scale == 0.01 else 1.0
+        rises = rho > 0.5 and mean[-1] > mean[0]
+        verdicts.append({"sweep": title, "metric": label, "rho": rho, "rises": rises,
+                         "low": mean[0] * f, "high": mean[-1] * f})
+        lines.append(f"| {label} | {mean[0] * f:.3g} ± {std[0] * f:.2g} | {mean[-1] * f:.3g} ± {std[-1] * f:.2g} | "
+                     f"{np.nanmin(mean) * f:.3g} → {np.nanmax(mean) * f:.3g} | {pmin:g} → {pmax:g} | {rho:+.2f} | "
+                     f"{'yes' if rises else '**no**'} |")
+    try:
+        sub = sw.isel(run=np.flatnonzero(np.isin(sw.lr.values, lrs)))
+        c = loss_ratio_correlation(sub)
+        r, p, n = float(c.pearson_r), float(c.p_value), int(c.n_runs)
+        lines += ["", f"Fig. 12: maximum bias-conflicting loss ratio vs unbiased accuracy over {n} runs: "
+                      f"Pearson r = {r:+.2f} (p = {p:.2g}); the paper reports a positive correlation."]
+        verdicts.append({"sweep": title, "metric": "max BC loss ratio ~ accuracy", "rho": r, "rises": r > 0,
+                         "low": float("nan"), "high": float("nan")})
+    except Exception as e:  # noqa: BLE001 - reported in the document
+        lines += ["", f"Fig. 12 correlation: not computable ({e})."]
+    figs = write_figures([runs], figdir, fmt="png", names=["metrics_vs_lr", "neuron_survival", "loss_ratio_vs_accuracy",
+                                                             "pruning_curves"])
+    lines += [""] + [f"![{p.stem}](replication/{p.name})" for p in figs if p.suffix == ".png"]
+    return lines + [""], verdicts
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", help="sweep names (spec file stems)")
+    ap.add_argument("--out", default=str(REPO / "replication" / "runs"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--no-train", action="store_true", help="probe and write the document only")
+    ap.add_argument("--doc", default=str(REPO / "docs" / "replication.md"))
+    args = ap.parse_args(argv)
+
+    from lrscope import __version__
+    from lrscope.probe.runner import compute_paths
+    from lrscope.train.sweep import load_spec, run_sweep
+
+    names = [p.stem for p in sorted(SPECS.glob("*.toml"))]
+    todo = args.only or names
+    for name in todo:
+        if name not in names:
+            sys.exit(f"unknown sweep {name!r}; valid: {', '.join(names)}")
+        runs = Path(args.out) / name
+        if not args.no_train:
+            print(f"== {name}: training (resumes what is done)", flush=True)
+            run_sweep(load_spec(SPECS / f"{name}.toml"), runs, workers=args.workers, progress=True)
+        if runs.exists() and any(runs.glob("*.zarr")):
+            print(f"== {name}: probing", flush=True)
+            compute_paths(runs, names=PROBES, progress=True)
+
+    doc = Path(args.doc)
+    figdir = doc.parent / "replication"
+    body, verdicts, missing = [], [], []
+    for name in names:
+        runs = Path(args.out) / name
+        if not (runs.exists() and any(runs.glob("*.zarr"))):
+            missing.append(name)
+            continue
+        lines, v = section(name, runs, figdir)
+        body += lines
+        verdicts += v
+    head = ["# Replication on a CPU: parity, moon-star, Colored/Double MNIST on Fashion-MNIST", "",
+            f"Regenerated by `python scripts/replicate.py` (or `make replicate`) on {time.strftime('%Y-%m-%d')} "
+            f"with lrscope {__version__}; {machine()}.", "",
+            "Each sweep trains every (LR, seed) of its spec in `examples/replication/` to 100% training accuracy "
+            "(or the spec's `max_steps`), probes it (`" + ", ".join(PROBES) + "`), and compares with the "
+            "paper's Table 1 row (Barsbey et al., supplement). The paper's table gives each metric's min and max "
+            "over the LR range; we give the seed-mean at our lowest and highest usable LR, our min → max, and "
+            "the direction as Spearman's ρ between LR and the seed-mean metric. Usable LRs follow the paper: "
+            "ascending, up to the first LR where a seed diverged or lost more than 25 points of accuracy.", "",
+            "## The paper's claims, as this CPU sees them", ""]
+    if verdicts:
+        head += ["| sweep | claim | ours (lowest → highest LR) | ρ or r | holds? |", "|---|---|---|---|---|"]
+        for v in verdicts:
+            span = "" if not np.isfinite(v["low"]) else f"{v['low']:.3g} → {v['high']:.3g}"
+            claim = v["metric"] + (" rises with LR" if "~" not in v["metric"] else " (positive)")
+            head.append(f"| {v['sweep']} | {claim} | {span} | {v['rho']:+.2f} | {'yes' if v['rises'] else '**no**'} |")
+        head.append("")
+    head += [
+        "## Where we disagree with the paper, and why we think so", "",
+        "- **Prunability on parity falls with the LR here** (the paper: rises). Our κ-prunability is the "
+        "paper's definition (mean of Acc(f^κ)/Acc(f) over κ = 0 … 0.9, structured, lowest-L2 neurons first, "
+        "on the unbiased test set). A low-LR parity model sits near chance (≈ 55%): pruning cannot take a "
+        "balanced binary classifier much below chance, so its retention ratio stays near 1; a high-LR model "
+        "at ≈ 99% has far to fall. The paper's parity minimum of 0.56 would need pruned accuracies below "
+        "chance. We have not found the variant that reproduces it (six tried: structured / magnitude / "
+        "column, per-layer / global, train / test set).",
+        "- **The parity generator's sizes are ours** (the paper does not give them): C = 4 core bits, S = 1 "
+        "spurious bit, N = 30 noise bits, chosen by a one-seed scan of N at LR 0.01 and 0.75 trained to 100% "
+        "training accuracy (unbiased test accuracy): N = 20: 0.94 / 1.00; N = 25: 0.78 / 1.00; "
+        "**N = 30: 0.57 / 0.99**; N = 35: 0.51 / 0.99; N = 45: 0.50 / 0.82. N = 30 puts the low end at the "
+        "paper's 55%; the high end overshoots the paper's 86%.",
+        "- The MNIST-style sweeps run on CPU-sized subsets (see each spec), on the Fashion-MNIST base, with "
+        "a capped number of steps and the CNN at width ×0.125: their absolute numbers are not the paper's "
+        "MNIST ones; the directions are what we compare.", ""]
+    if missing:
+        head += ["## Not run yet", "", "These sweeps have specs but no results in this document yet "
+                 "(each resumes where it stopped):", ""]
+        head += [f"- `{m}`: `python scripts/replicate.py --only {m}`" for m in missing]
+        head.append("")
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(head + body))
+    print(f"wrote {doc}")
+
+
+if __name__ == "__main__":
+    main()
