@@ -9,7 +9,6 @@ paper: 0.01..0.333 -> b = 100..3), and L2 on top of a high LR.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 TABLE1 = [  # dataset, model, lr min, lr max (Barsbey et al., supplement Table 1)

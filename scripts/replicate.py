@@ -12,8 +12,6 @@ in the document with the command that runs them.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -126,17 +124,9 @@ def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]
 
 
 def machine() -> str:
-    import torch
+    from lrscope.machine import describe
 
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}"
+    return describe()
 
 
 def main(argv=None) -> None:

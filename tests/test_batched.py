@@ -1,10 +1,8 @@
 """Batched sweeps (torch.func stacks): each run's store matches the store of the same run trained
 alone, for the FCN (batched matmuls) and the CNN (vmap), including a diverging member."""
 
-import json
 
 import numpy as np
-import pytest
 import torch
 from click.testing import CliRunner
 

@@ -170,7 +170,7 @@ def _run(configs, trainers, models, opts, device, progress) -> list[RunResult]:
     K = len(configs)
     stack = _Stack(models, cfg0, device)
     tr0 = trainers[0]
-    X, Y, n, bs, spe = tr0.X, tr0.Y, tr0.n, tr0.bs, tr0.steps_per_epoch
+    X, Y, bs, spe = tr0.X, tr0.Y, tr0.bs, tr0.steps_per_epoch
     active = list(range(K))  # run numbers still training, in stack order
     results: dict[int, RunResult] = {}
     t_wall = time.perf_counter()

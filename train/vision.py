@@ -292,6 +292,18 @@ def corrupted_cifar10(*, seed: int = 0, rho_train: float = 0.1, data_root=None, 
                       10, 10, (3, 32, 32), {}, f"corrupted CIFAR-10 (severity {severity})")
 
 
+def _file_split(name: str, paths: list[Path], y: np.ndarray, b: np.ndarray, split_of: np.ndarray, code: int,
+                n: int | None, size: int, gen: np.random.Generator) -> Split:
+    """The images whose split code is `code` (a seeded subsample of n when asked), decoded."""
+    pos = np.flatnonzero(split_of == code)
+    if len(pos) == 0:
+        raise DataError(f"{name}: no images in split {code} of its metadata")
+    if n is not None and n < len(pos):
+        pos = np.sort(gen.permutation(pos)[:n])
+    x = decode_images([paths[i] for i in pos], size, f"{name}[{code}]")
+    return _split(x, y[pos], b[pos], pos)
+
+
 # ------------------------------------------------------------------------------- CelebA
 def _read_celeba(root: Path) -> tuple[Path, list[str], np.ndarray, np.ndarray, list[str]]:
     base = root / "celeba" if (root / "celeba").is_dir() else root
@@ -337,17 +349,11 @@ def celeba(*, seed: int = 0, rho_train=None, data_root=None, target: str = "Blon
     ti, bi = names.index(target), names.index(bias)
     gen = np.random.default_rng([seed, 7800])
 
-    def split(code: int, n) -> Split:
-        pos = np.flatnonzero(part == code)
-        if len(pos) == 0:
-            raise DataError(f"celeba under {root}: no images in partition {code}")
-        if n is not None and n < len(pos):
-            pos = np.sort(gen.permutation(pos)[:n])
-        x = decode_images([img_dir / files[i] for i in pos], size, f"celeba[{code}]")
-        return _split(x, attrs[pos, ti], attrs[pos, bi], pos)
-
-    return DataBundle("celeba", split(0, n_train), split(2 if test_split == "test" else 1, n_test), 2, 2,
-                      (3, size, size), {}, f"CelebA {target} / {bias} ({size}px)")
+    paths = [img_dir / f for f in files]
+    y, b = attrs[:, ti], attrs[:, bi]
+    return DataBundle("celeba", _file_split("celeba", paths, y, b, part, 0, n_train, size, gen),
+                      _file_split("celeba", paths, y, b, part, 2 if test_split == "test" else 1, n_test, size, gen),
+                      2, 2, (3, size, size), {}, f"CelebA {target} / {bias} ({size}px)")
 
 
 # ------------------------------------------------------------------------------- Waterbirds
@@ -375,17 +381,10 @@ def waterbirds(*, seed: int = 0, rho_train=None, data_root=None, size: int = 64,
     sp = np.array([int(r["split"]) for r in rows])
     gen = np.random.default_rng([seed, 7900])
 
-    def split(code: int, n) -> Split:
-        pos = np.flatnonzero(sp == code)
-        if len(pos) == 0:
-            raise DataError(f"waterbirds under {folder}: no images with split={code}")
-        if n is not None and n < len(pos):
-            pos = np.sort(gen.permutation(pos)[:n])
-        x = decode_images([folder / files[i] for i in pos], size, f"waterbirds[{code}]")
-        return _split(x, y[pos], b[pos], pos)
-
-    return DataBundle("waterbirds", split(0, n_train), split(2 if test_split == "test" else 1, n_test), 2, 2,
-                      (3, size, size), {}, f"Waterbirds ({size}px)")
+    paths = [folder / f for f in files]
+    return DataBundle("waterbirds", _file_split("waterbirds", paths, y, b, sp, 0, n_train, size, gen),
+                      _file_split("waterbirds", paths, y, b, sp, 2 if test_split == "test" else 1, n_test, size, gen),
+                      2, 2, (3, size, size), {}, f"Waterbirds ({size}px)")
 
 
 # ------------------------------------------------------------------------------- ImageNet
