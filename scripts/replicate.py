@@ -191,7 +191,15 @@ def main(argv=None) -> None:
         "balanced binary classifier much below chance, so its retention ratio stays near 1; a high-LR model "
         "at ≈ 99% has far to fall. The paper's parity minimum of 0.56 would need pruned accuracies below "
         "chance. We have not found the variant that reproduces it (six tried: structured / magnitude / "
-        "column, per-layer / global, train / test set).",
+        "column, per-layer / global, train / test set). A chance-corrected reading, mean over κ of "
+        "(Acc(f^κ) − ½)/(Acc(f) − ½), falls too (demo sweep: 1.00 at LR 0.01 → 0.56 at LR 0.75): low-LR "
+        "parity models do not lose accuracy under pruning at all (their accuracy even creeps up).",
+        "- **The maximum bias-conflicting loss ratio does not track unbiased accuracy on parity here** "
+        "(Fig. 12; the paper: a positive correlation). We take, per run, the maximum over training of the BC "
+        "share of each training minibatch's loss, computed from the logits recorded at every step; with "
+        "≈ 10 BC samples per minibatch of 100 that maximum is a noisy single-batch extreme, and it is reached "
+        "early in training at every LR. The paper does not say whether it smooths the trajectory; we have "
+        "not tried smoothing.",
         "- **The parity generator's sizes are ours** (the paper does not give them): C = 4 core bits, S = 1 "
         "spurious bit, N = 30 noise bits, chosen by a one-seed scan of N at LR 0.01 and 0.75 trained to 100% "
         "training accuracy (unbiased test accuracy): N = 20: 0.94 / 1.00; N = 25: 0.78 / 1.00; "
@@ -199,7 +207,15 @@ def main(argv=None) -> None:
         "paper's 55%; the high end overshoots the paper's 86%.",
         "- The MNIST-style sweeps run on CPU-sized subsets (see each spec), on the Fashion-MNIST base, with "
         "a capped number of steps and the CNN at width ×0.125: their absolute numbers are not the paper's "
-        "MNIST ones; the directions are what we compare.", ""]
+        "MNIST ones; the directions are what we compare.", "",
+        "## How to reproduce", "",
+        "```bash",
+        "make replicate                       # every sweep: train (resuming), probe, rewrite this page",
+        "make replicate ONLY=parity-fcn       # one sweep",
+        "python scripts/replicate.py --no-train   # re-probe and rewrite only",
+        "```", "",
+        "Runs are written to `replication/runs/<sweep>/` (not committed); Fashion-MNIST comes from Debian's "
+        "`dataset-fashion-mnist` package (`make system` installs it).", ""]
     if missing:
         head += ["## Not run yet", "", "These sweeps have specs but no results in this document yet "
                  "(each resumes where it stopped):", ""]
