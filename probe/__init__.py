@@ -2,7 +2,7 @@
 
 from .linear import feature_probe, fit_logistic
 from .metrics import (MetricError, ba_bc_loss_ratio, class_separation, compressibility, gini, group_accuracy,
-                      importance_weights, lorenz_curve, loss_ratio, neuron_survival, pq_index, selectivity,
+                      importance_weights, last_mistake, lorenz_curve, loss_ratio, neuron_survival, pq_index, selectivity,
                       sparsity)
 from .attribution import attribution_entropy, attributions, background_share, captum_ready, region_shares
 from .pruning import prunability, pruning_curve
@@ -23,4 +23,4 @@ __all__ = ["group_accuracy", "loss_ratio", "ba_bc_loss_ratio", "compressibility"
            "class_separation", "selectivity", "class_selectivity", "bias_selectivity", "neuron_survival",
            "importance_weights", "lorenz_curve", "gini", "feature_probe", "fit_logistic", "pruning_curve",
            "prunability", "MetricError", "attributions", "captum_ready", "region_shares", "attribution_entropy",
-           "background_share", "lr_sensitive_samples", "loss_ratio_correlation", "last_snapshot"]
+           "background_share", "lr_sensitive_samples", "loss_ratio_correlation", "last_snapshot", "last_mistake"]

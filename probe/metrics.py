@@ -258,3 +258,23 @@ def gini(w: xr.DataArray, *, dim: str) -> xr.DataArray:
     g = np.divide(((2 * idx - n - 1) * a).sum(-1), n * tot, out=np.zeros_like(tot), where=tot > 0)
     dims = [d for d in w.transpose(..., dim).dims if d != dim]
     return _attrs(xr.DataArray(g, dims=dims), "Gini coefficient of importance weights", False)
+
+
+def last_mistake(batch_index, batch_logits, y, *, n_samples: int) -> xr.DataArray:
+    """Learning order from the per-step training record: for every training sample, the last
+    iteration at which it was in the minibatch and misclassified (-1: never misclassified when
+    seen). Samples fit late (memorised last) have large values; in biased sets these are
+    expected to be the bias-conflicting ones (Barsbey et al. §5; the loss-ratio story).
+
+    batch_index: (iteration, batch) sample ids (-1 for padding); batch_logits: (iteration,
+    batch, class); y: (n_samples,) labels."""
+    idx = np.asarray(batch_index)
+    logits = np.asarray(batch_logits, dtype=np.float32)
+    yv = np.asarray(y)
+    valid = idx >= 0
+    safe = np.where(valid, idx, 0)
+    wrong = valid & (np.nan_to_num(logits, nan=-np.inf).argmax(-1) != yv[safe])
+    it = np.broadcast_to(np.arange(idx.shape[0])[:, None], idx.shape)
+    out = np.full(n_samples, -1, dtype=np.int64)
+    np.maximum.at(out, safe[wrong], it[wrong])
+    return _attrs(xr.DataArray(out, dims=["train_sample"]), "last iteration misclassified in its minibatch", None)

@@ -89,3 +89,16 @@ def test_gpu_path_options_on_cpu(tmp_path):
     assert bf.test_logits.dtype == np.float32 and np.isfinite(bf.loss.values).all()
     np.testing.assert_allclose(bf.loss.values[0], plain.loss.values[0], rtol=0.05)
     assert not torch.are_deterministic_algorithms_enabled()  # restored after the run
+
+
+def test_stop_check_schedule():
+    from lrscope.train.loop import may_have_converged
+
+    acc = RunConfig(stop="train-acc")
+    assert may_have_converged(acc, 0, 100, 100, 5.0)  # a perfect epoch checks at once
+    assert not may_have_converged(acc, 0, 98, 100, 5.0)  # below 99%: never
+    assert [may_have_converged(acc, e, 995, 1000, 5.0) for e in range(8)] == [False, False, False, True] * 2
+    assert not may_have_converged(RunConfig(stop="max-steps"), 3, 100, 100, 0.0)
+    loss = RunConfig(stop="train-loss", stop_loss=1e-3)
+    assert not may_have_converged(loss, 3, 100, 100, 100 * 1e-2)  # running loss still too high
+    assert may_have_converged(loss, 3, 100, 100, 100 * 1e-3)

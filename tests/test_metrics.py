@@ -386,3 +386,14 @@ def test_structured_pruning_zeroes_channels_after_batchnorm():
         hk.remove()
     assert float(out[:, pruned].abs().sum()) == 0.0
     assert float(out.abs().sum()) > 0
+
+
+def test_last_mistake_by_hand():
+    # 3 steps, batch of 2, 2 classes; sample ids 0..3, labels [0, 1, 0, 1]
+    idx = np.array([[0, 1], [2, 3], [1, -1]])
+    logits = np.array([[[1, 0], [1, 0]],    # step 0: 0 right, 1 wrong
+                       [[0, 1], [0, 1]],    # step 1: 2 wrong, 3 right
+                       [[1, 0], [9, 9]]])   # step 2: 1 wrong again, padding ignored
+    out = probe.last_mistake(idx, logits, np.array([0, 1, 0, 1]), n_samples=5)
+    np.testing.assert_array_equal(out.values, [-1, 2, 1, -1, -1])
+    assert out.dims == ("train_sample",)

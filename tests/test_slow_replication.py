@@ -24,3 +24,27 @@ def test_parity_miniature_sweep_trend(tmp_path):
     assert acc[0] < 0.65 and acc[-1] > 0.85, acc  # paper: 55.3% -> 85.7%
     assert np.all(np.diff(acc) > 0), acc
     assert csi[-1] > csi[0] and sep[-1] > sep[0], (csi, sep)
+
+
+@pytest.mark.skipif(not __import__("lrscope.train.images", fromlist=["x"]).DEBIAN_FASHION.exists(),
+                    reason="Debian's dataset-fashion-mnist not installed")
+def test_colored_fashion_mnist_cnn_fits_bias_conflicting_samples_last(tmp_path):
+    """Colored MNIST on the Fashion-MNIST base, VGG-like CNN: trains to 100% training accuracy,
+    and the per-step record shows the bias-conflicting samples being fit last."""
+    from lrscope import probe
+    from lrscope.train.loop import train_run
+
+    cfg = RunConfig(dataset="colored_mnist", model="cnn", lr=0.05, model_options={"width": 0.125},
+                    data_options={"base": "fashion_mnist", "n_train": 1000, "n_test": 500},
+                    bias_conflicting_ratio=0.05, max_steps=6000, snapshot_every=1000, checkpoint_every=2000)
+    r = train_run(cfg, tmp_path, progress=False)
+    assert r.status == "completed" and "100% train accuracy" in r.message, r.message
+    ds = lrscope.open_run(r.path, probes=False)
+    last = probe.last_mistake(ds.batch_index.values, ds.batch_logits.values, ds.train_y.values,
+                              n_samples=ds.sizes["train_sample"]).values
+    bc = ds.train_bias_conflicting.values.astype(bool)
+    from scipy.stats import mannwhitneyu
+
+    # Fashion-MNIST shapes are hard, so bias-aligned samples are fit late too; the conflicting ones later
+    assert np.median(last[bc]) > 1.3 * np.median(last[~bc]), (np.median(last[bc]), np.median(last[~bc]))
+    assert mannwhitneyu(last[bc], last[~bc], alternative="greater").pvalue < 1e-3

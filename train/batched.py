@@ -28,7 +28,7 @@ from ..store.lock import RunLock
 from .config import RunConfig
 from .data import as_model_input, build_dataset, probe_subset
 from .loop import (MAX_BLOCK_ROWS, RunResult, Trainer, _StopFlag, _create_store, _timings, is_snapshot,
-                   make_optimizer, pick_device, store_path)
+                   make_optimizer, may_have_converged, pick_device, store_path)
 from .restore import build_model
 
 BATCHABLE_MODELS = ("fcn", "cnn")
@@ -246,8 +246,7 @@ def _run(configs, trainers, models, opts, device, progress) -> list[RunResult]:
                 st[2] += float((block["loss"].astype(np.float64) * (block["bc_count"] + block["ba_count"])).sum())
                 done, reason = False, f"max_steps={cfg.max_steps} reached"
                 if end_of_epoch:
-                    if st[1] and st[0] / st[1] >= 0.99 and (
-                            cfg.stop == "train-acc" or (cfg.stop == "train-loss" and st[2] / st[1] < 10 * cfg.stop_loss)):
+                    if may_have_converged(cfg, epoch, st[0], st[1], st[2]):
                         stack.load_into(j, models[k], opts[k])
                         ok, why = tr.converged(t)
                         if ok:
