@@ -6,7 +6,7 @@ The same model initialisation, data tensors and minibatch sequence are trained b
   (c) a typical DataLoader loop with a per-sample __getitem__, as researchers often write it.
 Prints steps/s and the throughput ratios (b)/(a) and (c)/(a). Target: (b)/(a) >= 0.95.
 
-    python benchmarks/train_overhead.py [--steps N] [--repeats R] [--case parity_fcn|moon_star_cnn]
+    python benchmarks/train_overhead.py [--steps N] [--repeats R] [--case parity_fcn|moon_star_cnn|colored_fashion_cnn]
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from lrscope.train.config import RunConfig
 from lrscope.train.data import as_model_input, build_dataset
+from lrscope.train.images import DEBIAN_FASHION
 from lrscope.train.loop import train_run
 from lrscope.train.restore import build_model
 
@@ -29,6 +29,10 @@ CASES = {
     "parity_fcn": (dict(dataset="parity", model="fcn", lr=0.1), 3000),
     "moon_star_cnn": (dict(dataset="moon_star", model="cnn", lr=0.05, model_options={"width": 0.25},
                            data_options={"n_train": 5000, "n_test": 1000}), 150),
+    # the issue's CNN case: Colored MNIST on the Fashion-MNIST base (Debian's files; digits otherwise)
+    "colored_fashion_cnn": (dict(dataset="colored_mnist", model="cnn", lr=0.05, model_options={"width": 0.25},
+                                 data_options={"base": "fashion_mnist" if DEBIAN_FASHION.exists() else "digits",
+                                               "n_train": 5000, "n_test": 1000}), 600),
 }
 
 
