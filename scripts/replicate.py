@@ -83,6 +83,8 @@ def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]
     title, (plo, phi), paper = PAPER[name]
     sw = lrscope.open_sweep(runs)
     lrs, why = usable_lrs(sw)
+    if len(lrs) < 2:  # too early to say anything
+        return None, (int((sw.status.values == "completed").sum()), sw.sizes["run"])
     n_runs = sw.sizes["run"]
     wall = sum(float(t.get("wall_seconds", 0)) for t in (lrscope.open_run(p, probes=False).attrs.get("timings", {})
                                                         for p in sw.stores)) / 60
@@ -157,13 +159,17 @@ def main(argv=None) -> None:
 
     doc = Path(args.doc)
     figdir = doc.parent / "replication"
-    body, verdicts, missing = [], [], []
+    body, verdicts, missing, progress = [], [], [], {}
     for name in names:
         runs = Path(args.out) / name
         if not (runs.exists() and any(runs.glob("*.zarr"))):
             missing.append(name)
             continue
         lines, v = section(name, runs, figdir)
+        if lines is None:
+            progress[name] = v
+            missing.append(name)
+            continue
         body += lines
         verdicts += v
     head = ["# Replication on a CPU: parity, moon-star, Colored/Double MNIST on Fashion-MNIST", "",
@@ -219,7 +225,9 @@ def main(argv=None) -> None:
     if missing:
         head += ["## Not run yet", "", "These sweeps have specs but no results in this document yet "
                  "(each resumes where it stopped):", ""]
-        head += [f"- `{m}`: `python scripts/replicate.py --only {m}`" for m in missing]
+        head += [f"- `{m}`: `python scripts/replicate.py --only {m}`"
+                 + (f" (in progress: {progress[m][0]} of {progress[m][1]} runs finished)" if m in progress else "")
+                 for m in missing]
         head.append("")
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(head + body))

@@ -116,7 +116,7 @@ SMALL = {
     "waterbirds": {"size": 32},
     "imagenet": {"size": 32},
 }
-HEAVY = {"resnet50": "colored_mnist", "wide_resnet101_2": None, "swin_t": None}  # model -> its default-suite pair
+HEAVY = {"resnet18": "double_mnist", "resnet50": "colored_mnist", "wide_resnet101_2": None, "swin_t": None}  # model -> default-suite pair
 
 
 def _pair_params():
