@@ -22,5 +22,8 @@ class RunInterrupted(LrscopeError):
     The CLI exits with 128 + the signal number."""
 
     def __init__(self, message: str, signum: int):
-        super().__init__(message)
+        super().__init__(message, signum)  # both in args: the exception survives pickling (process pools)
         self.signum = signum
+
+    def __str__(self) -> str:
+        return str(self.args[0])

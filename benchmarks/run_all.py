@@ -21,22 +21,25 @@ import train_overhead  # noqa: E402
 NOTES = """
 ## Reading these numbers
 
-- The ≥ 0.95 target is **not met**. Parity/FCN reaches 0.74 on a 3000-step run and 0.82 on a
-  10000-step one (low-LR runs take ~20000 steps): the fixed costs (store creation, the log-spaced
+- The ≥ 0.95 target is **not met** on parity/FCN (≈ 0.75 on a 3000-step run, ≈ 0.9 on a
+  10000-step one; low-LR runs take ~20000 steps): the fixed costs (store creation, the log-spaced
   early snapshots, the final full snapshot) amortise with run length; what remains is ~0.1 ms
   per step for keeping the minibatch logits and the fused gradient/parameter norms that the
-  per-iteration log needs, on steps that take ~1.2 ms.
+  per-iteration log needs, on steps that take ~1.2 ms. The DataLoader loop researchers write is
+  slower than lrtrain with its recording.
 - The CNN case (Colored MNIST on Fashion-MNIST, VGG-like ×0.25, 5000 samples) is 600 steps and
-  one repeat, to keep `make bench` short: its recording is mostly the fixed snapshots (10 light +
-  2 full with train logits) of a run far shorter than a real one (~6500 steps to 100%).
+  one repeat, to keep `make bench` short (so its DataLoader ratio is noisy): its recording is
+  mostly the fixed snapshots (10 light + 2 full with train logits) of a run far shorter than a
+  real one (~6500 steps to 100% training accuracy).
 - `open_sweep` is ~2.5× over its target; most of what is left is `xr.concat`.
+- Probing costs about as much as training on these fast parity runs (1.5 ms steps); the linear
+  probes (two L-BFGS fits per snapshot) dominate. On image runs, whose steps cost 10–100× more,
+  the same probes are a small fraction.
 - Batched sweeps miss 3× on this CPU: a 3×200 FCN step at batch 100 is already compute-bound here
   (~23 GFLOP/s per run), so stacking 8 runs into batched matmuls removes only the per-step
   Python/dispatch overhead (bare loops: 8 sequential steps ≈ 11 ms, one stacked step ≈ 5.5 ms);
   recording and store creation are per run either way. On a GPU, where small steps are
-  launch-bound, the gain is larger (not measured: no GPU here).
-- Probing costs more than training on these fast parity runs; the linear probes (two L-BFGS fits
-  per snapshot) dominate.
+  launch-bound, the gain should be larger (not measured: no GPU here).
 """
 
 

@@ -299,3 +299,37 @@ def test_local_pool_and_dask_local_cluster_write_identical_stores(tmp_path):
     res = CliRunner().invoke(lrtrain_cli, ["sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "x"),
                                            "--scheduler", "tcp://127.0.0.1:9", "--quiet"])
     assert res.exit_code == 2 and "dask scheduler" in res.output and "Traceback" not in res.output
+
+
+def test_sigterm_to_a_sweep_stops_its_workers(tmp_path):
+    """SIGTERM to a `--workers 2` sweep: the workers checkpoint and stop (no orphans left
+    training), pending runs are not started, the sweep exits 128+15, and a re-run resumes."""
+    import signal
+
+    spec = tmp_path / "grid.toml"
+    spec.write_text(
+        "[base]\ndataset='parity'\nwidths=[64,64]\nbatch_size=50\nprobe_size=100\nmax_steps=200000\n"
+        "stop='max-steps'\nsnapshot_every=1000\ncheckpoint_every=200\n"
+        "data_options={n_train=1000, n_test=300, core_bits=3, spurious_bits=1, noise_bits=8}\n"
+        "[grid]\nlr=[0.05, 0.1, 0.2]\n")
+    out = tmp_path / "o"
+    p = subprocess.Popen([sys.executable, "-c", CODE, "sweep", str(spec), "--out", str(out), "--workers", "2",
+                          "--quiet"], env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while len([s for s in out.glob("*.zarr") if (committed(s) or {}).get("checkpoint", 0) >= 2]) < 2:
+        assert time.time() - t0 < 120 and p.poll() is None
+        time.sleep(0.2)
+    kids = subprocess.run(["pgrep", "-P", str(p.pid), "-f", "multiprocessing-fork"], capture_output=True,
+                          text=True).stdout.split()
+    assert len(kids) >= 2
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "resume" in err
+    time.sleep(1)
+    assert not [k for k in kids if os.path.exists(f"/proc/{k}")], "orphaned workers"
+    stores = sorted(out.glob("*.zarr"))
+    assert len(stores) == 2  # the third run was never started
+    for s in stores:
+        attrs = zarr.open_group(str(s), mode="r").attrs.asdict()
+        assert attrs["status"] == "running" and "signal" in attrs["reason"]

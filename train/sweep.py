@@ -17,9 +17,12 @@ itself), so re-running a sweep command finishes whatever is left.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
+import signal
+import threading
 import time
 import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -79,9 +82,11 @@ def expand_spec(spec: dict[str, Any], where: str = "spec") -> list[RunConfig]:
     return configs
 
 
-def _worker(cfg_dict: dict, out: str, threads: int) -> tuple[str, str, str]:
+def _worker(cfg_dict: dict, out: str, threads: int, stop_file: str | None = None) -> tuple[str, str, str]:
     import torch
 
+    if stop_file is not None and os.path.exists(stop_file):  # the sweep was stopped: start nothing new
+        return RunConfig.from_dict(cfg_dict).run_id(), STOPPED, "not started: the sweep was stopped"
     if threads:
         torch.set_num_threads(threads)
     from .loop import train_run
@@ -101,6 +106,13 @@ def _worker(cfg_dict: dict, out: str, threads: int) -> tuple[str, str, str]:
 
 
 BUSY = "busy"
+STOPPED = "stopped"
+
+
+def _pool_worker_init() -> None:
+    """Pool workers ignore SIGTERM between runs (the sweep process forwards it; during a run the
+    training loop's own handler checkpoints and stops)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _dask_results(configs: list[RunConfig], out: str, scheduler, workers: int, threads: int | None):
@@ -133,6 +145,34 @@ def _dask_results(configs: list[RunConfig], out: str, scheduler, workers: int, t
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+@contextlib.contextmanager
+def _forward_signals(pool: ProcessPoolExecutor, futs, stop_file: Path):
+    """SIGTERM to the sweep process reaches its workers: runs not started are cancelled (those
+    already queued see `stop_file` and start nothing), running ones checkpoint and stop (their
+    RunInterrupted then ends the sweep with exit 128+15) instead of living on as orphans."""
+    stopped: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+
+    def forward(signum, frame):
+        stopped.append(signum)
+        stop_file.touch()
+        for f in futs:
+            f.cancel()
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            try:
+                os.kill(proc.pid, signum)
+            except OSError:
+                pass
+
+    old = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _run_batched(configs, out, progress, done, max_stack: int) -> list[RunConfig]:
@@ -218,10 +258,23 @@ def run_sweep(configs: list[RunConfig], out: str | os.PathLike, *, workers: int 
             threads = threads or max(1, (os.cpu_count() or 1) // workers)
             import multiprocessing as mp
 
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                futs = [pool.submit(_worker, c.to_dict(), str(out), threads) for c in configs]
-                for f in as_completed(futs):
-                    take(f.result())
+            stop_file = Path(out) / f".sweep-stop-{os.getpid()}"
+            try:
+                with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                         initializer=_pool_worker_init) as pool:
+                    futs = [pool.submit(_worker, c.to_dict(), str(out), threads, str(stop_file)) for c in configs]
+                    with _forward_signals(pool, futs, stop_file) as stopped:
+                        for f in as_completed(futs):
+                            if f.cancelled():
+                                continue
+                            r = f.result()
+                            if r[1] != STOPPED:
+                                take(r)
+                    if stopped:
+                        raise RunInterrupted(f"sweep stopped by signal {stopped[0]}; re-run the same command to resume",
+                                             stopped[0])
+            finally:  # after the pool's shutdown: queued runs must see it until then
+                stop_file.unlink(missing_ok=True)
         # runs held by other processes: wait for their lock, then finish (a no-op if the other
         # process completed it; a resume if it crashed)
         while busy:
