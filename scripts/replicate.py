@@ -89,6 +89,11 @@ def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]
     wall = sum(float(t.get("wall_seconds", 0)) for t in (lrscope.open_run(p, probes=False).attrs.get("timings", {})
                                                         for p in sw.stores)) / 60
     seeds = len(np.unique(sw.seed.values))
+    from lrscope.train.sweep import load_spec
+
+    planned = len(load_spec(SPECS / f"{name}.toml"))
+    if n_runs < planned:
+        why = f"**sweep in progress**: {n_runs} of {planned} runs exist; higher LRs not run yet"
     lines = [f"## {title}", "",
              f"Spec: `examples/replication/{name}.toml` — {n_runs} runs ({seeds} seeds), "
              f"{wall:.0f} CPU-minutes of training. LRs used: {', '.join(f'{v:g}' for v in lrs)} "
