@@ -91,9 +91,12 @@ def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]
     seeds = len(np.unique(sw.seed.values))
     from lrscope.train.sweep import load_spec
 
-    planned = len(load_spec(SPECS / f"{name}.toml"))
+    spec = load_spec(SPECS / f"{name}.toml")
+    planned = len(spec)
+    sweep_label = title
     if n_runs < planned:
         why = f"**sweep in progress**: {n_runs} of {planned} runs exist; higher LRs not run yet"
+        sweep_label = f"{title} (partial: {len(lrs)} of {len({c.lr for c in spec})} LRs)"
     lines = [f"## {title}", "",
              f"Spec: `examples/replication/{name}.toml` — {n_runs} runs ({seeds} seeds), "
              f"{wall:.0f} CPU-minutes of training. LRs used: {', '.join(f'{v:g}' for v in lrs)} "
@@ -109,7 +112,7 @@ def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]
         pmin, pmax = paper[col]
         f = 100.0 if scale == 0.01 else 1.0
         rises = rho > 0.5 and mean[-1] > mean[0]
-        verdicts.append({"sweep": title, "metric": label, "rho": rho, "rises": rises,
+        verdicts.append({"sweep": sweep_label, "metric": label, "rho": rho, "rises": rises,
                          "low": mean[0] * f, "high": mean[-1] * f})
         lines.append(f"| {label} | {mean[0] * f:.3g} ± {std[0] * f:.2g} | {mean[-1] * f:.3g} ± {std[-1] * f:.2g} | "
                      f"{np.nanmin(mean) * f:.3g} → {np.nanmax(mean) * f:.3g} | {pmin:g} → {pmax:g} | {rho:+.2f} | "
@@ -120,7 +123,7 @@ def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]
         r, p, n = float(c.pearson_r), float(c.p_value), int(c.n_runs)
         lines += ["", f"Fig. 12: maximum bias-conflicting loss ratio vs unbiased accuracy over {n} runs: "
                       f"Pearson r = {r:+.2f} (p = {p:.2g}); the paper reports a positive correlation."]
-        verdicts.append({"sweep": title, "metric": "max BC loss ratio ~ accuracy", "rho": r, "rises": r > 0 and p < 0.05,
+        verdicts.append({"sweep": sweep_label, "metric": "max BC loss ratio ~ accuracy", "rho": r, "rises": r > 0 and p < 0.05,
                          "low": float("nan"), "high": float("nan")})
     except Exception as e:  # noqa: BLE001 - reported in the document
         lines += ["", f"Fig. 12 correlation: not computable ({e})."]
