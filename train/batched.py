@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import LrscopeError, RunInterrupted
 from ..store import schema as S
 from ..store.lock import RunLock
 from .config import RunConfig
 from .data import as_model_input, build_dataset, probe_subset
-from .loop import (MAX_BLOCK_ROWS, RunResult, Trainer, _StopFlag, _create_store, _timings, is_snapshot,
-                   make_optimizer, may_have_converged, pick_device, store_path)
+from .loop import (FLUSH_BYTES, FLUSH_SECONDS, MAX_BLOCK_ROWS, RunResult, Trainer, _StopFlag, _create_store,
+                   _timings, block_loss_sum, is_snapshot, make_optimizer, may_have_converged, per_sample_loss,
+                   pick_device, store_path)
 from .restore import build_model
 
 BATCHABLE_MODELS = ("fcn", "cnn")
@@ -58,24 +58,22 @@ class _Stack:
         self.params = [params[n].detach().to(device) for n in self.names]
         self.bufs = [torch.zeros_like(p) for p in self.params] if cfg.momentum > 0 else None
         self.buffers = {k: v.to(device) for k, v in buffers.items()}
-        base = copy.deepcopy(models[0]).to("meta")
-
-        def loss_fn(plist, buffers, x, y):
-            logits = functional_call(base, ({n: p for n, p in zip(self.names, plist)}, buffers), (x,))
-            ce = F.cross_entropy(logits, y, reduction="none")
-            if cfg.loss == "focal":
-                ce = (1 - torch.exp(-ce)).pow(cfg.focal_gamma) * ce
-            loss = ce.mean()
-            if cfg.l1 > 0:
-                loss = loss + cfg.l1 * sum(p.abs().sum() for p in plist)
-            return loss, logits
-
-        self.step_fn = vmap(grad_and_value(loss_fn, has_aux=True), in_dims=(0, 0, 0, 0))
         from .models import FCN
 
         if isinstance(models[0], FCN):  # batched matmuls directly: ~1.5x faster than vmap on CPUs
             self.params = [p.requires_grad_() for p in self.params]
             self.step_fn = self._fcn_step
+            return
+        base = copy.deepcopy(models[0]).to("meta")
+
+        def loss_fn(plist, buffers, x, y):
+            logits = functional_call(base, ({n: p for n, p in zip(self.names, plist)}, buffers), (x,))
+            loss = per_sample_loss(cfg, logits, y).mean()
+            if cfg.l1 > 0:
+                loss = loss + cfg.l1 * sum(p.abs().sum() for p in plist)
+            return loss, logits
+
+        self.step_fn = vmap(grad_and_value(loss_fn, has_aux=True), in_dims=(0, 0, 0, 0))
 
     def _fcn_step(self, params, buffers, x, y):
         """(grads, (per-run loss, logits)) of the stacked FCN: bmm through the layers, one
@@ -86,10 +84,7 @@ class _Stack:
         for w in params[:-1]:
             h = torch.relu(torch.bmm(h, w.transpose(1, 2)))
         logits = torch.bmm(h, params[-1].transpose(1, 2))
-        ce = F.cross_entropy(logits.reshape(k * b, -1), y.reshape(-1), reduction="none").view(k, b)
-        if cfg.loss == "focal":
-            ce = (1 - torch.exp(-ce)).pow(cfg.focal_gamma) * ce
-        loss = ce.mean(1)
+        loss = per_sample_loss(cfg, logits.reshape(k * b, -1), y.reshape(-1)).view(k, b).mean(1)
         if cfg.l1 > 0:
             loss = loss + cfg.l1 * sum(p.abs().flatten(1).sum(1) for p in params)
         grads = torch.autograd.grad(loss.sum(), params)
@@ -221,7 +216,7 @@ def _run(configs, trainers, models, opts, device, progress) -> list[RunResult]:
             if not (end_of_epoch or snap or ckpt or t == cfg0.max_steps or stop.signal or row >= MAX_BLOCK_ROWS):
                 continue
             leaving = []
-            due = time.perf_counter() - last_flush > 20.0
+            due = time.perf_counter() - last_flush > FLUSH_SECONDS
             for j, k in enumerate(active):
                 tr, cfg, w = trainers[k], configs[k], trainers[k].writer
                 tr._logits = [lg[j] for lg in block_logits]
@@ -243,7 +238,7 @@ def _run(configs, trainers, models, opts, device, progress) -> list[RunResult]:
                 st = epoch_stats[k]
                 st[0] += corr
                 st[1] += cnt
-                st[2] += float((block["loss"].astype(np.float64) * (block["bc_count"] + block["ba_count"])).sum())
+                st[2] += block_loss_sum(block)
                 done, reason = False, f"max_steps={cfg.max_steps} reached"
                 if end_of_epoch:
                     if may_have_converged(cfg, epoch, st[0], st[1], st[2]):
@@ -265,7 +260,7 @@ def _run(configs, trainers, models, opts, device, progress) -> list[RunResult]:
                     w.finish(S.STATUS_COMPLETED, reason)
                     results[k] = RunResult(w.path, S.STATUS_COMPLETED, f"{w.path.name}: completed ({reason})", t)
                     leaving.append(j)
-                elif ckpt or stop.signal or due:
+                elif ckpt or stop.signal or due or w.buffered_snapshot_bytes > FLUSH_BYTES:
                     w.flush()
                     if ckpt or stop.signal:
                         tr.checkpoint(t)

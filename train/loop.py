@@ -130,16 +130,17 @@ def load_optimizer(opt: torch.optim.Optimizer, arrays: dict[str, np.ndarray], de
 
 
 @torch.no_grad()
-def sam_perturb(params: list[torch.Tensor], rho: float, adaptive: bool) -> list[torch.Tensor]:
+def sam_perturb(params: list[torch.Tensor], rho: float, adaptive: bool) -> tuple[list, list]:
     """SAM's ascent step (Foret et al. 2021), ASAM's scale-invariant one when `adaptive` (Kwon et al.
     2021, as in davda54/sam): w += rho * T^2 g / ||T g|| with T = |w| (ASAM) or 1 (SAM).
     Returns the perturbed tensors and their perturbations, to be subtracted after the second gradient."""
     ps = [p for p in params if p.grad is not None]
     grads = [p.grad for p in ps]
-    scaled = torch._foreach_mul(grads, torch._foreach_abs(ps)) if adaptive else grads
+    t = torch._foreach_abs(ps) if adaptive else None
+    scaled = torch._foreach_mul(grads, t) if adaptive else grads
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(scaled)))
     scale = rho / (norm + 1e-12)
-    e = torch._foreach_mul(torch._foreach_mul(scaled, torch._foreach_abs(ps)) if adaptive else grads, scale)
+    e = torch._foreach_mul(torch._foreach_mul(scaled, t) if adaptive else grads, scale)
     torch._foreach_add_(ps, e)
     return ps, e
 
@@ -285,6 +286,11 @@ def _label_arrays(bundle: DataBundle, split: Split, pos: np.ndarray) -> dict[str
     y, b = split.y.numpy()[pos], split.b.numpy()[pos]
     return {"y": y, "b": b, "bias_conflicting": y != b, "group": y * bundle.num_bias + b,
             "index": split.index.numpy()[pos]}
+
+
+def block_loss_sum(block: dict[str, np.ndarray]) -> float:
+    """The summed training loss of a block of log rows (row mean loss × samples in the row)."""
+    return float((block["loss"].astype(np.float64) * (block["bc_count"] + block["ba_count"])).sum())
 
 
 def may_have_converged(cfg: RunConfig, epoch: int, correct: int, count: int, loss_sum: float) -> bool:
@@ -533,8 +539,7 @@ class Trainer:
                     w.append_log(block)
                     epoch_correct += corr
                     epoch_count += cnt
-                    epoch_loss += float((block["loss"].astype(np.float64)
-                                         * (block["bc_count"] + block["ba_count"])).sum())
+                    epoch_loss += block_loss_sum(block)
                     row, row_t0 = 0, t
                     done = False
                     if end_of_epoch:
