@@ -27,6 +27,11 @@ class Split:
     b: torch.Tensor  # int64 bias label
     index: torch.Tensor  # int64 position in the source dataset
 
+    @classmethod
+    def from_numpy(cls, x: np.ndarray, y: np.ndarray, b: np.ndarray, index: np.ndarray) -> "Split":
+        return cls(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)),
+                   torch.from_numpy(b.astype(np.int64)), torch.from_numpy(index.astype(np.int64)))
+
     @property
     def bias_conflicting(self) -> torch.Tensor:
         return self.y != self.b

@@ -126,10 +126,18 @@ def _subsample(x, y, n, gen):
     return x[idx], y[idx], idx
 
 
-def _check_common(base, n_train, n_test):
-    for nm, v in (("n_train", n_train), ("n_test", n_test)):
-        if v is not None and v < 1:
-            raise ConfigError(f"option {nm} must be >= 1, got {v}")
+def _check_sizes(**kw):
+    for nm, v in kw.items():
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise ConfigError(f"option {nm} must be an integer >= 1, got {v}")
+
+
+def _pick_of_class(labels: np.ndarray, wanted: np.ndarray, gen: np.random.Generator, name: str) -> np.ndarray:
+    """For each wanted class, a random position in `labels` holding it (a partner digit)."""
+    by_class = [np.flatnonzero(labels == k) for k in range(10)]
+    if any(len(c) == 0 for c in by_class):
+        raise DataError(f"{name} needs every digit class in the base set")
+    return np.array([gen.choice(by_class[k]) for k in wanted], dtype=np.int64)
 
 
 @register_dataset("colored_mnist", rho_train=0.025, cache=True)
@@ -140,7 +148,7 @@ def colored_mnist(*, seed: int = 0, rho_train: float = 0.025, base: str = "mnist
     The foreground is multiplied by the class's colour (+ Gaussian jitter of std `color_std`);
     bias-conflicting training samples take one of the other 9 colours; the unbiased test set
     draws the colour uniformly over all 10 (so 90 % of it is bias-conflicting)."""
-    _check_common(base, n_train, n_test)
+    _check_sizes(n_train=n_train, n_test=n_test)
     gen = np.random.default_rng([seed, 7300])
     xtr, ytr, xte, yte = load_base(base, data_root, seed)
 
@@ -149,8 +157,7 @@ def colored_mnist(*, seed: int = 0, rho_train: float = 0.025, base: str = "mnist
         b = _bias_labels(y, rho, 10, gen)
         col = COLORS[b] + color_std * gen.standard_normal((len(b), 3)).astype(np.float32)
         img = (x.astype(np.float32) / 255.0)[:, None] * np.clip(col, 0, 1)[:, :, None, None]
-        return Split(torch.from_numpy((img * 255).round().astype(np.uint8)), torch.from_numpy(y),
-                     torch.from_numpy(b), torch.from_numpy(idx))
+        return Split.from_numpy((img * 255).round().astype(np.uint8), y, b, idx)
 
     return DataBundle("colored_mnist", split(xtr, ytr, n_train, rho_train), split(xte, yte, n_test, 0.9),
                       10, 10, (3, 28, 28), {}, f"colored {base}")
@@ -163,7 +170,7 @@ def double_mnist(*, seed: int = 0, rho_train: float = 0.025, base: str = "mnist"
     the right one, brighter (the left is scaled by `dim`), is the bias (spurious). Bias-conflicting
     samples pair the left digit with a right digit of another class; the unbiased test set draws
     the right digit's class uniformly. Regions: left half core, right half spurious."""
-    _check_common(base, n_train, n_test)
+    _check_sizes(n_train=n_train, n_test=n_test)
     if not 0 < dim <= 1:
         raise ConfigError(f"double_mnist option dim must be in (0, 1], got {dim}")
     gen = np.random.default_rng([seed, 7400])
@@ -172,13 +179,10 @@ def double_mnist(*, seed: int = 0, rho_train: float = 0.025, base: str = "mnist"
     def split(x, y, n, rho) -> Split:
         xs, ys, idx = _subsample(x, y, n, gen)
         b = _bias_labels(ys, rho, 10, gen)
-        by_class = [np.flatnonzero(y == k) for k in range(10)]
-        if any(len(c) == 0 for c in by_class):
-            raise DataError("double_mnist needs every digit class in the base set")
-        right = np.array([x[gen.choice(by_class[k])] for k in b])  # partner digits from the same split
+        right = x[_pick_of_class(y, b, gen, "double_mnist")]  # partner digits from the same split
         left = (xs.astype(np.float32) * dim).round().astype(np.uint8)
         img = np.concatenate([left, right], axis=2)[:, None]  # (n, 1, 28, 56)
-        return Split(torch.from_numpy(img), torch.from_numpy(ys), torch.from_numpy(b), torch.from_numpy(idx))
+        return Split.from_numpy(img, ys, b, idx)
 
     regions = {"core": np.zeros((1, 28, 56), bool), "spurious": np.zeros((1, 28, 56), bool)}
     regions["core"][..., :28] = True

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 from .data import DataBundle, Split, register_dataset
-from .images import _bias_labels, _subsample, load_base
+from .images import _bias_labels, _check_sizes, _pick_of_class, _subsample, load_base
 
 # ------------------------------------------------------------------------------- helpers
 HOW_TO_GET = {
@@ -42,17 +42,6 @@ def _root(name: str, data_root) -> Path:
     if not root.is_dir():
         raise DataError(f"{name}: data root {root} not found; to get them: {HOW_TO_GET[name]}")
     return root
-
-
-def _split(x: np.ndarray, y: np.ndarray, b: np.ndarray, idx: np.ndarray) -> Split:
-    return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)),
-                 torch.from_numpy(b.astype(np.int64)), torch.from_numpy(idx.astype(np.int64)))
-
-
-def _check_sizes(**kw):
-    for nm, v in kw.items():
-        if v is not None and (not isinstance(v, int) or v < 1):
-            raise ConfigError(f"option {nm} must be an integer >= 1, got {v}")
 
 
 def load_cifar(name: str, data_root) -> tuple[np.ndarray, ...]:
@@ -118,8 +107,8 @@ def _plain(name: str, n_classes: int, data_root, seed, n_train, n_test) -> DataB
     xtr, ytr, xte, yte = load_cifar(name, data_root)
     xtr, ytr, itr = _subsample(xtr, ytr, n_train, gen)
     xte, yte, ite = _subsample(xte, yte, n_test, gen)
-    return DataBundle(name, _split(xtr, ytr, ytr, itr), _split(xte, yte, yte, ite), n_classes, n_classes,
-                      (3, 32, 32), {}, f"{name} (no bias attribute: b = y)")
+    return DataBundle(name, Split.from_numpy(xtr, ytr, ytr, itr), Split.from_numpy(xte, yte, yte, ite), n_classes,
+                      n_classes, (3, 32, 32), {}, f"{name} (no bias attribute: b = y)")
 
 
 @register_dataset("cifar10", rho_train=None, cache=True)
@@ -152,14 +141,11 @@ def mnist_cifar(*, seed: int = 0, rho_train: float = 0.1, data_root=None, base: 
     def split(x, y, digits, dlabels, n, rho) -> Split:
         x, y, idx = _subsample(x, y, n, gen)
         b = _bias_labels(y, rho, 10, gen)
-        by_class = [np.flatnonzero(dlabels == k) for k in range(10)]
-        if any(len(c) == 0 for c in by_class):
-            raise DataError("mnist_cifar needs every digit class in the base set")
-        pick = np.array([gen.choice(by_class[k]) for k in b], dtype=np.int64)
+        pick = _pick_of_class(dlabels, b, gen, "mnist_cifar")
         d = np.zeros((len(y), 32, 32), np.uint8)
         d[:, 2:30, 2:30] = digits[pick]
         top = np.repeat(d[:, None], 3, axis=1)
-        return _split(np.concatenate([top, x], axis=2), y, b, idx)
+        return Split.from_numpy(np.concatenate([top, x], axis=2), y, b, idx)
 
     regions = {"spurious": np.zeros((3, 64, 32), bool), "core": np.zeros((3, 64, 32), bool)}
     regions["spurious"][:, :32] = True
@@ -286,7 +272,7 @@ def corrupted_cifar10(*, seed: int = 0, rho_train: float = 0.1, data_root=None, 
                 if len(chunk):
                     img = torch.from_numpy(x[chunk]).float() / 255
                     out[chunk] = (corrupt(img, kind, severity, tgen) * 255).round().clamp(0, 255).to(torch.uint8)
-        return _split(out, y, b, idx)
+        return Split.from_numpy(out, y, b, idx)
 
     return DataBundle("corrupted_cifar10", split(xtr, ytr, n_train, rho_train), split(xte, yte, n_test, 0.9),
                       10, 10, (3, 32, 32), {}, f"corrupted CIFAR-10 (severity {severity})")
@@ -301,7 +287,7 @@ def _file_split(name: str, paths: list[Path], y: np.ndarray, b: np.ndarray, spli
     if n is not None and n < len(pos):
         pos = np.sort(gen.permutation(pos)[:n])
     x = decode_images([paths[i] for i in pos], size, f"{name}[{code}]")
-    return _split(x, y[pos], b[pos], pos)
+    return Split.from_numpy(x, y[pos], b[pos], pos)
 
 
 # ------------------------------------------------------------------------------- CelebA
@@ -421,7 +407,7 @@ def imagenet(*, seed: int = 0, rho_train=None, data_root=None, size: int = 64,
         if not paths:
             raise DataError(f"imagenet under {root}: no images in {sub}/")
         y = np.asarray(labels)
-        return _split(decode_images(paths, size, f"imagenet/{sub}"), y, y, np.arange(len(y)))
+        return Split.from_numpy(decode_images(paths, size, f"imagenet/{sub}"), y, y, np.arange(len(y)))
 
     return DataBundle("imagenet", split("train", per_class_train), split("val", per_class_test), len(wnids),
                       len(wnids), (3, size, size), {}, f"ImageNet {len(wnids)} classes ({size}px)")
