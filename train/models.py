@@ -27,7 +27,27 @@ def create_model(name: str, *, input_shape: tuple[int, ...], num_classes: int, *
     return MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes, **kw)
 
 
-class FCN(nn.Module):
+class FeatureNet(nn.Module):
+    """The registry's interface: subclasses define ``forward_features`` and a linear ``head``."""
+
+    head: nn.Linear
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
+        return self.head(f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+
+def _require_image(name: str, input_shape) -> None:
+    if len(input_shape) != 3:
+        raise ConfigError(f"model {name!r} needs image inputs (C, H, W), got input shape {input_shape}")
+
+
+class FCN(FeatureNet):
     """Fully connected ReLU network without bias terms (the paper's FCN)."""
 
     def __init__(self, in_features: int, widths: list[int], num_classes: int):
@@ -44,11 +64,6 @@ class FCN(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
-    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
-        return self.head(f)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 @register_model
@@ -59,7 +74,7 @@ def fcn(*, input_shape, num_classes, widths: list[int] | None = None, **_) -> nn
     return FCN(math.prod(input_shape), list(widths), num_classes)
 
 
-class VGGLike(nn.Module):
+class VGGLike(FeatureNet):
     """VGG11-like CNN without bias terms or normalisation, one linear layer after the convs.
 
     Kaiming-normal initialisation: with PyTorch's default init this bias-free, norm-free net
@@ -89,25 +104,19 @@ class VGGLike(nn.Module):
     def forward_features(self, x):
         return self.features(x)
 
-    def forward_head(self, f):
-        return self.head(f)
-
-    def forward(self, x):
-        return self.head(self.features(x))
 
 
 @register_model
 def cnn(*, input_shape, num_classes, width: float = 1.0, **_) -> nn.Module:
     """VGG11-like CNN, no bias terms or normalisation, Kaiming init; model option width scales channels."""
-    if len(input_shape) != 3:
-        raise ConfigError(f"model 'cnn' needs image inputs (C, H, W), got input shape {input_shape}")
+    _require_image("cnn", input_shape)
     return VGGLike(input_shape[0], num_classes, width)
 
 
 IMAGE_MODELS = {"cnn"}
 
 
-class TorchvisionResNet(nn.Module):
+class TorchvisionResNet(FeatureNet):
     """A torchvision ResNet with the registry's interface: ``forward_features`` is everything up
     to the global average pool (post-ReLU, flattened), ``forward_head`` the final linear layer.
     Grey (1-channel) inputs get a 1-channel stem; nothing is downloaded (weights=None)."""
@@ -129,17 +138,11 @@ class TorchvisionResNet(nn.Module):
         x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
         return torch.flatten(n.avgpool(x), 1)
 
-    def forward_head(self, f):
-        return self.head(f)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 def _register_resnet(arch: str):
     def make(*, input_shape, num_classes, **_) -> nn.Module:
-        if len(input_shape) != 3:
-            raise ConfigError(f"model {arch!r} needs image inputs (C, H, W), got input shape {input_shape}")
+        _require_image(arch, input_shape)
         return TorchvisionResNet(arch, input_shape[0], num_classes)
 
     make.__name__ = arch
@@ -152,7 +155,7 @@ for _arch in ("resnet18", "resnet50", "wide_resnet101_2"):
     _register_resnet(_arch)
 
 
-class TorchvisionSwin(nn.Module):
+class TorchvisionSwin(FeatureNet):
     """torchvision's Swin-T: ``forward_features`` is the layer-normed, average-pooled token
     representation (the input of the classification head; not a ReLU output, so it can be
     negative), ``forward_head`` the head. Grey inputs get a 1-channel patch embedding."""
@@ -173,18 +176,12 @@ class TorchvisionSwin(nn.Module):
         n = self.net
         return n.flatten(n.avgpool(n.permute(n.norm(n.features(x)))))
 
-    def forward_head(self, f):
-        return self.head(f)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 @register_model
 def swin_t(*, input_shape, num_classes, **_) -> nn.Module:
     """torchvision Swin-T (weights=None; --weights loads a local ImageNet checkpoint), pooled features."""
-    if len(input_shape) != 3:
-        raise ConfigError(f"model 'swin_t' needs image inputs (C, H, W), got input shape {input_shape}")
+    _require_image("swin_t", input_shape)
     return TorchvisionSwin(input_shape[0], num_classes)
 
 
