@@ -65,7 +65,6 @@ class FCN(FeatureNet):
         return self.features(x)
 
 
-
 @register_model
 def fcn(*, input_shape, num_classes, widths: list[int] | None = None, **_) -> nn.Module:
     """FCN; default widths 3x200 for 1-d (synthetic) inputs, 2x1024 for images."""
@@ -105,7 +104,6 @@ class VGGLike(FeatureNet):
         return self.features(x)
 
 
-
 @register_model
 def cnn(*, input_shape, num_classes, width: float = 1.0, **_) -> nn.Module:
     """VGG11-like CNN, no bias terms or normalisation, Kaiming init; model option width scales channels."""
@@ -137,7 +135,6 @@ class TorchvisionResNet(FeatureNet):
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
         return torch.flatten(n.avgpool(x), 1)
-
 
 
 def _register_resnet(arch: str):
@@ -175,7 +172,6 @@ class TorchvisionSwin(FeatureNet):
     def forward_features(self, x):
         n = self.net
         return n.flatten(n.avgpool(n.permute(n.norm(n.features(x)))))
-
 
 
 @register_model
