@@ -27,7 +27,7 @@ def _matplotlib_look(fig):
             kw["color"] = style["color"]
         if isinstance(style.get("line_dash"), str):
             kw["linestyle"] = _LINESTYLE.get(style["line_dash"], "-")
-        return el.opts(backend="matplotlib", aspect=1.6, **kw)
+        return el.opts(backend="matplotlib", **kw) if kw else el
 
     def tidy_axes(plot, element):  # no labels on minor log ticks (they collide on short ranges)
         from matplotlib.ticker import NullFormatter
@@ -40,11 +40,8 @@ def _matplotlib_look(fig):
         return ov.opts(backend="matplotlib", aspect=1.6, fig_inches=8, legend_position="right",
                        hooks=[tidy_axes])
 
-    try:
-        fig = fig.map(apply, hv.Element)
-        return fig.map(frame, hv.Overlay) if not isinstance(fig, hv.Element) else fig
-    except Exception:  # noqa: BLE001 - a look we cannot carry over leaves the default look
-        return fig
+    fig = fig.map(apply, hv.Element)
+    return fig.map(frame, hv.Overlay) if not isinstance(fig, hv.Element) else fig
 
 
 def write_figures(paths, outdir, *, fmt: str = "png", names=None) -> list[Path]:
