@@ -67,16 +67,12 @@ def usable_lrs(sw) -> tuple[list[float], str]:
     return keep, "no LR in the grid diverged"
 
 
-def per_lr(sw, var: str, lrs: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    vals = sw[var].values.astype(float)
-    mean = np.array([np.nanmean(vals[sw.lr.values == lr]) for lr in lrs])
-    std = np.array([np.nanstd(vals[sw.lr.values == lr]) for lr in lrs])
-    return mean, std
-
-
 def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]:
     import lrscope
     from lrscope.probe.sweep import loss_ratio_correlation
+    from lrscope.store import schema as S
+    from lrscope.store.reader import open_store
+    from lrscope.viz.figures import per_lr
     from lrscope.viz.static import write_figures
     from scipy import stats
 
@@ -86,8 +82,7 @@ def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]
     if len(lrs) < 2:  # too early to say anything
         return None, (int((sw.status.values == "completed").sum()), sw.sizes["run"])
     n_runs = sw.sizes["run"]
-    wall = sum(float(t.get("wall_seconds", 0)) for t in (lrscope.open_run(p, probes=False).attrs.get("timings", {})
-                                                        for p in sw.stores)) / 60
+    wall = sum(float(open_store(p).attrs.get(S.ATTR_TIMINGS, {}).get("wall_seconds", 0)) for p in sw.stores) / 60
     seeds = len(np.unique(sw.seed.values))
     from lrscope.train.sweep import load_spec
 
@@ -107,7 +102,8 @@ def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]
     for var, label, col, scale in METRICS:
         if var not in sw or len(lrs) < 2:
             continue
-        mean, std = per_lr(sw, var, lrs)
+        all_lrs, mean, std = per_lr(sw, var)  # seed mean/std per LR; keep the usable LRs
+        mean, std = mean[np.isin(all_lrs, lrs)], std[np.isin(all_lrs, lrs)]
         rho = stats.spearmanr(lrs, mean).statistic if np.isfinite(mean).all() else float("nan")
         pmin, pmax = paper[col]
         f = 100.0 if scale == 0.01 else 1.0
