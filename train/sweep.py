@@ -177,7 +177,6 @@ def _forward_signals(pool: ProcessPoolExecutor, futs, stop_file: Path):
 
 def _run_batched(configs, out, progress, done, max_stack: int) -> list[RunConfig]:
     """Train the batchable fresh runs in stacks; return the configs left for the usual path."""
-    from ..store.lock import RunLocked
     from .batched import batch_key, train_batched
     from .loop import store_path
 
@@ -197,7 +196,7 @@ def _run_batched(configs, out, progress, done, max_stack: int) -> list[RunConfig
             chunk = members[i:i + max_stack]
             try:
                 results = train_batched(chunk, out, progress=progress)
-            except (RunLocked, LrscopeError):  # busy or half-made: the one-by-one path sorts it out
+            except LrscopeError:  # busy (RunLocked) or half-made: the one-by-one path sorts it out
                 rest.extend(chunk)
                 continue
             for c, r in zip(chunk, results):
