@@ -244,10 +244,15 @@ def test_magnitude_and_column_pruning_monotone_in_zeros():
 
 
 # ----------------------------------------------------------------------------- linear probe
-def test_linear_probe_agrees_with_sklearn():
+@pytest.mark.parametrize("solver", ["newton", "lbfgs"])
+def test_linear_probe_agrees_with_sklearn(solver, monkeypatch):
     from sklearn.linear_model import LogisticRegression
 
+    from lrscope.probe import linear
     from lrscope.probe.linear import balanced_halves, fit_logistic
+
+    if solver == "lbfgs":  # the path wide features take
+        monkeypatch.setattr(linear, "NEWTON_MAX_FEATURES", 0)
 
     rng = np.random.default_rng(3)
     n, d = 600, 20
@@ -263,6 +268,42 @@ def test_linear_probe_agrees_with_sklearn():
         assert abs(ours - theirs) <= 0.01
     res = probe.feature_probe(xr.DataArray(x, dims=["s", "n"]), y, b, sample_dim="s", feature_dim="n")
     assert 0 <= float(res.core_probe_error) < 0.5 and 0 <= float(res.spurious_probe_error) < 0.5
+
+
+def test_multiclass_linear_probe_agrees_with_sklearn():
+    from sklearn.linear_model import LogisticRegression
+
+    from lrscope.probe.linear import fit_logistic
+
+    rng = np.random.default_rng(5)
+    n, d, k = 900, 12, 4
+    y = rng.integers(0, k, n)
+    x = rng.standard_normal((n, d)) + 0.5 * np.eye(k, d)[y] * 2
+    tr, te = np.arange(0, n, 2), np.arange(1, n, 2)
+    ours = (fit_logistic(x[tr], y[tr])(x[te]) == y[te]).mean()
+    mu, sd = x[tr].mean(0), x[tr].std(0)
+    theirs = (LogisticRegression(max_iter=2000).fit((x[tr] - mu) / sd, y[tr]).predict((x[te] - mu) / sd) == y[te]).mean()
+    assert 0.5 < ours and abs(ours - theirs) <= 0.01
+
+
+def test_feature_probe_fits_each_snapshot_as_if_alone():
+    """All snapshots are fitted as one batch; each must get the probe it would get on its own,
+    and a snapshot with non-finite features gets NaN without disturbing the others."""
+    from lrscope.probe.linear import balanced_halves, fit_logistic
+
+    rng = np.random.default_rng(7)
+    n, d = 400, 10
+    y = rng.integers(0, 2, n)
+    b = np.where(rng.random(n) < 0.5, y, 1 - y)
+    acts = np.stack([rng.standard_normal((n, d)) + s * 0.4 * y[:, None] * (np.arange(d) < 2) for s in range(4)])
+    acts[2, 0, 0] = np.nan
+    res = probe.feature_probe(xr.DataArray(acts, dims=["snapshot", "s", "n"]), y, b, sample_dim="s", feature_dim="n")
+    tr, te = balanced_halves(y * 2 + b)
+    for s in (0, 1, 3):
+        alone = (fit_logistic(acts[s][tr], y[tr])(acts[s][te]) != y[te]).mean()
+        assert float(res.core_probe_error[s]) == pytest.approx(alone)
+    assert np.isnan(float(res.core_probe_error[2])) and np.isnan(float(res.spurious_probe_error[2]))
+    assert float(res.core_probe_error[3]) < float(res.core_probe_error[0])
 
 
 # ----------------------------------------------------------------------------- degenerate inputs
