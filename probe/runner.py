@@ -27,7 +27,10 @@ from . import metrics as M
 from .linear import feature_probe
 from .pruning import KAPPAS, KINDS, prunability, pruning_curve
 
-PROBE_FORMAT = 3  # bump when a probe's definition changes, so stored results are recomputed
+PROBE_FORMAT = 3  # bump when every probe's stored results must be recomputed
+# a probe whose definition changed since PROBE_FORMAT: only its stored results are recomputed
+# (feature_quality 4: two-label probes fit scikit-learn's binary objective, no longer the 2-class multinomial)
+PROBE_FORMAT_OF = {"feature_quality": 4}
 
 
 @dataclass
@@ -308,7 +311,7 @@ PROBES: dict[str, Callable[[Context], xr.Dataset]] = {
 # ------------------------------------------------------------------------------- runner
 def _provenance(ctx: Context, name: str) -> dict:
     root_attrs = zarr.open_group(str(ctx.path), mode="r").attrs.asdict()
-    return {"probe": name, "probe_format": PROBE_FORMAT, "lrscope_version": __version__,
+    return {"probe": name, "probe_format": PROBE_FORMAT_OF.get(name, PROBE_FORMAT), "lrscope_version": __version__,
             "params": json.dumps(ctx.params, sort_keys=True), "source_committed": json.dumps(
                 root_attrs[S.ATTR_COMMITTED], sort_keys=True), "source_status": root_attrs[S.ATTR_STATUS]}
 

@@ -47,6 +47,14 @@ def test_train_probe_ls_report(tmp_path):
     assert "8 probes computed" in res.output
     res = run(lrprobe, ["compute", str(out), "--quiet"])
     assert "0 probes computed, 8 up to date" in res.output
+    # a probe whose definition changed (its format bumped) is recomputed, alone
+    from lrscope.probe import runner
+    runner.PROBE_FORMAT_OF["pruning"] = 99
+    try:
+        res = run(lrprobe, ["compute", str(out), "--quiet"])
+    finally:
+        del runner.PROBE_FORMAT_OF["pruning"]
+    assert "1 probes computed, 7 up to date" in res.output or "1 probe computed, 7 up to date" in res.output, res.output
     ds = lrscope.open_run(stores[0])
     assert 0 <= float(ds.prunability) <= 1
     assert ds.unbiased_accuracy.sizes["snapshot"] == ds.sizes["snapshot"]
