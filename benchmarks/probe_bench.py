@@ -1,12 +1,15 @@
-"""Probe cost: seconds of each probe on one run, as a fraction of that run's training time.
+"""Probe cost: seconds of each probe as a fraction of training, over a few parity runs probed in
+one process (as `lrprobe compute` probes a sweep). Imports that a process pays once (Captum) are
+timed apart and not charged to the runs.
 
-    python benchmarks/probe_bench.py [--lr 0.1]
+    python benchmarks/probe_bench.py [--lrs 0.05,0.1,0.5]
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 
 import lrscope
 from lrscope.probe.runner import PROBES, compute_run, probe_seconds
@@ -14,24 +17,36 @@ from lrscope.train.config import RunConfig
 from lrscope.train.loop import train_run
 
 
-def run(lr: float = 0.1) -> dict:
+def run(lrs=(0.05, 0.1, 0.5)) -> dict:
+    t0 = time.perf_counter()
+    import captum.attr  # noqa: F401  (the attributions probe's import, once per process)
+    import_s = time.perf_counter() - t0
+    runs, probes, train_s = [], {}, 0.0
     with tempfile.TemporaryDirectory() as d:
-        r = train_run(RunConfig(lr=lr), d, progress=False)  # parity + FCN 3x200 to 100% train accuracy
-        ds = lrscope.open_run(r.path, probes=False)
-        train_s = ds.attrs["timings"]["wall_seconds"]
-        compute_run(r.path)
-        secs = probe_seconds(r.path)
-        return {"lr": lr, "iterations": r.iterations, "train_seconds": train_s,
-                "snapshots": int(ds.sizes["snapshot"]), "probes": {k: secs[k] for k in PROBES if k in secs}}
+        for lr in lrs:
+            r = train_run(RunConfig(lr=lr), d, progress=False)  # parity + FCN 3x200 to 100% train accuracy
+            ds = lrscope.open_run(r.path, probes=False)
+            secs = ds.attrs["timings"]["wall_seconds"]
+            compute_run(r.path)
+            ps = probe_seconds(r.path)
+            runs.append({"lr": lr, "iterations": r.iterations, "snapshots": int(ds.sizes["snapshot"]),
+                         "train_seconds": secs, "probe_seconds": sum(ps.values())})
+            train_s += secs
+            for k in PROBES:
+                probes[k] = probes.get(k, 0.0) + ps.get(k, 0.0)
+    return {"runs": runs, "train_seconds": train_s, "probes": probes, "import_seconds": import_s}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lr", type=float, default=0.1)
-    r = run(ap.parse_args().lr)
+    ap.add_argument("--lrs", default="0.05,0.1,0.5")
+    r = run([float(v) for v in ap.parse_args().lrs.split(",")])
+    for x in r["runs"]:
+        print(f"parity FCN lr={x['lr']}: {x['iterations']} steps, {x['snapshots']} snapshots, training "
+              f"{x['train_seconds']:.1f}s, probes {x['probe_seconds']:.1f}s ({x['probe_seconds'] / x['train_seconds']:.2f}x)")
     total = sum(r["probes"].values())
-    print(f"parity FCN lr={r['lr']}: {r['iterations']} steps, {r['snapshots']} snapshots, "
-          f"training {r['train_seconds']:.1f}s; all probes {total:.1f}s ({total / r['train_seconds']:.2f}x training)")
+    print(f"all runs: training {r['train_seconds']:.1f}s, probes {total:.1f}s ({total / r['train_seconds']:.2f}x); "
+          f"one-time imports {r['import_seconds']:.1f}s")
     for k, v in r["probes"].items():
         print(f"  {k:16s} {v:6.2f}s  ({v / r['train_seconds']:.3f}x training)")
 
