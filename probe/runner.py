@@ -93,14 +93,15 @@ def probe_accuracy(ctx: Context) -> xr.Dataset:
     ds = ctx.ds
     full = _evaluated(ds.test_logits, "test_sample")
     out = M.group_accuracy(ds.test_logits.isel(snapshot=full), ds.test_y, ds.test_b, sample_dim="test_sample")
-    out = out.reindex(snapshot=ds.snapshot.values)  # NaN at light snapshots
+    # computed before reindexing: a lazy reindex splits every chunk (dask PerformanceWarning)
+    out = out.compute().reindex(snapshot=ds.snapshot.values)  # NaN at light snapshots
     pr = M.group_accuracy(ds.probe_logits, ds.probe_y, ds.probe_b, sample_dim="probe_sample")
     out["probe_accuracy"] = M._attrs(pr.unbiased_accuracy, "accuracy on the group-balanced probe subset", True)
     out["probe_worst_group_accuracy"] = M._attrs(pr.worst_group_accuracy, "worst-group accuracy (probe subset)", True)
     tl = ds.train_logits
     tr = _evaluated(tl, "train_sample")
     out["train_accuracy"] = M._attrs((tl.isel(snapshot=tr).argmax("class") == ds.train_y).mean("train_sample")
-                                     .reindex(snapshot=ds.snapshot.values), "train accuracy", True)
+                                     .compute().reindex(snapshot=ds.snapshot.values), "train accuracy", True)
     for v in ("unbiased_accuracy", "worst_group_accuracy", "bc_accuracy", "ba_accuracy", "train_accuracy"):
         if v in out:
             out[f"{v}_final"] = _final(out[v], v)
@@ -126,7 +127,7 @@ def probe_loss_ratio(ctx: Context) -> xr.Dataset:
     if len(tr) and bc.any() and (~bc).any():
         ratio = M.ba_bc_loss_ratio(ds.train_logits.isel(snapshot=tr), ds.train_y, ds.train_bias_conflicting,
                                    sample_dim="train_sample")
-        out["ba_bc_loss_ratio"] = ratio.reindex(snapshot=ds.snapshot.values)
+        out["ba_bc_loss_ratio"] = ratio.compute().reindex(snapshot=ds.snapshot.values)
     out = out.drop_vars([c for c in out.coords if c not in ("iteration", "snapshot")])
     return out
 
