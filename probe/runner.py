@@ -30,7 +30,8 @@ from .pruning import KAPPAS, KINDS, prunability, pruning_curve
 PROBE_FORMAT = 3  # bump when every probe's stored results must be recomputed
 # a probe whose definition changed since PROBE_FORMAT: only its stored results are recomputed
 # (feature_quality 4: two-label probes fit scikit-learn's binary objective, no longer the 2-class multinomial)
-PROBE_FORMAT_OF = {"feature_quality": 4}
+# loss_ratio 4: max_loss_ratio is the per-minibatch maximum (was the epoch running mean's)
+PROBE_FORMAT_OF = {"feature_quality": 4, "loss_ratio": 4}
 
 
 @dataclass
@@ -112,16 +113,17 @@ def probe_loss_ratio(ctx: Context) -> xr.Dataset:
     ds = ctx.ds
     r = M.loss_ratio(ds.bc_loss_sum, ds.ba_loss_sum).compute()
     out = xr.Dataset({"loss_ratio": r})
-    # the headline maximum is taken over the epoch-smoothed ratio: single minibatches late in
-    # training, when bias-aligned losses are ~0, give raw ratios near 1 at every learning rate
+    # the headline maximum is the paper's: over single minibatches (Fig. 12). The maximum of the
+    # epoch running mean is kept beside it: it sits near the same value at every learning rate
+    # (docs/replication.md), the per-minibatch maximum tracks unbiased accuracy.
     n_train = ds.sizes["train_sample"]
     window = max(1, -(-n_train // int(ds.attrs["config"]["batch_size"])))
     smooth = r.rolling(iteration=window, min_periods=1).mean()
-    out["max_loss_ratio"] = M._attrs(smooth.max("iteration", skipna=True),
-                                     "maximum BC loss ratio over training (epoch running mean)", None,
-                                     window=window)
-    out["max_loss_ratio_raw"] = M._attrs(r.max("iteration", skipna=True),
-                                         "maximum BC loss ratio of a single minibatch", None)
+    out["max_loss_ratio"] = M._attrs(r.max("iteration", skipna=True),
+                                     "maximum BC loss ratio of a minibatch over training", None)
+    out["max_loss_ratio_smoothed"] = M._attrs(smooth.max("iteration", skipna=True),
+                                              "maximum BC loss ratio over training (epoch running mean)", None,
+                                              window=window)
     tr = _evaluated(ds.train_logits, "train_sample")
     bc = ds.train_bias_conflicting.values
     if len(tr) and bc.any() and (~bc).any():

@@ -32,13 +32,14 @@ def lr_sensitive_samples(sw: xr.Dataset, *, low_lrs, high_lrs, high_frac: float 
                        "selected": ("probe_sample", np.isin(np.arange(frac_hi.sizes["probe_sample"]), sel))})
 
 
-def loss_ratio_correlation(sw: xr.Dataset) -> xr.Dataset:
+def loss_ratio_correlation(sw: xr.Dataset, variable: str = "max_loss_ratio") -> xr.Dataset:
     """Pearson correlation, over finished runs, of the maximum bias-conflicting loss ratio with
-    unbiased test accuracy (Barsbey et al. Fig. 12)."""
+    unbiased test accuracy (Barsbey et al. Fig. 12). `variable`: the per-minibatch maximum
+    (the paper's), or ``max_loss_ratio_smoothed`` (the epoch running mean's)."""
     from scipy import stats
 
     ok = (sw.status == "completed").values
-    x = sw.max_loss_ratio.values[ok].astype(float)
+    x = sw[variable].values[ok].astype(float)
     y = sw.unbiased_accuracy_final.values[ok].astype(float)
     m = np.isfinite(x) & np.isfinite(y)
     if m.sum() < 3 or np.std(x[m]) == 0 or np.std(y[m]) == 0:

@@ -2,6 +2,8 @@
 
 import math
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -404,6 +406,14 @@ def test_sweep_analyses(tiny_sweep):
     assert (sel.high_lr_correct.values[s] > 0.5).all() and (sel.low_lr_correct.values[s] < 0.5).all()
     with pytest.raises(MetricError):
         probe.lr_sensitive_samples(sw, low_lrs=[9.0], high_lrs=[0.5])
+    # Fig. 12's maximum is over single minibatches; the epoch running mean's is kept beside it
+    for store in sorted(Path(tiny_sweep).glob("*.zarr")):
+        run = lrscope.open_run(store)
+        ratio = run.loss_ratio.dropna("iteration").values
+        assert float(run.max_loss_ratio) == pytest.approx(ratio.max())
+        w = int(run.max_loss_ratio_smoothed.attrs["window"])
+        means = [ratio[max(0, i - w + 1):i + 1].mean() for i in range(len(ratio))]
+        assert float(run.max_loss_ratio_smoothed) == pytest.approx(max(means))
 
 
 def test_structured_pruning_zeroes_channels_after_batchnorm():
