@@ -148,6 +148,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from lrscope import __version__
+    from lrscope.errors import LrscopeError, RunInterrupted
     from lrscope.probe.runner import compute_paths
     from lrscope.train.sweep import load_spec, run_sweep
 
@@ -159,7 +160,13 @@ def main(argv=None) -> None:
         runs = Path(args.out) / name
         if not args.no_train:
             print(f"== {name}: training (resumes what is done)", flush=True)
-            run_sweep(load_spec(SPECS / f"{name}.toml"), runs, workers=args.workers, progress=True)
+            try:
+                run_sweep(load_spec(SPECS / f"{name}.toml"), runs, workers=args.workers, progress=True)
+            except RunInterrupted as e:  # a signal: the runs checkpointed; the same command resumes
+                print(f"{name}: {e}", file=sys.stderr)
+                sys.exit(128 + e.signum)
+            except LrscopeError as e:
+                sys.exit(f"{name}: {e}")
         if runs.exists() and any(runs.glob("*.zarr")):
             print(f"== {name}: probing", flush=True)
             compute_paths(runs, names=PROBES, progress=True)
