@@ -384,8 +384,10 @@ def write_probe(path: Path, name: str, res: xr.Dataset) -> None:
     if S.G_PROBES not in root:
         root.create_group(S.G_PROBES)
     res = res.copy()
-    for v in res.variables.values():
+    for k, v in list(res.variables.items()):
         v.encoding = {}
+        if v.dtype.kind == "U":  # fixed-width unicode has no Zarr v3 spec; variable-length strings do
+            res[k] = v.astype(object)
     res.to_zarr(str(path), group=group, mode="w", zarr_format=3, consolidated=False, compute=True)
     zarr.open_group(str(path), path=group, mode="r+").attrs.update({"complete": 1})
 

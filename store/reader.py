@@ -51,17 +51,22 @@ def check_attrs(attrs: dict[str, Any], path: Any) -> None:
             raise StoreError(f"{path}: run store is missing its '{key}' attribute")
 
 
-def check_array(arr: zarr.Array) -> zarr.Array:
+def check_array(arr: zarr.Array, *, strings: bool = False) -> zarr.Array:
     """Refuse anything but plain numeric/bool arrays with non-executable codecs: a store is data,
-    never code (object, string and void dtypes and pickle codecs can carry pickled objects)."""
+    never code (object, string and void dtypes and pickle codecs can carry pickled objects).
+    `strings`: also accept text (fixed-width, or variable-length through the ``vlen-utf8`` codec
+    only), which probe results use for labels such as attribution regions."""
     kind = np.dtype(arr.dtype).kind if not hasattr(arr.dtype, "to_native_dtype") else \
         np.dtype(arr.dtype.to_native_dtype()).kind
-    if kind not in "biuf":
-        raise StoreError(f"{arr.path}: dtype {arr.dtype} refused (only numeric arrays; no pickle in stores)")
-    for codec in getattr(arr.metadata, "codecs", ()) or ():
-        name = str(codec.to_dict().get("name", "")) if hasattr(codec, "to_dict") else type(codec).__name__
-        if "pickle" in name.lower() or "vlen" in name.lower():
+    names = [str(c.to_dict().get("name", "")) if hasattr(c, "to_dict") else type(c).__name__
+             for c in (getattr(arr.metadata, "codecs", ()) or ())]
+    for name in names:
+        if "pickle" in name.lower() or ("vlen" in name.lower() and not (strings and name == "vlen-utf8")):
             raise StoreError(f"{arr.path}: codec {name!r} refused (no pickle in stores)")
+    if kind not in "biuf" and not (strings and kind in "UOT"):
+        raise StoreError(f"{arr.path}: dtype {arr.dtype} refused (only numeric arrays; no pickle in stores)")
+    if kind == "O" and "vlen-utf8" not in names:
+        raise StoreError(f"{arr.path}: object dtype without the vlen-utf8 codec refused (no pickle in stores)")
     return arr
 
 
@@ -251,6 +256,9 @@ def probe_names(root: zarr.Group) -> list[str]:
 
 
 def read_probe(path: str | os.PathLike, name: str) -> xr.Dataset:
+    group = zarr.open_group(str(path), path=f"{S.G_PROBES}/{name}", mode="r")
+    for _, arr in group.arrays():
+        check_array(arr, strings=True)  # before xarray decodes anything
     ds = xr.open_zarr(str(path), group=f"{S.G_PROBES}/{name}", consolidated=False, zarr_format=3)
     return ds
 

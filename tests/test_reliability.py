@@ -234,7 +234,8 @@ def test_corrupted_metadata(finished):
 
 def test_store_with_string_dtype_is_refused(finished):
     g = zarr.open_group(str(finished / "data" / "train"), mode="r+")
-    a = g.create_array("evil", shape=(2,), dtype="U5", dimension_names=["train_sample"])
+    with pytest.warns(zarr.errors.UnstableSpecificationWarning):  # fixed-width text: not a Zarr v3 type
+        a = g.create_array("evil", shape=(2,), dtype="U5", dimension_names=["train_sample"])
     a[...] = np.array(["a", "b"])
     with pytest.raises(StoreError, match="refused"):
         lrscope.open_run(finished)
@@ -248,6 +249,25 @@ def test_store_with_pickle_codec_is_refused(finished):
     res = CliRunner().invoke(lrprobe, ["ls", str(finished)])
     one_line(res)
     assert "pickle" in res.output.lower() or "corrupted" in res.output
+
+
+def test_probe_strings_round_trip_and_probe_pickle_is_refused(finished):
+    """Probe results may carry text labels (variable-length UTF-8, no unstable fixed-width
+    dtype); a probe array with a pickle codec is refused before xarray decodes it."""
+    import xarray as xr
+
+    from lrscope.probe.runner import write_probe
+
+    res = xr.Dataset({"fake_share": ("fake_region", [0.5, 0.25])}, coords={"fake_region": np.array(["core", "noise"])})
+    write_probe(finished, "fake", res)
+    ds = lrscope.open_run(finished)
+    assert list(ds.fake_region.values) == ["core", "noise"] and float(ds.fake_share.sel(fake_region="noise")) == 0.25
+    meta_path = finished / "probes" / "fake" / "fake_share" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["codecs"].insert(0, {"name": "numcodecs.pickle", "configuration": {"protocol": 5}})
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="pickle"):  # unknown to zarr, or refused by us
+        lrscope.open_run(finished)
 
 
 def test_nothing_unpickles():
