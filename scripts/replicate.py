@@ -78,6 +78,8 @@ def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]
 
     title, (plo, phi), paper = PAPER[name]
     sw = lrscope.open_sweep(runs)
+    if "unbiased_accuracy_final" not in sw:  # nothing finished and probed yet
+        return None, (int((sw.status.values == "completed").sum()), sw.sizes["run"])
     lrs, why = usable_lrs(sw)
     if len(lrs) < 2:  # too early to say anything
         return None, (int((sw.status.values == "completed").sum()), sw.sizes["run"])

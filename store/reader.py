@@ -248,6 +248,9 @@ def _finish_dataset(path, root, attrs, variables, coords, probes) -> xr.Dataset:
     return ds
 
 
+PROBE_LOAD_BYTES = 8 << 20  # probe results smaller than this are read eagerly (attribution maps stay lazy)
+
+
 def probe_names(root: zarr.Group) -> list[str]:
     if S.G_PROBES not in root:
         return []
@@ -269,7 +272,9 @@ def read_probes(path: str | os.PathLike, root: zarr.Group | None = None) -> xr.D
     parts = []
     for name in probe_names(root):
         try:
-            parts.append(read_probe(path, name))
+            part = read_probe(path, name)
+            # most probe results are small: in memory, aligning a sweep's runs costs nothing
+            parts.append(part.load() if part.nbytes < PROBE_LOAD_BYTES else part)
         except Exception as e:
             raise StoreError(f"{path}: probe {name!r} is unreadable ({type(e).__name__}: {e}); "
                              "recompute it with lrprobe compute --force") from None
@@ -301,6 +306,52 @@ def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
     if not found:
         raise StoreError(f"{', '.join(map(str, paths))}: no run stores found")
     return found
+
+
+def _pad_to_longest(dsets: list[xr.Dataset]) -> list[xr.Dataset]:
+    """Pad each run at the end of every dim whose index is a prefix of the longest run's (runs of
+    different lengths: iteration, snapshot, checkpoint), in chunks of one size per variable across
+    the runs, so that the concat neither reindexes (xarray's outer join masks every chunk of a
+    lazy array) nor unifies chunk boundaries (a run shorter than one chunk would cut every other
+    run's chunks at its length). Dims whose indexes are not prefixes are left to the outer join."""
+    from xarray.core.dtypes import maybe_promote  # the reindex's own promotion (int -> float, ...)
+
+    longest: dict[str, np.ndarray] = {}
+    chunk: dict[tuple[str, str], int] = {}
+    for d in dsets:
+        for dim, idx in d.indexes.items():
+            if dim in d.dims and len(idx) > len(longest.get(dim, ())):
+                longest[dim] = np.asarray(idx)
+    for d in dsets:
+        for name, var in d.variables.items():
+            for ax, dim in enumerate(var.dims):
+                if dim in longest and var.chunks and name != dim:
+                    chunk[name, dim] = max(chunk.get((name, dim), 0), var.chunks[ax][0])
+    out = []
+    for d in dsets:
+        widths = {}
+        for dim, full in longest.items():
+            if dim in d.indexes and len(d.indexes[dim]) < len(full):
+                own = np.asarray(d.indexes[dim])
+                if own.dtype.kind in "iuf" and np.array_equal(own, full[:len(own)]):
+                    widths[dim] = (0, len(full) - len(own))
+        padded = {}
+        for name, var in d.variables.items():
+            if name in widths:
+                continue
+            w = {dim: widths[dim] for dim in var.dims if dim in widths}
+            if w:
+                dtype, fill = maybe_promote(var.dtype)
+                var = var.astype(dtype).pad(w, mode="constant", constant_values=fill)
+            want = {dim: chunk[name, dim] for dim in var.dims if (name, dim) in chunk}
+            if var.chunks and any(var.chunks[var.dims.index(dim)][:-1] != (c,) * (len(var.chunks[var.dims.index(dim)]) - 1)
+                                  or var.chunks[var.dims.index(dim)][-1] > c for dim, c in want.items()):
+                var = var.chunk(want)
+            padded[name] = var
+        coords = {k: v for k, v in padded.items() if k in d.coords}
+        coords.update({dim: longest[dim] for dim in widths})
+        out.append(xr.Dataset({k: v for k, v in padded.items() if k not in d.coords}, coords=coords, attrs=d.attrs))
+    return out
 
 
 def open_sweep(paths, *, probes: bool = True) -> xr.Dataset:
@@ -353,6 +404,7 @@ def open_sweep(paths, *, probes: bool = True) -> xr.Dataset:
         d = d.reset_coords([c for c in per_run if c in d.coords])
         d.attrs = {}
         stripped.append(d)
+    stripped = _pad_to_longest(stripped)
     sw = xr.concat(stripped, dim="run", join="outer", coords="minimal", compat="override",
                    data_vars="all", combine_attrs="drop", fill_value=np.nan)
     sw = sw.set_coords([c for c in per_run if c in sw])
