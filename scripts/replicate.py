@@ -78,11 +78,12 @@ def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]
 
     title, (plo, phi), paper = PAPER[name]
     sw = lrscope.open_sweep(runs)
+    in_progress = None, (int((sw.status.values == "completed").sum()), sw.sizes["run"])
     if "unbiased_accuracy_final" not in sw:  # nothing finished and probed yet
-        return None, (int((sw.status.values == "completed").sum()), sw.sizes["run"])
+        return in_progress
     lrs, why = usable_lrs(sw)
     if len(lrs) < 2:  # too early to say anything
-        return None, (int((sw.status.values == "completed").sum()), sw.sizes["run"])
+        return in_progress
     n_runs = sw.sizes["run"]
     wall = sum(float(open_store(p).attrs.get(S.ATTR_TIMINGS, {}).get("wall_seconds", 0)) for p in sw.stores) / 60
     seeds = len(np.unique(sw.seed.values))

@@ -308,6 +308,11 @@ def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
     return found
 
 
+def _regular(chunks: tuple[int, ...], size: int) -> bool:
+    """Whether one axis' chunks are all `size` but a last one no larger."""
+    return all(c == size for c in chunks[:-1]) and chunks[-1] <= size
+
+
 def _pad_to_longest(dsets: list[xr.Dataset]) -> list[xr.Dataset]:
     """Pad each run at the end of every dim whose index is a prefix of the longest run's (runs of
     different lengths: iteration, snapshot, checkpoint), in chunks of one size per variable across
@@ -344,8 +349,7 @@ def _pad_to_longest(dsets: list[xr.Dataset]) -> list[xr.Dataset]:
                 dtype, fill = maybe_promote(var.dtype)
                 var = var.astype(dtype).pad(w, mode="constant", constant_values=fill)
             want = {dim: chunk[name, dim] for dim in var.dims if (name, dim) in chunk}
-            if var.chunks and any(var.chunks[var.dims.index(dim)][:-1] != (c,) * (len(var.chunks[var.dims.index(dim)]) - 1)
-                                  or var.chunks[var.dims.index(dim)][-1] > c for dim, c in want.items()):
+            if var.chunks and not all(_regular(var.chunks[var.dims.index(dim)], c) for dim, c in want.items()):
                 var = var.chunk(want)
             padded[name] = var
         coords = {k: v for k, v in padded.items() if k in d.coords}
