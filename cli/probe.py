@@ -31,20 +31,31 @@ def main():
 @click.option("--kappa", type=float, default=0.1, show_default=True, help="κ of the (q, κ)-compressibility.")
 @click.option("--checkpoints", default="first,last", show_default=True,
               help="Checkpoints for attributions: first,last | all | comma-separated positions.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Runs probed at once by local processes (with --scheduler local: LocalCluster workers).")
+@click.option("--scheduler", default=None,
+              help="Probe on dask.distributed, one task per run: 'local' starts a LocalCluster, or a scheduler "
+                   "address (tcp://host:8786); the stores must be on storage the workers share.")
 @click.option("--quiet", is_flag=True)
-def compute_cmd(paths, only, force, data_root, kappa, checkpoints, quiet):
-    """Compute probes for run stores (a store, a folder of stores, or a glob) into probes/<name>."""
+def compute_cmd(paths, only, force, data_root, kappa, checkpoints, workers, scheduler, quiet):
+    """Compute probes for run stores (a store, a folder of stores, or a glob) into probes/<name>.
+
+    Up-to-date probes are skipped; a probe whose run has trained on since, or whose definition
+    changed, is recomputed."""
     from ..probe.runner import compute_paths
 
     if not 0 <= kappa <= 1:
         raise LrscopeError(f"--kappa must be in [0, 1], got {kappa}")
+    if workers < 1:
+        raise LrscopeError(f"--workers must be >= 1, got {workers}")
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None
     params = {}
     if kappa != 0.1:
         params["kappa"] = kappa
     if checkpoints != "first,last":
         params["checkpoints"] = checkpoints
-    res = compute_paths(paths, names, force=force, data_root=data_root, progress=not quiet, params=params)
+    res = compute_paths(paths, names, force=force, data_root=data_root, progress=not quiet, params=params,
+                       workers=workers, scheduler=scheduler)
     n_done = sum(1 for r in res.values() for o in r.values() if o.startswith("computed"))
     n_fresh = sum(1 for r in res.values() for o in r.values() if o == "up to date")
     click.echo(f"{len(res)} runs: {n_done} probes computed, {n_fresh} up to date")

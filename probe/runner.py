@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,6 +24,7 @@ from .. import __version__
 from ..errors import LrscopeError, StoreError
 from ..store import schema as S
 from ..store.reader import open_run, open_store
+from ..store.writer import _crash_point
 from . import metrics as M
 from .linear import feature_probe
 from .pruning import KAPPAS, KINDS, prunability, pruning_curve
@@ -378,11 +380,20 @@ def compute_run(path, names=None, *, force: bool = False, data_root: str | None 
 
 
 def write_probe(path: Path, name: str, res: xr.Dataset) -> None:
-    """Write one probe's Dataset; mark it complete only after all its arrays are written."""
+    """Write one probe's Dataset; mark it complete only after all its arrays are written. An older
+    result loses its mark before its arrays are deleted: a write cut short (Ctrl-C, SIGKILL) must
+    not leave the mark over a mix of old and missing arrays (zarr's overwrite deletes the arrays
+    first and the group's attributes last)."""
     group = f"{S.G_PROBES}/{name}"
     root = zarr.open_group(str(path), mode="r+")
-    if S.G_PROBES not in root:
-        root.create_group(S.G_PROBES)
+    probes = root[S.G_PROBES] if S.G_PROBES in root else root.create_group(S.G_PROBES)
+    if name in probes:
+        old = probes[name]
+        old.attrs.update({"complete": 0})
+        for key in list(old.array_keys()):
+            del old[key]
+            _crash_point("probe")  # the crash tests stop here, with the old result half deleted
+        del probes[name]
     res = res.copy()
     for k, v in list(res.variables.items()):
         v.encoding = {}
@@ -392,24 +403,76 @@ def write_probe(path: Path, name: str, res: xr.Dataset) -> None:
     zarr.open_group(str(path), path=group, mode="r+").attrs.update({"complete": 1})
 
 
+def _probe_worker(path: str, names, force: bool, data_root, params, threads: int) -> tuple[str, dict[str, str]]:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return path, compute_run(path, names, force=force, data_root=data_root, params=params)
+
+
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the parent, which stops them (a probe is marked complete only
+    once written, so one cut short is recomputed next time)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def compute_paths(paths, names=None, *, force=False, data_root=None, progress=True, params=None,
-                  log=None) -> dict[str, dict[str, str]]:
+                  log=None, workers: int = 1, scheduler=None) -> dict[str, dict[str, str]]:
+    """Probe every run store under `paths`: one after another, on `workers` local processes, or
+    with `scheduler` one dask.distributed task per run ("local" or an address; see
+    `lrscope.parallel.dask_client`). Returns path -> probe name -> outcome."""
     from ..store.reader import find_runs
 
     runs = find_runs(paths)
     names = check_names(names)
-    results = {}
-    it = runs
+    if workers < 1:
+        raise LrscopeError(f"workers must be >= 1, got {workers}")
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = it = tqdm(runs, desc="probing", unit="run")
-    for p in it:
-        results[str(p)] = compute_run(p, names, force=force, data_root=data_root, params=params, log=log)
-    if bar is not None:
-        bar.close()
-    return results
+        bar = tqdm(total=len(runs), desc="probing", unit="run")
+    results: dict[str, dict[str, str]] = {}
+    args = [(str(p), names, force, data_root, params) for p in runs]
+    try:
+        if scheduler is not None:
+            from ..parallel import dask_map
+
+            threads = 1 if scheduler == "local" else 0
+            done = dask_map(_probe_worker, [(f"lrprobe-{Path(a[0]).name}", a + (threads,)) for a in args],
+                            scheduler, workers)
+        elif workers > 1 and len(runs) > 1:
+            done = _pool_map(args, workers)
+        else:
+            done = ((p, compute_run(p, names, force=force, data_root=data_root, params=params, log=log))
+                    for p, *_ in args)
+        for path, outcome in done:
+            results[path] = outcome
+            if bar is not None:
+                bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
+    return {str(p): results[str(p)] for p in runs}
+
+
+def _pool_map(args: list[tuple], workers: int):
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_ignore_sigint)
+    try:
+        futs = [pool.submit(_probe_worker, *a, threads) for a in args]
+        for f in as_completed(futs):
+            yield f.result()
+    except BaseException:  # an error or Ctrl-C: stop the others too, without waiting for them
+        for p in list((pool._processes or {}).values()):
+            p.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def probe_seconds(path: str | os.PathLike) -> dict[str, float]:

@@ -22,7 +22,8 @@ from .lock import RunLock
 from ..errors import StoreError
 
 # Fault injection for the crash tests: LRSCOPE_CRASH_AT="<point>:<n>" SIGKILLs this process the
-# n-th time it reaches <point> (flush, snapshot, checkpoint, optimizer, commit), mid-write.
+# n-th time it reaches <point> (flush, snapshot, checkpoint, optimizer, commit; probe: an old
+# probe result being deleted), mid-write.
 _CRASH = os.environ.get("LRSCOPE_CRASH_AT", "")
 _crash_hits: dict[str, int] = {}
 

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
 from click.testing import CliRunner
 
@@ -19,6 +20,8 @@ from lrscope.cli.probe import main as lrprobe
 from lrscope.cli.train import main as lrtrain
 from lrscope.errors import StoreError
 
+from conftest import tiny_config
+from lrscope.train.loop import train_run
 from test_resume import assert_same_store, committed
 
 ARGS = ["run", "--lr", "0.1", "--momentum", "0.9", "--widths", "32,32", "--batch-size", "50", "--probe-size", "100",
@@ -319,6 +322,58 @@ def test_local_pool_and_dask_local_cluster_write_identical_stores(tmp_path):
     res = CliRunner().invoke(lrtrain_cli, ["sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "x"),
                                            "--scheduler", "tcp://127.0.0.1:9", "--quiet"])
     assert res.exit_code == 2 and "dask scheduler" in res.output and "Traceback" not in res.output
+
+
+def test_a_probe_killed_while_written_is_recomputed(tmp_path):
+    """SIGKILL while a recomputed probe's old result is being deleted: the next `compute` recomputes
+    it (the old result's `complete` mark does not outlive its arrays)."""
+    from lrscope.store.reader import read_probes
+
+    train_run(tiny_config(max_steps=40), tmp_path, progress=False)
+    store = next(tmp_path.glob("*.zarr"))
+    cmd = [sys.executable, "-c", "from lrscope.cli.probe import main; main()", "compute", str(store),
+           "--only", "accuracy", "--quiet"]
+    assert subprocess.run(cmd, env=env(), capture_output=True).returncode == 0
+    killed = subprocess.run(cmd + ["--force"], env=env(LRSCOPE_CRASH_AT="probe:2"), capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+    again = subprocess.run(cmd, env=env(), capture_output=True, text=True)
+    assert again.returncode == 0 and "1 probes computed" in again.stdout, again.stdout + again.stderr
+    assert "unbiased_accuracy" in read_probes(store)
+
+
+@pytest.mark.slow
+def test_probing_on_workers_and_a_dask_cluster_matches_probing_in_turn(tmp_path):
+    """`lrprobe compute --workers 2` and `--scheduler local` write the same probe results as one
+    run after another; a damaged store among them is one line (exit 2), the others keep theirs."""
+    import shutil
+
+    from lrscope.store.reader import read_probes
+
+    for lr in (0.05, 0.3):
+        for seed in (0, 1):
+            train_run(tiny_config(lr=lr, seed=seed, max_steps=60, stop="max-steps"), tmp_path / "serial", progress=False)
+    for mode in ("pool", "dask"):
+        shutil.copytree(tmp_path / "serial", tmp_path / mode)
+    only = ["--only", "accuracy,compressibility,representation", "--quiet"]
+    for mode, extra in (("serial", []), ("pool", ["--workers", "2"]), ("dask", ["--workers", "2", "--scheduler", "local"])):
+        res = CliRunner().invoke(lrprobe, ["compute", str(tmp_path / mode), *only, *extra])
+        assert res.exit_code == 0, res.output
+        assert "4 runs: 12 probes computed" in res.output, res.output
+    for store in sorted((tmp_path / "serial").glob("*.zarr")):
+        ref = read_probes(store)
+        for mode in ("pool", "dask"):
+            got = read_probes(tmp_path / mode / store.name)
+            xr.testing.assert_identical(ref.drop_attrs(), got.drop_attrs())
+    res = CliRunner().invoke(lrprobe, ["compute", str(tmp_path / "pool"), *only, "--workers", "2"])
+    assert "0 probes computed, 12 up to date" in res.output, res.output
+    # one store damaged: its probes fail in one line
+    victim = sorted((tmp_path / "pool").glob("*.zarr"))[1]
+    for chunk in (victim / "snapshots" / "test_logits").rglob("*"):
+        if chunk.is_file() and chunk.name != "zarr.json":
+            chunk.write_bytes(b"garbage")
+    one_line(CliRunner().invoke(lrprobe, ["compute", str(tmp_path / "pool"), *only, "--workers", "2", "--force"]),
+             victim.name)
+    one_line(CliRunner().invoke(lrprobe, ["compute", str(tmp_path / "pool"), "--workers", "0"]), "--workers")
 
 
 def test_sigterm_to_a_sweep_stops_its_workers(tmp_path):

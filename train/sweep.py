@@ -116,35 +116,14 @@ def _pool_worker_init() -> None:
 
 
 def _dask_results(configs: list[RunConfig], out: str, scheduler, workers: int, threads: int | None):
-    """One dask.distributed task per run. `scheduler`: "local" (a LocalCluster of `workers`
-    single-threaded processes), a scheduler address (tcp://host:8786, e.g. of a dask-jobqueue
-    SLURMCluster), or a distributed.Client. `out` must be on a filesystem the workers share."""
-    from dask.distributed import Client, LocalCluster, as_completed as dask_completed
+    """One dask.distributed task per run (see `lrscope.parallel.dask_client` for `scheduler`);
+    `out` must be on a filesystem the workers share."""
+    from ..parallel import dask_map
 
-    cluster = client = None
-    try:
-        if isinstance(scheduler, Client):
-            client = scheduler
-        elif scheduler == "local":
-            cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
-            client = Client(cluster)
-        else:
-            try:
-                client = Client(scheduler, timeout="10s")
-            except OSError as e:
-                raise LrscopeError(f"cannot reach the dask scheduler at {scheduler}: {e}") from None
-        if threads is None:
-            threads = 1 if scheduler == "local" else 0  # 0: leave the remote workers' setting alone
-        futs = [client.submit(_worker, c.to_dict(), out, threads, key=f"lrtrain-{c.run_id()}", pure=False)
-                for c in configs]
-        for f in dask_completed(futs):
-            yield f.result()
-    finally:
-        if client is not None and client is not scheduler:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+    if threads is None:
+        threads = 1 if scheduler == "local" else 0  # 0: leave the remote workers' setting alone
+    yield from dask_map(_worker, [(f"lrtrain-{c.run_id()}", (c.to_dict(), out, threads)) for c in configs],
+                        scheduler, workers)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,47 @@
+"""One task per run, on a dask.distributed cluster: shared by ``lrtrain sweep`` and ``lrprobe compute``."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterable, Iterator
+
+from .errors import LrscopeError
+
+
+@contextlib.contextmanager
+def dask_client(scheduler, workers: int):
+    """A distributed.Client for `scheduler`: "local" (a LocalCluster of `workers` single-threaded
+    processes), a scheduler address (tcp://host:8786, e.g. of a dask-jobqueue SLURMCluster), or a
+    Client (used as is, left open)."""
+    from dask.distributed import Client, LocalCluster
+
+    cluster = client = None
+    try:
+        if isinstance(scheduler, Client):
+            client = scheduler
+        elif scheduler == "local":
+            cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+        else:
+            try:
+                client = Client(scheduler, timeout="10s")
+            except OSError as e:
+                raise LrscopeError(f"cannot reach the dask scheduler at {scheduler}: {e}") from None
+        yield client
+    finally:
+        if client is not None and client is not scheduler:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def dask_map(fn: Callable, tasks: Iterable[tuple[str, tuple]], scheduler, workers: int) -> Iterator[Any]:
+    """fn(*args) for each (key, args) of `tasks` as one dask task each; results as they finish.
+    The tasks' files must be on a filesystem the workers share."""
+    from dask.distributed import as_completed
+
+    with dask_client(scheduler, workers) as client:
+        futs = [client.submit(fn, *args, key=key, pure=False) for key, args in tasks]
+        for f in as_completed(futs):
+            yield f.result()
