@@ -416,11 +416,11 @@ class Trainer:
             "ba_count": ba.sum(1).astype(np.int32),
             "grad_norm": gn.astype(np.float32),
             "param_norm": pn.astype(np.float32),
-            "logit_norm": (np.where(valid, np.linalg.norm(np.nan_to_num(logits), axis=-1), 0).sum(1) / cnt
-                           ).astype(np.float32),
             S.A_BATCH_INDEX: idx.astype(np.int32),
         }
-        with np.errstate(over="ignore"):  # a diverging run's logits overflow float16: inf is the truth
+        with np.errstate(over="ignore"):  # a diverging run's logits overflow (norms, float16): inf is the truth
+            block["logit_norm"] = (np.where(valid, np.linalg.norm(np.nan_to_num(logits), axis=-1), 0).sum(1) / cnt
+                                   ).astype(np.float32)
             block[S.A_BATCH_LOGITS] = logits.astype(np.float16)
         return block, int(correct.sum()), int(cnt.sum())
 
