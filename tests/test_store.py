@@ -116,6 +116,35 @@ def test_open_sweep_coords(tiny_sweep):
     assert g.sizes["run"] == 2
 
 
+def test_open_sweep_stacks_runs_as_xarray_concat_would(tiny_sweep, tmp_path, monkeypatch):
+    """The one-stack-per-variable path gives xr.concat's Dataset (values, coords, chunks), also
+    with a shorter run padded in; runs that differ otherwise still go through xr.concat."""
+    import shutil
+
+    import xarray as xr
+
+    from conftest import tiny_config
+    from lrscope.probe.runner import compute_paths
+    from lrscope.store import reader as R
+
+    for store in tiny_sweep.glob("*.zarr"):
+        shutil.copytree(store, tmp_path / store.name)
+    train_run(tiny_config(lr=0.1, max_steps=100, stop="max-steps"), tmp_path, progress=False)
+    compute_paths(tmp_path, progress=False)
+    stack, used = R._stack_runs, []
+    monkeypatch.setattr(R, "_stack_runs", lambda d: used.append(stack(d)) or used[-1])
+    fast = lrscope.open_sweep(tmp_path)
+    assert used[-1] is not None and fast.sizes["run"] == 5
+    monkeypatch.setattr(R, "_stack_runs", lambda d: None)
+    slow = lrscope.open_sweep(tmp_path)
+    xr.testing.assert_identical(fast, slow)
+    assert all(fast[v].chunks == slow[v].chunks for v in fast.variables)
+    # a run without probes differs in its variables: not stackable
+    monkeypatch.setattr(R, "_stack_runs", lambda d: used.append(stack(d)) or used[-1])
+    train_run(tiny_config(lr=0.2, max_steps=60, stop="max-steps"), tmp_path, progress=False)
+    assert lrscope.open_sweep(tmp_path).sizes["run"] == 6 and used[-1] is None
+
+
 def test_open_sweep_fast_path_matches_open_run(tiny_sweep):
     """Runs after the first reuse its array metadata: their values must be their own."""
     sw = lrscope.open_sweep(tiny_sweep)
