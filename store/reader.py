@@ -387,22 +387,19 @@ def _stack_runs(dsets: list[xr.Dataset]) -> xr.Dataset | None:
     """xr.concat(dsets, "run", **_CONCAT) for runs alike in variables and dims (a sweep, once
     padded), as one stack per variable: ~10x faster than xarray's concat, which expands every
     variable of every run first. Variables on a dim whose index differs between runs (which
-    checkpoints were attributed) still go through xr.concat's outer join. None when the runs
-    differ in their variables or in a dim without an index."""
+    checkpoints were attributed) or missing from some runs still go through xr.concat's outer
+    join. None when the runs differ in the size of a dim without an index."""
     first = dsets[0]
-    names = list(first.data_vars)
-    for d in dsets[1:]:
-        if d.data_vars.keys() != first.data_vars.keys() or d.indexes.keys() != first.indexes.keys():
-            return None
-    ragged = {k for k in first.indexes if not all(d.indexes[k].equals(first.indexes[k]) for d in dsets[1:])}
-    ref = {n: first.variables[n] for n in names}
+    names = list(dict.fromkeys(n for d in dsets for n in d.data_vars))
+    # dims whose index is not the same in every run (missing from some: a probe not computed there)
+    ragged = {k for k in set().union(*(d.indexes.keys() for d in dsets))
+              if not all(k in d.indexes and d.indexes[k].equals(first.indexes[k]) for d in dsets)}
     stack, rest = {}, []
-    for n, r in ref.items():
-        parts = [d.variables[n] for d in dsets]
-        if any(v.dims != r.dims for v in parts):
-            return None
-        if ragged & set(r.dims):
-            rest.append(n)
+    for n in names:
+        parts = [d.variables.get(n) for d in dsets]
+        r = parts[0]
+        if any(v is None or v.dims != r.dims for v in parts) or ragged & set(r.dims):
+            rest.append(n)  # missing from some runs (a diverged run's), or on a ragged dim
             continue
         if any(v.shape != r.shape for v in parts):
             return None
@@ -410,10 +407,14 @@ def _stack_runs(dsets: list[xr.Dataset]) -> xr.Dataset | None:
         data = [v.data if v.dtype == dtype else v.data.astype(dtype) for v in parts]
         lazy = any(isinstance(x, da.Array) for x in data)
         stack[n] = (("run",) + r.dims, da.stack(data) if lazy else np.stack(data))
-    coords = {k: c.variable for k, c in first.coords.items() if not ragged & set(c.dims)}
+    coords = {}
+    for d in dsets:  # the first run's, as compat="override" takes them, and any the first lacks
+        for k in d.coords.keys() - coords.keys():
+            if not ragged & set(d.variables[k].dims):
+                coords[k] = d.variables[k]
     out = xr.Dataset(stack, coords=coords)
     if rest:
-        part = xr.concat([d[rest] for d in dsets], **_CONCAT)
+        part = xr.concat([d[[n for n in rest if n in d.data_vars]] for d in dsets], **_CONCAT)
         out = xr.merge([out, part], compat="override", join="outer", combine_attrs="drop")
     return out
 

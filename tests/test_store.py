@@ -118,7 +118,7 @@ def test_open_sweep_coords(tiny_sweep):
 
 def test_open_sweep_stacks_runs_as_xarray_concat_would(tiny_sweep, tmp_path, monkeypatch):
     """The one-stack-per-variable path gives xr.concat's Dataset (values, coords, chunks), also
-    with a shorter run padded in; runs that differ otherwise still go through xr.concat."""
+    with a shorter run padded in and with a run lacking the probe variables."""
     import shutil
 
     import xarray as xr
@@ -139,10 +139,14 @@ def test_open_sweep_stacks_runs_as_xarray_concat_would(tiny_sweep, tmp_path, mon
     slow = lrscope.open_sweep(tmp_path)
     xr.testing.assert_identical(fast, slow)
     assert all(fast[v].chunks == slow[v].chunks for v in fast.variables)
-    # a run without probes differs in its variables: not stackable
-    monkeypatch.setattr(R, "_stack_runs", lambda d: used.append(stack(d)) or used[-1])
+    # a run without probes lacks their variables: those go through xr.concat, NaN for that run
     train_run(tiny_config(lr=0.2, max_steps=60, stop="max-steps"), tmp_path, progress=False)
-    assert lrscope.open_sweep(tmp_path).sizes["run"] == 6 and used[-1] is None
+    slow = lrscope.open_sweep(tmp_path)
+    monkeypatch.setattr(R, "_stack_runs", lambda d: used.append(stack(d)) or used[-1])
+    fast = lrscope.open_sweep(tmp_path)
+    assert used[-1] is not None and fast.sizes["run"] == 6
+    xr.testing.assert_identical(fast, slow)
+    assert np.isnan(fast.prunability.values).sum() == 1
 
 
 def test_open_sweep_fast_path_matches_open_run(tiny_sweep):
