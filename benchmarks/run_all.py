@@ -31,7 +31,9 @@ NOTES = """
   one repeat, to keep `make bench` short (so its DataLoader ratio is noisy): its recording is
   mostly the fixed snapshots (10 light + 2 full with train logits) of a run far shorter than a
   real one (~6500 steps to 100% training accuracy).
-- `open_sweep` is ~2.5× over its target; most of what is left is `xr.concat`.
+- `open_sweep` is still over its 2 s target: ~20 ms per run go to reading its attributes and
+  indices and wrapping its 17 arrays as dask arrays; the concat along `run` is one stack per
+  variable (it was xarray's concat, ~1 s of the old 5.2 s).
 - Probes are measured on parity, the cheapest runs to train (≈ 1.5 ms steps); on image runs,
   whose steps cost 10–100× more, the same probes are a smaller fraction still.
 - Batched sweeps miss 3× on this CPU: a 3×200 FCN step at batch 100 is already compute-bound here
