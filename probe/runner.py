@@ -90,18 +90,28 @@ def _evaluated(logits: xr.DataArray, sample_dim: str) -> np.ndarray:
     return np.flatnonzero(logits.notnull().all((sample_dim, "class")).values)
 
 
+IN_MEMORY_BYTES = 256 << 20  # arrays up to this size are read once, whole, rather than through dask
+
+
+def _in_memory(x: xr.DataArray) -> xr.DataArray:
+    """`x` read whole when it is small (a few MB of logits: dask's scheduling costs more than the
+    work), lazy otherwise."""
+    return x.load() if x.nbytes <= IN_MEMORY_BYTES else x
+
+
 def probe_accuracy(ctx: Context) -> xr.Dataset:
     """Unbiased, worst-group, per-group, BA/BC accuracy per snapshot (test split at full
     snapshots; the group-balanced probe subset at every snapshot), train accuracy."""
     ds = ctx.ds
-    full = _evaluated(ds.test_logits, "test_sample")
-    out = M.group_accuracy(ds.test_logits.isel(snapshot=full), ds.test_y, ds.test_b, sample_dim="test_sample")
+    test_logits = _in_memory(ds.test_logits)
+    full = _evaluated(test_logits, "test_sample")
+    out = M.group_accuracy(test_logits.isel(snapshot=full), ds.test_y, ds.test_b, sample_dim="test_sample")
     # computed before reindexing: a lazy reindex splits every chunk (dask PerformanceWarning)
     out = out.compute().reindex(snapshot=ds.snapshot.values)  # NaN at light snapshots
-    pr = M.group_accuracy(ds.probe_logits, ds.probe_y, ds.probe_b, sample_dim="probe_sample")
+    pr = M.group_accuracy(_in_memory(ds.probe_logits), ds.probe_y, ds.probe_b, sample_dim="probe_sample")
     out["probe_accuracy"] = M._attrs(pr.unbiased_accuracy, "accuracy on the group-balanced probe subset", True)
     out["probe_worst_group_accuracy"] = M._attrs(pr.worst_group_accuracy, "worst-group accuracy (probe subset)", True)
-    tl = ds.train_logits
+    tl = _in_memory(ds.train_logits)
     tr = _evaluated(tl, "train_sample")
     out["train_accuracy"] = M._attrs((tl.isel(snapshot=tr).argmax("class") == ds.train_y).mean("train_sample")
                                      .compute().reindex(snapshot=ds.snapshot.values), "train accuracy", True)
