@@ -75,7 +75,8 @@ def _lazy(arr: zarr.Array, n: int | None, token: str) -> da.Array:
     the array and its probe read (together ~2/3 of opening a store)."""
     check_array(arr)
     dt = np.dtype(arr.dtype)
-    src = arr if n is None or n == arr.shape[0] else _Prefix(arr, n)  # cheaper than slicing the dask array
+    # a shorter array keeps its own length: the caller reports it as truncated
+    src = _Prefix(arr, n) if n is not None and n < arr.shape[0] else arr  # cheaper than slicing in dask
     # from_array, not from_zarr: from_zarr drops `meta` and so reads the array to make one
     return da.from_array(src, chunks=arr.chunks, name=f"lrscope-{token}-{arr.path}-{n}",
                          meta=np.empty((0,) * arr.ndim, dtype=dt))
