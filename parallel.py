@@ -1,11 +1,26 @@
-"""One task per run, on a dask.distributed cluster: shared by ``lrtrain sweep`` and ``lrprobe compute``."""
+"""One task per run, on local processes or a dask.distributed cluster: shared by ``lrtrain sweep``
+and ``lrprobe compute``."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import LrscopeError
+
+
+def worker_threads(workers: int, scheduler=None) -> int:
+    """Torch threads per worker: the cores shared out among `workers` local processes; one on a
+    LocalCluster; 0 (leave the workers' own setting alone) on a remote scheduler."""
+    if scheduler is None:
+        return max(1, (os.cpu_count() or 1) // workers)
+    return 1 if scheduler == "local" else 0
+
+
+def pool_processes(pool) -> list:
+    """The live worker processes of a ProcessPoolExecutor (to signal or stop them)."""
+    return list((getattr(pool, "_processes", None) or {}).values())
 
 
 @contextlib.contextmanager

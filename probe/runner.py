@@ -22,6 +22,7 @@ import zarr
 
 from .. import __version__
 from ..errors import LrscopeError, StoreError
+from ..parallel import dask_map, pool_processes, worker_threads
 from ..store import schema as S
 from ..store.reader import open_run, open_store
 from ..store.writer import _crash_point
@@ -447,9 +448,7 @@ def compute_paths(paths, names=None, *, force=False, data_root=None, progress=Tr
     args = [(str(p), names, force, data_root, params) for p in runs]
     try:
         if scheduler is not None:
-            from ..parallel import dask_map
-
-            threads = 1 if scheduler == "local" else 0
+            threads = worker_threads(workers, scheduler)
             done = dask_map(_probe_worker, [(f"lrprobe-{Path(a[0]).name}", a + (threads,)) for a in args],
                             scheduler, workers)
         elif workers > 1 and len(runs) > 1:
@@ -471,14 +470,14 @@ def _pool_map(args: list[tuple], workers: int):
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = worker_threads(workers)
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_ignore_sigint)
     try:
         futs = [pool.submit(_probe_worker, *a, threads) for a in args]
         for f in as_completed(futs):
             yield f.result()
     except BaseException:  # an error or Ctrl-C: stop the others too, without waiting for them
-        for p in list((pool._processes or {}).values()):
+        for p in pool_processes(pool):
             p.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
         raise

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, LrscopeError, RunInterrupted
+from ..parallel import dask_map, pool_processes, worker_threads
 from .config import RunConfig
 
 
@@ -118,10 +119,8 @@ def _pool_worker_init() -> None:
 def _dask_results(configs: list[RunConfig], out: str, scheduler, workers: int, threads: int | None):
     """One dask.distributed task per run (see `lrscope.parallel.dask_client` for `scheduler`);
     `out` must be on a filesystem the workers share."""
-    from ..parallel import dask_map
-
     if threads is None:
-        threads = 1 if scheduler == "local" else 0  # 0: leave the remote workers' setting alone
+        threads = worker_threads(workers, scheduler)
     yield from dask_map(_worker, [(f"lrtrain-{c.run_id()}", (c.to_dict(), out, threads)) for c in configs],
                         scheduler, workers)
 
@@ -141,7 +140,7 @@ def _forward_signals(pool: ProcessPoolExecutor, futs, stop_file: Path):
         stop_file.touch()
         for f in futs:
             f.cancel()
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        for proc in pool_processes(pool):
             try:
                 os.kill(proc.pid, signum)
             except OSError:
@@ -233,7 +232,7 @@ def run_sweep(configs: list[RunConfig], out: str | os.PathLike, *, workers: int 
             for cfg in configs:
                 take(_worker(cfg.to_dict(), str(out), 0))
         else:
-            threads = threads or max(1, (os.cpu_count() or 1) // workers)
+            threads = threads or worker_threads(workers)
             import multiprocessing as mp
 
             stop_file = Path(out) / f".sweep-stop-{os.getpid()}"
