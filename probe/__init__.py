@@ -5,7 +5,7 @@ from .metrics import (MetricError, ba_bc_loss_ratio, class_separation, compressi
                       importance_weights, last_mistake, lorenz_curve, loss_ratio, neuron_survival, pq_index, selectivity,
                       sparsity)
 from .attribution import attribution_entropy, attributions, background_share, captum_ready, region_shares
-from .pruning import prunability, pruning_curve
+from .pruning import prunability, pruned_accuracy, pruning_curve
 from .sweep import last_snapshot, loss_ratio_correlation, lr_sensitive_samples
 
 
@@ -22,5 +22,6 @@ def bias_selectivity(acts, bias_labels, *, sample_dim="probe_sample", feature_di
 __all__ = ["group_accuracy", "loss_ratio", "ba_bc_loss_ratio", "compressibility", "sparsity", "pq_index",
            "class_separation", "selectivity", "class_selectivity", "bias_selectivity", "neuron_survival",
            "importance_weights", "lorenz_curve", "gini", "feature_probe", "fit_logistic", "pruning_curve",
-           "prunability", "MetricError", "attributions", "captum_ready", "region_shares", "attribution_entropy",
+           "prunability", "pruned_accuracy", "MetricError", "attributions",
+           "captum_ready", "region_shares", "attribution_entropy",
            "background_share", "lr_sensitive_samples", "loss_ratio_correlation", "last_snapshot", "last_mistake"]

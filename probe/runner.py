@@ -28,13 +28,14 @@ from ..store.reader import open_run, open_store
 from ..store.writer import _crash_point
 from . import metrics as M
 from .linear import feature_probe
-from .pruning import KAPPAS, KINDS, prunability, pruning_curve
+from .pruning import KAPPAS, KINDS, prunability, pruned_accuracy, pruning_curve
 
 PROBE_FORMAT = 3  # bump when every probe's stored results must be recomputed
 # a probe whose definition changed since PROBE_FORMAT: only its stored results are recomputed
 # (feature_quality 4: two-label probes fit scikit-learn's binary objective, no longer the 2-class multinomial)
 # loss_ratio 4: max_loss_ratio is the per-minibatch maximum (was the epoch running mean's)
-PROBE_FORMAT_OF = {"feature_quality": 4, "loss_ratio": 4}
+# pruning 4: pruned_accuracy (mean pruned accuracy) added next to the retention-ratio prunability
+PROBE_FORMAT_OF = {"feature_quality": 4, "loss_ratio": 4, "pruning": 4}
 
 
 @dataclass
@@ -227,6 +228,8 @@ def probe_pruning(ctx: Context) -> xr.Dataset:
         p = prunability(curve)
         p.attrs["long_name"] = f"κ-prunability ({kind})"
         out["prunability" if kind == "structured" else f"prunability_{kind}"] = p
+        if kind == "structured":
+            out["pruned_accuracy"] = pruned_accuracy(curve)
     out.attrs["evaluated_on"] = where
     ctx.model.cpu()
     return out

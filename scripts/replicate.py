@@ -24,6 +24,7 @@ PROBES = ["accuracy", "loss_ratio", "compressibility", "representation", "prunin
 METRICS = [  # sweep variable, label, paper column (Table 1), scale of the paper's number
     ("unbiased_accuracy_final", "unbiased test accuracy", "acc", 0.01),
     ("prunability", "prunability", "prun", 1.0),
+    ("pruned_accuracy", "mean pruned accuracy", "prun_abs", 1.0),  # the scale the paper's parity row lies on
     ("activation_compressibility_final", "activation compressibility", "comp", 1.0),
     ("csi_mean_final", "average CSI", "csi", 1.0),
     ("class_separation_final", "class separation R²", "sep", 1.0),
@@ -31,6 +32,7 @@ METRICS = [  # sweep variable, label, paper column (Table 1), scale of the paper
 # Barsbey et al., supplement Table 1: LR range and (min, max) of each metric over it.
 PAPER = {
     "parity-fcn": ("Parity / FCN", (0.01, 0.75), {"acc": (55.31, 85.663), "prun": (0.56, 0.782),
+                   "prun_abs": (0.56, 0.782),  # the paper's parity prunability, read as mean pruned accuracy
                    "comp": (0.333, 0.679), "csi": (0.032, 0.152), "sep": (0.008, 0.136)}),
     "moon_star-fcn": ("Moon-Star / FCN", (0.01, 0.75), {"acc": (74.315, 81.156), "prun": (0.954, 0.971),
                       "comp": (0.375, 0.457), "csi": (0.257, 0.34), "sep": (0.2, 0.326)}),
@@ -72,9 +74,8 @@ def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]
     from lrscope.probe.sweep import loss_ratio_correlation
     from lrscope.store import schema as S
     from lrscope.store.reader import open_store
-    from lrscope.viz.figures import per_lr
+    from lrscope.viz.figures import per_lr, trend
     from lrscope.viz.static import write_figures
-    from scipy import stats
 
     title, (plo, phi), paper = PAPER[name]
     sw = lrscope.open_sweep(runs)
@@ -107,14 +108,15 @@ def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]
             continue
         all_lrs, mean, std = per_lr(sw, var)  # seed mean/std per LR; keep the usable LRs
         mean, std = mean[np.isin(all_lrs, lrs)], std[np.isin(all_lrs, lrs)]
-        rho = stats.spearmanr(lrs, mean).statistic if np.isfinite(mean).all() else float("nan")
-        pmin, pmax = paper[col]
+        rho, word = trend(lrs, mean)
         f = 100.0 if scale == 0.01 else 1.0
-        rises = rho > 0.5 and mean[-1] > mean[0]
-        verdicts.append({"sweep": sweep_label, "metric": label, "rho": rho, "rises": rises,
-                         "low": mean[0] * f, "high": mean[-1] * f})
+        rises = word == "rises"
+        if col in paper:  # a claim of the paper's for this sweep
+            verdicts.append({"sweep": sweep_label, "metric": label, "rho": rho, "rises": rises,
+                             "low": mean[0] * f, "high": mean[-1] * f})
+        pmin, pmax = paper.get(col, (None, None))
         lines.append(f"| {label} | {mean[0] * f:.3g} ± {std[0] * f:.2g} | {mean[-1] * f:.3g} ± {std[-1] * f:.2g} | "
-                     f"{np.nanmin(mean) * f:.3g} → {np.nanmax(mean) * f:.3g} | {pmin:g} → {pmax:g} | {rho:+.2f} | "
+                     f"{np.nanmin(mean) * f:.3g} → {np.nanmax(mean) * f:.3g} | {'-' if pmin is None else f'{pmin:g} → {pmax:g}'} | {rho:+.2f} | "
                      f"{'yes' if rises else '**no**'} |")
     try:
         sub = sw.isel(run=np.flatnonzero(np.isin(sw.lr.values, lrs)))
@@ -208,15 +210,20 @@ def main(argv=None) -> None:
         head.append("")
     head += [
         "## Where we disagree with the paper, and why we think so", "",
-        "- **Prunability on parity falls with the LR here** (the paper: rises). Our κ-prunability is the "
-        "paper's definition (mean of Acc(f^κ)/Acc(f) over κ = 0 … 0.9, structured, lowest-L2 neurons first, "
-        "on the unbiased test set). A low-LR parity model sits near chance (≈ 55%): pruning cannot take a "
-        "balanced binary classifier much below chance, so its retention ratio stays near 1; a high-LR model "
-        "at ≈ 99% has far to fall. The paper's parity minimum of 0.56 would need pruned accuracies below "
-        "chance. We have not found the variant that reproduces it (six tried: structured / magnitude / "
-        "column, per-layer / global, train / test set). A chance-corrected reading, mean over κ of "
-        "(Acc(f^κ) − ½)/(Acc(f) − ½), falls too (demo sweep: 1.00 at LR 0.01 → 0.56 at LR 0.75): low-LR "
-        "parity models do not lose accuracy under pruning at all (their accuracy even creeps up).",
+        "- **Prunability on parity: as the paper defines it, it falls with the LR; the paper's numbers "
+        "match the mean pruned accuracy, which rises.** Our κ-prunability is the paper's stated definition "
+        "(mean of Acc(f^κ)/Acc(f) over κ = 0 … 0.9, structured, lowest-L2 neurons first, on the unbiased "
+        "test set). A low-LR parity model sits near chance (≈ 55%): pruning cannot take a balanced binary "
+        "classifier much below chance, so its retention ratio stays near 1; a high-LR model at ≈ 99% has "
+        "far to fall. As a ratio, the paper's parity minimum of 0.56 at 55.3% accuracy would need pruned "
+        "accuracies near 31%, far below chance; no variant we tried gets there (structured / magnitude / "
+        "column, per-layer / global, train / test set, chance-corrected). The mean of Acc(f^κ) itself "
+        "(`pruned_accuracy`, in every section's table) lands on the paper's numbers: 0.62 → 0.78 here, "
+        "0.56 → 0.77 on the demo sweep, against the paper's 0.56 → 0.78. We think the paper's parity row "
+        "is on that scale (its other rows cannot be: Double MNIST FCN reaches 1.029, MNIST-CIFAR FCN 0.93 "
+        "at 35% accuracy), and report both. Read the mean pruned accuracy for what it is: it inherits "
+        "the rise of the unpruned accuracy (high-LR parity models stay more accurate under pruning), "
+        "not evidence that they lose less of what they had.",
         "- **Prunability rises with the LR for the CNN, not for the FCN**: it rises on both CNN sweeps "
         "(Colored MNIST 0.52 → 0.74, Double MNIST 0.46 → 0.63) and falls on all four FCN sweeps (parity, "
         "moon-star, Colored MNIST 0.90 → 0.87, Double MNIST 0.99 → 0.88). The FCNs' low-LR models are the "

@@ -49,11 +49,13 @@ def test_train_probe_ls_report(tmp_path):
     assert "0 probes computed, 8 up to date" in res.output
     # a probe whose definition changed (its format bumped) is recomputed, alone
     from lrscope.probe import runner
+    before = dict(runner.PROBE_FORMAT_OF)
     runner.PROBE_FORMAT_OF["pruning"] = 99
     try:
         res = run(lrprobe, ["compute", str(out), "--quiet"])
     finally:
-        del runner.PROBE_FORMAT_OF["pruning"]
+        runner.PROBE_FORMAT_OF.clear()
+        runner.PROBE_FORMAT_OF.update(before)
     assert "1 probes computed, 7 up to date" in res.output or "1 probe computed, 7 up to date" in res.output, res.output
     ds = lrscope.open_run(stores[0])
     assert 0 <= float(ds.prunability) <= 1
@@ -66,6 +68,7 @@ def test_train_probe_ls_report(tmp_path):
     html = report.read_text()
     assert "Bokeh" in html and "cdn.bokeh.org" not in html  # inlined resources: opens offline
     assert "Metrics vs learning rate" in html
+    assert "mean pruned accuracy" in html and "with the LR" in html
 
 
 @pytest.mark.parametrize("args,needles", [

@@ -42,6 +42,17 @@ def test_metrics_vs_lr_marks_diverged(tiny_sweep, tmp_path, tiny):
     assert 1e6 not in F.lr_values(sw)
 
 
+def test_trend_words():
+    lrs = [0.01, 0.1, 0.5, 0.75]
+    assert F.trend(lrs, [0.5, 0.6, 0.8, 0.9]) == (1.0, "rises")
+    assert F.trend(lrs, [0.9, 0.8, 0.6, 0.5]) == (-1.0, "falls")
+    rho, word = F.trend(lrs, [0.5, 0.9, 0.4, 0.6])
+    assert word == "no clear trend" and -0.5 <= rho <= 0.5
+    assert F.trend(lrs, [0.5, float("nan"), 0.6, 0.7])[1] == "rises"  # LRs without a value are skipped
+    assert F.trend(lrs[:2], [0.5, 0.6])[1] == "-"  # too few LRs to say
+    assert F.trend(lrs, [0.5] * 4)[1] == "-"
+
+
 def test_lrprobe_figures_writes_files(tiny_sweep, tmp_path):
     out = tmp_path / "figs"
     res = CliRunner().invoke(lrprobe, ["figures", str(tiny_sweep), "-o", str(out), "--format", "svg",

@@ -231,6 +231,19 @@ def test_structured_pruning_matches_rebuilt_network():
     assert 0 <= float(p) <= 1
 
 
+def test_pruned_accuracy_is_the_mean_pruned_accuracy_not_the_ratio():
+    # a near-chance model that pruning cannot hurt and an accurate one that it halves
+    kappa = {"kappa": [0.0, 0.5]}
+    chance = xr.DataArray([0.55, 0.56], dims=["kappa"], coords=kappa)
+    good = xr.DataArray([0.99, 0.60], dims=["kappa"], coords=kappa)
+    assert float(probe.pruned_accuracy(chance)) == pytest.approx(0.555)
+    assert float(probe.pruned_accuracy(good)) == pytest.approx(0.795)
+    # the two readings disagree in direction on such a pair: the ratio favours the chance model
+    assert float(probe.prunability(chance)) == pytest.approx(1.0)  # clipped: pruning helped
+    assert float(probe.prunability(good)) == pytest.approx((1 + 0.60 / 0.99) / 2)
+    assert probe.pruned_accuracy(good).attrs["higher_is_better"] == 1
+
+
 def test_magnitude_and_column_pruning_monotone_in_zeros():
     from lrscope.train.models import FCN
 

@@ -16,14 +16,22 @@ def test_parity_miniature_sweep_trend(tmp_path):
     configs = [RunConfig(lr=lr, seed=seed) for lr in (0.01, 0.1, 0.75) for seed in (0, 1)]
     res = run_sweep(configs, tmp_path, workers=2, progress=False)
     assert all(status == "completed" for _, status, _ in res), res
-    compute_paths(tmp_path, progress=False, names=["accuracy", "representation"])
+    compute_paths(tmp_path, progress=False, names=["accuracy", "representation", "pruning"])
     sw = lrscope.open_sweep(tmp_path)
     acc = sw.unbiased_accuracy_final.groupby("lr").mean().values
     csi = sw.csi_mean_final.groupby("lr").mean().values
     sep = sw.class_separation_final.groupby("lr").mean().values
+    pruned = sw.pruned_accuracy.groupby("lr").mean().values
     assert acc[0] < 0.65 and acc[-1] > 0.85, acc  # paper: 55.3% -> 85.7%
     assert np.all(np.diff(acc) > 0), acc
     assert csi[-1] > csi[0] and sep[-1] > sep[0], (csi, sep)
+    assert pruned[0] < 0.65 and pruned[-1] > 0.7, pruned  # paper's parity prunability: 0.56 -> 0.78
+    # the report's summary says so at a glance
+    from lrscope.viz.report import summary_rows
+
+    trend = {label: word for _, _, label, _, _, word in summary_rows({("parity", "fcn"): sw})}
+    assert trend["unbiased test accuracy"].startswith("↑ rises"), trend
+    assert trend["mean pruned accuracy"].startswith("↑ rises"), trend
 
 
 @pytest.mark.skipif(not __import__("lrscope.train.images", fromlist=["x"]).DEBIAN_FASHION.exists(),

@@ -14,6 +14,7 @@ HEADLINE = [
     ("unbiased_accuracy_final", "unbiased test accuracy"),
     ("worst_group_accuracy_final", "worst-group accuracy"),
     ("prunability", "prunability"),
+    ("pruned_accuracy", "mean pruned accuracy"),
     ("activation_compressibility_final", "activation compressibility"),
     ("csi_mean_final", "average CSI"),
     ("class_separation_final", "class separation R²"),
@@ -45,6 +46,25 @@ def per_lr(sw: xr.Dataset, var: str) -> tuple[np.ndarray, np.ndarray, np.ndarray
     std = np.array([np.nanstd(vals[ok & (sw.lr.values == lr)]) if np.isfinite(vals[ok & (sw.lr.values == lr)]).any()
                     else np.nan for lr in lrs])
     return lrs, mean, std
+
+
+def trend(lrs, mean) -> tuple[float, str]:
+    """Direction of a seed-mean metric over the learning rates: Spearman's ρ and a word for it,
+    "rises" when ρ > 0.5 and the highest LR ends above the lowest, "falls" in the mirror case,
+    else "no clear trend" (fewer than three LRs with values: "-")."""
+    from scipy import stats
+
+    lrs, mean = np.asarray(lrs, float), np.asarray(mean, float)
+    ok = np.isfinite(mean)
+    if ok.sum() < 3 or np.ptp(mean[ok]) == 0:
+        return float("nan"), "-"
+    rho = float(stats.spearmanr(lrs[ok], mean[ok]).statistic)
+    first, last = mean[ok][0], mean[ok][-1]
+    if rho > 0.5 and last > first:
+        return rho, "rises"
+    if rho < -0.5 and last < first:
+        return rho, "falls"
+    return rho, "no clear trend"
 
 
 def metrics_vs_lr(sw: xr.Dataset, metrics=HEADLINE, normalise: bool = True) -> hv.Overlay:

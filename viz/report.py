@@ -56,6 +56,25 @@ def sections_for(paths) -> dict[tuple[str, str], list[Path]]:
     return dict(groups)
 
 
+SUMMARY_COLUMNS = ["dataset", "model", "metric", "learning rate", "value", "with the LR"]
+
+
+def summary_rows(sweeps: dict) -> list[tuple]:
+    """The report's summary: for each (dataset, model) sweep and headline metric, the seed means at
+    the smallest and largest non-diverged LR and which way the metric goes with the LR."""
+    rows = []
+    for (dname, model), sw in sweeps.items():
+        lrs = F.lr_values(sw)
+        for var, label in F.HEADLINE:
+            if var in sw and len(lrs):
+                _, mean, _ = F.per_lr(sw, var)
+                rho, word = F.trend(lrs, mean)
+                arrow = {"rises": "↑ ", "falls": "↓ "}.get(word, "")
+                rows.append((dname, model, label, f"{lrs[0]:g} → {lrs[-1]:g}", f"{_fmt(mean[0])} → {_fmt(mean[-1])}",
+                             arrow + word + ("" if math.isnan(rho) else f" (ρ = {rho:+.2f})")))
+    return rows
+
+
 def write_report(paths, output, *, title: str = "lrscope report") -> Path:
     out = Path(output)
     try:
@@ -70,17 +89,12 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
     # summary: headline numbers per dataset x model, then the run list
     groups = sections_for(paths)
     sweeps = {key: open_sweep(runs) for key, runs in groups.items()}
-    summary_rows = []
-    for (dname, model), sw in sweeps.items():
-        lrs = F.lr_values(sw)
-        for var, label in F.HEADLINE:
-            if var in sw and len(lrs):
-                _, mean, _ = F.per_lr(sw, var)
-                summary_rows.append((dname, model, label, f"{lrs[0]:g} → {lrs[-1]:g}",
-                                     f"{_fmt(mean[0])} → {_fmt(mean[-1])}"))
     blocks.append(Div(text="<h2>Summary</h2><p>Seed means at the smallest and largest learning rate "
-                      "that did not diverge.</p>" + _table_html(
-                          ["dataset", "model", "metric", "learning rate", "value"], summary_rows)))
+                      "that did not diverge; with the LR: Spearman's ρ between the learning rate and the seed "
+                      "means. Prunability is the paper's retention ratio, mean over κ of Acc(f^κ)/Acc(f); mean "
+                      "pruned accuracy is the mean of Acc(f^κ) itself, the scale the paper's parity row lies "
+                      "on.</p>" + _table_html(
+                          SUMMARY_COLUMNS, summary_rows(sweeps))))
     run_list = [(r["run_id"], r["status"], r["lr"], r["seed"], r["iterations"],
                  *(_fmt(r[v]) for v, _ in HEAD), r["reason"]) for r in rows]
     blocks.append(Div(text="<h3>Runs</h3>" + _table_html(
