@@ -36,7 +36,8 @@ def _table_html(headers, rows, flag=None) -> str:
     for r in rows:
         style = ' style="background:#fde2e2"' if flag and flag(r) else ""
         trs.append(f"<tr{style}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>")
-    return f'<table class="lr"><thead><tr>{th}</tr></thead><tbody>{"".join(trs)}</tbody></table>'
+    # each bokeh Div renders in its own shadow DOM: the table carries its own style sheet
+    return CSS + f'<table class="lr"><thead><tr>{th}</tr></thead><tbody>{"".join(trs)}</tbody></table>'
 
 
 CSS = """<style>
