@@ -161,7 +161,7 @@ def class_separation(acts, labels, *, sample_dim: str, feature_dim: str) -> xr.D
     norm = np.linalg.norm(a, axis=-1, keepdims=True)
     u = np.divide(a, norm, out=np.zeros_like(a), where=norm > 0)
     counts = onehot.sum(0)  # (K,)
-    sums = np.einsum("...nd,nk->...kd", u, onehot)  # (..., K, d)
+    sums = onehot.T @ u  # (..., K, d)
     means = sums / counts[:, None]
     within = 1 - (means**2).sum(-1)  # (..., K): mean of (1 - cos) over pairs in class k
     d_within = within.mean(-1)
@@ -186,8 +186,9 @@ def selectivity(acts, labels, *, sample_dim: str, feature_dim: str, eps: float =
         raise MetricError(f"{name} selectivity needs at least 2 distinct labels")
     a = acts.transpose(..., sample_dim, feature_dim).values.astype(np.float64)
     counts = onehot.sum(0)
-    means = np.einsum("...nd,nk->...dk", a, onehot) / counts  # (..., d, K)
-    active = np.einsum("...nd,nk->...dk", (a > 0).astype(np.float64), onehot) / counts
+    at = np.swapaxes(a, -1, -2)  # (..., d, n): the sums over samples as BLAS matmuls (einsum's loop is ~10x slower)
+    means = (at @ onehot) / counts  # (..., d, K)
+    active = ((at > 0).astype(np.float64) @ onehot) / counts
     kmax = means.argmax(-1)
     pi_max = np.take_along_axis(means, kmax[..., None], -1)[..., 0]
     pi_rest = (means.sum(-1) - pi_max) / (len(classes) - 1)

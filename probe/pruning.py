@@ -82,6 +82,8 @@ def _apply_masks(model: nn.Module, kind: str, kappa: float, originals: dict[str,
                 keep[norms.argsort()[:k]] = False
             shape = (-1,) + (1,) * (w.dim() - 1)
             m.weight.copy_(w * keep.view(shape).to(w.dtype))
+            if outputs[n] is m and getattr(m, "bias", None) is None:
+                continue  # a zeroed unit of a bias-free layer already outputs exactly zero
             ch_mask = keep.to(w.dtype)
 
             def hook(mod, inp, out, mask=ch_mask):
@@ -101,12 +103,13 @@ def _apply_masks(model: nn.Module, kind: str, kappa: float, originals: dict[str,
 
 
 def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: str = "structured",
-                  kappas=KAPPAS) -> xr.DataArray:
+                  kappas=KAPPAS, unpruned: float | None = None) -> xr.DataArray:
     """Accuracy of the pruned network for each κ (fraction of units / weights / columns removed).
 
     ``kind``: ``structured`` (lowest-L2 neurons of each Linear layer and filters of each Conv
     layer, output layer kept), ``magnitude`` (global unstructured, smallest |w|), ``column``
-    (lowest-norm input columns of each layer). The model is restored afterwards.
+    (lowest-norm input columns of each layer). The model is restored afterwards. ``unpruned``:
+    the model's accuracy on (x, y) when already known (κ = 0 prunes nothing, whatever the kind).
     """
     if kind not in KINDS:
         raise LrscopeError(f"unknown pruning kind {kind!r}; valid: {', '.join(KINDS)}")
@@ -122,6 +125,9 @@ def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: s
     try:
         with torch.no_grad():
             for kappa in kappas:
+                if kappa == 0 and unpruned is not None:
+                    accs.append(float(unpruned))
+                    continue
                 hooks = _apply_masks(model, kind, kappa, originals)
                 try:
                     accs.append(_accuracy(model, x, y))

@@ -221,8 +221,11 @@ def probe_pruning(ctx: Context) -> xr.Dataset:
     model, x, y = ctx.model.to(dev), x.to(dev), y.to(dev)
     kappas = ctx.params.get("kappas", KAPPAS)
     out = xr.Dataset()
+    unpruned = None
     for kind in KINDS:
-        curve = pruning_curve(model, x, y, kind=kind, kappas=kappas)
+        curve = pruning_curve(model, x, y, kind=kind, kappas=kappas, unpruned=unpruned)
+        if 0.0 in curve.kappa.values:
+            unpruned = float(curve.sel(kappa=0.0))  # the same for every kind
         curve.attrs["evaluated_on"] = where
         out[f"pruning_{kind}"] = curve
         p = prunability(curve)
@@ -289,23 +292,26 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
                              "attr_iteration": ("attr_checkpoint", ds.checkpoint_iteration.values[cks])})
     short = {"integrated_gradients": "ig", "deeplift": "deeplift"}
     maps = {}
-    for method in METHODS:
-        shares, ents = {}, []
-        for k in cks:
-            dev = probe_device()
-            a = attributions(load_model(ctx.path, checkpoint=k).to(dev), x.to(dev), y.to(dev), method=method,
-                             n_steps=int(ctx.params.get("ig_steps", 32)))
+    shares = {method: {} for method in METHODS}
+    ents = {method: [] for method in METHODS}
+    dev = probe_device()
+    x, y = x.to(dev), y.to(dev)
+    for k in cks:
+        model = load_model(ctx.path, checkpoint=k).to(dev)  # once per checkpoint, for both methods
+        for method in METHODS:
+            a = attributions(model, x, y, method=method, n_steps=int(ctx.params.get("ig_steps", 32)))
             da_ = xr.DataArray(a.cpu().numpy(), dims=["attr_sample", *in_dims])
-            ents.append(float(attribution_entropy(da_, sample_dim="attr_sample")))
+            ents[method].append(float(attribution_entropy(da_, sample_dim="attr_sample")))
             if "regions" in ds:
                 for r, name in enumerate(ds.region.values):
-                    shares.setdefault(str(name), []).append(
+                    shares[method].setdefault(str(name), []).append(
                         float(region_shares(da_, ds.regions.isel(region=r), sample_dim="attr_sample")))
             maps[method] = da_.isel(attr_sample=slice(0, 16))
+    for method in METHODS:
         m = short[method]
-        out[f"{m}_entropy"] = M._attrs(xr.DataArray(ents, dims=["attr_checkpoint"]),
+        out[f"{m}_entropy"] = M._attrs(xr.DataArray(ents[method], dims=["attr_checkpoint"]),
                                        f"{method} normalised attribution entropy", None)
-        for name, vals in shares.items():
+        for name, vals in shares[method].items():
             out[f"{m}_{name}_share"] = M._attrs(xr.DataArray(vals, dims=["attr_checkpoint"]),
                                                 f"{method} attribution share on {name} inputs",
                                                 True if name == "core" else None)
@@ -356,7 +362,15 @@ def check_names(names) -> list[str]:
 
 def compute_run(path, names=None, *, force: bool = False, data_root: str | None = None, params=None,
                 log: Callable[[str], None] | None = None) -> dict[str, str]:
-    """Compute the named probes (default: all) for one run store; returns name -> outcome."""
+    """Compute the named probes (default: all) for one run store; returns name -> outcome.
+
+    Each result is written by a background thread while the next probe computes (one writer,
+    in order; every pending write has finished when this returns or raises). Dask arrays of the
+    run are computed on local threads (also inside a dask.distributed task: the run is the task)."""
+    import dask
+    import dask.threaded
+    from concurrent.futures import ThreadPoolExecutor
+
     path = Path(path)
     names = check_names(names)
     open_store(path)  # validates
@@ -365,32 +379,44 @@ def compute_run(path, names=None, *, force: bool = False, data_root: str | None 
     outcomes: dict[str, str] = {}
     if ds.sizes.get("snapshot", 0) == 0:
         return {n: "skipped (no snapshots yet)" for n in names}
-    for name in names:
-        prov = _provenance(ctx, name)
-        old = _stored_provenance(path, name)
-        if not force and old is not None and all(old.get(k) == v for k, v in prov.items()):
-            outcomes[name] = "up to date"
-            continue
-        t0 = time.perf_counter()
-        try:
-            res = PROBES[name](ctx).compute()  # read everything here, where errors are caught
-        except M.MetricError as e:
-            outcomes[name] = f"not defined: {e}"
-            continue
-        except LrscopeError:
-            raise
-        except Exception as e:  # unreadable chunks, codec errors: a damaged store, said in one line
-            if os.environ.get("LRSCOPE_DEBUG"):
-                raise
-            raise StoreError(f"{path}: probe {name!r} failed reading the store ({type(e).__name__}: {e}); "
-                             "corrupted or truncated store? (LRSCOPE_DEBUG=1 shows the traceback)") from None
-        res.attrs.update(prov)
-        res.attrs["seconds"] = round(time.perf_counter() - t0, 4)
+    writes: list = []
+
+    def written(name: str, t0: float, res: xr.Dataset) -> None:
         write_probe(path, name, res)
         outcomes[name] = f"computed in {time.perf_counter() - t0:.2f}s"
         if log:
             log(f"{path.name}: {name} {outcomes[name]}")
-    return outcomes
+
+    # a callable scheduler: dask then neither looks for a distributed client nor imports distributed
+    with ThreadPoolExecutor(1, thread_name_prefix="lrscope-probe-writer") as writer, \
+            dask.config.set(scheduler=dask.threaded.get):
+        try:
+            for name in names:
+                prov = _provenance(ctx, name)
+                old = _stored_provenance(path, name)
+                if not force and old is not None and all(old.get(k) == v for k, v in prov.items()):
+                    outcomes[name] = "up to date"
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    res = PROBES[name](ctx).compute()  # read everything here, where errors are caught
+                except M.MetricError as e:
+                    outcomes[name] = f"not defined: {e}"
+                    continue
+                except LrscopeError:
+                    raise
+                except Exception as e:  # unreadable chunks, codec errors: a damaged store, said in one line
+                    if os.environ.get("LRSCOPE_DEBUG"):
+                        raise
+                    raise StoreError(f"{path}: probe {name!r} failed reading the store ({type(e).__name__}: {e}); "
+                                     "corrupted or truncated store? (LRSCOPE_DEBUG=1 shows the traceback)") from None
+                res.attrs.update(prov)
+                res.attrs["seconds"] = round(time.perf_counter() - t0, 4)
+                writes.append(writer.submit(written, name, t0, res))
+        finally:
+            for w in writes:  # the results computed so far are stored, whatever stopped the loop
+                w.result()
+    return {n: outcomes[n] for n in names if n in outcomes}
 
 
 def write_probe(path: Path, name: str, res: xr.Dataset) -> None:
