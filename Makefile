@@ -26,7 +26,7 @@ system:
 # The main job on the embedded default: a small LR sweep on parity, probed, HTML report written.
 demo: venv
 	$(BIN)/lrtrain sweep examples/demo.toml --out demo/runs --workers $(WORKERS)
-	$(BIN)/lrprobe compute demo/runs
+	$(BIN)/lrprobe compute demo/runs --workers $(WORKERS)
 	$(BIN)/lrprobe report demo/runs -o demo/report.html --no-compute
 
 test: venv system
