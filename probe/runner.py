@@ -381,9 +381,9 @@ def compute_run(path, names=None, *, force: bool = False, data_root: str | None 
         return {n: "skipped (no snapshots yet)" for n in names}
     writes: list = []
 
-    def written(name: str, t0: float, res: xr.Dataset) -> None:
+    def written(name: str, res: xr.Dataset) -> None:
         write_probe(path, name, res)
-        outcomes[name] = f"computed in {time.perf_counter() - t0:.2f}s"
+        outcomes[name] = f"computed in {res.attrs['seconds']:.2f}s"
         if log:
             log(f"{path.name}: {name} {outcomes[name]}")
 
@@ -412,7 +412,7 @@ def compute_run(path, names=None, *, force: bool = False, data_root: str | None 
                                      "corrupted or truncated store? (LRSCOPE_DEBUG=1 shows the traceback)") from None
                 res.attrs.update(prov)
                 res.attrs["seconds"] = round(time.perf_counter() - t0, 4)
-                writes.append(writer.submit(written, name, t0, res))
+                writes.append(writer.submit(written, name, res))
         finally:
             for w in writes:  # the results computed so far are stored, whatever stopped the loop
                 w.result()
