@@ -58,6 +58,12 @@ class Context:
         return load_model(self.path, checkpoint=-1)
 
     @cached_property
+    def features(self) -> xr.DataArray:
+        """The penultimate activations of the probe subset at every snapshot, read once for the
+        probes that use them (compressibility, representation, feature_quality)."""
+        return self.ds.probe_features.compute()
+
+    @cached_property
     def eval_set(self):
         """(inputs, labels, where): the full test split rebuilt from the config when the rebuilt
         labels match the stored ones, else the stored probe subset (group-balanced)."""
@@ -149,8 +155,7 @@ def probe_loss_ratio(ctx: Context) -> xr.Dataset:
 
 
 def probe_compressibility(ctx: Context) -> xr.Dataset:
-    ds = ctx.ds
-    f = ds.probe_features.compute()
+    f = ctx.features
     q, k = ctx.params.get("q", 2), ctx.params.get("kappa", 0.1)
     comp = M.compressibility(f, dim="neuron", q=q, kappa=k).mean("probe_sample")
     spar = M.sparsity(f, dim="neuron").mean("probe_sample")
@@ -189,7 +194,7 @@ def probe_device():
 
 def probe_representation(ctx: Context) -> xr.Dataset:
     ds = ctx.ds
-    f = ds.probe_features.compute()
+    f = ctx.features
     kw = dict(sample_dim="probe_sample", feature_dim="neuron")
     csi = M.selectivity(f, ds.probe_y.values, name="class", **kw)
     bsi = M.selectivity(f, ds.probe_b.values, name="bias", **kw)
@@ -208,7 +213,7 @@ def probe_representation(ctx: Context) -> xr.Dataset:
 
 def probe_feature_quality(ctx: Context) -> xr.Dataset:
     ds = ctx.ds
-    out = feature_probe(ds.probe_features.compute(), ds.probe_y.values, ds.probe_b.values,
+    out = feature_probe(ctx.features, ds.probe_y.values, ds.probe_b.values,
                         sample_dim="probe_sample", feature_dim="neuron")
     for v in ("core_probe_error", "spurious_probe_error"):
         out[f"{v}_final"] = _final(out[v], v)
