@@ -31,11 +31,17 @@ NOTES = """
   one repeat, to keep `make bench` short (so its DataLoader ratio is noisy): its recording is
   mostly the fixed snapshots (10 light + 2 full with train logits) of a run far shorter than a
   real one (~6500 steps to 100% training accuracy).
-- `open_sweep` is still over its 2 s target: ~20 ms per run go to reading its attributes and
-  indices and wrapping its 17 arrays as dask arrays; the concat along `run` is one stack per
-  variable (it was xarray's concat, ~1 s of the old 5.2 s).
-- Probes are measured on parity, the cheapest runs to train (≈ 1.5 ms steps); on image runs,
-  whose steps cost 10–100× more, the same probes are a smaller fraction still.
+- `open_sweep` sits at its 2 s target (1.9–2.8 s between runs of this benchmark on this
+  machine): ~20 ms per run go to reading its attributes and indices and wrapping its 17 arrays as
+  dask arrays; the concat along `run` is one stack per variable (it was xarray's concat, ~1 s of
+  the old 5.2 s).
+- Probes are measured on parity, the cheapest runs to train (≈ 1.5 ms steps). Probing a run is a
+  near-fixed ~2 s here (30 forward passes over the 10000-sample test set for the pruning curves,
+  2 × 15–17 linear probes, Integrated Gradients and DeepLift at 2 checkpoints), so its share falls
+  with the run's length: ~1× of a 1200-step run, ~0.3× of a 5100-step one, and 0.09× (MNIST-style
+  CNN/FCN) to 0.3× (moon-star) over the replication sweeps' stored times. Measured the same way
+  before this round of work (writes overlapping the next probe, float32 Hessians for the linear
+  probes, matmuls for CSI/class separation): 0.54×; after: 0.46–0.52× over three runs of it.
 - Batched sweeps miss 3× on this CPU: a 3×200 FCN step at batch 100 is already compute-bound here
   (~23 GFLOP/s per run), so stacking 8 runs into batched matmuls removes only the per-step
   Python/dispatch overhead (bare loops: 8 sequential steps ≈ 11 ms, one stacked step ≈ 5.5 ms);
