@@ -11,7 +11,7 @@ from pathlib import Path
 import holoviews as hv
 from bokeh.embed import file_html
 from bokeh.layouts import column
-from bokeh.models import Div
+from bokeh.models import Div, InlineStyleSheet
 from bokeh.resources import INLINE
 
 from .. import __version__
@@ -36,14 +36,13 @@ def _table_html(headers, rows, flag=None) -> str:
     for r in rows:
         style = ' style="background:#fde2e2"' if flag and flag(r) else ""
         trs.append(f"<tr{style}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>")
-    # each bokeh Div renders in its own shadow DOM: the table carries its own style sheet
-    return CSS + f'<table class="lr"><thead><tr>{th}</tr></thead><tbody>{"".join(trs)}</tbody></table>'
+    return f'<table class="lr"><thead><tr>{th}</tr></thead><tbody>{"".join(trs)}</tbody></table>'
 
 
-CSS = """<style>
+CSS = """
 table.lr{border-collapse:collapse;font:13px sans-serif} table.lr td,table.lr th{border:1px solid #ccc;padding:3px 8px}
 table.lr th{background:#f0f0f0} h1,h2,h3{font-family:sans-serif} p{font:14px sans-serif}
-</style>"""
+"""
 
 
 def _fmt(v) -> str:
@@ -85,12 +84,18 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
     hv.extension("bokeh", logo=False)
     rows = run_rows(paths)
     n_div = sum(r["status"] == "diverged" for r in rows)
-    blocks = [Div(text=CSS + f"<h1>{html.escape(title)}</h1><p>{len(rows)} runs, {n_div} diverged · "
+    # each bokeh Div renders in its own shadow DOM: every one carries the report's style sheet
+    sheet = InlineStyleSheet(css=CSS)
+
+    def div(text: str) -> Div:
+        return Div(text=text, stylesheets=[sheet])
+
+    blocks = [div(f"<h1>{html.escape(title)}</h1><p>{len(rows)} runs, {n_div} diverged · "
                   f"lrscope {__version__} · {time.strftime('%Y-%m-%d %H:%M')}</p>")]
     # summary: headline numbers per dataset x model, then the run list
     groups = sections_for(paths)
     sweeps = {key: open_sweep(runs) for key, runs in groups.items()}
-    blocks.append(Div(text="<h2>Summary</h2><p>Seed means at the smallest and largest learning rate "
+    blocks.append(div("<h2>Summary</h2><p>Seed means at the smallest and largest learning rate "
                       "that did not diverge; with the LR: Spearman's ρ between the learning rate and the seed "
                       "means. Prunability is the paper's retention ratio, mean over κ of Acc(f^κ)/Acc(f); mean "
                       "pruned accuracy is the mean of Acc(f^κ) itself, the scale the paper's parity row lies "
@@ -98,11 +103,11 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
                           SUMMARY_COLUMNS, summary_rows(sweeps))))
     run_list = [(r["run_id"], r["status"], r["lr"], r["seed"], r["iterations"],
                  *(_fmt(r[v]) for v, _ in HEAD), r["reason"]) for r in rows]
-    blocks.append(Div(text="<h3>Runs</h3>" + _table_html(
+    blocks.append(div("<h3>Runs</h3>" + _table_html(
         ["run", "status", "lr", "seed", "iterations", *(h for _, h in HEAD), "reason"], run_list,
         flag=lambda r: r[1] != "completed")))
     for (dname, model), sw in sweeps.items():
-        blocks.append(Div(text=f"<h2>{html.escape(dname)} · {html.escape(model)}</h2>"))
+        blocks.append(div(f"<h2>{html.escape(dname)} · {html.escape(model)}</h2>"))
         figs = [
             ("Metrics vs learning rate (Figs. 3–5)", F.metrics_vs_lr(sw)),
             ("Pruning curves (Figs. 21–22)", F.pruning_curves(sw)),
@@ -118,10 +123,10 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
         if any(k != "lr" and k in sw.coords and len(set(sw[k].values.tolist())) > 1 for k in F.KNOBS):
             figs.insert(1, ("Rival knobs (Fig. 6, Table 2)", F.knob_comparison(sw)))
         for heading, fig in figs:
-            blocks.append(Div(text=f"<h3>{html.escape(heading)}</h3>"))
+            blocks.append(div(f"<h3>{html.escape(heading)}</h3>"))
             blocks.append(_render(fig))
         tbl = F.minmax_table(sw)
-        blocks.append(Div(text="<h3>Min/max table (Tables 1–2)</h3>" + _table_html(
+        blocks.append(div("<h3>Min/max table (Tables 1–2)</h3>" + _table_html(
             [d.name for d in tbl.dimensions()], [tuple(r) for r in tbl.data.itertuples(index=False)]
             if hasattr(tbl.data, "itertuples") else tbl.data)))
     doc = column(*blocks)
