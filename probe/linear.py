@@ -49,6 +49,9 @@ def _newton_binary(X: torch.Tensor, t: torch.Tensor, C: float, max_iter: int, to
     ridge = torch.diag(reg + 1e-6).float()
     w = X.new_zeros(P, d + 1)
 
+    def hessian(Xs, ps, ridge):  # Σ_i p_i(1 - p_i) x_i x_iᵀ + ridge, for each problem
+        return torch.bmm(Xs.transpose(1, 2), Xs * (ps * (1 - ps)).unsqueeze(2)) + ridge
+
     def objective(w):
         z = torch.bmm(Xa, w.unsqueeze(2)).squeeze(2)
         return (torch.nn.functional.softplus(z) - t * z).sum(1) + 0.5 * (reg * w * w).sum(1), z
@@ -62,17 +65,13 @@ def _newton_binary(X: torch.Tensor, t: torch.Tensor, C: float, max_iter: int, to
         if not active.any():
             break
         idx = active.nonzero().squeeze(1)
-        Xi = X32[idx]
-        s = (p[idx] * (1 - p[idx])).float().unsqueeze(2)
-        H = torch.bmm(Xi.transpose(1, 2), Xi * s) + ridge
         step = torch.zeros_like(w)
-        L, info = torch.linalg.cholesky_ex(H)
+        L, info = torch.linalg.cholesky_ex(hessian(X32[idx], p[idx].float(), ridge))
         step[idx] = torch.cholesky_solve(g[idx].float().unsqueeze(2), L).squeeze(2).double()
-        bad = info != 0  # not positive definite in float32 (a tiny 1/C): these in float64
-        if bad.any():
-            Xb, sb = Xa[idx[bad]], (p[idx[bad]] * (1 - p[idx[bad]])).unsqueeze(2)
-            Hb = torch.bmm(Xb.transpose(1, 2), Xb * sb) + torch.diag(reg + 1e-10)
-            step[idx[bad]] = torch.cholesky_solve(g[idx[bad]].unsqueeze(2), torch.linalg.cholesky(Hb)).squeeze(2)
+        bad = idx[info != 0]  # not positive definite in float32 (a tiny 1/C): these in float64
+        if len(bad):
+            L64 = torch.linalg.cholesky(hessian(Xa[bad], p[bad], torch.diag(reg + 1e-10)))
+            step[bad] = torch.cholesky_solve(g[bad].unsqueeze(2), L64).squeeze(2)
         # backtracking: halve the step of any problem whose objective did not decrease
         scale = torch.ones(P, 1, dtype=X.dtype)
         for _ in range(30):

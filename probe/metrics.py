@@ -108,9 +108,10 @@ def compressibility(x, *, dim: str, q: float = 2, kappa: float = 0.1) -> xr.Data
     d = x.sizes[dim]
     k = math.ceil(kappa * d)
     a = np.abs(x.transpose(..., dim).values.astype(np.float64))
-    # the d - k smallest are dropped (a partition finds them; their order does not matter)
-    dropped = np.partition(a, d - k - 1, axis=-1)[..., : d - k] if d - k > 0 else a[..., :0]
-    num = np.linalg.norm(dropped, ord=q, axis=-1) if d - k > 0 else np.zeros(a.shape[:-1])
+    if d - k > 0:  # the d - k smallest are dropped (a partition finds them; their order does not matter)
+        num = np.linalg.norm(np.partition(a, d - k - 1, axis=-1)[..., : d - k], ord=q, axis=-1)
+    else:
+        num = np.zeros(a.shape[:-1])
     den = np.linalg.norm(a, ord=q, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         c = np.where(den > 0, 1 - num / np.where(den > 0, den, 1), 1.0)

@@ -421,7 +421,7 @@ def compute_run(path, names=None, *, force: bool = False, data_root: str | None 
         finally:
             for w in writes:  # the results computed so far are stored, whatever stopped the loop
                 w.result()
-    return {n: outcomes[n] for n in names if n in outcomes}
+    return {n: outcomes[n] for n in names}  # in the order asked (writes finish out of it)
 
 
 def write_probe(path: Path, name: str, res: xr.Dataset) -> None:
