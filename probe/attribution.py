@@ -22,6 +22,7 @@ from ..errors import LrscopeError
 from .metrics import _attrs
 
 METHODS = ("integrated_gradients", "deeplift")
+SMALL_INPUT = 4096  # inputs with fewer values than this take proportionally larger IG passes
 
 
 class _Forward(nn.Module):
@@ -76,22 +77,44 @@ def captum_ready(model: nn.Module, example: torch.Tensor) -> nn.Module:
     return m
 
 
+def summed_gradients(forward_fn, inputs, target_ind=None, additional_forward_args=None):
+    """Captum's ``compute_gradients`` with one backward pass from the sum of the per-sample
+    target outputs, instead of from each sample's output as a separate root (``torch.unbind``):
+    the same gradients when samples do not interact (a model in eval mode), without autograd's
+    per-root cost, which made Integrated Gradients ~5× slower on small networks."""
+    from captum._utils.common import _run_forward
+
+    with torch.autograd.set_grad_enabled(True):
+        out = _run_forward(forward_fn, inputs, target_ind, additional_forward_args)
+        if out.dim() != 1:
+            raise LrscopeError("attributions need one scalar output per sample (give a target)")
+        return torch.autograd.grad(out.sum(), inputs)
+
+
 def attributions(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, *,
-                 method: str = "integrated_gradients", n_steps: int = 32, batch: int = 256) -> torch.Tensor:
+                 method: str = "integrated_gradients", n_steps: int = 32, batch: int = 256,
+                 per_sample_roots: bool = False) -> torch.Tensor:
     """Attribution maps (same shape as `inputs`) for the logit of `target`, baseline all-zero.
 
-    ``method``: ``integrated_gradients`` (Sundararajan et al. 2017, `n_steps` Riemann steps) or
-    ``deeplift`` (Shrikumar et al. 2017, rescale rule)."""
+    ``method``: ``integrated_gradients`` (Sundararajan et al. 2017, `n_steps` Gauss–Legendre
+    steps, Captum's default rule) or ``deeplift`` (Shrikumar et al. 2017, rescale rule). Gradients
+    come from one backward pass per batch (:func:`summed_gradients`); ``per_sample_roots`` keeps
+    Captum's own gradient function (for checking that they agree)."""
     from captum.attr import DeepLift, IntegratedGradients
 
     if method not in METHODS:
         raise LrscopeError(f"unknown attribution method {method!r}; valid: {', '.join(METHODS)}")
     net = _Forward(captum_ready(model, inputs)).eval()
     algo = IntegratedGradients(net) if method == "integrated_gradients" else DeepLift(net)
+    if not per_sample_roots:
+        algo.gradient_func = summed_gradients
     out = []
+    # IG runs n_steps × len(xb) scaled inputs in passes of `rows`: `batch` rows of images, more of
+    # small inputs (a pass per 256 rows of a 35-feature network is mostly per-pass overhead)
+    rows = batch * max(1, SMALL_INPUT // max(1, inputs[0].numel()))
     for xb, tb in zip(inputs.split(batch), target.split(batch)):
         xb = xb.detach().clone().requires_grad_(True)
-        kw = {"n_steps": n_steps, "internal_batch_size": batch} if method == "integrated_gradients" else {}
+        kw = {"n_steps": n_steps, "internal_batch_size": rows} if method == "integrated_gradients" else {}
         with warnings.catch_warnings():  # Captum announces its temporary hooks on every call
             warnings.simplefilter("ignore", UserWarning)
             out.append(algo.attribute(xb, target=tb, baselines=torch.zeros_like(xb), **kw).detach())
@@ -100,7 +123,8 @@ def attributions(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, *
 
 def region_shares(attr: xr.DataArray, regions: xr.DataArray, *, sample_dim: str) -> xr.DataArray:
     """Share of absolute attribution mass on each region (core / spurious / noise), per sample,
-    then averaged over samples: Σ_region |a| / Σ_all |a|. Regions need not cover the input."""
+    then averaged over samples: Σ_region |a| / Σ_all |a|. Regions need not cover the input;
+    `regions` may carry a dim of its own (one share per region, in one pass)."""
     a = np.abs(attr)
     feat = [d for d in attr.dims if d != sample_dim]
     total = a.sum(feat)
@@ -110,13 +134,17 @@ def region_shares(attr: xr.DataArray, regions: xr.DataArray, *, sample_dim: str)
 
 def attribution_entropy(attr: xr.DataArray, *, sample_dim: str) -> xr.DataArray:
     """Shannon entropy (nats) of the normalised absolute attribution over input features,
-    averaged over samples; divided by log(#features) so it lies in [0, 1] (1 = uniform)."""
+    averaged over samples; divided by log(#features) so it lies in [0, 1] (1 = uniform). Samples
+    whose attribution is all zero have no distribution and are left out (NaN if all are)."""
     feat = [d for d in attr.dims if d != sample_dim]
-    a = np.abs(attr).stack(_feature=feat)
-    p = a / a.sum("_feature").where(a.sum("_feature") > 0)
-    h = -(xr.where(p > 0, p * np.log(p.where(p > 0)), 0.0)).sum("_feature")
-    return _attrs((h / np.log(a.sizes["_feature"])).where(a.sum("_feature") > 0).mean(sample_dim),
-                  "normalised attribution entropy", None)
+    a = np.abs(np.asarray(attr.transpose(sample_dim, *feat).values, dtype=np.float64))
+    a = a.reshape(len(a), -1)
+    total = a.sum(1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = a / total
+        h = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(1) / np.log(a.shape[1])
+    h = h[total[:, 0] > 0]
+    return _attrs(xr.DataArray(h.mean() if len(h) else np.nan), "normalised attribution entropy", None)
 
 
 def background_share(attr: xr.DataArray, masks: xr.DataArray, *, sample_dim: str) -> xr.DataArray:

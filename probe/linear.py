@@ -132,22 +132,17 @@ def fit_logistic_many(xs: np.ndarray, y: np.ndarray, *, C: float = 1.0, max_iter
     Xs = (xs - mu) / sd
     yi = np.searchsorted(classes, y)
     P, n, d = Xs.shape
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small solves gain nothing from threads and suffer badly from contention
-    try:
-        if len(classes) == 2 and d <= NEWTON_MAX_FEATURES:
-            # binary logistic on the logit of the second label, as two columns (0, logit)
-            t = torch.from_numpy(yi.astype(np.float64))
-            wc = np.concatenate([_newton_binary(torch.from_numpy(Xs[i:i + NEWTON_BATCH]), t, C, max(1, max_iter)).numpy()
-                                 for i in range(0, P, NEWTON_BATCH)])
-            W = np.stack([np.zeros((P, d)), wc[:, :d]], 2)
-            b = np.stack([np.zeros(P), wc[:, d]], 1)
-        else:
-            fits = [_lbfgs(X, yi, len(classes), C, max_iter) for X in Xs]
-            W = np.stack([w for w, _ in fits])
-            b = np.stack([c for _, c in fits])
-    finally:
-        torch.set_num_threads(threads)
+    if len(classes) == 2 and d <= NEWTON_MAX_FEATURES:
+        # binary logistic on the logit of the second label, as two columns (0, logit)
+        t = torch.from_numpy(yi.astype(np.float64))
+        wc = np.concatenate([_newton_binary(torch.from_numpy(Xs[i:i + NEWTON_BATCH]), t, C, max(1, max_iter)).numpy()
+                             for i in range(0, P, NEWTON_BATCH)])
+        W = np.stack([np.zeros((P, d)), wc[:, :d]], 2)
+        b = np.stack([np.zeros(P), wc[:, d]], 1)
+    else:
+        fits = [_lbfgs(X, yi, len(classes), C, max_iter) for X in Xs]
+        W = np.stack([w for w, _ in fits])
+        b = np.stack([c for _, c in fits])
 
     def predict(xn: np.ndarray) -> np.ndarray:
         return classes[(((np.asarray(xn) - mu) / sd) @ W + b[:, None, :]).argmax(2)]

@@ -5,6 +5,11 @@ the network: a structured mask zeroes whole output units (rows of a Linear weigh
 Conv weight), and a forward hook zeroes the unit's output — after the BatchNorm that follows a
 conv when there is one (its shift would otherwise revive the channel), so a pruned unit outputs
 exactly zero downstream.
+
+lrscope's FCN (Linear/ReLU pairs and a linear head) takes a shortcut for the structured and
+column kinds: the pruned network is evaluated with the kept rows and columns sliced out of the
+weights, which computes the same logits with the zeros left out (a pruned unit's output, or a
+pruned column's input, contributes exactly nothing either way) at a fraction of the FLOPs.
 """
 
 from __future__ import annotations
@@ -49,6 +54,19 @@ def _unit_norms(w: torch.Tensor) -> torch.Tensor:
     return w.detach().flatten(1).norm(dim=1)
 
 
+def _column_norms(w: torch.Tensor) -> torch.Tensor:
+    return w.detach().transpose(0, 1).flatten(1).norm(dim=1)
+
+
+def _kept(norms: torch.Tensor, kappa: float) -> torch.Tensor:
+    """Boolean mask keeping all but the ⌊κ·n⌋ entries of lowest norm."""
+    k = int(math.floor(kappa * len(norms)))
+    keep = torch.ones(len(norms), dtype=torch.bool, device=norms.device)
+    if k > 0:
+        keep[norms.argsort()[:k]] = False
+    return keep
+
+
 @torch.inference_mode()
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> float:
     from ..train.data import as_model_input
@@ -75,11 +93,7 @@ def _apply_masks(model: nn.Module, kind: str, kappa: float, originals: dict[str,
     for n, m in layers:
         w = originals[n]
         if kind == "structured":
-            norms = _unit_norms(w)
-            k = int(math.floor(kappa * len(norms)))
-            keep = torch.ones(len(norms), dtype=torch.bool, device=w.device)
-            if k > 0:
-                keep[norms.argsort()[:k]] = False
+            keep = _kept(_unit_norms(w), kappa)
             shape = (-1,) + (1,) * (w.dim() - 1)
             m.weight.copy_(w * keep.view(shape).to(w.dtype))
             if outputs[n] is m and getattr(m, "bias", None) is None:
@@ -92,24 +106,72 @@ def _apply_masks(model: nn.Module, kind: str, kappa: float, originals: dict[str,
 
             hooks.append(outputs[n].register_forward_hook(hook))
         else:  # column: the κ input columns with the smallest norm, per layer
-            cols = w.transpose(0, 1).flatten(1).norm(dim=1)
-            k = int(math.floor(kappa * len(cols)))
-            keep = torch.ones(len(cols), dtype=torch.bool, device=w.device)
-            if k > 0:
-                keep[cols.argsort()[:k]] = False
+            keep = _kept(_column_norms(w), kappa)
             shape = (1, -1) + (1,) * (w.dim() - 2)
             m.weight.copy_(w * keep.view(shape).to(w.dtype))
     return hooks
 
 
+def _relu_chain(model: nn.Module) -> list[nn.Linear] | None:
+    """The hidden Linear layers of lrscope's FCN (Flatten, then Linear/ReLU pairs, then the
+    linear head), in order; None for any other model."""
+    from ..train.models import FCN
+
+    if type(model) is not FCN:
+        return None
+    mods = list(model.features)
+    if isinstance(mods[0], nn.Flatten):
+        mods = mods[1:]
+    lin, act = mods[0::2], mods[1::2]
+    if len(lin) != len(act) or not all(type(m) is nn.Linear for m in lin) or \
+            not all(type(a) is nn.ReLU for a in act):
+        return None
+    return lin
+
+
+@torch.inference_mode()
+def _sliced_accuracy(model: nn.Module, lin: list[nn.Linear], x: torch.Tensor, y: torch.Tensor, kind: str,
+                     kappa: float, originals: dict[str, torch.Tensor], batch: int = 4096) -> float:
+    """Accuracy of the FCN pruned by `kind` ("structured" or "column") at κ, computed on the kept
+    rows and columns only. Structured: layer l computes its kept units from the previous layer's
+    kept units. Column: layer l reads its kept input columns, so the layer before need compute
+    only those units (the last hidden layer computes all: the head is not pruned)."""
+    from ..train.data import as_model_input
+
+    names = {id(m): n for n, m in model.named_modules()}
+    ws = [originals[names[id(m)]] for m in lin]
+    if kind == "structured":
+        rows = [_kept(_unit_norms(w), kappa).nonzero().squeeze(1) for w in ws]
+        cols = [None] + rows[:-1]
+    else:
+        cols = [_kept(_column_norms(w), kappa).nonzero().squeeze(1) for w in ws]
+        rows = cols[1:] + [None]
+    layers = []
+    for m, w, r, c in zip(lin, ws, rows, cols):
+        w = w if r is None else w[r]
+        layers.append((w if c is None else w[:, c], m.bias if m.bias is None or r is None else m.bias[r]))
+    head_w = model.head.weight if rows[-1] is None else model.head.weight[:, rows[-1]]
+    correct = 0
+    for xb, yb in zip(x.split(batch), y.split(batch)):
+        h = as_model_input(xb).flatten(1)
+        if cols[0] is not None:
+            h = h[:, cols[0]]
+        for w, b in layers:
+            h = torch.relu(nn.functional.linear(h, w, b))
+        correct += (nn.functional.linear(h, head_w, model.head.bias).argmax(1) == yb).sum().item()
+    return correct / len(y)
+
+
 def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: str = "structured",
-                  kappas=KAPPAS, unpruned: float | None = None) -> xr.DataArray:
+                  kappas=KAPPAS, unpruned: float | None = None, sliced: bool = True) -> xr.DataArray:
     """Accuracy of the pruned network for each κ (fraction of units / weights / columns removed).
 
     ``kind``: ``structured`` (lowest-L2 neurons of each Linear layer and filters of each Conv
     layer, output layer kept), ``magnitude`` (global unstructured, smallest |w|), ``column``
     (lowest-norm input columns of each layer). The model is restored afterwards. ``unpruned``:
     the model's accuracy on (x, y) when already known (κ = 0 prunes nothing, whatever the kind).
+    ``sliced``: evaluate lrscope's FCN on its kept rows and columns (structured and column kinds;
+    the same accuracies as masking, with fewer FLOPs); False always masks.
     """
     if kind not in KINDS:
         raise LrscopeError(f"unknown pruning kind {kind!r}; valid: {', '.join(KINDS)}")
@@ -120,6 +182,7 @@ def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: s
     if not layers:
         raise LrscopeError("model has no prunable Linear/Conv layers besides its head")
     originals = {n: m.weight.detach().clone() for n, m in layers}
+    chain = _relu_chain(model) if sliced else None
     accs = []
     model.eval()
     try:
@@ -127,6 +190,9 @@ def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: s
             for kappa in kappas:
                 if kappa == 0 and unpruned is not None:
                     accs.append(float(unpruned))
+                    continue
+                if chain is not None and kind != "magnitude":
+                    accs.append(_sliced_accuracy(model, chain, x, y, kind, kappa, originals))
                     continue
                 hooks = _apply_masks(model, kind, kappa, originals)
                 try:

@@ -244,6 +244,30 @@ def test_pruned_accuracy_is_the_mean_pruned_accuracy_not_the_ratio():
     assert probe.pruned_accuracy(good).attrs["higher_is_better"] == 1
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_sliced_fcn_pruning_matches_masking(bias):
+    """The FCN shortcut (kept rows and columns sliced out) gives the masked network's accuracies,
+    for structured and column pruning, with and without biases, up to κ = 1."""
+    from lrscope.train.models import FCN
+
+    torch.manual_seed(2)
+    net = FCN(7, [12, 9, 10], 4)
+    if bias:
+        for i in (1, 3, 5):
+            old = net.features[i]
+            net.features[i] = torch.nn.Linear(old.in_features, old.out_features)
+        net.head = torch.nn.Linear(10, 4)
+    x = torch.randn(400, 7)
+    y = torch.randint(0, 4, (400,))
+    y[:200] = net(x[:200]).argmax(1)  # half right at κ = 0
+    kappas = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
+    for kind in ("structured", "column"):
+        fast = probe.pruning_curve(net, x, y, kind=kind, kappas=kappas)
+        masked = probe.pruning_curve(net, x, y, kind=kind, kappas=kappas, sliced=False)
+        np.testing.assert_array_equal(fast.values, masked.values)
+        assert len(np.unique(fast.values)) > 2  # pruning changes the predictions
+
+
 def test_magnitude_and_column_pruning_monotone_in_zeros():
     from lrscope.train.models import FCN
 
@@ -393,6 +417,22 @@ def test_attributions_completeness_and_regions(method):
         pytest.approx(1.0)
     fg = xr.DataArray([[True, True, False, False, False, False]], dims=["s", "f"])
     assert float(probe.background_share(da, fg, sample_dim="s")) == 0.0
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "deeplift"])
+def test_summed_gradients_match_captums_per_sample_roots(method):
+    """One backward pass from the summed outputs gives Captum's own per-sample-root attributions
+    (a torchvision ResNet with BatchNorm, in eval mode; several internal batches)."""
+    from lrscope.train.models import create_model
+
+    torch.manual_seed(1)
+    net = create_model("resnet18", input_shape=(3, 16, 16), num_classes=3).eval()
+    x = torch.randn(7, 3, 16, 16)
+    t = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    fast = probe.attributions(net, x, t, method=method, n_steps=8, batch=3)
+    ref = probe.attributions(net, x, t, method=method, n_steps=8, batch=3, per_sample_roots=True)
+    assert fast.abs().sum() > 0
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-6)
 
 
 def test_deeplift_on_torchvision_resnet_with_inplace_reused_relus():

@@ -325,8 +325,9 @@ def test_local_pool_and_dask_local_cluster_write_identical_stores(tmp_path):
 
 
 def test_a_probe_killed_while_written_is_recomputed(tmp_path):
-    """SIGKILL while a recomputed probe's old result is being deleted: the next `compute` recomputes
-    it (the old result's `complete` mark does not outlive its arrays)."""
+    """SIGKILL while a probe is recomputed, with its old result unmarked but whole (crash point 1)
+    or its new arrays written but not yet marked (3; 2 is after the old one is deleted): the next
+    `compute` recomputes it."""
     from lrscope.store.reader import read_probes
 
     train_run(tiny_config(max_steps=40), tmp_path, progress=False)
@@ -334,11 +335,12 @@ def test_a_probe_killed_while_written_is_recomputed(tmp_path):
     cmd = [sys.executable, "-c", "from lrscope.cli.probe import main; main()", "compute", str(store),
            "--only", "accuracy", "--quiet"]
     assert subprocess.run(cmd, env=env(), capture_output=True).returncode == 0
-    killed = subprocess.run(cmd + ["--force"], env=env(LRSCOPE_CRASH_AT="probe:2"), capture_output=True)
-    assert killed.returncode == -9, killed.stderr
-    again = subprocess.run(cmd, env=env(), capture_output=True, text=True)
-    assert again.returncode == 0 and "1 probes computed" in again.stdout, again.stdout + again.stderr
-    assert "unbiased_accuracy" in read_probes(store)
+    for hit in (1, 3):
+        killed = subprocess.run(cmd + ["--force"], env=env(LRSCOPE_CRASH_AT=f"probe:{hit}"), capture_output=True)
+        assert killed.returncode == -9, killed.stderr
+        again = subprocess.run(cmd, env=env(), capture_output=True, text=True)
+        assert again.returncode == 0 and "1 probes computed" in again.stdout, again.stdout + again.stderr
+        assert "unbiased_accuracy" in read_probes(store)
 
 
 @pytest.mark.slow
