@@ -21,7 +21,7 @@ import train_overhead  # noqa: E402
 NOTES = """
 ## Reading these numbers
 
-- The ≥ 0.95 target is **not met** on parity/FCN (≈ 0.75 on a 3000-step run, ≈ 0.9 on a
+- The ≥ 0.95 target is **not met** on parity/FCN (0.67–0.76 on a 3000-step run, 0.8–0.9 on a
   10000-step one; low-LR runs take ~20000 steps): the fixed costs (store creation, the log-spaced
   early snapshots, the final full snapshot) amortise with run length; what remains is ~0.1 ms
   per step for keeping the minibatch logits and the fused gradient/parameter norms that the
@@ -36,10 +36,11 @@ NOTES = """
   dask arrays; the concat along `run` is one stack per variable (it was xarray's concat, ~1 s of
   the old 5.2 s).
 - Probes are measured on parity, the cheapest runs to train (≈ 1.5 ms steps). Probing a run is a
-  near-fixed ~1.5 s here (the pruning curves' forward passes over the 10000-sample test set,
+  near-fixed 1.2–2 s here (the pruning curves' forward passes over the 10000-sample test set,
   2 linear probes per snapshot, Integrated Gradients and DeepLift at 2 checkpoints, and writing
   ~75 small arrays), so its share falls with the run's length: ~0.7× of the high-LR runs that
-  reach 100% training accuracy in ~1100 steps, ~0.1× of the 20000-step LR-0.01 run. Over the
+  reach 100% training accuracy in ~1100 steps (their 30 pruned networks evaluated on 10000 test
+  samples are half the FLOPs of that training), 0.08× of the 20000-step LR-0.01 run. Over the
   whole demo sweep it is the figure in bold above. The same three runs the previous version of
   this benchmark used (LR 0.05, 0.1, 0.5) cost 0.52× before this round of work and ~0.3× after
   it: Captum's gradients from one backward pass of the summed outputs instead of one autograd
