@@ -15,6 +15,7 @@ pruned column's input, contributes exactly nothing either way) at a fraction of 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -68,7 +69,8 @@ def _kept(norms: torch.Tensor, kappa: float) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> float:
+def _accuracy(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+              batch: int = 4096) -> float:
     from ..train.data import as_model_input
 
     correct = 0
@@ -112,54 +114,49 @@ def _apply_masks(model: nn.Module, kind: str, kappa: float, originals: dict[str,
     return hooks
 
 
-def _relu_chain(model: nn.Module) -> list[nn.Linear] | None:
-    """The hidden Linear layers of lrscope's FCN (Flatten, then Linear/ReLU pairs, then the
-    linear head), in order; None for any other model."""
+def _is_relu_chain(model: nn.Module) -> bool:
+    """True for lrscope's FCN built of Flatten, then Linear/ReLU pairs, then the linear head: its
+    prunable layers, in order, are then the chain of hidden layers."""
     from ..train.models import FCN
 
     if type(model) is not FCN:
-        return None
+        return False
     mods = list(model.features)
     if isinstance(mods[0], nn.Flatten):
         mods = mods[1:]
     lin, act = mods[0::2], mods[1::2]
-    if len(lin) != len(act) or not all(type(m) is nn.Linear for m in lin) or \
-            not all(type(a) is nn.ReLU for a in act):
-        return None
-    return lin
+    return len(lin) == len(act) and all(type(m) is nn.Linear for m in lin) and \
+        all(type(a) is nn.ReLU for a in act)
 
 
-@torch.inference_mode()
-def _sliced_accuracy(model: nn.Module, lin: list[nn.Linear], x: torch.Tensor, y: torch.Tensor, kind: str,
-                     kappa: float, originals: dict[str, torch.Tensor], batch: int = 4096) -> float:
-    """Accuracy of the FCN pruned by `kind` ("structured" or "column") at κ, computed on the kept
+def _sliced_forward(model: nn.Module, layers: list[tuple[str, nn.Module]], kind: str, kappa: float,
+                    originals: dict[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The logits of the FCN pruned by `kind` ("structured" or "column") at κ, computed on the kept
     rows and columns only. Structured: layer l computes its kept units from the previous layer's
     kept units. Column: layer l reads its kept input columns, so the layer before need compute
     only those units (the last hidden layer computes all: the head is not pruned)."""
-    from ..train.data import as_model_input
-
-    names = {id(m): n for n, m in model.named_modules()}
-    ws = [originals[names[id(m)]] for m in lin]
+    ws = [originals[n] for n, _ in layers]
     if kind == "structured":
         rows = [_kept(_unit_norms(w), kappa).nonzero().squeeze(1) for w in ws]
         cols = [None] + rows[:-1]
     else:
         cols = [_kept(_column_norms(w), kappa).nonzero().squeeze(1) for w in ws]
         rows = cols[1:] + [None]
-    layers = []
-    for m, w, r, c in zip(lin, ws, rows, cols):
+    sliced = []
+    for (_, m), w, r, c in zip(layers, ws, rows, cols):
         w = w if r is None else w[r]
-        layers.append((w if c is None else w[:, c], m.bias if m.bias is None or r is None else m.bias[r]))
+        sliced.append((w if c is None else w[:, c], m.bias if m.bias is None or r is None else m.bias[r]))
     head_w = model.head.weight if rows[-1] is None else model.head.weight[:, rows[-1]]
-    correct = 0
-    for xb, yb in zip(x.split(batch), y.split(batch)):
-        h = as_model_input(xb).flatten(1)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        h = x.flatten(1)
         if cols[0] is not None:
             h = h[:, cols[0]]
-        for w, b in layers:
+        for w, b in sliced:
             h = torch.relu(nn.functional.linear(h, w, b))
-        correct += (nn.functional.linear(h, head_w, model.head.bias).argmax(1) == yb).sum().item()
-    return correct / len(y)
+        return nn.functional.linear(h, head_w, model.head.bias)
+
+    return forward
 
 
 def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: str = "structured",
@@ -182,7 +179,7 @@ def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: s
     if not layers:
         raise LrscopeError("model has no prunable Linear/Conv layers besides its head")
     originals = {n: m.weight.detach().clone() for n, m in layers}
-    chain = _relu_chain(model) if sliced else None
+    chain = sliced and _is_relu_chain(model)
     accs = []
     model.eval()
     try:
@@ -191,8 +188,8 @@ def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: s
                 if kappa == 0 and unpruned is not None:
                     accs.append(float(unpruned))
                     continue
-                if chain is not None and kind != "magnitude":
-                    accs.append(_sliced_accuracy(model, chain, x, y, kind, kappa, originals))
+                if chain and kind != "magnitude":
+                    accs.append(_accuracy(_sliced_forward(model, layers, kind, kappa, originals), x, y))
                     continue
                 hooks = _apply_masks(model, kind, kappa, originals)
                 try:
