@@ -19,107 +19,218 @@ STOPS = ("train-acc", "train-loss", "max-steps")
 TRAIN_LOGITS = ("auto", "always", "final")
 DEVICES = ("auto", "cpu", "cuda")
 
-# Fields that change how a run is executed but not what it computes: left out of the run id
-# and of the "same run?" check on resume.
-EXECUTION_FIELDS = ("device", "data_root", "channels_last", "deterministic")
 PRECISIONS = ("fp32", "bf16")
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
+
+# Upper bounds: far above any real run, low enough that a typo (10^12) is refused before it
+# allocates terabytes or overflows an int64/int32 somewhere downstream.
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
+MAX_COUNT = 2**31 - 1  # steps, periods, batch and probe sizes: they fit an int32
+MAX_WIDTH = 2**20  # an FCN layer's width
+MAX_DEPTH = 1024  # an FCN's hidden layers
+MAX_PARAMS = 2**31  # a model's parameters (8 GB as float32)
+
+
+# ------------------------------------------------------------------------------- checking values
+def _num(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _describe(kind: type, lo=None, hi=None, lo_open=False, hi_open=False, choices=None, nullable=False,
+              item: type | None = None) -> str:
+    if choices is not None:
+        text = "one of " + ", ".join(map(str, choices))
+    elif kind is bool:
+        text = "true or false"
+    elif kind is str:
+        text = "a string"
+    elif kind is dict:
+        text = "a table/object of options"
+    elif kind is list:
+        text = "a non-empty list of " + _describe(item or int, lo, hi, lo_open, hi_open).replace("an integer", "integers")
+        return text + (" or null" if nullable else "")
+    else:
+        text = "an integer" if kind is int else "a finite number"
+        if lo is not None and hi is not None:
+            text += f" in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}{')' if hi_open else ']'}"
+        elif lo is not None:
+            text += f" {'>' if lo_open else '>='} {_num(lo)}"
+        elif hi is not None:
+            text += f" {'<' if hi_open else '<='} {_num(hi)}"
+    return text + (" or null" if nullable else "")
+
+
+def _show(v: Any) -> str:
+    """A value as the user wrote it, with its type where the type is what is wrong."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"{str(v).lower()} (a boolean)"
+    if isinstance(v, (int, float)):
+        return f"{_num(v)} ({type(v).__name__})" if isinstance(v, float) else str(v)
+    text = repr(v)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(v).__name__})"
+
+
+def check_value(label: str, v: Any, kind: type, *, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False,
+                choices=None, nullable: bool = False, item: type | None = None, error=ConfigError,
+                choice_label: str | None = None, help: str = "") -> None:
+    """Raise `error` unless `v` is a `kind` (bool is not a number, a float not an int, numbers
+    finite) within [lo, hi] (open ends where asked) / among `choices` ("unknown {choice_label}
+    ..."). Lists: non-empty lists of `item`s, each within the range. `help` is documentation
+    (option declarations carry it), unused here."""
+    def bad(shown: str | None = None):
+        desc = _describe(kind, lo, hi, lo_open, hi_open, choices, nullable, item)
+        return error(f"{label} must be {desc}, got {shown if shown is not None else _show(v)}")
+
+    if v is None:
+        if nullable:
+            return
+        raise bad()
+    if kind is list:
+        if not isinstance(v, list) or not v:
+            raise bad()
+        if len(v) > MAX_DEPTH:
+            raise error(f"{label}: at most {MAX_DEPTH} entries, got {len(v)}")
+        for x in v:
+            try:
+                check_value(label, x, item or int, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, error=error)
+            except error:
+                raise bad(repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "...") from None
+        return
+    if kind is dict:
+        if not isinstance(v, dict):
+            raise bad()
+        for k in v:
+            if not isinstance(k, str):
+                raise error(f"{label}: option names must be strings, got {_show(k)}")
+        return
+    if kind is bool:
+        ok = isinstance(v, bool)
+    elif kind is int:
+        ok = isinstance(v, int) and not isinstance(v, bool)
+    elif kind is float:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    else:
+        ok = isinstance(v, kind)
+    if not ok:
+        raise bad()
+    if choices is not None:
+        if v not in choices:
+            raise error(f"unknown {choice_label or label} {v!r}; valid: {', '.join(map(str, choices))}")
+        return
+    if kind in (int, float):
+        if lo is not None and (v < lo or (lo_open and v == lo)):
+            raise bad()
+        if hi is not None and (v > hi or (hi_open and v == hi)):
+            raise bad()
+
+
+def knob(default: Any = dataclasses.MISSING, *, factory=None, help: str = "", lo=None, hi=None,
+         lo_open: bool = False, hi_open: bool = False, choices=None, label: str | None = None,
+         execution: bool = False):
+    """A RunConfig field with its knob declared once: help text, range or choices, and whether it
+    is an execution detail (outside the run's identity). The type comes from the annotation."""
+    md = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices,
+          "label": label, "execution": execution}
+    if factory is not None:
+        return field(default_factory=factory, metadata=md)
+    return field(default=default, metadata=md)
 
 
 @dataclass
 class RunConfig:
     """Everything that defines one training run. Defaults follow the paper (PAPER.md)."""
 
-    dataset: str = "parity"
-    model: str = "fcn"
-    lr: float = 0.1
-    seed: int = 0  # initialisation and minibatch order
-    data_seed: int = 0  # dataset generation / subsampling (shared by a sweep's seeds)
-    batch_size: int = 100
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    sam_rho: float = 0.05  # SAM/ASAM neighbourhood radius (Foret et al. 2021; Kwon et al. 2021)
-    weight_decay: float = 0.0  # L2, as the optimizer's weight decay
-    l1: float = 0.0  # L1 penalty coefficient added to the loss
-    loss: str = "ce"
-    focal_gamma: float = 2.0
-    schedule: str = "constant"  # constant | step (x step_factor at step_at) | cosine | wsd
-    step_at: int = 1000  # step schedule: the iteration at which the LR is multiplied by step_factor
-    step_factor: float = 0.1
-    warmup_steps: int = 0  # linear warm-up from 0 (any schedule; wsd's "warm-up")
-    decay_fraction: float = 0.2  # wsd: the last fraction of max_steps decays linearly to 0
-    stop: str = "train-acc"  # train-acc (100% training accuracy), train-loss (100% and loss < stop_loss), max-steps
-    stop_loss: float = 1e-5
-    max_steps: int = 20000
-    bias_conflicting_ratio: float | None = None  # None: the dataset's paper default
-    widths: list[int] | None = None  # hidden widths for the FCN; None: the model's default
-    data_options: dict[str, Any] = field(default_factory=dict)  # dataset-specific knobs
-    model_options: dict[str, Any] = field(default_factory=dict)  # model-specific knobs (cnn: width)
-    weights: str | None = None  # a local state dict to initialise from (pretrained); never downloaded
-    snapshot_every: int = 1000  # snapshots at 0,1,2,4,... below this, then every N steps, + final
-    early_snapshots: str = "light"  # log-spaced early snapshots: light (probe subset only) or full
-    checkpoint_every: int = 2000  # checkpoints (resume points) every N steps, + final
-    probe_size: int = 1000  # test samples (group-balanced) whose activations are recorded
-    train_logits: str = "auto"  # train-set logits at full snapshots: auto (when cheap), always, final
-    device: str = "auto"
-    precision: str = "fp32"  # fp32 | bf16 (autocast for forward passes; weights and optimizer stay fp32)
-    channels_last: bool = False  # NHWC memory format for image models (faster convolutions on GPUs)
-    deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-repeatable CUDA runs)
-    data_root: str | None = None  # where file-based datasets live (not part of the run's identity)
+    dataset: str = knob("parity", help="dataset name (see `lrtrain datasets`)")
+    model: str = knob("fcn", help="model name (see `lrtrain models`)")
+    lr: float = knob(0.1, lo=0, lo_open=True, label="learning rate (lr)", help="learning rate")
+    seed: int = knob(0, lo=0, hi=MAX_SEED, help="initialisation and minibatch order")
+    data_seed: int = knob(0, lo=0, hi=MAX_SEED, help="dataset generation / subsampling (shared by a sweep's seeds)")
+    batch_size: int = knob(100, lo=1, hi=MAX_COUNT)
+    optimizer: str = knob("sgd", choices=OPTIMIZERS)
+    momentum: float = knob(0.0, lo=0, hi=1, hi_open=True)
+    sam_rho: float = knob(0.05, lo=0, lo_open=True,
+                          help="SAM/ASAM neighbourhood radius (Foret et al. 2021; Kwon et al. 2021)")
+    weight_decay: float = knob(0.0, lo=0, help="L2, as the optimizer's weight decay")
+    l1: float = knob(0.0, lo=0, help="L1 penalty coefficient added to the loss")
+    loss: str = knob("ce", choices=LOSSES)
+    focal_gamma: float = knob(2.0, lo=0)
+    schedule: str = knob("constant", choices=SCHEDULES,
+                         help="constant | step (x step_factor at step_at) | cosine | wsd")
+    step_at: int = knob(1000, lo=0, hi=MAX_COUNT,
+                        help="step schedule: the iteration at which the LR is multiplied by step_factor")
+    step_factor: float = knob(0.1, lo=0)
+    warmup_steps: int = knob(0, lo=0, hi=MAX_COUNT, help="linear warm-up from 0 (any schedule; wsd's \"warm-up\")")
+    decay_fraction: float = knob(0.2, lo=0, hi=1, lo_open=True,
+                                 help="wsd: the last fraction of max_steps decays linearly to 0")
+    stop: str = knob("train-acc", choices=STOPS,
+                     help="train-acc (100% training accuracy), train-loss (100% and loss < stop_loss), max-steps")
+    stop_loss: float = knob(1e-5, lo=0, lo_open=True)
+    max_steps: int = knob(20000, lo=1, hi=MAX_COUNT)
+    bias_conflicting_ratio: float | None = knob(None, lo=0, hi=1, label="bias-conflicting ratio",
+                                                help="None: the dataset's paper default")
+    widths: list[int] | None = knob(None, lo=1, hi=MAX_WIDTH, help="hidden widths for the FCN; None: the model's default")
+    data_options: dict[str, Any] = knob(factory=dict, help="dataset-specific knobs")
+    model_options: dict[str, Any] = knob(factory=dict, help="model-specific knobs (cnn: width)")
+    weights: str | None = knob(None, help="a local state dict to initialise from (pretrained); never downloaded")
+    snapshot_every: int = knob(1000, lo=1, hi=MAX_COUNT,
+                               help="snapshots at 0,1,2,4,... below this, then every N steps, + final")
+    early_snapshots: str = knob("light", choices=("light", "full"),
+                                help="log-spaced early snapshots: light (probe subset only) or full")
+    checkpoint_every: int = knob(2000, lo=1, hi=MAX_COUNT, help="checkpoints (resume points) every N steps, + final")
+    probe_size: int = knob(1000, lo=2, hi=MAX_COUNT, help="test samples (group-balanced) whose activations are recorded")
+    train_logits: str = knob("auto", choices=TRAIN_LOGITS,
+                             help="train-set logits at full snapshots: auto (when cheap), always, final")
+    device: str = knob("auto", choices=DEVICES, execution=True)
+    precision: str = knob("fp32", choices=PRECISIONS,
+                          help="fp32 | bf16 (autocast for forward passes; weights and optimizer stay fp32)")
+    channels_last: bool = knob(False, execution=True,
+                               help="NHWC memory format for image models (faster convolutions on GPUs)")
+    deterministic: bool = knob(False, execution=True,
+                               help="torch.use_deterministic_algorithms (bitwise-repeatable CUDA runs)")
+    data_root: str | None = knob(None, execution=True,
+                                 help="where file-based datasets live (not part of the run's identity)")
 
     # ------------------------------------------------------------------ validation
-    def validate(self) -> "RunConfig":
-        """Raise ConfigError naming the first impossible value; return self."""
-        from .data import DATASETS
-        from .models import MODELS
+    @classmethod
+    def check_field(cls, name: str, value: Any) -> None:
+        """Raise ConfigError unless `value` has the field's type (from its annotation) and lies in
+        its declared range or choices. Cross-field rules are `validate`'s."""
+        f = _FIELDS.get(name)
+        if f is None:
+            raise ConfigError(f"unknown config field {name!r}; valid: {', '.join(sorted(_FIELDS))}")
+        kind, nullable, item = _HINTS[name]
+        md = f.metadata
+        check_value(md["label"] or name, value, kind, lo=md["lo"], hi=md["hi"], lo_open=md["lo_open"],
+                    hi_open=md["hi_open"], choices=md["choices"], nullable=nullable, item=item)
 
+    def validate(self) -> "RunConfig":
+        """Raise ConfigError naming the first impossible value; return self. Every field is checked
+        against its annotation and declared range; the dataset's and model's options against
+        theirs; nothing is built."""
+        from .data import DATASETS, DEFAULT_RHO, check_data_options
+        from .models import MODELS, check_model_options
+
+        for name in ("dataset", "model"):
+            self.check_field(name, getattr(self, name))
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; valid: {', '.join(sorted(DATASETS))}")
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; valid: {', '.join(sorted(MODELS))}")
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("loss", self.loss, LOSSES)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("stop", self.stop, STOPS)
-        _choice("train_logits", self.train_logits, TRAIN_LOGITS)
-        _choice("early_snapshots", self.early_snapshots, ("light", "full"))
-        _choice("device", self.device, DEVICES)
-        _choice("precision", self.precision, PRECISIONS)
-        for name in ("channels_last", "deterministic"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr}")
-        _int_at_least("batch_size", self.batch_size, 1)
-        _int_at_least("max_steps", self.max_steps, 1)
-        _int_at_least("snapshot_every", self.snapshot_every, 1)
-        _int_at_least("checkpoint_every", self.checkpoint_every, 1)
-        _int_at_least("probe_size", self.probe_size, 2)
-        _int_at_least("seed", self.seed, 0)
-        _int_at_least("data_seed", self.data_seed, 0)
-        _int_at_least("step_at", self.step_at, 0)
-        _int_at_least("warmup_steps", self.warmup_steps, 0)
-        if not (0 < self.decay_fraction <= 1):
-            raise ConfigError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        for f in dataclasses.fields(self):
+            self.check_field(f.name, getattr(self, f.name))
         if self.warmup_steps >= self.max_steps:
             raise ConfigError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
-        if not (0 <= self.momentum < 1):
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        for name in ("weight_decay", "l1", "focal_gamma", "step_factor"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
-        for name in ("sam_rho", "stop_loss"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ConfigError(f"{name} must be a finite number > 0, got {v}")
-        r = self.bias_conflicting_ratio
-        if r is not None and not (0 <= r <= 1):
-            raise ConfigError(f"bias-conflicting ratio must be in [0, 1], got {r}")
-        if self.widths is not None:
-            if not self.widths or any((not isinstance(w, int)) or w < 1 for w in self.widths):
-                raise ConfigError(f"widths must be a non-empty list of positive integers, got {self.widths}")
+        if self.weights == "":
+            raise ConfigError("weights must be a file path or null, got an empty string")
+        if DEFAULT_RHO[self.dataset] is None and self.bias_conflicting_ratio is not None:
+            raise ConfigError(f"{self.dataset!r} has no bias-conflicting ratio to set (its bias is natural or absent)")
+        check_data_options(self.dataset, self.data_options)
+        check_model_options(self.model, self.model_options, widths=self.widths)
         return self
 
     # ------------------------------------------------------------------ schedule
@@ -171,6 +282,39 @@ class RunConfig:
         return f"{base}-{hashlib.sha1(blob).hexdigest()[:8]}"
 
 
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _hint(tp) -> tuple[type, bool, type | None]:
+    """(kind, nullable, list item type) of an annotation such as ``list[int] | None``."""
+    import types
+    import typing
+
+    nullable = False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        nullable = len(args) < len(typing.get_args(tp))
+        (tp,) = args
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return list, nullable, typing.get_args(tp)[0]
+    if origin is dict:
+        return dict, nullable, None
+    return tp, nullable, None
+
+
+def _hints() -> dict[str, tuple[type, bool, type | None]]:
+    import typing
+
+    return {name: _hint(tp) for name, tp in typing.get_type_hints(RunConfig).items()}
+
+
+_HINTS = _hints()
+# Fields that change how a run is executed but not what it computes: left out of the run id
+# and of the "same run?" check on resume (declared with execution=True).
+EXECUTION_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("execution"))
+
+
 def check_run_id(run_id: str) -> str:
     """A run id becomes a directory name inside the output folder: no separators, no '..'."""
     if not RUN_ID_RE.match(run_id) or ".." in run_id:
@@ -179,13 +323,3 @@ def check_run_id(run_id: str) -> str:
             "(no path separators, no '..', not starting with a dot)"
         )
     return run_id
-
-
-def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ConfigError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
-
-
-def _int_at_least(name: str, value: int, lo: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-        raise ConfigError(f"{name} must be an integer >= {lo}, got {value}")

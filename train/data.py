@@ -71,18 +71,82 @@ DATASETS: dict[str, Callable[..., DataBundle]] = {}
 DEFAULT_RHO: dict[str, float | None] = {}  # None: a natural bias (or none), not a recipe's knob
 CACHED: set[str] = set()
 CACHE_VERSION = 1  # bump when a cached recipe's output changes
+# name -> option -> its declaration (check_value's keywords: kind, lo, hi, choices, nullable, ...)
+DATA_OPTIONS: dict[str, dict[str, dict]] = {}
+# name -> a check of the options together (given over defaults), raising ConfigError
+DATA_CHECKS: dict[str, Callable[[dict], None]] = {}
+# keyword arguments every builder takes that are config fields, not data options
+RESERVED = {"seed": "data_seed", "rho_train": "bias_conflicting_ratio", "data_root": "data_root"}
+
+MAX_SAMPLES = 2**24  # n_train / n_test / per-class counts (ImageNet's 1.28M fits)
+MAX_IMAGE_SIZE = 2048
 
 
-def register_dataset(name: str, rho_train: float | None, cache: bool = False):
-    """Register a dataset builder; `cache`: its built splits are kept on disk (slow builds)."""
+def option(kind: type, *, lo=None, hi=None, lo_open=False, hi_open=False, choices=None, nullable=False,
+           help: str = "") -> dict:
+    """A data option's declaration: its type, range or choices (check_value's keywords)."""
+    return {"kind": kind, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices,
+            "nullable": nullable, "help": help}
+
+
+# shared declarations
+RHO_TEST = option(float, lo=0, hi=1, help="bias-conflicting fraction of the test split")
+N_SAMPLES = option(int, lo=1, hi=MAX_SAMPLES, nullable=True, help="subsample to this many (null: all)")
+IMAGE_SIZE = option(int, lo=1, hi=MAX_IMAGE_SIZE, help="images are resized to size x size")
+
+
+def register_dataset(name: str, rho_train: float | None, cache: bool = False, *, options: dict[str, dict],
+                     check: Callable[[dict], None] | None = None):
+    """Register a dataset builder; `cache`: its built splits are kept on disk (slow builds).
+    `options` declares every keyword the builder takes besides seed, rho_train and data_root
+    (type and range), so that data options are checked before anything is built; `check`
+    checks them together."""
     def deco(fn):
+        import inspect
+
+        params = [p for p in inspect.signature(fn).parameters if p not in RESERVED]
+        if sorted(params) != sorted(options):  # a programming error: declared and taken options differ
+            raise TypeError(f"dataset {name!r}: declared options {sorted(options)} != builder's {sorted(params)}")
         DATASETS[name] = fn
         DEFAULT_RHO[name] = rho_train
+        DATA_OPTIONS[name] = options
+        if check is not None:
+            DATA_CHECKS[name] = check
         if cache:
             CACHED.add(name)
         return fn
 
     return deco
+
+
+def check_data_options(name: str, options: dict) -> dict:
+    """Raise ConfigError unless `options` are valid data options of dataset `name` (known names,
+    types, ranges, and the dataset's own joint rules); nothing is built. Returns the options
+    over the builder's defaults."""
+    import inspect
+
+    from .config import check_value
+
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
+    check_value("data_options", options, dict)
+    specs = DATA_OPTIONS[name]
+    for k in options:
+        if k in RESERVED:
+            raise ConfigError(f"{k!r} is not a data option: it is set by the config field {RESERVED[k]} "
+                              f"(--{RESERVED[k].replace('_', '-')})")
+    unknown = sorted(set(options) - set(specs))
+    if unknown:
+        valid = ", ".join(specs) if specs else "none"
+        raise ConfigError(f"unknown data option(s) {', '.join(unknown)} for {name!r}; valid: {valid}")
+    for k, v in options.items():
+        check_value(f"{name} option {k}", v, **specs[k], choice_label=k)
+    params = inspect.signature(DATASETS[name]).parameters
+    merged = {k: p.default for k, p in params.items() if k in specs and p.default is not inspect.Parameter.empty}
+    merged.update(options)
+    if name in DATA_CHECKS:
+        DATA_CHECKS[name](merged)
+    return merged
 
 
 def cache_dir() -> Path | None:
@@ -147,13 +211,14 @@ def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | N
         raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
     if DEFAULT_RHO[name] is None and bias_conflicting_ratio is not None:
         raise ConfigError(f"{name!r} has no bias-conflicting ratio to set (its bias is natural or absent)")
+    if bias_conflicting_ratio is not None:
+        from .config import check_value
+
+        check_value("bias-conflicting ratio", bias_conflicting_ratio, float, lo=0, hi=1)
+    check_data_options(name, options)
     rho = DEFAULT_RHO[name] if bias_conflicting_ratio is None else bias_conflicting_ratio
     fn = DATASETS[name]
     params = inspect.signature(fn).parameters
-    unknown = sorted(set(options) - set(params) - {"seed", "rho_train"})
-    if unknown:
-        valid = [p for p in params if p not in ("seed", "rho_train", "data_root")]
-        raise ConfigError(f"unknown data option(s) {', '.join(unknown)} for {name!r}; valid: {', '.join(valid)}")
     if "data_root" in params:
         options["data_root"] = data_root
     folder = cache_dir() if name in CACHED else None
@@ -195,7 +260,24 @@ def _bits_with_parity(parity: np.ndarray, k: int, gen: np.random.Generator) -> n
 
 
 # ------------------------------------------------------------------------------- parity
-@register_dataset("parity", rho_train=0.1)
+def _check_parity(o: dict) -> None:
+    if o["spurious_bits"] >= o["core_bits"]:
+        raise ConfigError(f"parity needs spurious_bits < core_bits (got S={o['spurious_bits']}, C={o['core_bits']})")
+    d = o["core_bits"] + o["spurious_bits"] + o["noise_bits"]
+    n = (o["n_train"] + o["n_test"]) * d
+    if n > 2**30:
+        raise ConfigError(f"parity with {o['n_train']} + {o['n_test']} samples of {d} bits is too large "
+                          f"({n * 4 / 1e9:.1f} GB of float32 inputs; the limit is {2**30 * 4 / 1e9:.1f} GB)")
+
+
+@register_dataset("parity", rho_train=0.1, check=_check_parity, options={
+    "rho_test": RHO_TEST,
+    "n_train": option(int, lo=1, hi=MAX_SAMPLES),
+    "n_test": option(int, lo=1, hi=MAX_SAMPLES),
+    "core_bits": option(int, lo=1, hi=64, help="C: y is their parity"),
+    "spurious_bits": option(int, lo=1, hi=63, help="S < C: b is their parity"),
+    "noise_bits": option(int, lo=0, hi=2**16, help="N uniform bits"),
+})
 def parity(
     *,
     seed: int = 0,
@@ -267,7 +349,21 @@ def _render_shapes(y: np.ndarray, b: np.ndarray, size: int, noise: float, gen: n
     return (img * 255).round().astype(np.uint8)[:, None]  # (n, 1, size, size)
 
 
-@register_dataset("moon_star", rho_train=0.1)
+def _check_moon_star(o: dict) -> None:
+    for split in ("n_train", "n_test"):
+        n = o[split] * o["size"] ** 2
+        if n > 2**28:
+            raise ConfigError(f"moon_star with {split}={o[split]} images of {o['size']}x{o['size']} is too large to "
+                              f"render ({n:,} pixels per split; the limit is {2**28:,})")
+
+
+@register_dataset("moon_star", rho_train=0.1, check=_check_moon_star, options={
+    "rho_test": RHO_TEST,
+    "n_train": option(int, lo=1, hi=MAX_SAMPLES),
+    "n_test": option(int, lo=1, hi=MAX_SAMPLES),
+    "size": option(int, lo=8, hi=MAX_IMAGE_SIZE, help="image side in pixels"),
+    "noise": option(float, lo=0, hi=100, help="std of the Gaussian pixel noise"),
+})
 def moon_star(
     *,
     seed: int = 0,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .data import DataBundle, Split, register_dataset
+from .data import N_SAMPLES, DataBundle, Split, option, register_dataset
 
 BASES = ("mnist", "fashion_mnist", "digits")
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -140,7 +140,13 @@ def _pick_of_class(labels: np.ndarray, wanted: np.ndarray, gen: np.random.Genera
     return np.array([gen.choice(by_class[k]) for k in wanted], dtype=np.int64)
 
 
-@register_dataset("colored_mnist", rho_train=0.025, cache=True)
+BASE = option(str, choices=BASES, help="the digit-like base set")
+
+
+@register_dataset("colored_mnist", rho_train=0.025, cache=True, options={
+    "base": BASE, "n_train": N_SAMPLES, "n_test": N_SAMPLES,
+    "color_std": option(float, lo=0, hi=1, help="std of the Gaussian colour jitter"),
+})
 def colored_mnist(*, seed: int = 0, rho_train: float = 0.025, base: str = "mnist", data_root=None,
                   n_train: int | None = None, n_test: int | None = None, color_std: float = 0.005) -> DataBundle:
     """Colored MNIST (Nam et al. 2020): the digit (shape) is the class, its colour the bias.
@@ -163,7 +169,10 @@ def colored_mnist(*, seed: int = 0, rho_train: float = 0.025, base: str = "mnist
                       10, 10, (3, 28, 28), {}, f"colored {base}")
 
 
-@register_dataset("double_mnist", rho_train=0.025, cache=True)
+@register_dataset("double_mnist", rho_train=0.025, cache=True, options={
+    "base": BASE, "n_train": N_SAMPLES, "n_test": N_SAMPLES,
+    "dim": option(float, lo=0, hi=1, lo_open=True, help="brightness of the left (core) digit"),
+})
 def double_mnist(*, seed: int = 0, rho_train: float = 0.025, base: str = "mnist", data_root=None,
                  n_train: int | None = None, n_test: int | None = None, dim: float = 0.5) -> DataBundle:
     """Double MNIST (Barsbey et al.): two digits side by side; the left one is the class (core),

@@ -14,16 +14,87 @@ from torch import nn
 from ..errors import ConfigError
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+# name -> model option -> its declaration (check_value's keywords); a model absent here takes none
+MODEL_OPTIONS: dict[str, dict[str, dict]] = {}
+TAKES_WIDTHS = {"fcn"}  # models built from the config's `widths` field; the others ignore it
 
 
-def register_model(fn):
-    MODELS[fn.__name__] = fn
-    return fn
+def register_model(fn=None, *, options: dict[str, dict] | None = None):
+    """Register a model builder (``@register_model`` or ``@register_model(options={...})``).
+    Builders take ``input_shape``, ``num_classes`` and exactly their declared options."""
+    def deco(fn):
+        import inspect
+
+        params = set(inspect.signature(fn).parameters) - {"input_shape", "num_classes", "widths"}
+        if params != set(options or {}):  # a programming error: declared and taken options differ
+            raise TypeError(f"model {fn.__name__!r}: declared options {sorted(options or {})} != builder's {sorted(params)}")
+        MODELS[fn.__name__] = fn
+        MODEL_OPTIONS[fn.__name__] = dict(options or {})
+        return fn
+
+    return deco(fn) if fn is not None else deco
+
+
+def _option(kind: type, **kw) -> dict:
+    return {"kind": kind, **kw}
+
+
+def param_gb(n: int) -> str:
+    return f"{n * 4 / 1e9:.1f} GB as float32"
+
+
+def check_param_count(n: int, what: str) -> None:
+    """Refuse a model of more than MAX_PARAMS parameters before it is allocated."""
+    from .config import MAX_PARAMS
+
+    if n > MAX_PARAMS:
+        raise ConfigError(f"{what} has {n:,} parameters ({param_gb(n)}); the limit is {MAX_PARAMS:,} ({param_gb(MAX_PARAMS)})")
+
+
+def check_model_options(name: str, options: dict, widths: list[int] | None = None) -> None:
+    """Raise ConfigError unless `options` are valid model options of `name` (known names, types,
+    ranges) and the model is not too large for what can be told without the data; nothing is built."""
+    from .config import check_value
+
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}")
+    check_value("model_options", options, dict)
+    specs = MODEL_OPTIONS.get(name, {})
+    if "widths" in options:
+        raise ConfigError("'widths' is not a model option: it is the config field widths (--widths 200,200)")
+    unknown = sorted(set(options) - set(specs))
+    if unknown:
+        valid = ", ".join(specs) if specs else "none" + (" (its hidden widths are the config field widths, --widths)"
+                                                         if name in TAKES_WIDTHS else "")
+        raise ConfigError(f"unknown model option(s) {', '.join(unknown)} for {name!r}; valid: {valid}")
+    for k, v in options.items():
+        check_value(f"{name} option {k}", v, **specs[k], choice_label=k)
+    if name == "fcn" and widths is not None:
+        check_value("widths", widths, list, lo=1, hi=_max_width())
+        # the hidden layers alone (the first layer's size depends on the data)
+        check_param_count(sum(a * b for a, b in zip(widths, widths[1:])), f"the FCN with widths {_short(widths)}")
+    if name == "cnn":
+        check_param_count(VGGLike.count(3, 10, options.get("width", 1.0)), f"the CNN with width {options.get('width', 1.0)}")
+
+
+def _max_width() -> int:
+    from .config import MAX_WIDTH
+
+    return MAX_WIDTH
+
+
+def _short(widths) -> str:
+    text = ",".join(map(str, widths))
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def create_model(name: str, *, input_shape: tuple[int, ...], num_classes: int, **kw) -> nn.Module:
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}")
+    """Build a registered model. ``kw``: its model options, and ``widths`` (the config field;
+    used by the FCN, ignored by the others). Unknown or invalid options are a ConfigError."""
+    widths = kw.pop("widths", None)
+    check_model_options(name, kw, widths=widths if name in TAKES_WIDTHS else None)
+    if name in TAKES_WIDTHS:
+        kw["widths"] = widths
     return MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes, **kw)
 
 
@@ -66,11 +137,14 @@ class FCN(FeatureNet):
 
 
 @register_model
-def fcn(*, input_shape, num_classes, widths: list[int] | None = None, **_) -> nn.Module:
+def fcn(*, input_shape, num_classes, widths: list[int] | None = None) -> nn.Module:
     """FCN; default widths 3x200 for 1-d (synthetic) inputs, 2x1024 for images."""
     if widths is None:
         widths = [200, 200, 200] if len(input_shape) == 1 else [1024, 1024]
-    return FCN(math.prod(input_shape), list(widths), num_classes)
+    sizes = [math.prod(input_shape), *widths, num_classes]
+    check_param_count(sum(a * b for a, b in zip(sizes, sizes[1:])),
+                      f"the FCN with widths {_short(widths)} on {sizes[0]} input features")
+    return FCN(sizes[0], list(widths), num_classes)
 
 
 class VGGLike(FeatureNet):
@@ -80,6 +154,19 @@ class VGGLike(FeatureNet):
     stays at chance (measured, PAPER.md)."""
 
     CFG = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512]
+
+    @classmethod
+    def channels(cls, width: float) -> list:
+        return [v if v == "M" else max(1, int(round(v * width))) for v in cls.CFG]
+
+    @classmethod
+    def count(cls, in_channels: int, num_classes: int, width: float) -> int:
+        """Parameters of the net, without building it."""
+        n, c = 0, in_channels
+        for v in cls.channels(width):
+            if v != "M":
+                n, c = n + 9 * c * v, v
+        return n + c * num_classes
 
     def __init__(self, in_channels: int, num_classes: int, width: float = 1.0):
         super().__init__()
@@ -104,10 +191,11 @@ class VGGLike(FeatureNet):
         return self.features(x)
 
 
-@register_model
-def cnn(*, input_shape, num_classes, width: float = 1.0, **_) -> nn.Module:
+@register_model(options={"width": _option(float, lo=0, hi=64, lo_open=True, help="channel multiplier")})
+def cnn(*, input_shape, num_classes, width: float = 1.0) -> nn.Module:
     """VGG11-like CNN, no bias terms or normalisation, Kaiming init; model option width scales channels."""
     _require_image("cnn", input_shape)
+    check_param_count(VGGLike.count(input_shape[0], num_classes, width), f"the CNN with width {width}")
     return VGGLike(input_shape[0], num_classes, width)
 
 
@@ -138,13 +226,13 @@ class TorchvisionResNet(FeatureNet):
 
 
 def _register_resnet(arch: str):
-    def make(*, input_shape, num_classes, **_) -> nn.Module:
+    def make(*, input_shape, num_classes) -> nn.Module:
         _require_image(arch, input_shape)
         return TorchvisionResNet(arch, input_shape[0], num_classes)
 
     make.__name__ = arch
     make.__doc__ = f"torchvision {arch} (weights=None), penultimate = pooled features."
-    MODELS[arch] = make
+    register_model(make)
     IMAGE_MODELS.add(arch)
 
 
@@ -175,7 +263,7 @@ class TorchvisionSwin(FeatureNet):
 
 
 @register_model
-def swin_t(*, input_shape, num_classes, **_) -> nn.Module:
+def swin_t(*, input_shape, num_classes) -> nn.Module:
     """torchvision Swin-T (weights=None; --weights loads a local ImageNet checkpoint), pooled features."""
     _require_image("swin_t", input_shape)
     return TorchvisionSwin(input_shape[0], num_classes)

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
-from .data import DataBundle, Split, register_dataset
-from .images import _bias_labels, _check_sizes, _pick_of_class, _subsample, load_base
+from .data import IMAGE_SIZE, N_SAMPLES, DataBundle, Split, option, register_dataset
+from .images import BASE, _bias_labels, _check_sizes, _pick_of_class, _subsample, load_base
 
 # ------------------------------------------------------------------------------- helpers
 HOW_TO_GET = {
@@ -111,14 +111,14 @@ def _plain(name: str, n_classes: int, data_root, seed, n_train, n_test) -> DataB
                       n_classes, (3, 32, 32), {}, f"{name} (no bias attribute: b = y)")
 
 
-@register_dataset("cifar10", rho_train=None, cache=True)
+@register_dataset("cifar10", rho_train=None, cache=True, options={"n_train": N_SAMPLES, "n_test": N_SAMPLES})
 def cifar10(*, seed: int = 0, rho_train=None, data_root=None, n_train: int | None = None,
             n_test: int | None = None) -> DataBundle:
     """CIFAR-10 (torchvision's batch layout); no bias attribute (b = y)."""
     return _plain("cifar10", 10, data_root, seed, n_train, n_test)
 
 
-@register_dataset("cifar100", rho_train=None, cache=True)
+@register_dataset("cifar100", rho_train=None, cache=True, options={"n_train": N_SAMPLES, "n_test": N_SAMPLES})
 def cifar100(*, seed: int = 0, rho_train=None, data_root=None, n_train: int | None = None,
              n_test: int | None = None) -> DataBundle:
     """CIFAR-100 (torchvision's layout); no bias attribute (b = y)."""
@@ -126,7 +126,8 @@ def cifar100(*, seed: int = 0, rho_train=None, data_root=None, n_train: int | No
 
 
 # ------------------------------------------------------------------------------- MNIST-CIFAR
-@register_dataset("mnist_cifar", rho_train=0.1, cache=True)
+@register_dataset("mnist_cifar", rho_train=0.1, cache=True,
+                  options={"base": BASE, "n_train": N_SAMPLES, "n_test": N_SAMPLES})
 def mnist_cifar(*, seed: int = 0, rho_train: float = 0.1, data_root=None, base: str = "mnist",
                 n_train: int | None = None, n_test: int | None = None) -> DataBundle:
     """MNIST-CIFAR (Shah et al. 2020, 10 classes each): an MNIST digit (spurious, top) stacked on a
@@ -249,7 +250,9 @@ def corrupt(x: torch.Tensor, kind: str, severity: int, gen: torch.Generator) -> 
     raise ConfigError(f"unknown corruption {kind!r}; valid: {', '.join(CORRUPTIONS)}")
 
 
-@register_dataset("corrupted_cifar10", rho_train=0.1, cache=True)
+@register_dataset("corrupted_cifar10", rho_train=0.1, cache=True, options={
+    "severity": option(int, lo=1, hi=5, help="corruption severity 1-5"), "n_train": N_SAMPLES, "n_test": N_SAMPLES,
+})
 def corrupted_cifar10(*, seed: int = 0, rho_train: float = 0.1, data_root=None, severity: int = 4,
                       n_train: int | None = None, n_test: int | None = None) -> DataBundle:
     """Corrupted CIFAR-10 (Nam et al. 2020, type 0): the object is the class, one of ten corruptions
@@ -317,7 +320,11 @@ def _read_celeba(root: Path) -> tuple[Path, list[str], np.ndarray, np.ndarray, l
     return img_dir, files, (attrs > 0).astype(np.int64), split, names
 
 
-@register_dataset("celeba", rho_train=None, cache=True)
+@register_dataset("celeba", rho_train=None, cache=True, options={
+    "target": option(str, help="the class attribute (a column of list_attr_celeba.txt)"),
+    "bias": option(str, help="the bias attribute"), "size": IMAGE_SIZE,
+    "test_split": option(str, choices=("test", "valid")), "n_train": N_SAMPLES, "n_test": N_SAMPLES,
+})
 def celeba(*, seed: int = 0, rho_train=None, data_root=None, target: str = "Blond_Hair",
            bias: str = "Male", size: int = 64, test_split: str = "test", n_train: int | None = None,
            n_test: int | None = None) -> DataBundle:
@@ -343,7 +350,9 @@ def celeba(*, seed: int = 0, rho_train=None, data_root=None, target: str = "Blon
 
 
 # ------------------------------------------------------------------------------- Waterbirds
-@register_dataset("waterbirds", rho_train=None, cache=True)
+@register_dataset("waterbirds", rho_train=None, cache=True, options={
+    "size": IMAGE_SIZE, "test_split": option(str, choices=("test", "val")), "n_train": N_SAMPLES, "n_test": N_SAMPLES,
+})
 def waterbirds(*, seed: int = 0, rho_train=None, data_root=None, size: int = 64, test_split: str = "test",
                n_train: int | None = None, n_test: int | None = None) -> DataBundle:
     """Waterbirds (Sagawa et al. 2020; group_DRO/WILDS metadata.csv): y landbird/waterbird, bias the
@@ -377,7 +386,10 @@ def waterbirds(*, seed: int = 0, rho_train=None, data_root=None, size: int = 64,
 IMG_EXT = (".jpeg", ".jpg", ".png")
 
 
-@register_dataset("imagenet", rho_train=None, cache=True)
+@register_dataset("imagenet", rho_train=None, cache=True, options={
+    "size": IMAGE_SIZE, "per_class_train": N_SAMPLES, "per_class_test": N_SAMPLES,
+    "classes": option(int, lo=1, hi=2**20, nullable=True, help="keep the first N classes (null: all)"),
+})
 def imagenet(*, seed: int = 0, rho_train=None, data_root=None, size: int = 64,
              per_class_train: int | None = None, per_class_test: int | None = None,
              classes: int | None = None) -> DataBundle:
