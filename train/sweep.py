@@ -40,19 +40,37 @@ def load_spec(path: str | os.PathLike) -> list[RunConfig]:
             spec = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"sweep spec {path} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"sweep spec {path} is a folder, not a TOML file") from None
+    except OSError as e:
+        raise ConfigError(f"sweep spec {path} cannot be read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"sweep spec {path} is not valid TOML: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"sweep spec {path} is not valid TOML: {e}") from None
     return expand_spec(spec, str(path))
 
 
 def expand_spec(spec: dict[str, Any], where: str = "spec") -> list[RunConfig]:
+    """The run configs of a spec: [base] over the defaults, times the cross product of [grid].
+    Every value is type- and range-checked where it is written ([base] key / [grid] axis), every
+    resulting config validated (data and model options included) before any run starts."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a table with [base] and [grid]")
     unknown = set(spec) - {"base", "grid", "name", "description"}
     if unknown:
-        raise ConfigError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}; expected [base] and [grid]")
+        raise ConfigError(f"{where}: unknown section(s) {', '.join(sorted(map(str, unknown)))}; "
+                          "expected [base] and [grid]")
+    for key in ("name", "description"):
+        if key in spec and not isinstance(spec[key], str):
+            raise ConfigError(f"{where}: {key} must be a string, got {spec[key]!r}")
     base = spec.get("base", {})
     grid = spec.get("grid", {})
     if not isinstance(base, dict) or not isinstance(grid, dict):
         raise ConfigError(f"{where}: [base] and [grid] must be tables")
+    if not base and not grid:
+        raise ConfigError(f"{where}: the spec sets nothing: give a [base] table of config fields and/or a [grid] "
+                          "of axes, e.g. [grid] lr = [0.01, 0.1]")
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     for key in list(base) + list(grid):
         if key not in fields:
@@ -60,9 +78,22 @@ def expand_spec(spec: dict[str, Any], where: str = "spec") -> list[RunConfig]:
     both = set(base) & set(grid)
     if both:
         raise ConfigError(f"{where}: {', '.join(sorted(both))} given in both [base] and [grid]")
+    for key, value in base.items():
+        try:
+            RunConfig.check_field(key, value)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: [base] {key}: {e}") from None
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}: grid axis {key!r} must be a non-empty list")
+            hint = f" (one value per run, e.g. {key} = [[200, 200], [400, 400]])" if key == "widths" else ""
+            raise ConfigError(f"{where}: grid axis {key!r} must be a non-empty list{hint}")
+        for v in values:
+            try:
+                RunConfig.check_field(key, v)
+            except ConfigError as e:
+                hint = (f" (each value of a grid axis is one run's setting: {key} = [[200, 200], [400, 400]])"
+                        if key == "widths" and not isinstance(v, list) else "")
+                raise ConfigError(f"{where}: [grid] {key}: {e}{hint}") from None
     keys = list(grid)
     configs = []
     for combo in itertools.product(*(grid[k] for k in keys)):
@@ -75,7 +106,8 @@ def expand_spec(spec: dict[str, Any], where: str = "spec") -> list[RunConfig]:
         try:
             cfg.validate()
         except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
+            at = ", ".join(f"{k}={v!r}" for k, v in zip(keys, combo))
+            raise ConfigError(f"{where}: {e}" + (f" (in the run {at})" if at else "")) from None
         configs.append(cfg)
     ids = [c.run_id() for c in configs]
     if len(set(ids)) != len(ids):
