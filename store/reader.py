@@ -14,6 +14,7 @@ import xarray as xr
 import zarr
 
 from . import schema as S
+from .checked import MAX_ROWS, CheckedStore, check_shape
 from ..errors import StoreError
 
 # Config fields that become `run` coordinates in a sweep even when they do not vary.
@@ -21,26 +22,78 @@ ALWAYS_COORDS = ("dataset", "model", "lr", "seed")
 
 
 def open_store(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
-    """Open a run store's root group after checking it is one this version can read."""
+    """Open a run store's root group after checking it is one this version can read. Reads go
+    through a `CheckedStore`: symlinks inside the store are refused and, for schema 2 stores,
+    missing chunks and chunks failing their checksum are errors naming the array."""
     p = Path(path)
     if not p.exists():
         raise StoreError(f"{path}: no such file or directory")
+    if not p.is_dir():
+        raise StoreError(f"{path}: not an lrscope run store (not a folder)")
+    store = CheckedStore(p, read_only=mode == "r")
     try:
-        root = zarr.open_group(str(p), mode=mode, zarr_format=3)
+        root = zarr.open_group(store=store, mode=mode, zarr_format=3)
         attrs = root.attrs.asdict()
+    except StoreError:
+        raise
     except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError, zarr.errors.GroupNotFoundError) as e:
         raise StoreError(f"{path}: not an lrscope run store ({type(e).__name__})") from None
     except Exception as e:  # corrupted metadata of any other kind
         raise StoreError(f"{path}: not a readable run store ({type(e).__name__}: {e})") from None
     check_attrs(attrs, path)
+    if attrs[S.ATTR_SCHEMA] >= S.CHECKSUM_SCHEMA:
+        _make_strict(store, root, attrs, path)
     return root
 
 
+def _make_strict(store: CheckedStore, root: zarr.Group, attrs: dict, path) -> None:
+    """Missing chunks become errors, except the logits rows that were never evaluated (light
+    snapshots), which the store lists in snapshots/{test,train}_evaluated."""
+    n_snap = attrs[S.ATTR_COMMITTED]["snapshot"]
+    flags = {}
+    store.strict = True  # the flags themselves are checked too (no chunk may be missing yet)
+    try:
+        for split, arr in ((S.A_TEST_LOGITS, S.A_TEST_EVALUATED), (S.A_TRAIN_LOGITS, S.A_TRAIN_EVALUATED)):
+            a = check_array(root[f"{S.G_SNAP}/{arr}"])
+            check_shape(path, a.path, a.shape, a.chunks)
+            flags[f"{S.G_SNAP}/{split}"] = np.asarray(a[:n_snap], dtype=bool) if n_snap else np.zeros(0, bool)
+    except KeyError:
+        if attrs[S.ATTR_COMMITTED]["checkpoint"] > 0:
+            raise StoreError(f"{path}: run store is missing its snapshot evaluation flags (truncated or corrupted?)"
+                             ) from None
+
+    def allow_missing(array: str, coords: tuple[int, ...]) -> bool:
+        f = flags.get(array)
+        return f is not None and bool(coords) and (coords[0] >= len(f) or not f[coords[0]])
+
+    store.allow_missing = allow_missing
+
+
+def lock_held(path: str | os.PathLike) -> bool:
+    """Whether a live process holds the run's lock (trains it now). Creates nothing."""
+    import fcntl
+
+    try:
+        fd = os.open(str(path) + ".lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
 def check_attrs(attrs: dict[str, Any], path: Any) -> None:
+    """The root attributes of a run store, type- and range-checked before anything uses them."""
     if attrs.get(S.ATTR_KIND) != "run":
         raise StoreError(f"{path}: not an lrscope run store (no '{S.ATTR_KIND}' marker)")
     v = attrs.get(S.ATTR_SCHEMA)
-    if not isinstance(v, int):
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise StoreError(f"{path}: run store without a valid schema_version")
     if v > S.SCHEMA_VERSION:
         raise StoreError(
@@ -49,6 +102,28 @@ def check_attrs(attrs: dict[str, Any], path: Any) -> None:
     for key in (S.ATTR_CONFIG, S.ATTR_COMMITTED, S.ATTR_STATUS):
         if key not in attrs:
             raise StoreError(f"{path}: run store is missing its '{key}' attribute")
+    cfg = attrs[S.ATTR_CONFIG]
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), str) for k in ("dataset", "model")):
+        raise StoreError(f"{path}: the store's config attribute is not a run config (corrupted store)")
+    status = attrs[S.ATTR_STATUS]
+    if status not in S.STATUSES:
+        raise StoreError(f"{path}: unknown run status {status!r} (valid: {', '.join(S.STATUSES)}; corrupted store)")
+    com = attrs[S.ATTR_COMMITTED]
+    if not isinstance(com, dict) or set(com) != set(S.APPEND_DIMS.values()) or not all(
+            isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_ROWS for x in com.values()):
+        raise StoreError(f"{path}: the store's committed lengths are not valid ({com!r}; corrupted store)")
+    # snapshots and checkpoints sit at distinct iterations 0..iteration
+    for key in ("snapshot", "checkpoint"):
+        if com[key] > com["iteration"] + 1:
+            raise StoreError(f"{path}: {com[key]} {key}s committed for {com['iteration']} iterations "
+                             "(corrupted store)")
+    max_steps = cfg.get("max_steps")
+    if isinstance(max_steps, int) and com["iteration"] > max_steps:
+        raise StoreError(f"{path}: {com['iteration']} iterations committed, beyond the run's max_steps "
+                         f"{max_steps} (corrupted store)")
+    for key in (S.ATTR_MODEL_INFO, S.ATTR_TIMINGS):
+        if key in attrs and not isinstance(attrs[key], dict):
+            raise StoreError(f"{path}: the store's {key} attribute is not a mapping (corrupted store)")
 
 
 def check_array(arr: zarr.Array, *, strings: bool = False) -> zarr.Array:
@@ -141,6 +216,8 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = ()) -> tuple[x
     root = open_store(path)
     attrs = root.attrs.asdict()
     com = attrs[S.ATTR_COMMITTED]
+    if com["checkpoint"] == 0 and attrs[S.ATTR_STATUS] == S.STATUS_RUNNING and lock_held(path):
+        raise StoreError(f"{path}: being created by a running lrtrain (nothing committed yet); try again in a moment")
     token = f"{Path(path).resolve()}-{json.dumps(com, sort_keys=True)}"
     variables: dict[str, xr.Variable] = {}
     coords: dict[str, Any] = {}
@@ -153,6 +230,13 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = ()) -> tuple[x
         # one concurrent traversal of the whole hierarchy's metadata
         nodes = {name: node for name, node in root.members(max_depth=None)
                  if isinstance(node, zarr.Array) and not name.startswith((S.G_PROBES + "/", S.G_CKPT + "/"))}
+        for name, arr in nodes.items():  # bounds before anything is allocated or made lazy
+            dims = _dims(arr)
+            rows = com.get(S.APPEND_DIMS.get(dims[0], ""))
+            check_shape(path, name, arr.shape, arr.chunks, rows)
+            if rows is not None and arr.shape[0] < rows:
+                raise StoreError(f"{path}: array {name} has {arr.shape[0]} rows along {dims[0]}, "
+                                 f"{rows} committed (truncated or corrupted store)")
         eager = []  # labels and small coordinates: read whole, concurrently
         for name, arr in nodes.items():
             parts = name.split("/")
@@ -181,8 +265,10 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = ()) -> tuple[x
         coords[S.D_SNAP] = (S.D_SNAP, np.arange(n_snap))
         coords[S.D_CKPT] = (S.D_CKPT, np.arange(n_ck))
         coords["checkpoint_iteration"] = (S.D_CKPT, ck_it[:n_ck])
-        for need in ("loss", "test_logits", "probe_features"):
-            if need not in variables:
+        required = (*S.LOG_SCALARS, S.A_BATCH_INDEX, S.A_BATCH_LOGITS, S.A_TEST_LOGITS, S.A_PROBE_LOGITS,
+                    S.A_TRAIN_LOGITS, S.A_PROBE_FEATURES, "probe_inputs")
+        for need in required + tuple(f"{split}_{label}" for split in S.SPLITS for label in S.LABELS):
+            if need not in variables and need not in coords:
                 raise KeyError(need)
     except KeyError as e:
         raise StoreError(f"{path}: run store is missing {e} (truncated or corrupted?)") from None
@@ -207,11 +293,11 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = ()) -> tuple[x
 
 def _open_with_layout(path, root, attrs, layout, token, probes) -> xr.Dataset:
     from zarr.core.array import Array, AsyncArray
-    from zarr.storage import LocalStore, StorePath
+    from zarr.storage import StorePath
 
     com = attrs[S.ATTR_COMMITTED]
     n_it, n_snap, n_ck = com["iteration"], com["snapshot"], com["checkpoint"]
-    store = LocalStore(str(path), read_only=True)
+    store = root.store  # the run's CheckedStore (strict for schema-2 stores)
     variables: dict[str, xr.Variable] = {}
     coords: dict[str, Any] = dict(layout["coords"])
     if layout["regions"] is not None:
@@ -225,6 +311,8 @@ def _open_with_layout(path, root, attrs, layout, token, probes) -> xr.Dataset:
             if parts[0] == S.G_SNAP and parts[1] == S.A_SNAP_ITER:
                 continue
             n = lengths.get(dims[0])
+            if n is not None:  # this run's committed length, with the layout's chunks
+                check_shape(path, name, meta.shape, meta.chunks, n)
             m = meta.update_shape((n, *meta.shape[1:])) if n is not None else meta
             arr = Array(AsyncArray(metadata=m, store_path=StorePath(store, name)))
             variables[parts[-1] if parts[0] != S.G_DATA else "probe_inputs"] = xr.Variable(dims, _lazy(arr, None, token))
@@ -250,6 +338,7 @@ def _finish_dataset(path, root, attrs, variables, coords, probes) -> xr.Dataset:
         "status": attrs[S.ATTR_STATUS],
         "reason": attrs.get(S.ATTR_REASON, ""),
         "schema_version": attrs[S.ATTR_SCHEMA],
+        "committed": dict(attrs[S.ATTR_COMMITTED]),  # the view this Dataset shows (a live run goes on)
         "config": attrs[S.ATTR_CONFIG],
         "model_info": attrs.get(S.ATTR_MODEL_INFO, {}),
         "timings": attrs.get(S.ATTR_TIMINGS, {}),
@@ -272,17 +361,22 @@ def probe_names(root: zarr.Group) -> list[str]:
     return sorted(name for name, g in root[S.G_PROBES].groups() if g.attrs.get("complete"))
 
 
-def read_probe(path: str | os.PathLike, name: str) -> xr.Dataset:
+def read_probe(path: str | os.PathLike, name: str, root: zarr.Group | None = None) -> xr.Dataset:
     """One probe's result: in memory when small (most are: aligning a sweep's runs then costs
     nothing, and reading skips dask), lazy otherwise (attribution maps)."""
-    group = zarr.open_group(str(path), path=f"{S.G_PROBES}/{name}", mode="r")
+    root = root if root is not None else open_store(path)
+    try:
+        group = root[f"{S.G_PROBES}/{name}"]
+    except KeyError:
+        raise StoreError(f"{path}: no probe result {name!r}") from None
     nbytes = 0
-    for _, arr in group.arrays():
+    for aname, arr in group.arrays():
         check_array(arr, strings=True)  # before xarray decodes anything
+        check_shape(path, f"{S.G_PROBES}/{name}/{aname}", arr.shape, arr.chunks)
         nbytes += arr.nbytes
     small = nbytes < PROBE_LOAD_BYTES
     kw = {"chunks": None} if small else {}
-    ds = xr.open_zarr(str(path), group=f"{S.G_PROBES}/{name}", consolidated=False, zarr_format=3, **kw)
+    ds = xr.open_zarr(root.store, group=f"{S.G_PROBES}/{name}", consolidated=False, zarr_format=3, **kw)
     return ds.load() if small else ds
 
 
@@ -292,7 +386,9 @@ def read_probes(path: str | os.PathLike, root: zarr.Group | None = None) -> xr.D
     parts = []
     for name in probe_names(root):
         try:
-            parts.append(read_probe(path, name))
+            parts.append(read_probe(path, name, root))
+        except StoreError:
+            raise
         except Exception as e:
             raise StoreError(f"{path}: probe {name!r} is unreadable ({type(e).__name__}: {e}); "
                              "recompute it with lrprobe compute --force") from None

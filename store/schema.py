@@ -16,7 +16,12 @@ metadata atomically: temp file + rename); readers trim every appendable array to
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+# 1: the first stores. 2: every array ends its codecs with a crc32c checksum, every chunk is written
+# (even one equal to the fill value), and snapshots/{test,train}_evaluated say which logits rows
+# were evaluated; readers of schema-2 stores treat a missing or failing chunk as damage. Stores of
+# schema 1 still open (without those checks) and resume as schema 1.
+SCHEMA_VERSION = 2
+CHECKSUM_SCHEMA = 2
 
 # ---- root attributes -------------------------------------------------------------------
 ATTR_SCHEMA = "schema_version"
@@ -88,6 +93,8 @@ A_TEST_LOGITS = "test_logits"  # (snapshot, test_sample, class) float32, NaN at 
 A_PROBE_LOGITS = "probe_logits"  # (snapshot, probe_sample, class) float32, every snapshot
 A_TRAIN_LOGITS = "train_logits"  # (snapshot, train_sample, class) float32, NaN when not evaluated
 A_PROBE_FEATURES = "probe_features"  # (snapshot, probe_sample, neuron) float32
+A_TEST_EVALUATED = "test_evaluated"  # (snapshot,) bool: test_logits evaluated at this snapshot (schema 2)
+A_TRAIN_EVALUATED = "train_evaluated"  # (snapshot,) bool: train_logits evaluated at this snapshot (schema 2)
 
 # ---- checkpoints/ ----------------------------------------------------------------------
 A_CKPT_ITER = "iteration"

@@ -18,6 +18,7 @@ import numpy as np
 import zarr
 
 from . import schema as S
+from .checked import ARRAY_CONFIG, COMPRESSORS
 from .lock import RunLock
 from ..errors import StoreError
 
@@ -82,7 +83,7 @@ class RunWriter:
     def _array(self, group: str, name: str) -> zarr.Array:
         key = f"{group}/{name}"
         if key not in self._handles:
-            self._handles[key] = self.root[group][name]
+            self._handles[key] = self.root[group][name].with_config(ARRAY_CONFIG)
         return self._handles[key]
 
     # ------------------------------------------------------------------ creation
@@ -157,6 +158,8 @@ class RunWriter:
                       (S.D_SNAP, S.D_SAMPLE["train"], S.D_CLASS), 1, fill=np.nan)
         _append_array(snaps, S.A_PROBE_FEATURES, (n_probe, model_info["num_features"]), "float32",
                       (S.D_SNAP, S.D_SAMPLE["probe"], S.D_NEURON), 1)
+        for name in (S.A_TEST_EVALUATED, S.A_TRAIN_EVALUATED):
+            _append_array(snaps, name, (), "bool", (S.D_SNAP,), 1024, fill=False)
 
         ck = root.create_group(S.G_CKPT)
         _append_array(ck, S.A_CKPT_ITER, (), "int64", (S.D_CKPT,), 1024)
@@ -191,7 +194,7 @@ class RunWriter:
             for name, arr in self.root[group].arrays():
                 if arr.shape[0] > n:
                     arr.resize((n, *arr.shape[1:]))
-                self._handles[f"{group}/{name}"] = arr
+                self._handles[f"{group}/{name}"] = arr.with_config(ARRAY_CONFIG)
 
     # ------------------------------------------------------------------ appends
     def append_log(self, rows: dict[str, np.ndarray]) -> None:
@@ -215,6 +218,10 @@ class RunWriter:
             snaps, self._snap_buf, self.buffered_snapshot_bytes = self._snap_buf, [], 0
             writes = [(self._array(S.G_SNAP, S.A_SNAP_ITER), k0,
                        np.array([s_[S.A_SNAP_ITER] for s_ in snaps], dtype=np.int64))]
+            for flag, name in ((S.A_TEST_EVALUATED, S.A_TEST_LOGITS), (S.A_TRAIN_EVALUATED, S.A_TRAIN_LOGITS)):
+                if flag in self.root[S.G_SNAP]:  # schema 2: which logits rows hold data
+                    writes.append((self._array(S.G_SNAP, flag), k0,
+                                   np.array([s_.get(name) is not None for s_ in snaps], dtype=bool)))
             for name in (S.A_TEST_LOGITS, S.A_PROBE_LOGITS, S.A_PROBE_FEATURES, S.A_TRAIN_LOGITS):
                 arr = self._array(S.G_SNAP, name)
                 _ensure_rows(arr, k0 + len(snaps))
@@ -256,10 +263,11 @@ class RunWriter:
         for name, arr in optim.items():
             arr = np.asarray(arr)
             if name in sg and sg[name].shape == arr.shape and sg[name].dtype == arr.dtype:
-                sg[name][...] = arr
-            else:
+                sg[name].with_config(ARRAY_CONFIG)[...] = arr
+            else:  # one chunk per state tensor (a 0-d one, such as Adam's step, has chunk shape ())
                 sg.create_array(name, shape=arr.shape, dtype=arr.dtype, overwrite=True,
-                                chunks=arr.shape or None)[...] = arr
+                                chunks=arr.shape if arr.size else None, compressors=COMPRESSORS,
+                                config=ARRAY_CONFIG)[...] = arr
             _crash_point("optimizer")
         self.optim_keys[str(slot)] = sorted(optim)
         self.committed["checkpoint"] = k + 1
@@ -297,14 +305,14 @@ def _append_array(group: zarr.Group, name: str, row_shape: tuple[int, ...], dtyp
                   dims: tuple[str, ...], rows_per_chunk: int, fill: float | int | None = 0) -> zarr.Array:
     return group.create_array(
         name, shape=(0, *row_shape), dtype=dtype, chunks=_chunk_rows(tuple(row_shape), rows_per_chunk),
-        dimension_names=dims, fill_value=fill)
+        dimension_names=dims, fill_value=fill, compressors=COMPRESSORS, config=ARRAY_CONFIG)
 
 
 def _write_full(group: zarr.Group, name: str, arr: np.ndarray, dims: tuple[str, ...]) -> None:
     if arr.dtype == object:
         raise StoreError("refusing to write an object array (no pickle in stores)")
     a = group.create_array(name, shape=arr.shape, dtype=arr.dtype, dimension_names=dims,
-                           chunks=arr.shape if arr.size else None)
+                           chunks=arr.shape if arr.size else None, compressors=COMPRESSORS, config=ARRAY_CONFIG)
     a[...] = arr
 
 

@@ -9,9 +9,9 @@ import torch
 import xarray as xr
 from torch import nn
 
-from ..errors import StoreError
+from ..errors import LrscopeError, StoreError
 from ..store import schema as S
-from ..store.reader import open_store
+from ..store.reader import check_array, open_store
 from .config import RunConfig
 from .models import create_model
 
@@ -34,24 +34,44 @@ def load_model(ds_or_path: xr.Dataset | str | os.PathLike, checkpoint: int = -1)
     ``checkpoint`` indexes the committed checkpoints (-1: the latest). The model is returned
     in eval mode on the CPU.
     """
-    path = ds_or_path.attrs["store"] if isinstance(ds_or_path, xr.Dataset) else ds_or_path
+    if isinstance(ds_or_path, xr.Dataset):
+        if "store" not in ds_or_path.attrs:
+            raise StoreError("load_model: this Dataset was not opened by lrscope.open_run (no 'store' attribute)")
+        path = ds_or_path.attrs["store"]
+    else:
+        path = ds_or_path
     root = open_store(path)
     attrs = root.attrs.asdict()
     n = attrs[S.ATTR_COMMITTED]["checkpoint"]
+    if isinstance(ds_or_path, xr.Dataset) and "committed" in ds_or_path.attrs:
+        n = min(n, int(ds_or_path.attrs["committed"]["checkpoint"]))  # the checkpoints that Dataset shows
     if n == 0:
         raise StoreError(f"{path}: no committed checkpoint")
+    if isinstance(checkpoint, bool) or not isinstance(checkpoint, (int, np.integer)):
+        raise StoreError(f"load_model: checkpoint must be an integer position, got {checkpoint!r}")
     k = checkpoint if checkpoint >= 0 else n + checkpoint
     if not 0 <= k < n:
         raise StoreError(f"{path}: checkpoint {checkpoint} out of range (store has {n})")
-    info = attrs[S.ATTR_MODEL_INFO]
-    cfg = RunConfig.from_dict(attrs[S.ATTR_CONFIG])
-    model = build_model(cfg, info["input_shape"], info["num_classes"])
+    info = attrs.get(S.ATTR_MODEL_INFO) or {}
+    try:
+        cfg = RunConfig.from_dict(attrs[S.ATTR_CONFIG])
+        model = build_model(cfg, info["input_shape"], info["num_classes"])
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, LrscopeError):
+            raise StoreError(f"{path}: cannot rebuild the model from the stored config ({e})") from None
+        raise StoreError(f"{path}: cannot rebuild the model from the stored config "
+                         f"({type(e).__name__}: {e}; corrupted store)") from None
     params = root[S.G_PARAMS]
     state = {}
-    for name in model.state_dict():
+    for name, want in model.state_dict().items():
         if name not in params:
             raise StoreError(f"{path}: checkpoint lacks parameter {name!r}")
-        state[name] = torch.from_numpy(np.asarray(params[name][k]))
+        arr = params[name]
+        check_array(arr)
+        if tuple(arr.shape[1:]) != tuple(want.shape) or arr.shape[0] < n:
+            raise StoreError(f"{path}: parameter {name!r} has shape {tuple(arr.shape)}, expected "
+                             f"({n}+, {', '.join(map(str, want.shape))}) (corrupted store)")
+        state[name] = torch.from_numpy(np.asarray(arr[k]))
     model.load_state_dict(state)
     model.eval()
     return model
