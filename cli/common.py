@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -47,3 +50,80 @@ def parse_floats(text: str, name: str) -> list[float]:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise LrscopeError(f"{name}: expected comma-separated numbers, got {text!r}") from None
+
+
+def parse_ints(text: str, name: str, *, lo: int = 1) -> list[int]:
+    """Comma-separated integers (2.0 passes as 2; inf, nan, 1.5 and words do not)."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            v = int(part)
+        except ValueError:
+            try:
+                f = float(part)
+            except ValueError:
+                f = math.nan
+            if not (math.isfinite(f) and f == int(f)):
+                raise LrscopeError(f"{name}: expected comma-separated integers, got {text!r}") from None
+            v = int(f)
+        if v < lo:
+            raise LrscopeError(f"{name}: expected integers >= {lo}, got {text!r}")
+        out.append(v)
+    if not out:
+        raise LrscopeError(f"{name}: expected comma-separated integers, got {text!r}")
+    return out
+
+
+def check_workers(workers: int, name: str = "--workers") -> int:
+    if not 1 <= workers <= MAX_WORKERS:
+        raise LrscopeError(f"{name} must be in [1, {MAX_WORKERS}], got {workers}")
+    return workers
+
+
+MAX_WORKERS = 1024
+
+
+def check_out_dir(path, name: str = "--out") -> Path:
+    """An output folder that exists, or whose nearest existing ancestor is a folder we may write
+    in. Only looks: creates nothing (the command creates it once its inputs were checked)."""
+    text = str(path)
+    if not text.strip():
+        raise LrscopeError(f"{name}: empty path")
+    p = Path(text)
+    if os.path.lexists(p) and not p.exists():
+        raise LrscopeError(f"{name} {text}: a broken symbolic link")
+    if p.exists():
+        if not p.is_dir():
+            raise LrscopeError(f"{name} {text}: exists and is not a folder")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise LrscopeError(f"{name} {text}: folder is not writable")
+        return p
+    up = p.absolute().parent
+    while not up.exists():
+        if os.path.lexists(up):
+            raise LrscopeError(f"{name} {text}: {up} is a broken symbolic link")
+        up = up.parent
+    if not up.is_dir():
+        raise LrscopeError(f"{name} {text}: {up} is not a folder")
+    if not os.access(up, os.W_OK | os.X_OK):
+        raise LrscopeError(f"{name} {text}: cannot create it, {up} is not writable")
+    return p
+
+
+def check_out_file(path, name: str = "--output") -> Path:
+    """An output file that can be written: not a folder, in a folder that exists or can be
+    created. Creates nothing."""
+    text = str(path)
+    if not text.strip():
+        raise LrscopeError(f"{name}: empty path")
+    p = Path(text)
+    if p.is_dir():
+        raise LrscopeError(f"{name} {text}: is a folder")
+    if p.exists():
+        if not os.access(p, os.W_OK):
+            raise LrscopeError(f"{name} {text}: not writable")
+        return p
+    check_out_dir(p.absolute().parent, name)
+    return p

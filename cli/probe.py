@@ -42,13 +42,23 @@ def compute_cmd(paths, only, force, data_root, kappa, checkpoints, workers, sche
 
     Up-to-date probes are skipped; a probe whose run has trained on since, or whose definition
     changed, is recomputed."""
-    from ..probe.runner import compute_paths
+    from ..probe.runner import PROBES, compute_paths
+    from ..store.reader import find_runs
+    from .common import check_workers
 
     if not 0 <= kappa <= 1:
         raise LrscopeError(f"--kappa must be in [0, 1], got {kappa}")
-    if workers < 1:
-        raise LrscopeError(f"--workers must be >= 1, got {workers}")
-    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    check_workers(workers)
+    names = None
+    if only is not None:
+        names = [n.strip() for n in only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in PROBES]
+        if unknown or not names:
+            raise LrscopeError(f"--only: unknown probe(s) {', '.join(unknown) or repr(only)}; valid: {', '.join(PROBES)}")
+    wanted = _parse_checkpoints(checkpoints)
+    runs = find_runs(paths)  # no store, no probe: before anything is computed
+    if names is None or "attributions" in names:
+        _check_checkpoint_range(runs, checkpoints, wanted)
     params = {}
     if kappa != 0.1:
         params["kappa"] = kappa
@@ -63,6 +73,46 @@ def compute_cmd(paths, only, force, data_root, kappa, checkpoints, workers, sche
         for name, o in r.items():
             if not (o.startswith("computed") or o == "up to date"):
                 click.echo(f"  {Path(path).name}: {name}: {o}")
+
+
+def _parse_checkpoints(text: str) -> list:
+    """--checkpoints: first,last | all | comma-separated positions (negative: from the end)."""
+    spec = text.strip()
+    if spec == "all":
+        return []
+    out = []
+    for part in (p.strip() for p in spec.split(",")):
+        if part in ("first", "last"):
+            out.append(part)
+            continue
+        try:
+            k = int(part)
+        except ValueError:
+            raise LrscopeError(f"--checkpoints: expected first,last | all | comma-separated integers, got {text!r}") from None
+        if abs(k) > 2**31:
+            raise LrscopeError(f"--checkpoints: position {k} out of range")
+        out.append(k)
+    return out
+
+
+def _check_checkpoint_range(runs, text: str, wanted: list) -> None:
+    """Every asked-for checkpoint position exists in every run that has checkpoints (a run whose
+    store cannot be read is left to the probe runner, which reports it)."""
+    from ..store import schema as S
+    from ..store.reader import open_store
+
+    ints = [k for k in wanted if isinstance(k, int)]
+    if not ints:
+        return
+    for path in runs:
+        try:
+            n = int(open_store(path).attrs[S.ATTR_COMMITTED]["checkpoint"])
+        except Exception:  # noqa: BLE001 - the runner reports unreadable stores
+            continue
+        bad = [k for k in ints if n > 0 and not -n <= k < n]
+        if bad:
+            raise LrscopeError(f"--checkpoints {text}: position {bad[0]} out of range for {path} "
+                               f"(it has {n} checkpoints: 0..{n - 1}, or -{n}..-1)")
 
 
 @main.command("list")
@@ -92,8 +142,12 @@ def ls_cmd(paths):
 def figures_cmd(paths, outdir, fmt, only):
     """Static figures for a manuscript (matplotlib backend), one file per figure and dataset x model."""
     from ..viz.static import write_figures
+    from .common import check_out_dir
 
-    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    names = [n.strip() for n in only.split(",") if n.strip()] if only is not None else None
+    if names is not None and not names:
+        raise LrscopeError(f"--only: no figure names in {only!r}")
+    check_out_dir(outdir, "--output")
     for path in write_figures(paths, outdir, fmt=fmt, names=names):
         click.echo(str(path))
 
@@ -106,8 +160,12 @@ def figures_cmd(paths, outdir, fmt, only):
               help="Compute missing or stale probes first.")
 def report_cmd(paths, output, title, compute):
     """Write a self-contained HTML report (opens with no network) for a sweep."""
+    from ..store.reader import find_runs
     from ..viz.report import write_report
+    from .common import check_out_file
 
+    check_out_file(output)
+    find_runs(paths)  # no store: nothing is computed or written
     if compute:
         from ..probe.runner import compute_paths
 

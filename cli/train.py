@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from .common import OneLineErrors
 
 OPTIONAL = object()
@@ -94,17 +94,14 @@ def main():
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run_cmd(**kw):
     """Train one run, or resume it if it was interrupted (same command). A finished run is left as is."""
-    from ..train.config import RunConfig
+    from ..train.config import RunConfig, check_run_id
     from ..train.loop import train_run
-    from .common import parse_floats
+    from .common import check_out_dir, parse_ints
 
     out, name, quiet = kw.pop("out"), kw.pop("name"), kw.pop("quiet")
     widths = kw.pop("widths")
     if widths is not None:
-        ws = parse_floats(widths, "--widths")
-        if any(w != int(w) for w in ws):
-            raise ConfigError(f"--widths: expected integers, got {widths!r}")
-        kw["widths"] = [int(w) for w in ws]
+        kw["widths"] = parse_ints(widths, "--widths")
     stop = kw["stop"]
     if stop.startswith("train-loss="):
         kw["stop"] = "train-loss"
@@ -115,9 +112,72 @@ def run_cmd(**kw):
     kw["data_options"] = _json_dict(kw.pop("data_options"), "--data-options")
     kw["model_options"] = _json_dict(kw.pop("model_options"), "--model-options")
     cfg = RunConfig(**kw).validate()
-    r = train_run(cfg, out, run_id=name, progress=not quiet)
+    run_id = check_run_id(name) if name is not None else cfg.run_id()
+    check_out_dir(out)
+    data = preflight(cfg, out, run_id)
+    r = train_run(cfg, out, run_id=name, progress=not quiet, data=data)
     click.echo(r.message)
     click.echo(str(r.path))
+
+
+def preflight(cfg, out, run_id: str, data=None):
+    """Everything a fresh run needs that can fail on the user's input, checked before --out is
+    touched: the device, the dataset (built here and handed to the training loop, so a missing
+    data root or a recipe's own rule fails first), the model (built on the meta device: no memory)
+    and the --weights file. Returns the dataset, or None when the store exists already (a resume
+    or a finished run: the training loop decides, and may have nothing to build). `data`: the
+    dataset when the caller built it already."""
+    import torch
+
+    from ..train.data import build_dataset
+    from ..train.loop import pick_device, store_path
+    from ..train.restore import build_model
+
+    path = store_path(out, run_id)
+    if (path / "zarr.json").exists():
+        return None
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path} exists and is not a run store; refusing to overwrite it")
+    pick_device(cfg.device)
+    bundle = data
+    if bundle is None:
+        bundle = build_dataset(cfg.dataset, seed=cfg.data_seed, bias_conflicting_ratio=cfg.bias_conflicting_ratio,
+                               data_root=cfg.data_root, **cfg.data_options)
+    with torch.device("meta"):
+        model = build_model(cfg, bundle.input_shape, bundle.num_classes)
+    if cfg.weights:
+        import warnings
+
+        from ..train.models import load_weights
+
+        with warnings.catch_warnings():  # loading into meta tensors is a no-op, and torch says so per tensor
+            warnings.simplefilter("ignore")
+            load_weights(model, cfg.weights)
+    return bundle
+
+
+def preflight_sweep(configs, out) -> None:
+    """`preflight` for the runs of a sweep that do not exist yet: each distinct dataset built once
+    (into the dataset cache, where the workers find it), each distinct model checked on it."""
+    import json
+
+    from ..train.loop import store_path
+
+    def data_key(c):
+        return json.dumps([c.dataset, c.data_seed, c.bias_conflicting_ratio, c.data_root, c.data_options],
+                          sort_keys=True)
+
+    fresh = [c for c in configs if not (store_path(out, c.run_id()) / "zarr.json").exists()]
+    groups: dict[str, list] = {}
+    for c in fresh:
+        groups.setdefault(data_key(c), []).append(c)
+    for group in groups.values():
+        bundle, seen = None, set()
+        for c in group:
+            key = json.dumps([c.model, c.model_options, c.widths, c.weights, c.device], sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                bundle = preflight(c, out, c.run_id(), data=bundle)
 
 
 @main.command("sweep")
@@ -145,21 +205,25 @@ def sweep_cmd(spec, out, workers, scheduler, data_root, device, batched, dry_run
                  job_extra_directives=['--gres=gpu:1']); c.scale(jobs=4); print(c.scheduler_address); input()"
       lrtrain sweep spec.toml --out /shared/runs --scheduler tcp://<that address>
     """
+    from ..errors import LrscopeError
     from ..train.sweep import load_spec, run_sweep
+    from .common import check_out_dir, check_workers
 
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
-    configs = load_spec(spec)
+    check_workers(workers)
+    configs = load_spec(spec)  # every config validated, its data and model options included
     for c in configs:  # execution settings: not part of a run's identity
         if data_root is not None:
             c.data_root = data_root
         if device is not None:
             c.device = device
-            c.validate()
+        c.validate()
     if dry_run:
         for c in configs:
             click.echo(c.run_id())
         return
+    check_out_dir(out)
+    if scheduler in (None, "local"):  # the data are on this machine: check each recipe once
+        preflight_sweep(configs, out)
     failed = []
 
     def report(run_id, status, message):
@@ -172,10 +236,10 @@ def sweep_cmd(spec, out, workers, scheduler, data_root, device, batched, dry_run
     for _, status, _ in results:
         counts[status] = counts.get(status, 0) + 1
     click.echo(f"{len(results)} runs in {out}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    for m in failed:
-        click.echo(f"  {m}", err=True)
     if failed:
-        raise SystemExit(1)
+        distinct = list(dict.fromkeys(failed))  # the same message for every run of a recipe: once
+        shown = "; ".join(distinct[:3]) + (f"; and {len(distinct) - 3} more" if len(distinct) > 3 else "")
+        raise LrscopeError(f"{len(failed)} of {len(results)} runs failed: {shown}")
 
 
 @main.command("datasets")

@@ -25,9 +25,12 @@ PLOT_OPTS = dict(width=760, height=360)
 
 def _render(obj):
     """A figure as a bokeh model (layouts keep their panels' own sizes)."""
+    import param
+
     if not isinstance(obj, hv.Layout):
         obj = obj.opts(**PLOT_OPTS)
-    return hv.render(obj, backend="bokeh")
+    with param.logging_level("ERROR"):  # bokeh's notes on log axes touching 0 are noise on stderr
+        return hv.render(obj, backend="bokeh")
 
 
 def _table_html(headers, rows, flag=None) -> str:
@@ -77,12 +80,10 @@ def summary_rows(sweeps: dict) -> list[tuple]:
 
 def write_report(paths, output, *, title: str = "lrscope report") -> Path:
     out = Path(output)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LrscopeError(f"cannot create {out.parent}: {e.strerror}") from None
+    if out.is_dir():
+        raise LrscopeError(f"{out} is a folder; give the report's file name")
+    rows = run_rows(paths)  # the runs first: no run, no folder
     hv.extension("bokeh", logo=False)
-    rows = run_rows(paths)
     n_div = sum(r["status"] == "diverged" for r in rows)
     # each bokeh Div renders in its own shadow DOM: every one carries the report's style sheet
     sheet = InlineStyleSheet(css=CSS)
@@ -130,5 +131,33 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
             [d.name for d in tbl.dimensions()], [tuple(r) for r in tbl.data.itertuples(index=False)]
             if hasattr(tbl.data, "itertuples") else tbl.data)))
     doc = column(*blocks)
-    out.write_text(file_html(doc, INLINE, title), encoding="utf-8")
+    write_text(out, file_html(doc, INLINE, title))
     return out
+
+
+def write_text(out: Path, text: str) -> None:
+    """Write a file whole or not at all: a regular file through a temporary sibling and a rename
+    (a full disk leaves the old file, or none); a device or pipe (/dev/stdout) directly. Any
+    OSError is a one-line LrscopeError."""
+    import os
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LrscopeError(f"cannot create {out.parent}: {e.strerror or e}") from None
+    data = text.encode("utf-8")
+    if out.exists() and not out.is_file():  # a device, a pipe: no rename over it
+        try:
+            with open(out, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            raise LrscopeError(f"cannot write {out}: {e.strerror or e}") from None
+        return
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise LrscopeError(f"cannot write {out}: {e.strerror or e}") from None

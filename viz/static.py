@@ -50,23 +50,27 @@ def write_figures(paths, outdir, *, fmt: str = "png", names=None) -> list[Path]:
     if unknown:
         raise LrscopeError(f"unknown figure(s) {', '.join(unknown)}; valid: {', '.join(F.FIGURES)}")
     out = Path(outdir)
+    sections = sections_for(paths)  # the runs first: no run, no folder
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise LrscopeError(f"cannot create {out}: {e.strerror}") from None
+        raise LrscopeError(f"cannot create {out}: {e.strerror or e}") from None
     # the builders set bokeh-style options (the report's backend, kept current); matplotlib
     # renders with its own defaults for those
     hv.extension("bokeh", "matplotlib", logo=False)
     written = []
-    for (dname, model), runs in sections_for(paths).items():
+    for (dname, model), runs in sections.items():
         sw = open_sweep(runs)
         for name in names:
             fig = F.FIGURES[name](sw)
             path = out / f"{dname}-{model}-{name}.{fmt}"
-            if isinstance(fig, hv.Table):
-                path = path.with_suffix(".csv")
-                fig.dframe().to_csv(path, index=False)
-            else:
-                hv.save(_matplotlib_look(fig), str(path), fmt=fmt, backend="matplotlib")
+            try:
+                if isinstance(fig, hv.Table):
+                    path = path.with_suffix(".csv")
+                    fig.dframe().to_csv(path, index=False)
+                else:
+                    hv.save(_matplotlib_look(fig), str(path), fmt=fmt, backend="matplotlib")
+            except OSError as e:
+                raise LrscopeError(f"cannot write {path}: {e.strerror or e}") from None
             written.append(path)
     return written
