@@ -4,16 +4,17 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-HASH := $(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
+HASH := $(shell cat requirements.txt requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(HASH)
 WORKERS ?= 2
 
-.PHONY: venv system demo test test-slow bench replicate clean-demo
+.PHONY: venv system demo test test-slow test-latest lock bench replicate clean-demo
 
-$(STAMP): requirements.txt pyproject.toml
+# Installs are reproducible: requirements.txt's ranges under requirements.lock's exact versions.
+$(STAMP): requirements.txt requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q -r requirements.txt -c requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
 	@rm -f $(VENV)/.installed-*; touch $@
 
@@ -33,7 +34,24 @@ test: venv system
 	$(BIN)/python -m pytest -q
 
 test-slow: venv system
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m 'slow or integration'
+
+# Drift check: the newest releases requirements.txt allows, in their own venv, through the fast
+# suite. A failure here is what the next fresh install without the lock would meet.
+LATEST ?= .venv-latest
+test-latest: system
+	@test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -r requirements.txt
+	$(LATEST)/bin/pip install -q --no-deps -e .
+	@$(LATEST)/bin/pip freeze --exclude-editable | diff <(grep -v '^#' requirements.lock | sort -f) <(sort -f -) \
+		| grep '^[<>]' || echo "newest releases = requirements.lock"
+	$(LATEST)/bin/python -m pytest -q
+
+# Rewrite requirements.lock from the test venv (after a deliberate upgrade, tested).
+lock: venv
+	@{ head -4 requirements.lock; $(BIN)/pip freeze --exclude-editable | grep -v '^lrscope'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
 
 bench: venv
 	$(BIN)/python benchmarks/run_all.py

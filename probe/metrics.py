@@ -44,25 +44,28 @@ def group_accuracy(logits: xr.DataArray, y: xr.DataArray, b: xr.DataArray, *, sa
     worst-group accuracy is the minimum over the groups present (Sagawa et al. 2020). Groups are
     numbered y · n_b + b with n_b = max(b) + 1.
     """
-    correct = (logits.argmax(class_dim) == y).astype(np.float32)
+    # a sample whose logits are not all finite (a diverged network: overflow, inf - inf) has no
+    # prediction: its correctness, and every accuracy it enters, is NaN (undefined), not "wrong"
+    pred = logits.fillna(-np.inf).argmax(class_dim, skipna=False)
+    correct = (pred == y).astype(np.float32).where(np.isfinite(logits).all(class_dim))
     yv, bv = np.asarray(y), np.asarray(b)
     if yv.size == 0:
         raise MetricError("accuracy of an empty sample set")
     g = yv * (int(bv.max()) + 1) + bv
     groups = np.unique(g)
-    per_group = xr.concat([correct.isel({sample_dim: np.flatnonzero(g == k)}).mean(sample_dim) for k in groups],
-                          dim="group").assign_coords(group=groups)
+    per_group = xr.concat([correct.isel({sample_dim: np.flatnonzero(g == k)}).mean(sample_dim, skipna=False)
+                           for k in groups], dim="group").assign_coords(group=groups)
     bc = bv != yv
     out = xr.Dataset({
-        "unbiased_accuracy": _attrs(correct.mean(sample_dim), "unbiased test accuracy", True),
+        "unbiased_accuracy": _attrs(correct.mean(sample_dim, skipna=False), "unbiased test accuracy", True),
         "group_accuracy": _attrs(per_group, "accuracy per (y, b) group", True),
-        "worst_group_accuracy": _attrs(per_group.min("group"), "worst-group accuracy", True),
+        "worst_group_accuracy": _attrs(per_group.min("group", skipna=False), "worst-group accuracy", True),
     })
     if bc.any():
-        out["bc_accuracy"] = _attrs(correct.isel({sample_dim: np.flatnonzero(bc)}).mean(sample_dim),
+        out["bc_accuracy"] = _attrs(correct.isel({sample_dim: np.flatnonzero(bc)}).mean(sample_dim, skipna=False),
                                     "bias-conflicting accuracy", True)
     if (~bc).any():
-        out["ba_accuracy"] = _attrs(correct.isel({sample_dim: np.flatnonzero(~bc)}).mean(sample_dim),
+        out["ba_accuracy"] = _attrs(correct.isel({sample_dim: np.flatnonzero(~bc)}).mean(sample_dim, skipna=False),
                                     "bias-aligned accuracy", True)
     return out
 

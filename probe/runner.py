@@ -7,6 +7,7 @@ committed lengths) matches what it would be computed from now; such probes are s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from ..errors import LrscopeError, StoreError
 from ..parallel import dask_map, pool_processes, worker_threads
 from ..store import schema as S
 from ..store.reader import open_run, open_store
+from ..store.checked import COMPRESSORS
 from ..store.writer import _crash_point
 from . import metrics as M
 from .linear import feature_probe
@@ -37,6 +39,7 @@ PROBE_FORMAT = 3  # bump when every probe's stored results must be recomputed
 # loss_ratio 4: max_loss_ratio is the per-minibatch maximum (was the epoch running mean's)
 # pruning 4: pruned_accuracy (mean pruned accuracy) added next to the retention-ratio prunability
 PROBE_FORMAT_OF = {"feature_quality": 4, "loss_ratio": 4, "pruning": 4}
+PARAMS = {"kappa", "q", "checkpoints", "attr_samples", "ig_steps", "kappas"}  # what probes read from params
 
 
 @dataclass
@@ -56,7 +59,7 @@ class Context:
     def model(self):
         from ..train.restore import load_model
 
-        return load_model(self.path, checkpoint=-1)
+        return load_model(self.ds, checkpoint=-1)  # the last checkpoint of this view
 
     @cached_property
     def features(self) -> xr.DataArray:
@@ -122,7 +125,8 @@ def probe_accuracy(ctx: Context) -> xr.Dataset:
     out["probe_worst_group_accuracy"] = M._attrs(pr.worst_group_accuracy, "worst-group accuracy (probe subset)", True)
     tl = _in_memory(ds.train_logits)
     tr = _evaluated(tl, "train_sample")
-    out["train_accuracy"] = M._attrs((tl.isel(snapshot=tr).argmax("class") == ds.train_y).mean("train_sample")
+    out["train_accuracy"] = M._attrs(M.group_accuracy(tl.isel(snapshot=tr), ds.train_y, ds.train_y,
+                                                      sample_dim="train_sample").unbiased_accuracy
                                      .compute().reindex(snapshot=ds.snapshot.values), "train accuracy", True)
     for v in ("unbiased_accuracy", "worst_group_accuracy", "bc_accuracy", "ba_accuracy", "train_accuracy"):
         if v in out:
@@ -264,15 +268,14 @@ def probe_importance(ctx: Context) -> xr.Dataset:
 
 def _checkpoints(ctx: Context) -> list[int]:
     n = ctx.ds.sizes["checkpoint"]
-    spec = ctx.params.get("checkpoints", "first,last")
-    if spec == "all":
+    spec = parse_checkpoints(ctx.params.get("checkpoints", "first,last"))
+    if spec == ["all"]:
         return list(range(n))
     out = []
-    for part in str(spec).split(","):
-        part = part.strip()
-        k = 0 if part == "first" else n - 1 if part == "last" else int(part)
+    for part in spec:
+        k = 0 if part == "first" else n - 1 if part == "last" else part
         if not -n <= k < n:
-            raise LrscopeError(f"checkpoint {part} out of range (the run has {n})")
+            raise M.MetricError(f"checkpoint {part} out of range (the run has {n})")
         out.append(k % n)
     return sorted(set(out))
 
@@ -304,7 +307,7 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
     dev = probe_device()
     x, y = x.to(dev), y.to(dev)
     for k in cks:
-        model = load_model(ctx.path, checkpoint=k).to(dev)  # once per checkpoint, for both methods
+        model = load_model(ds, checkpoint=k).to(dev)  # once per checkpoint, for both methods
         for method in METHODS:
             a = attributions(model, x, y, method=method, n_steps=int(ctx.params.get("ig_steps", 32)))
             da_ = xr.DataArray(a.cpu().numpy(), dims=["attr_sample", *in_dims])
@@ -342,14 +345,16 @@ PROBES: dict[str, Callable[[Context], xr.Dataset]] = {
 
 # ------------------------------------------------------------------------------- runner
 def _provenance(ctx: Context, name: str) -> dict:
-    root_attrs = zarr.open_group(str(ctx.path), mode="r").attrs.asdict()
+    """What a result is computed from: the run as the probe's view of it shows it (its committed
+    lengths and status when it was opened; a run still training goes on past them), the
+    parameters and the probe's definition."""
     return {"probe": name, "probe_format": PROBE_FORMAT_OF.get(name, PROBE_FORMAT), "lrscope_version": __version__,
-            "params": json.dumps(ctx.params, sort_keys=True), "source_committed": json.dumps(
-                root_attrs[S.ATTR_COMMITTED], sort_keys=True), "source_status": root_attrs[S.ATTR_STATUS]}
+            "params": json.dumps(ctx.params, sort_keys=True),
+            "source_committed": json.dumps(ctx.ds.attrs["committed"], sort_keys=True),
+            "source_status": ctx.ds.attrs["status"]}
 
 
-def _stored_provenance(path: Path, name: str) -> dict | None:
-    root = zarr.open_group(str(path), mode="r")
+def _stored_provenance(root: zarr.Group, name: str) -> dict | None:
     key = f"{S.G_PROBES}/{name}"
     try:
         g = root[key]
@@ -380,12 +385,88 @@ def compute_run(path, names=None, *, force: bool = False, data_root: str | None 
 
     path = Path(path)
     names = check_names(names)
-    open_store(path)  # validates
-    ds = open_run(path, probes=False)
-    ctx = Context(path, ds, data_root, dict(params or {}))
+    params = check_params(params)
+    with _probe_lock(path):  # one lrprobe at a time per run: concurrent rewrites would race
+        return _compute_locked(path, names, force, data_root, params, log)
+
+
+@contextlib.contextmanager
+def _probe_lock(path: Path):
+    """An exclusive flock on the store's folder itself (no lock file: probing writes nothing
+    beside the store); a second lrprobe on the same run waits for the first."""
+    import fcntl
+
+    open_store(path)  # validates first: a path that is not a store gets its one-line error
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def check_params(params) -> dict:
+    """Probe parameters checked before any probe runs (a bad one must not leave the others rewritten)."""
+    params = dict(params or {})
+    unknown = set(params) - PARAMS
+    if unknown:
+        raise LrscopeError(f"unknown probe parameter(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(PARAMS))}")
+    for key in ("kappa", "q"):
+        if key in params:
+            v = params[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise LrscopeError(f"probe parameter {key} must be a number, got {v!r}")
+    if "kappa" in params and not 0 <= params["kappa"] <= 1:
+        raise LrscopeError(f"kappa must be in [0, 1], got {params['kappa']}")
+    if "q" in params and not params["q"] > 1:
+        raise LrscopeError(f"q must be > 1, got {params['q']}")
+    for key, lo, hi in (("attr_samples", 1, 1 << 16), ("ig_steps", 1, 4096)):
+        if key in params:
+            v = params[key]
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise LrscopeError(f"probe parameter {key} must be an integer in [{lo}, {hi}], got {v!r}")
+    if "checkpoints" in params:
+        parse_checkpoints(params["checkpoints"])
+    if "kappas" in params:
+        ks = params["kappas"]
+        if not isinstance(ks, (list, tuple)) or not ks or not all(
+                isinstance(k, (int, float)) and not isinstance(k, bool) and 0 <= k <= 1 for k in ks):
+            raise LrscopeError(f"kappas must be a non-empty list of numbers in [0, 1], got {ks!r}")
+    return params
+
+
+def parse_checkpoints(spec) -> list[str | int]:
+    """'first,last' | 'all' | comma-separated checkpoint positions (negative counts from the end)."""
+    text = str(spec).strip()
+    if text == "all":
+        return ["all"]
+    out: list[str | int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if part in ("first", "last"):
+            out.append(part)
+            continue
+        try:
+            out.append(int(part))
+        except ValueError:
+            raise LrscopeError(f"checkpoints: expected first, last, all or integers, got {part!r}") from None
+    if not out:
+        raise LrscopeError("checkpoints: empty list")
+    return out
+
+
+def _compute_locked(path: Path, names, force, data_root, params, log) -> dict[str, str]:
+    import dask
+    import dask.threaded
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = open_store(path)
+    ds = open_run(path, probes=False)  # one view of the run: every probe is computed from it
+    ctx = Context(path, ds, data_root, params)
     outcomes: dict[str, str] = {}
     if ds.sizes.get("snapshot", 0) == 0:
         return {n: "skipped (no snapshots yet)" for n in names}
+    diverged = ds.attrs["status"] == S.STATUS_DIVERGED
     writes: list = []
 
     def written(name: str, res: xr.Dataset) -> None:
@@ -400,7 +481,7 @@ def compute_run(path, names=None, *, force: bool = False, data_root: str | None 
         try:
             for name in names:
                 prov = _provenance(ctx, name)
-                old = _stored_provenance(path, name)
+                old = _stored_provenance(root, name)
                 if not force and old is not None and all(old.get(k) == v for k, v in prov.items()):
                     outcomes[name] = "up to date"
                     continue
@@ -415,14 +496,21 @@ def compute_run(path, names=None, *, force: bool = False, data_root: str | None 
                 except Exception as e:  # unreadable chunks, codec errors: a damaged store, said in one line
                     if os.environ.get("LRSCOPE_DEBUG"):
                         raise
+                    if diverged:  # non-finite weights and logits: a result, not a damaged store
+                        outcomes[name] = f"not defined: the run diverged ({type(e).__name__}: {e})"
+                        continue
                     raise StoreError(f"{path}: probe {name!r} failed reading the store ({type(e).__name__}: {e}); "
                                      "corrupted or truncated store? (LRSCOPE_DEBUG=1 shows the traceback)") from None
                 res.attrs.update(prov)
                 res.attrs["seconds"] = round(time.perf_counter() - t0, 4)
                 writes.append(writer.submit(written, name, res))
         finally:
-            for w in writes:  # the results computed so far are stored, whatever stopped the loop
-                w.result()
+            try:
+                for w in writes:  # the results computed so far are stored, whatever stopped the loop
+                    w.result()
+            except OSError as e:  # disk full, store removed: the older results keep their marks
+                raise LrscopeError(f"{path}: writing a probe result failed ({e.strerror or e}); "
+                                   "fix the cause and run lrprobe compute again") from None
     return {n: outcomes[n] for n in names}  # in the order asked (writes finish out of it)
 
 
@@ -447,8 +535,11 @@ def write_probe(path: Path, name: str, res: xr.Dataset) -> None:
         v.encoding = {}
         if v.dtype.kind == "U":  # fixed-width unicode has no Zarr v3 spec; variable-length strings do
             res[k] = v.astype(object)
+    # like the run's arrays: checksummed, every chunk written (a missing one is damage)
+    encoding = {k: {"compressors": COMPRESSORS} for k, v in res.variables.items() if v.dtype.kind in "biuf"}
     mem = zarr.storage.MemoryStore()
-    res.to_zarr(mem, mode="w", zarr_format=3, consolidated=False, compute=True)
+    res.to_zarr(mem, mode="w", zarr_format=3, consolidated=False, compute=True, encoding=encoding,
+                write_empty_chunks=True)
     sync(_copy_store(mem, root.store, group))
     _crash_point("probe")  # arrays written, not yet marked
     zarr.open_group(str(path), path=group, mode="r+").attrs.update({"complete": 1})
@@ -491,6 +582,7 @@ def compute_paths(paths, names=None, *, force=False, data_root=None, progress=Tr
 
     runs = find_runs(paths)
     names = check_names(names)
+    params = check_params(params)
     if workers < 1:
         raise LrscopeError(f"workers must be >= 1, got {workers}")
     bar = None

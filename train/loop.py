@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ class RunResult:
     status: str
     message: str
     iterations: int = 0
+    resumed_from: int | None = None  # the iteration a resumed run went on from
+    skipped: bool = False  # already finished: nothing was done
 
 
 def pick_device(name: str) -> torch.device:
@@ -156,6 +159,8 @@ class _StopFlag:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
+                if signal.getsignal(sig) is signal.SIG_IGN:  # a sweep's pool worker: its parent forwards SIGTERM
+                    continue
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -214,7 +219,7 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
         if attrs[S.ATTR_STATUS] in S.FINISHED:
             return RunResult(path, attrs[S.ATTR_STATUS],
                              f"{path.name}: already {attrs[S.ATTR_STATUS]} ({attrs.get(S.ATTR_REASON, '')}); nothing to do",
-                             attrs[S.ATTR_COMMITTED]["iteration"])
+                             attrs[S.ATTR_COMMITTED]["iteration"], skipped=True)
         if attrs[S.ATTR_COMMITTED]["checkpoint"] < 1:  # crashed before its first checkpoint
             resume = False
     elif path.exists() and any(path.iterdir()):
@@ -238,13 +243,16 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
     if resume:
         writer = RunWriter.resume(path, lock)
         k = writer.committed["checkpoint"] - 1
-        params = writer.root[S.G_PARAMS]
+        reader = open_store(path)  # checksummed reads: a damaged checkpoint is an error, not weights
+        params = reader[S.G_PARAMS]
         model.load_state_dict({n: torch.from_numpy(np.asarray(params[n][k])) for n in model.state_dict()})
-        slot = writer.root[S.G_OPTIM].get(str(k % S.OPTIM_SLOTS))
+        slot = reader[S.G_OPTIM].get(str(k % S.OPTIM_SLOTS))
         keys = writer.optim_keys.get(str(k % S.OPTIM_SLOTS), [])
         if keys:
             load_optimizer(opt, {n: np.asarray(slot[n][...]) for n in keys}, device)
         start = writer.committed["iteration"]
+        if progress:
+            print(f"{path.name}: resuming from iteration {start} (checkpoint {k})", file=sys.stderr, flush=True)
     else:
         try:
             writer = _create_store(path, cfg, bundle, model, probe_idx, device, lock)
@@ -255,7 +263,10 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
         trainer = Trainer(cfg, bundle, model, opt, writer, device, probe_idx)
     except OSError as e:
         raise LrscopeError(f"{path.name}: could not prepare the store ({e.strerror or e})") from None
-    return trainer.run(start, progress)
+    result = trainer.run(start, progress)
+    if resume:
+        result.resumed_from = start
+    return result
 
 
 def _create_store(path, cfg, bundle, model, probe_idx, device, lock) -> RunWriter:
@@ -462,13 +473,6 @@ class Trainer:
         t = start
         rec = 0.0  # seconds spent recording (snapshots, checkpoints, stats, writes)
         t_wall = time.perf_counter()
-        if w.committed["checkpoint"] == 0:  # a fresh store (a resume from iteration 0 has both already)
-            r0 = time.perf_counter()
-            self.snapshot(0)
-            w.flush()  # a checkpoint's commit must carry every snapshot up to its iteration
-            self.checkpoint(0)
-            w.commit(status=S.STATUS_RUNNING, reason="training")
-            rec += time.perf_counter() - r0
         status, reason = S.STATUS_COMPLETED, f"max_steps={cfg.max_steps} reached"
         bar = None
         if progress:
@@ -492,6 +496,13 @@ class Trainer:
         sam = cfg.optimizer in ("sam", "asam")
         with _StopFlag() as stop:
             try:
+                if w.committed["checkpoint"] == 0:  # a fresh store (a resume from iteration 0 has both already)
+                    r0 = time.perf_counter()
+                    self.snapshot(0)
+                    w.flush()  # a checkpoint's commit must carry every snapshot up to its iteration
+                    self.checkpoint(0)
+                    w.commit(status=S.STATUS_RUNNING, reason="training")
+                    rec += time.perf_counter() - r0
                 while t < cfg.max_steps:
                     epoch, pos = divmod(t, self.steps_per_epoch)
                     if epoch_perm is None or pos == 0:

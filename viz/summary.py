@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from ..store.reader import find_runs, open_run
+from ..store import schema as S
+from ..store.reader import find_runs, lock_held, open_run
 
 HEAD = [("unbiased_accuracy_final", "unb.acc"), ("worst_group_accuracy_final", "worst"),
         ("prunability", "prun"), ("csi_mean_final", "CSI")]
@@ -15,7 +16,10 @@ def run_rows(paths) -> list[dict]:
     for p in find_runs(paths):
         ds = open_run(p)
         cfg = ds.attrs["config"]
-        row = {"run_id": ds.attrs["run_id"], "status": ds.attrs["status"], "reason": ds.attrs["reason"],
+        status = ds.attrs["status"]
+        if status == S.STATUS_RUNNING and not lock_held(p):  # no process trains it: re-run to resume
+            status = "interrupted"
+        row = {"run_id": ds.attrs["run_id"], "status": status, "reason": ds.attrs["reason"],
                "dataset": cfg["dataset"], "model": cfg["model"], "lr": cfg["lr"], "seed": cfg["seed"],
                "iterations": int(ds.sizes.get("iteration", 0)), "path": str(p)}
         for var, _ in HEAD:
@@ -27,9 +31,9 @@ def run_rows(paths) -> list[dict]:
 def run_table(paths) -> list[str]:
     rows = run_rows(paths)
     width = max([len(r["run_id"]) for r in rows] + [6])
-    head = f"{'run':{width}s}  {'status':9s} {'iters':>6s} " + " ".join(f"{h:>7s}" for _, h in HEAD)
+    head = f"{'run':{width}s}  {'status':11s} {'iters':>6s} " + " ".join(f"{h:>7s}" for _, h in HEAD)
     out = [head]
     for r in rows:
         vals = " ".join("      -" if math.isnan(r[v]) else f"{r[v]:7.3f}" for v, _ in HEAD)
-        out.append(f"{r['run_id']:{width}s}  {r['status']:9s} {r['iterations']:6d} {vals}")
+        out.append(f"{r['run_id']:{width}s}  {r['status']:11s} {r['iterations']:6d} {vals}")
     return out
