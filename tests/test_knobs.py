@@ -11,7 +11,8 @@ from click.testing import CliRunner
 import lrscope
 from lrscope.cli.train import main as lrtrain
 from lrscope.train.config import RunConfig
-from lrscope.train.loop import sam_perturb, train_run
+from lrscope.train.loop import train_run
+from lrscope.train.optim import sam_perturb
 
 from conftest import tiny_config
 
@@ -92,7 +93,7 @@ def test_gpu_path_options_on_cpu(tmp_path):
 
 
 def test_stop_check_schedule():
-    from lrscope.train.loop import may_have_converged
+    from lrscope.train.recorder import may_have_converged
 
     acc = RunConfig(stop="train-acc")
     assert may_have_converged(acc, 0, 100, 100, 5.0)  # a perfect epoch checks at once

@@ -291,7 +291,7 @@ def test_nothing_unpickles():
 def test_unwritable_output_folder(tmp_path):
     f = tmp_path / "a_file"
     f.write_text("x")
-    one_line(CliRunner().invoke(lrtrain, ["run", "--lr", "0.1", "--out", str(f / "sub")]), "cannot")
+    one_line(CliRunner().invoke(lrtrain, ["run", "--lr", "0.1", "--out", str(f / "sub")]), "not a folder")
     one_line(CliRunner().invoke(lrtrain, ["run", "--lr", "0.1", "--out", "/proc/lrscope-out"]), "cannot")
     one_line(CliRunner().invoke(lrprobe, ["report", str(tmp_path), "-o", str(f / "r.html")]))
 

@@ -340,3 +340,55 @@ def test_rerun_sweep_says_what_it_did(tmp_path):
     assert first.returncode == 0 and "2 trained" in first.stdout, first.stdout + first.stderr
     second = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0 and "2 skipped" in second.stdout, second.stdout + second.stderr
+
+
+# ----------------------------------------------------------------------------- one recorder
+def test_batched_full_disk_fails_like_a_sequential_run(tmp_path, monkeypatch):
+    """The batched stepper records through the same Recorder: a full disk is one line (exit 2)
+    and leaves every store of the stack at its last commit, resumable one by one."""
+    import errno
+
+    from click.testing import CliRunner
+    from zarr.storage import _local
+
+    from lrscope.cli.train import main as lrtrain
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[base]\ndataset = "parity"\nmodel = "fcn"\nwidths = [16]\nstop = "max-steps"\n'
+                    'max_steps = 120\ncheckpoint_every = 40\nsnapshot_every = 20\nprobe_size = 40\n'
+                    'data_options = {n_train = 400, n_test = 200}\n[grid]\nlr = [0.05, 0.1, 0.2]\n')
+    real_put = _local._put
+    calls = {"n": 0}
+
+    def full_put(path, value, exclusive=False):  # the disk fills up during a later checkpoint
+        if "checkpoints/params" in str(path) and "/c/" in str(path):
+            calls["n"] += 1
+            if calls["n"] > 7:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_put(path, value, exclusive=exclusive)
+
+    monkeypatch.setattr(_local, "_put", full_put)
+    argv = ["sweep", str(spec), "--out", str(tmp_path / "runs"), "--batched", "--quiet"]
+    res = CliRunner().invoke(lrtrain, argv)
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]  # the summary stays on stdout
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "resume" in lines[0], res.output
+    assert "Traceback" not in res.output
+    stores = sorted((tmp_path / "runs").glob("*.zarr"))
+    assert len(stores) == 3
+    assert all(lrscope.open_run(s).attrs["status"] == "running" for s in stores)
+    monkeypatch.setattr(_local, "_put", real_put)
+    res = CliRunner().invoke(lrtrain, argv)
+    assert res.exit_code == 0, res.output
+    assert all(lrscope.open_run(s).attrs["status"] == "completed" for s in stores)
+
+
+def test_batched_runs_record_their_recording_time(tmp_path):
+    from lrscope.train.batched import train_batched
+
+    cfgs = [RunConfig(dataset="parity", model="fcn", widths=[16], lr=lr, max_steps=60, stop="max-steps",
+                      probe_size=40, data_options={"n_train": 400, "n_test": 200}) for lr in (0.05, 0.1)]
+    for r in train_batched(cfgs, tmp_path, progress=False):
+        t = lrscope.open_run(r.path).attrs["timings"]
+        assert t["batched_runs"] == 2 and t["record_seconds"] > 0 and t["wall_seconds"] > t["record_seconds"]

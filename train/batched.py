@@ -15,20 +15,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ..errors import LrscopeError, RunInterrupted
-from ..store import schema as S
+from ..errors import LrscopeError
 from ..store.lock import RunLock
 from .config import RunConfig
 from .data import as_model_input, build_dataset, probe_subset
-from .loop import (FLUSH_BYTES, FLUSH_SECONDS, MAX_BLOCK_ROWS, RunResult, Trainer, _StopFlag, _create_store,
-                   _timings, block_loss_sum, is_snapshot, make_optimizer, may_have_converged, per_sample_loss,
-                   pick_device, store_path)
+from .loop import RunResult, Trainer, _StopFlag, _create_store, pick_device, store_path
+from .optim import make_optimizer, per_sample_loss
+from .recorder import Recorder, is_recording_point, recording_errors
 from .restore import build_model
 
 BATCHABLE_MODELS = ("fcn", "cnn")
@@ -161,24 +158,15 @@ def train_batched(configs: list[RunConfig], out: str | os.PathLike, *, progress:
 
 
 def _run(configs, trainers, models, opts, device, progress) -> list[RunResult]:
+    """Step the stack; each run's `Recorder` records its slice exactly as the sequential loop's
+    recorder would (train/recorder.py). A run that ends leaves the stack."""
     cfg0 = configs[0]
     K = len(configs)
     stack = _Stack(models, cfg0, device)
     tr0 = trainers[0]
     X, Y, bs, spe = tr0.X, tr0.Y, tr0.bs, tr0.steps_per_epoch
     active = list(range(K))  # run numbers still training, in stack order
-    results: dict[int, RunResult] = {}
-    t_wall = time.perf_counter()
-
-    def timings():  # the stack's wall time (shared by its K runs)
-        return {**_timings({}, t_wall, 0.0), "batched_runs": K}
-
-    for k in active:
-        tr = trainers[k]
-        tr.snapshot(0)
-        tr.writer.flush()
-        tr.checkpoint(0)
-        tr.writer.commit(status=S.STATUS_RUNNING, reason="training (batched)")
+    recs = [Recorder(tr, extra_timings={"batched_runs": K}) for tr in trainers]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -186,105 +174,57 @@ def _run(configs, trainers, models, opts, device, progress) -> list[RunResult]:
         bar = tqdm(total=cfg0.max_steps, desc=f"batched x{K}", unit="step", leave=False, dynamic_ncols=True)
     scheduled = cfg0.schedule != "constant" or cfg0.warmup_steps > 0
     lrs = torch.tensor([configs[k].lr for k in active], device=device)
-    epoch_stats = {k: [0, 0, 0.0] for k in active}  # correct, count, loss sum of the epoch so far
     block_logits, block_norms = [], []
-    row, row_t0, t = 0, 0, 0
-    last_flush = time.perf_counter()
+    row_t0, t = 0, 0
     perms = None
-    with _StopFlag() as stop:
-        while active and t < cfg0.max_steps:
-            epoch, pos = divmod(t, spe)
-            if perms is None or pos == 0:
-                perms = torch.stack([trainers[k].epoch_perm(epoch) for k in active])
-            idx = perms[:, pos * bs:(pos + 1) * bs]
-            xb, yb = as_model_input(X[idx]), Y[idx]
-            if scheduled:
-                lrs = torch.tensor([configs[k].lr_at(t) for k in active], device=device, dtype=torch.float32)
-            grads, (_, logits) = stack.step_fn(stack.params, stack.buffers, xb, yb)
-            with torch.no_grad():
-                dims = [tuple(range(1, g.ndim)) for g in grads]
-                gn = [torch.linalg.vector_norm(g, dim=d) for g, d in zip(grads, dims)]
-                pn = [torch.linalg.vector_norm(p, dim=d) for p, d in zip(stack.params, dims)]
-                block_logits.append(logits.detach())
-                block_norms.append(torch.stack(gn + pn))  # (2 * n_params, K)
-            stack.sgd(grads, lrs)
-            t += 1
-            row += 1
-            end_of_epoch = pos == spe - 1
-            snap = is_snapshot(t, cfg0.snapshot_every)
-            ckpt = t % cfg0.checkpoint_every == 0
-            if not (end_of_epoch or snap or ckpt or t == cfg0.max_steps or stop.signal or row >= MAX_BLOCK_ROWS):
-                continue
-            leaving = []
-            due = time.perf_counter() - last_flush > FLUSH_SECONDS
-            for j, k in enumerate(active):
-                tr, cfg, w = trainers[k], configs[k], trainers[k].writer
-                tr._logits = [lg[j] for lg in block_logits]
-                tr._norms = [nm[:, j] for nm in block_norms]
-                tr.perm_cpu = perms[j].cpu()
-                block, corr, cnt = tr.epoch_rows(row_t0, row, cfg.lr_at(np.arange(row_t0, t)))
-                finite = np.isfinite(block["loss"]) & np.isfinite(block["grad_norm"])
-                if not finite.all():
-                    bad = int(np.argmin(finite))
-                    w.append_log({key: v[: bad + 1] for key, v in block.items()})
-                    w.timings = timings()
-                    reason = f"non-finite loss at iteration {row_t0 + bad} (lr={cfg.lr:g})"
-                    w.finish(S.STATUS_DIVERGED, reason, **{S.ATTR_DIVERGED_AT: row_t0 + bad})
-                    results[k] = RunResult(w.path, S.STATUS_DIVERGED, f"{w.path.name}: diverged ({reason})",
-                                           row_t0 + bad + 1)
-                    leaving.append(j)
+    try:
+        with _StopFlag() as stop, recording_errors(lambda: [recs[k] for k in active], f"batched x{K}"):
+            for k in active:
+                recs[k].begin(0, reason="training (batched)")
+            while active and t < cfg0.max_steps:
+                epoch, pos = divmod(t, spe)
+                if perms is None or pos == 0:
+                    perms = torch.stack([trainers[k].epoch_perm(epoch) for k in active])
+                idx = perms[:, pos * bs:(pos + 1) * bs]
+                xb, yb = as_model_input(X[idx]), Y[idx]
+                if scheduled:
+                    lrs = torch.tensor([configs[k].lr_at(t) for k in active], device=device, dtype=torch.float32)
+                grads, (_, logits) = stack.step_fn(stack.params, stack.buffers, xb, yb)
+                with torch.no_grad():
+                    dims = [tuple(range(1, g.ndim)) for g in grads]
+                    gn = [torch.linalg.vector_norm(g, dim=d) for g, d in zip(grads, dims)]
+                    pn = [torch.linalg.vector_norm(p, dim=d) for p, d in zip(stack.params, dims)]
+                    block_logits.append(logits.detach())
+                    block_norms.append(torch.stack(gn + pn))  # (2 * n_params, K)
+                stack.sgd(grads, lrs)
+                t += 1
+                if not is_recording_point(t, cfg0, spe, t - row_t0, stop.signal):
                     continue
-                w.append_log(block)
-                st = epoch_stats[k]
-                st[0] += corr
-                st[1] += cnt
-                st[2] += block_loss_sum(block)
-                done, reason = False, f"max_steps={cfg.max_steps} reached"
-                if end_of_epoch:
-                    if may_have_converged(cfg, epoch, st[0], st[1], st[2]):
-                        stack.load_into(j, models[k], opts[k])
-                        ok, why = tr.converged(t)
-                        if ok:
-                            done, reason = True, why
-                    epoch_stats[k] = [0, 0, 0.0]
-                done = done or t >= cfg.max_steps
-                if snap or ckpt or done or stop.signal:
-                    stack.load_into(j, models[k], opts[k])
-                if snap and not done:
-                    tr.snapshot(t)
-                if done:
-                    w.flush()
-                    tr.snapshot(t, final=True)
-                    tr.checkpoint(t)
-                    w.timings = timings()
-                    w.finish(S.STATUS_COMPLETED, reason)
-                    results[k] = RunResult(w.path, S.STATUS_COMPLETED, f"{w.path.name}: completed ({reason})", t)
-                    leaving.append(j)
-                elif ckpt or stop.signal or due or w.buffered_snapshot_bytes > FLUSH_BYTES:
-                    w.flush()
-                    if ckpt or stop.signal:
-                        tr.checkpoint(t)
-                    w.commit()
-            if due:
-                last_flush = time.perf_counter()
-            block_logits, block_norms = [], []
-            row, row_t0 = 0, t
-            if bar is not None:
-                bar.update(t - bar.n)
-            if leaving:
-                keep = [j for j in range(len(active)) if j not in leaving]
-                active = [active[j] for j in keep]
-                stack.keep(keep)
-                perms = perms[keep]
-                lrs = lrs[keep]
-            if stop.signal:
-                for k in active:
-                    w = trainers[k].writer
-                    w.timings = timings()
-                    w.commit(status=S.STATUS_RUNNING,
-                             reason=f"stopped by signal {stop.signal} at iteration {t}; re-run to resume")
-                raise RunInterrupted(f"batched runs stopped at iteration {t} (checkpointed); re-run the sweep "
-                                     "to resume them", stop.signal)
-    if bar is not None:
-        bar.close()
-    return [results[k] for k in range(K)]
+                leaving = []
+                for j, k in enumerate(active):
+                    tr = trainers[k]
+                    tr._logits = [lg[j] for lg in block_logits]
+                    tr._norms = [nm[:, j] for nm in block_norms]
+                    tr.perm_cpu = perms[j].cpu()
+                    if recs[k].record(row_t0, t, stop_signal=stop.signal,
+                                      sync=lambda j=j, k=k: stack.load_into(j, models[k], opts[k])):
+                        leaving.append(j)
+                block_logits, block_norms = [], []
+                row_t0 = t
+                if bar is not None:
+                    bar.update(t - bar.n)
+                if leaving:
+                    keep = [j for j in range(len(active)) if j not in leaving]
+                    active = [active[j] for j in keep]
+                    stack.keep(keep)
+                    perms = perms[keep]
+                    lrs = lrs[keep]
+                if stop.signal and active:
+                    for k in active:
+                        err = recs[k].interrupt(stop.signal, f"batched runs stopped at iteration {t} (checkpointed); "
+                                                "re-run the sweep to resume them")
+                    raise err
+    finally:
+        if bar is not None:
+            bar.close()
+    return [recs[k].result() for k in range(K)]

@@ -16,22 +16,22 @@ import shutil
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import zarr
 
-from ..errors import ConfigError, LrscopeError, RunInterrupted, StoreError
+from ..errors import ConfigError, LrscopeError, StoreError
 from ..store import schema as S
 from ..store.lock import RunLock
 from ..store.reader import open_store
 from ..store.writer import RunWriter
 from .config import RunConfig, check_run_id
 from .data import DataBundle, Split, as_model_input, build_dataset, probe_subset
+from .optim import (load_optimizer, make_optimizer, mean_cross_entropy, optimizer_arrays, per_sample_loss_np, sam_perturb, training_loss)
+from .recorder import Recorder, is_recording_point, recording_errors
 from .restore import build_model, state_arrays
 
 EVAL_BATCH = 4096
@@ -67,8 +67,6 @@ def is_light_snapshot(t: int, cfg: RunConfig) -> bool:
     return cfg.early_snapshots == "light" and t != 0 and t % cfg.snapshot_every != 0
 
 
-FLUSH_SECONDS = 20.0
-FLUSH_BYTES = 256 * 2**20
 
 
 def store_path(out: str | os.PathLike, run_id: str) -> Path:
@@ -90,62 +88,6 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, features: bool = False, ba
     model.train(was_training)
     out = torch.cat(logits).float()  # bf16 autocast: back to fp32 for the host and the store
     return (out, torch.cat(feats).float()) if features else out
-
-
-def per_sample_loss(cfg: RunConfig, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    ce = F.cross_entropy(logits, y, reduction="none")
-    if cfg.loss == "focal":  # Lin et al. 2017: (1 - p_t)^gamma * CE
-        pt = torch.exp(-ce)
-        return (1 - pt).pow(cfg.focal_gamma) * ce
-    return ce
-
-
-def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
-    """The optimizer; SAM/ASAM use SGD (momentum, weight decay) as their base step, the ascent
-    step is taken by the loop (`sam_perturb`)."""
-    if cfg.optimizer in ("sgd", "sam", "asam"):
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def optimizer_arrays(opt: torch.optim.Optimizer) -> dict[str, np.ndarray]:
-    out = {}
-    for i, st in opt.state_dict()["state"].items():
-        for key, v in st.items():
-            if torch.is_tensor(v):
-                out[f"{i}.{key}"] = v.detach().cpu().numpy().copy()
-            else:
-                out[f"{i}.{key}"] = np.asarray(v)
-    return out
-
-
-def load_optimizer(opt: torch.optim.Optimizer, arrays: dict[str, np.ndarray], device) -> None:
-    sd = opt.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, arr in arrays.items():
-        i, key = name.split(".", 1)
-        t = torch.from_numpy(np.array(arr))
-        state.setdefault(int(i), {})[key] = t if key == "step" else t.to(device)
-    sd["state"] = state
-    opt.load_state_dict(sd)
-
-
-@torch.no_grad()
-def sam_perturb(params: list[torch.Tensor], rho: float, adaptive: bool) -> tuple[list, list]:
-    """SAM's ascent step (Foret et al. 2021), ASAM's scale-invariant one when `adaptive` (Kwon et al.
-    2021, as in davda54/sam): w += rho * T^2 g / ||T g|| with T = |w| (ASAM) or 1 (SAM).
-    Returns the perturbed tensors and their perturbations, to be subtracted after the second gradient."""
-    ps = [p for p in params if p.grad is not None]
-    grads = [p.grad for p in ps]
-    t = torch._foreach_abs(ps) if adaptive else None
-    scaled = torch._foreach_mul(grads, t) if adaptive else grads
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(scaled)))
-    scale = rho / (norm + 1e-12)
-    e = torch._foreach_mul(torch._foreach_mul(scaled, t) if adaptive else grads, scale)
-    torch._foreach_add_(ps, e)
-    return ps, e
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -299,37 +241,6 @@ def _label_arrays(bundle: DataBundle, split: Split, pos: np.ndarray) -> dict[str
             "index": split.index.numpy()[pos]}
 
 
-def block_loss_sum(block: dict[str, np.ndarray]) -> float:
-    """The summed training loss of a block of log rows (row mean loss × samples in the row)."""
-    return float((block["loss"].astype(np.float64) * (block["bc_count"] + block["ba_count"])).sum())
-
-
-def may_have_converged(cfg: RunConfig, epoch: int, correct: int, count: int, loss_sum: float) -> bool:
-    """Whether the epoch's running statistics (seen with changing weights) justify checking the
-    stop criterion on the whole training set. A running accuracy of 100% checks at once; 99% and
-    over checks every 4th epoch, so that a run hovering just below 100% does not spend a full
-    training-set pass per epoch (a stop comes at most 4 epochs late). Stateless, so resumes agree."""
-    if cfg.stop == "max-steps" or not count or correct / count < 0.99:
-        return False
-    if cfg.stop == "train-loss" and loss_sum / count >= 10 * cfg.stop_loss:
-        return False
-    return correct == count or epoch % 4 == 3
-
-
-MAX_BLOCK_ROWS = 512  # at most this many steps' logits are held before the host statistics run
-
-
-def per_sample_loss_np(cfg: RunConfig, logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The training loss of each sample, recomputed on the host from its logits (float64)."""
-    z = logits.astype(np.float64)
-    m = z.max(-1, keepdims=True)
-    lse = (m + np.log(np.exp(z - m).sum(-1, keepdims=True)))[..., 0]
-    ce = lse - np.take_along_axis(z, y[..., None], -1)[..., 0]
-    if cfg.loss == "focal":
-        ce = (1 - np.exp(-ce)) ** cfg.focal_gamma * ce
-    return ce
-
-
 class Trainer:
     """Runs the optimisation. Per step it only keeps references: the minibatch logits (detached)
     and the two fused norm results; ids come from the epoch permutation, losses and all other
@@ -443,13 +354,7 @@ class Trainer:
         with self.amp():
             logits = self.model(x)
         logits = logits.float()
-        if cfg.loss == "ce":
-            loss = F.cross_entropy(logits, y)
-        else:
-            loss = per_sample_loss(cfg, logits, y).mean()
-        if cfg.l1 > 0:
-            loss = loss + cfg.l1 * sum(p.abs().sum() for p in self.params)
-        return logits, loss
+        return logits, training_loss(cfg, logits, y, self.params if cfg.l1 > 0 else ())
 
     def converged(self, t: int) -> tuple[bool, str]:
         """The stop criterion on the whole training set (only called when the epoch's running
@@ -461,164 +366,76 @@ class Trainer:
             return False, ""
         if self.cfg.stop == "train-acc":
             return True, f"100% train accuracy at iteration {t}"
-        ce = F.cross_entropy(logits.float(), self.Y).item()
+        ce = mean_cross_entropy(logits, self.Y)
         if ce < self.cfg.stop_loss:
             return True, f"100% train accuracy and train loss {ce:.2g} < {self.cfg.stop_loss:g} at iteration {t}"
         return False, ""
 
     # -------------------------------------------------------------------- main loop
+    def step(self, t: int, idx: torch.Tensor, sam: bool) -> None:
+        """One optimizer step on the minibatch `idx`, keeping references to its logits and the
+        gradient/parameter norms for the recorder (no copies, no host syncs)."""
+        cfg, opt = self.cfg, self.opt
+        xb, yb = as_model_input(self.X[idx]), self.Y[idx]
+        if self.scheduled:
+            lr_t = cfg.lr_at(t)
+            for g in opt.param_groups:
+                g["lr"] = lr_t
+        logits, loss = self.objective(xb, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            self._logits.append(logits.detach())
+            self._norms.extend(torch._foreach_norm(  # grads and params in one fused call
+                [p.grad for p in self.params if p.grad is not None] + self.params))
+        if sam:  # second gradient at the perturbed weights, then back to w for the step
+            ps, e = sam_perturb(self.params, cfg.sam_rho, cfg.optimizer == "asam")
+            opt.zero_grad(set_to_none=True)
+            self.objective(xb, yb)[1].backward()
+            with torch.no_grad():
+                torch._foreach_sub_(ps, e)
+        opt.step()
+
     def run(self, start: int, progress: bool) -> RunResult:
-        cfg, model, opt, w = self.cfg, self.model, self.opt, self.writer
-        model.train()
-        t = start
-        rec = 0.0  # seconds spent recording (snapshots, checkpoints, stats, writes)
-        t_wall = time.perf_counter()
-        status, reason = S.STATUS_COMPLETED, f"max_steps={cfg.max_steps} reached"
+        """Step from iteration `start` to the end; the `Recorder` logs, snapshots, checkpoints and
+        decides when the run ends (train/recorder.py)."""
+        cfg, w = self.cfg, self.writer
+        self.model.train()
+        rec = Recorder(self)
+        self.scheduled = cfg.schedule != "constant" or cfg.warmup_steps > 0
+        sam = cfg.optimizer in ("sam", "asam")
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.max_steps, initial=start, desc=w.path.stem, unit="step", leave=False,
                        dynamic_ncols=True)
-        row, row_t0 = 0, t
-        last_flush = time.perf_counter()
+        t = row_t0 = start
         epoch_perm = None
-        epoch_correct = epoch_count = 0
-        epoch_loss = 0.0
-        ep_start = (start // self.steps_per_epoch) * self.steps_per_epoch
-        if start > ep_start:  # resumed mid-epoch: the epoch's running accuracy so far, from the log
-            log = w.root[S.G_LOG]
-            acc = np.asarray(log["accuracy"][ep_start:start], dtype=np.float64)
-            cnt = np.asarray(log["bc_count"][ep_start:start]) + np.asarray(log["ba_count"][ep_start:start])
-            epoch_correct, epoch_count = int(np.round(acc * cnt).sum()), int(cnt.sum())
-            epoch_loss = float((np.asarray(log["loss"][ep_start:start], dtype=np.float64) * cnt).sum())
-        scheduled = cfg.schedule != "constant" or cfg.warmup_steps > 0
-        sam = cfg.optimizer in ("sam", "asam")
-        with _StopFlag() as stop:
-            try:
-                if w.committed["checkpoint"] == 0:  # a fresh store (a resume from iteration 0 has both already)
-                    r0 = time.perf_counter()
-                    self.snapshot(0)
-                    w.flush()  # a checkpoint's commit must carry every snapshot up to its iteration
-                    self.checkpoint(0)
-                    w.commit(status=S.STATUS_RUNNING, reason="training")
-                    rec += time.perf_counter() - r0
+        try:
+            with _StopFlag() as stop, recording_errors(lambda: [rec], w.path.name):
+                rec.begin(start)
                 while t < cfg.max_steps:
                     epoch, pos = divmod(t, self.steps_per_epoch)
                     if epoch_perm is None or pos == 0:
                         epoch_perm = self.epoch_perm(epoch)
-                    idx = epoch_perm[pos * self.bs:(pos + 1) * self.bs]
-                    xb, yb = as_model_input(self.X[idx]), self.Y[idx]
-                    if scheduled:
-                        lr_t = cfg.lr_at(t)
-                        for g in opt.param_groups:
-                            g["lr"] = lr_t
-                    logits, loss = self.objective(xb, yb)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    with torch.no_grad():  # references only: no copies, no host syncs
-                        self._logits.append(logits.detach())
-                        self._norms.extend(torch._foreach_norm(  # grads and params in one fused call
-                            [p.grad for p in self.params if p.grad is not None] + self.params))
-                    if sam:  # second gradient at the perturbed weights, then back to w for the step
-                        ps, e = sam_perturb(self.params, cfg.sam_rho, cfg.optimizer == "asam")
-                        opt.zero_grad(set_to_none=True)
-                        self.objective(xb, yb)[1].backward()
-                        with torch.no_grad():
-                            torch._foreach_sub_(ps, e)
-                    opt.step()
+                    self.step(t, epoch_perm[pos * self.bs:(pos + 1) * self.bs], sam)
                     t += 1
-                    row += 1
-                    end_of_epoch = pos == self.steps_per_epoch - 1
-                    snap = is_snapshot(t, cfg.snapshot_every)
-                    ckpt = t % cfg.checkpoint_every == 0
-                    if not (end_of_epoch or snap or ckpt or t == cfg.max_steps or stop.signal
-                            or row >= MAX_BLOCK_ROWS):
+                    if not is_recording_point(t, cfg, self.steps_per_epoch, t - row_t0, stop.signal):
                         continue
-                    # ---- once per epoch (or at a recording point): host-side statistics
-                    r0 = time.perf_counter()
-                    block, corr, cnt = self.epoch_rows(row_t0, row, cfg.lr_at(np.arange(row_t0, t)))
-                    finite = np.isfinite(block["loss"]) & np.isfinite(block["grad_norm"])
-                    if not finite.all():
-                        bad = int(np.argmin(finite))
-                        w.append_log({k: v[: bad + 1] for k, v in block.items()})
-                        t = row_t0 + bad + 1
-                        status = S.STATUS_DIVERGED
-                        reason = f"non-finite loss at iteration {row_t0 + bad} (lr={cfg.lr:g})"
-                        w.finish(status, reason, **{S.ATTR_DIVERGED_AT: row_t0 + bad})
-                        break
-                    w.append_log(block)
-                    epoch_correct += corr
-                    epoch_count += cnt
-                    epoch_loss += block_loss_sum(block)
-                    row, row_t0 = 0, t
-                    done = False
-                    if end_of_epoch:
-                        if may_have_converged(cfg, epoch, epoch_correct, epoch_count, epoch_loss):
-                            ok, why = self.converged(t)
-                            if ok:
-                                done, reason = True, why
-                        epoch_loss = 0.0
-                        if bar is not None:
-                            bar.set_postfix(loss=f"{block['loss'][-1]:.3g}",
-                                            acc=f"{epoch_correct / max(epoch_count, 1):.3f}", refresh=False)
-                        epoch_correct = epoch_count = 0
-                    done = done or t >= cfg.max_steps
-                    if snap and not done:
-                        self.snapshot(t)
-                    # write and commit at checkpoints, and every FLUSH_SECONDS or FLUSH_BYTES of
-                    # buffered snapshots so that readers follow a long run
-                    due = (time.perf_counter() - last_flush > FLUSH_SECONDS
-                           or w.buffered_snapshot_bytes > FLUSH_BYTES)
-                    if (ckpt or stop.signal or due) and not done:
-                        w.flush()
-                        if ckpt or stop.signal:
-                            self.checkpoint(t)
-                        w.commit()
-                        last_flush = time.perf_counter()
-                    rec += time.perf_counter() - r0
+                    ended = rec.record(row_t0, t, stop_signal=stop.signal)
+                    row_t0 = t
                     if bar is not None:
-                        bar.update(t - bar.n)
-                    if stop.signal:
-                        w.timings = _timings(w.timings, t_wall, rec)
-                        w.commit(status=S.STATUS_RUNNING,
-                                 reason=f"stopped by signal {stop.signal} at iteration {t}; re-run to resume")
-                        raise RunInterrupted(f"{w.path.name}: stopped at iteration {t} (checkpointed); "
-                                             "re-run the same command to resume", stop.signal)
-                    if done:
+                        if rec.last_epoch_accuracy is not None and t % self.steps_per_epoch == 0:
+                            bar.set_postfix(acc=f"{rec.last_epoch_accuracy:.3f}", refresh=False)
+                        bar.update(rec.t - bar.n)
+                    if ended:
                         break
-                if status != S.STATUS_DIVERGED:
-                    r0 = time.perf_counter()
-                    w.flush()
-                    self.snapshot(t, final=True)
-                    self.checkpoint(t)
-                    rec += time.perf_counter() - r0
-                    w.timings = _timings(w.timings, t_wall, rec)
-                    w.finish(status, reason)
-                else:
-                    w.timings = _timings(w.timings, t_wall, rec)
-                    w.commit()
-            except LrscopeError:
-                raise
-            except OSError as e:  # disk full, store deleted, ...: the last commit is intact
-                raise LrscopeError(
-                    f"{w.path.name}: writing the store failed near iteration {t} ({e.strerror or e}); "
-                    "everything up to the last commit is intact: fix the cause and re-run the same command "
-                    "to resume") from None
-            except KeyboardInterrupt:
-                w.commit(status=S.STATUS_RUNNING, reason=f"interrupted near iteration {t}; re-run to resume")
-                raise
-            except Exception as e:
-                w.commit(status=S.STATUS_FAILED, reason=f"{type(e).__name__}: {e}")
-                raise
-            finally:
-                if bar is not None:
-                    bar.close()
-        return RunResult(w.path, status, f"{w.path.name}: {status} ({reason})", t)
-
-
-def _timings(old: dict, t_wall: float, rec: float) -> dict:
-    wall = time.perf_counter() - t_wall
-    return {"wall_seconds": old.get("wall_seconds", 0.0) + wall,
-            "record_seconds": old.get("record_seconds", 0.0) + rec,
-            "train_seconds": old.get("train_seconds", 0.0) + wall - rec}
+                    if stop.signal:
+                        raise rec.interrupt(stop.signal)
+                if not rec.ended:  # resumed at max_steps (killed while finishing)
+                    rec.finish(t)
+        finally:
+            if bar is not None:
+                bar.close()
+        return rec.result()

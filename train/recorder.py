@@ -1,0 +1,224 @@
+"""Recording one run: everything the training loops do between optimizer steps.
+
+A stepper (the sequential loop in `train/loop.py`, the stacked one in `train/batched.py`) takes
+optimizer steps and, at each recording point (the end of an epoch, a snapshot or checkpoint
+iteration, the last step, a stop signal, or `MAX_BLOCK_ROWS` steps), hands the block of steps
+since the last one to its run's `Recorder`, which
+
+- derives the block's per-iteration statistics on the host (`Trainer.epoch_rows`) and logs them;
+- ends the run as ``diverged`` at the first non-finite loss or gradient norm;
+- keeps the epoch's running statistics and checks the stop criterion on the whole training set
+  when they say it may hold (`may_have_converged`);
+- takes snapshots, and writes, checkpoints and commits on the policy below;
+- accounts wall and recording time, and turns errors into the run's status.
+
+Write policy: buffered log rows and snapshots are written and committed at checkpoints, on a stop
+signal, every `FLUSH_SECONDS`, or when the buffered snapshots pass `FLUSH_BYTES` (so readers follow
+a long run); a checkpoint's commit carries every snapshot up to its iteration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+
+from ..errors import LrscopeError, RunInterrupted
+from ..store import schema as S
+
+FLUSH_SECONDS = 20.0
+FLUSH_BYTES = 256 * 2**20
+MAX_BLOCK_ROWS = 512  # at most this many steps' logits are held before the host statistics run
+
+
+def block_loss_sum(block: dict[str, np.ndarray]) -> float:
+    """The summed training loss of a block of log rows (row mean loss × samples in the row)."""
+    return float((block["loss"].astype(np.float64) * (block["bc_count"] + block["ba_count"])).sum())
+
+
+def may_have_converged(cfg, epoch: int, correct: int, count: int, loss_sum: float) -> bool:
+    """Whether the epoch's running statistics (seen with changing weights) justify checking the
+    stop criterion on the whole training set. A running accuracy of 100% checks at once; 99% and
+    over checks every 4th epoch, so that a run hovering just below 100% does not spend a full
+    training-set pass per epoch (a stop comes at most 4 epochs late). Stateless, so resumes agree."""
+    if cfg.stop == "max-steps" or not count or correct / count < 0.99:
+        return False
+    if cfg.stop == "train-loss" and loss_sum / count >= 10 * cfg.stop_loss:
+        return False
+    return correct == count or epoch % 4 == 3
+
+
+def is_recording_point(t: int, cfg, steps_per_epoch: int, rows: int, stop_signal=None) -> bool:
+    """Whether `rows` steps ending at iteration `t` (the steps taken so far) end a block: the end
+    of an epoch, a snapshot or checkpoint iteration, the last step, a stop signal, or a full block."""
+    from .loop import is_snapshot
+
+    return (t % steps_per_epoch == 0 or is_snapshot(t, cfg.snapshot_every) or t % cfg.checkpoint_every == 0
+            or t == cfg.max_steps or bool(stop_signal) or rows >= MAX_BLOCK_ROWS)
+
+
+class Recorder:
+    """The recording side of one run (see the module docstring). `trainer` is the run's
+    `Trainer` (its model, data, writer and host statistics); `extra_timings` are added to the
+    stored timings (a batched run's stack size)."""
+
+    def __init__(self, trainer, *, extra_timings: dict | None = None):
+        self.tr, self.cfg, self.w = trainer, trainer.cfg, trainer.writer
+        self.extra = dict(extra_timings or {})
+        self.rec = 0.0  # seconds spent recording (snapshots, checkpoints, statistics, writes)
+        self.t_wall = time.perf_counter()
+        self.last_flush = time.perf_counter()
+        self.epoch_correct = self.epoch_count = 0
+        self.epoch_loss = 0.0
+        self.last_epoch_accuracy: float | None = None
+        self.status, self.reason = S.STATUS_COMPLETED, f"max_steps={self.cfg.max_steps} reached"
+        self.t = 0
+        self.ended = False
+
+    # ------------------------------------------------------------------ start
+    def begin(self, start: int, reason: str = "training") -> None:
+        """A fresh store gets its snapshot and checkpoint at iteration 0; a run resumed mid-epoch
+        gets the epoch's running statistics so far back from the log."""
+        self.t = start
+        w = self.w
+        if w.committed["checkpoint"] == 0:  # a resume from iteration 0 has both already
+            r0 = time.perf_counter()
+            self.tr.snapshot(0)
+            w.flush()  # a checkpoint's commit must carry every snapshot up to its iteration
+            self.tr.checkpoint(0)
+            w.commit(status=S.STATUS_RUNNING, reason=reason)
+            self.rec += time.perf_counter() - r0
+        spe = self.tr.steps_per_epoch
+        ep_start = (start // spe) * spe
+        if start > ep_start:
+            log = w.root[S.G_LOG]
+            acc = np.asarray(log["accuracy"][ep_start:start], dtype=np.float64)
+            cnt = np.asarray(log["bc_count"][ep_start:start]) + np.asarray(log["ba_count"][ep_start:start])
+            self.epoch_correct, self.epoch_count = int(np.round(acc * cnt).sum()), int(cnt.sum())
+            self.epoch_loss = float((np.asarray(log["loss"][ep_start:start], dtype=np.float64) * cnt).sum())
+
+    # ------------------------------------------------------------------ one block of steps
+    def record(self, t0: int, t: int, *, stop_signal=None, sync: Callable[[], None] = lambda: None) -> bool:
+        """Record the steps t0..t-1 (the trainer holds their logits and norms). `sync` brings the
+        run's current weights into the trainer's model (a no-op for the sequential loop; the
+        stack's slice for a batched run), called only when they are needed. Returns True when the
+        run has ended here: diverged, converged or at max_steps (the store is then finished)."""
+        cfg, w = self.cfg, self.w
+        epoch, pos = divmod(t - 1, self.tr.steps_per_epoch)
+        end_of_epoch = pos == self.tr.steps_per_epoch - 1
+        from .loop import is_snapshot
+
+        snap = is_snapshot(t, cfg.snapshot_every)
+        ckpt = t % cfg.checkpoint_every == 0
+        r0 = time.perf_counter()
+        block, corr, cnt = self.tr.epoch_rows(t0, t - t0, cfg.lr_at(np.arange(t0, t)))
+        finite = np.isfinite(block["loss"]) & np.isfinite(block["grad_norm"])
+        if not finite.all():
+            bad = int(np.argmin(finite))
+            w.append_log({k: v[: bad + 1] for k, v in block.items()})
+            self.t = t0 + bad + 1
+            self.status = S.STATUS_DIVERGED
+            self.reason = f"non-finite loss at iteration {t0 + bad} (lr={cfg.lr:g})"
+            self.rec += time.perf_counter() - r0
+            w.timings = self.timings()
+            w.finish(self.status, self.reason, **{S.ATTR_DIVERGED_AT: t0 + bad})
+            self.ended = True
+            return True
+        w.append_log(block)
+        self.epoch_correct += corr
+        self.epoch_count += cnt
+        self.epoch_loss += block_loss_sum(block)
+        self.t = t
+        done = False
+        if end_of_epoch:
+            if may_have_converged(cfg, epoch, self.epoch_correct, self.epoch_count, self.epoch_loss):
+                sync()
+                ok, why = self.tr.converged(t)
+                if ok:
+                    done, self.reason = True, why
+            self.last_epoch_accuracy = self.epoch_correct / max(self.epoch_count, 1)
+            self.epoch_correct = self.epoch_count = 0
+            self.epoch_loss = 0.0
+        done = done or t >= cfg.max_steps
+        if snap or ckpt or done or stop_signal:
+            sync()
+        if snap and not done:
+            self.tr.snapshot(t)
+        if done:
+            self.rec += time.perf_counter() - r0
+            self.finish(t)
+            return True
+        due = time.perf_counter() - self.last_flush > FLUSH_SECONDS or w.buffered_snapshot_bytes > FLUSH_BYTES
+        if ckpt or stop_signal or due:
+            w.flush()
+            if ckpt or stop_signal:
+                self.tr.checkpoint(t)
+            w.commit()
+            self.last_flush = time.perf_counter()
+        self.rec += time.perf_counter() - r0
+        return False
+
+    # ------------------------------------------------------------------ the end
+    def finish(self, t: int) -> None:
+        """The final snapshot and checkpoint at iteration t; status completed (or the stop reason)."""
+        r0 = time.perf_counter()
+        self.t = t
+        self.w.flush()
+        self.tr.snapshot(t, final=True)
+        self.tr.checkpoint(t)
+        self.rec += time.perf_counter() - r0
+        self.w.timings = self.timings()
+        self.w.finish(self.status, self.reason)
+        self.ended = True
+
+    def interrupt(self, signum: int, what: str | None = None) -> RunInterrupted:
+        """After a stop signal's checkpoint: mark the run resumable; the exception to raise."""
+        self.w.timings = self.timings()
+        self.w.commit(status=S.STATUS_RUNNING,
+                      reason=f"stopped by signal {signum} at iteration {self.t}; re-run to resume")
+        return RunInterrupted(what or f"{self.w.path.name}: stopped at iteration {self.t} (checkpointed); "
+                              "re-run the same command to resume", signum)
+
+    def timings(self) -> dict:
+        old = self.w.timings
+        wall = time.perf_counter() - self.t_wall
+        self.t_wall = time.perf_counter()  # each call adds the time since the previous one
+        rec, self.rec = self.rec, 0.0
+        return {**old, "wall_seconds": old.get("wall_seconds", 0.0) + wall,
+                "record_seconds": old.get("record_seconds", 0.0) + rec,
+                "train_seconds": old.get("train_seconds", 0.0) + wall - rec, **self.extra}
+
+    def result(self):
+        from .loop import RunResult
+
+        return RunResult(self.w.path, self.status, f"{self.w.path.name}: {self.status} ({self.reason})", self.t)
+
+
+@contextlib.contextmanager
+def recording_errors(recorders: Callable[[], Iterable[Recorder]], what: str):
+    """What an error while training means for the stores of `recorders()` (the runs still
+    training): a failed write (disk full, store removed) is a one-line error and leaves every
+    store at its last commit, resumable; Ctrl-C without a checkpoint (a second signal) marks them
+    resumable; anything else marks them failed with the error and re-raises it."""
+    try:
+        yield
+    except LrscopeError:
+        raise
+    except OSError as e:
+        t = max((r.t for r in recorders()), default=0)
+        raise LrscopeError(
+            f"{what}: writing the store failed near iteration {t} ({e.strerror or e}); everything up to the "
+            "last commit is intact: fix the cause and re-run the same command to resume") from None
+    except KeyboardInterrupt:
+        for r in recorders():
+            if not r.ended:
+                r.w.commit(status=S.STATUS_RUNNING, reason=f"interrupted near iteration {r.t}; re-run to resume")
+        raise
+    except Exception as e:
+        for r in recorders():
+            if not r.ended:
+                with contextlib.suppress(OSError):
+                    r.w.commit(status=S.STATUS_FAILED, reason=f"{type(e).__name__}: {e}")
+        raise
