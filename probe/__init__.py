@@ -4,6 +4,7 @@ from .linear import feature_probe, fit_logistic
 from .metrics import (MetricError, ba_bc_loss_ratio, class_separation, compressibility, gini, group_accuracy,
                       importance_weights, last_mistake, lorenz_curve, loss_ratio, neuron_survival, pq_index, selectivity,
                       sparsity)
+from .dynamics import dynamics, sample_dynamics
 from .attribution import attribution_entropy, attributions, background_share, captum_ready, region_shares
 from .pruning import prunability, pruned_accuracy, pruning_curve
 from .sweep import last_snapshot, loss_ratio_correlation, lr_sensitive_samples
@@ -24,4 +25,5 @@ __all__ = ["group_accuracy", "loss_ratio", "ba_bc_loss_ratio", "compressibility"
            "importance_weights", "lorenz_curve", "gini", "feature_probe", "fit_logistic", "pruning_curve",
            "prunability", "pruned_accuracy", "MetricError", "attributions",
            "captum_ready", "region_shares", "attribution_entropy",
-           "background_share", "lr_sensitive_samples", "loss_ratio_correlation", "last_snapshot", "last_mistake"]
+           "background_share", "lr_sensitive_samples", "loss_ratio_correlation", "last_snapshot", "last_mistake",
+           "dynamics", "sample_dynamics"]
