@@ -8,7 +8,16 @@
 __version__ = "0.1.0"
 
 from .errors import LrscopeError  # noqa: E402
-from .store.reader import open_run, open_sweep  # noqa: E402
+
+
+def __getattr__(name):
+    """open_run / open_sweep load xarray and dask on first use, not on `import lrscope` (so the
+    command-line tools answer --help at once)."""
+    if name in ("open_run", "open_sweep"):
+        from .store import reader
+
+        return getattr(reader, name)
+    raise AttributeError(f"module 'lrscope' has no attribute {name!r}")
 
 
 def load_model(ds_or_path, checkpoint: int = -1):
