@@ -30,6 +30,7 @@ from ..store.reader import open_run, open_store
 from ..store.checked import COMPRESSORS
 from ..store.writer import _crash_point
 from . import metrics as M
+from .dynamics import probe_dynamics
 from .linear import feature_probe
 from .pruning import KAPPAS, KINDS, prunability, pruned_accuracy, pruning_curve
 
@@ -340,6 +341,7 @@ PROBES: dict[str, Callable[[Context], xr.Dataset]] = {
     "pruning": probe_pruning,
     "importance": probe_importance,
     "attributions": probe_attributions,
+    "dynamics": probe_dynamics,
 }
 
 
@@ -379,10 +381,6 @@ def compute_run(path, names=None, *, force: bool = False, data_root: str | None 
     Each result is written by a background thread while the next probe computes (one writer,
     in order; every pending write has finished when this returns or raises). Dask arrays of the
     run are computed on local threads (also inside a dask.distributed task: the run is the task)."""
-    import dask
-    import dask.threaded
-    from concurrent.futures import ThreadPoolExecutor
-
     path = Path(path)
     names = check_names(names)
     params = check_params(params)
