@@ -127,3 +127,22 @@ def check_out_file(path, name: str = "--output") -> Path:
         return p
     check_out_dir(p.absolute().parent, name)
     return p
+
+
+def check_scheduler(scheduler: str | None, name: str = "--scheduler") -> str | None:
+    """None, 'local', or a dask scheduler address with a port (tcp://host:8786, host:8786, tls://...):
+    checked for its form only (whether it answers is found out when connecting)."""
+    if scheduler is None or scheduler == "local":
+        return scheduler
+    hint = "expected 'local' or a scheduler address such as tcp://host:8786"
+    try:
+        from distributed.comm.addressing import normalize_address, parse_address, parse_host_port
+
+        proto, loc = parse_address(normalize_address(scheduler))
+        if proto in ("tcp", "tls"):
+            _, port = parse_host_port(loc)
+            if not 0 < int(port) < 65536:
+                raise ValueError(f"port {port} out of range")
+    except (ValueError, TypeError) as e:
+        raise LrscopeError(f"{name} {scheduler!r}: {e}; {hint}") from None
+    return scheduler

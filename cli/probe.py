@@ -44,11 +44,12 @@ def compute_cmd(paths, only, force, data_root, kappa, checkpoints, workers, sche
     changed, is recomputed."""
     from ..probe.runner import PROBES, compute_paths
     from ..store.reader import find_runs
-    from .common import check_workers
+    from .common import check_scheduler, check_workers
 
     if not 0 <= kappa <= 1:
         raise LrscopeError(f"--kappa must be in [0, 1], got {kappa}")
     check_workers(workers)
+    check_scheduler(scheduler)
     names = None
     if only is not None:
         names = [n.strip() for n in only.split(",") if n.strip()]

@@ -19,6 +19,8 @@ def _json_dict(text: str | None, name: str) -> dict:
         d = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{name}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise ConfigError(f"{name}: nested too deeply") from None
     if not isinstance(d, dict):
         raise ConfigError(f"{name}: expected a JSON object such as '{{\"n_train\": 2000}}'")
     return d
@@ -207,9 +209,10 @@ def sweep_cmd(spec, out, workers, scheduler, data_root, device, batched, dry_run
     """
     from ..errors import LrscopeError
     from ..train.sweep import load_spec, run_sweep
-    from .common import check_out_dir, check_workers
+    from .common import check_out_dir, check_scheduler, check_workers
 
     check_workers(workers)
+    check_scheduler(scheduler)
     configs = load_spec(spec)  # every config validated, its data and model options included
     for c in configs:  # execution settings: not part of a run's identity
         if data_root is not None:
@@ -242,22 +245,47 @@ def sweep_cmd(spec, out, workers, scheduler, data_root, device, batched, dry_run
         raise LrscopeError(f"{len(failed)} of {len(results)} runs failed: {shown}")
 
 
+def _options_lines(builder, specs: dict) -> list[str]:
+    """'  name = default: type and range' per declared option of a dataset or model."""
+    import inspect
+
+    from ..train.config import _describe
+
+    params = inspect.signature(builder).parameters
+    out = []
+    for k, spec in specs.items():
+        default = params[k].default if k in params else None
+        desc = _describe(spec["kind"], spec.get("lo"), spec.get("hi"), spec.get("lo_open", False),
+                         spec.get("hi_open", False), spec.get("choices"), spec.get("nullable", False))
+        note = f" ({spec['help']})" if spec.get("help") else ""
+        out.append(f"    {k} = {json.dumps(default)}: {desc}{note}")
+    return out
+
+
 @main.command("datasets")
-def datasets_cmd():
-    """List the registered datasets."""
-    from ..train.data import DATASETS, DEFAULT_RHO
+@click.option("--options", "show", is_flag=True, help="Also list each dataset's --data-options.")
+def datasets_cmd(show):
+    """List the registered datasets (--options: with their data options)."""
+    from ..train.data import DATA_OPTIONS, DATASETS, DEFAULT_RHO
 
     for name in sorted(DATASETS):
         doc = (DATASETS[name].__doc__ or "").strip().splitlines()[0]
         rho = "n/a" if DEFAULT_RHO[name] is None else f"{DEFAULT_RHO[name]:g}"
         click.echo(f"{name:20s} rho_train={rho:<8s} {doc}")
+        if show:
+            for line in _options_lines(DATASETS[name], DATA_OPTIONS[name]):
+                click.echo(line)
 
 
 @main.command("models")
-def models_cmd():
-    """List the registered models."""
-    from ..train.models import MODELS
+@click.option("--options", "show", is_flag=True, help="Also list each model's --model-options.")
+def models_cmd(show):
+    """List the registered models (--options: with their model options)."""
+    from ..train.models import MODEL_OPTIONS, MODELS
 
     for name in sorted(MODELS):
         doc = (MODELS[name].__doc__ or "").strip().splitlines()
         click.echo(f"{name:20s} {doc[0] if doc else ''}")
+        if show:
+            for line in _options_lines(MODELS[name], MODEL_OPTIONS.get(name, {})):
+                click.echo(line)

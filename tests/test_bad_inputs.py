@@ -63,6 +63,9 @@ def snapshot(root: Path) -> dict:
                 out[str(p.relative_to(root))] = ("link", os.readlink(p))
                 continue
             st = p.stat()
+            if not p.is_file():  # a fifo: never read it
+                out[str(p.relative_to(root))] = ("special", st.st_mode, st.st_mtime_ns)
+                continue
             out[str(p.relative_to(root))] = ("file", st.st_size, st.st_mtime_ns,
                                              hashlib.sha1(p.read_bytes()).hexdigest())
     return out
@@ -229,6 +232,8 @@ for i, (model, v) in enumerate([("fcn", '{"width":"abc"}'), ("fcn", '{"width":0.
     run(f"model-options-{i}-{model}:{v}", "--model", model, "--model-options", v,
         *(["--dataset", "moon_star", "--data-options", '{"n_train": 50, "n_test": 50, "size": 8}']
           if model != "fcn" else []))
+run("data-options-nested-too-deeply", "--data-options", "[" * 100000)
+run("model-options-nested-too-deeply", "--model-options", "{\"a\": " * 100000)
 run("model-cnn-on-vectors", "--model", "cnn")
 run("model-resnet-on-vectors", "--model", "resnet18")
 run("fcn-too-large-for-its-input", "--widths", "1048576,2048")
@@ -295,6 +300,13 @@ for i, (where, line) in enumerate([
     safe = "" if line.startswith(("max_steps", "warmup_steps")) else "max_steps = 3\nprobe_size = 20\n"
     spec = ("[base]\n" + safe + (line + "\n[grid]\nseed = [0]\n" if where == "base" else "[grid]\n" + line + "\n"))
     sweep(f"spec-{i}-{where}:{line}", spec)
+sweep("spec-a-fifo", None, setup=lambda w, s: os.mkfifo(w / "spec.toml"))
+sweep("spec-dev-zero", None, setup=lambda w, s: os.symlink("/dev/zero", w / "spec.toml"))
+sweep("spec-nested-too-deeply", "[base]\ndata_options = " + "{a = " * 2000 + "1" + "}" * 2000 + "\n")
+sweep("spec-a-million-runs", "[grid]\nlr = [" + ", ".join(f"{0.001 * (i + 1):g}" for i in range(1000)) +
+      "]\nseed = [" + ", ".join(map(str, range(1000))) + "]\n")
+sweep("scheduler-no-port", OK + "[grid]\nlr = [0.1]\n", "--scheduler", "bogus")
+sweep("scheduler-port-out-of-range", OK + "[grid]\nlr = [0.1]\n", "--scheduler", "tcp://localhost:99999")
 sweep("workers=0", OK + "[grid]\nlr = [0.1]\n", "--workers", "0")
 sweep("workers=2^20", OK + "[grid]\nlr = [0.1]\n", "--workers", str(2**20))
 sweep("out=/dev/null", OK + "[grid]\nlr = [0.1]\n", "--out", "/dev/null")
@@ -334,6 +346,8 @@ for v in ["abc", "7", "-9", "", "1,x", str(2**70), "first,,last", "1.5"]:
     probe(f"compute-checkpoints={v or 'empty'}", "compute", "@S", "--checkpoints", v)
 for v in ["0", "-1", "5000"]:
     probe(f"compute-workers={v}", "compute", "@S", "--workers", v)
+for v in ["bogus", "tcp://host", "tcp://host:x"]:
+    probe(f"compute-scheduler={v}", "compute", "@S", "--scheduler", v)
 probe("report-to-dev-full", "report", "@S", "-o", "/dev/full", "--no-compute")
 probe("report-to-a-folder", "report", "@S", "-o", "@W/d", setup=make_dir("d"))
 probe("report-under-a-file", "report", "@S", "-o", "@W/f/r.html", setup=write_file("f"))
@@ -550,6 +564,11 @@ def test_valid_inputs_still_pass():
         check_data_options(name, {})
     for name in MODELS:
         check_model_options(name, {})
+    # the declared options are listed
+    res = CliRunner().invoke(lrtrain, ["datasets", "--options"])
+    assert res.exit_code == 0 and "rho_test = 0.5: a finite number in [0, 1]" in res.output, res.output
+    res = CliRunner().invoke(lrtrain, ["models", "--options"])
+    assert res.exit_code == 0 and "width = 1.0: a finite number in (0, 64]" in res.output, res.output
     # run ids (store names) are those of before the validation was rewritten
     assert RunConfig(lr=0.3, widths=[8]).run_id() == "parity-fcn-lr0.3-s0-89dcdcb7"
     assert RunConfig(dataset="moon_star", model="cnn", model_options={"width": 0.25}, data_options={"n_train": 200},
