@@ -35,19 +35,27 @@ CUDA = torch.cuda.is_available()
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    """One tiny finished run with every probe computed, copied into each case that needs a store."""
+def sources(tmp_path_factory):
+    """One tiny finished run, as trained and with every probe computed (a few times the files: only
+    the cases that read probes copy that one), copied into each case that needs a store."""
     from lrscope.probe.runner import compute_paths
 
     out = tmp_path_factory.mktemp("source")
     res = CliRunner().invoke(lrtrain, ["run", "--dataset", "parity", "--model", "fcn", "--widths", "8", "--max-steps",
                                        "5", "--lr", "0.1", "--data-options", SMALL, "--probe-size", "50",
-                                       "--snapshot-every", "2", "--checkpoint-every", "2", "--out", str(out),
+                                       "--snapshot-every", "2", "--checkpoint-every", "2", "--out", str(out / "plain"),
                                        "--quiet"])
     assert res.exit_code == 0, res.output
-    (store,) = out.glob("*.zarr")
-    compute_paths(store, progress=False)
-    return store
+    (store,) = (out / "plain").glob("*.zarr")
+    probed = out / "probed" / store.name
+    shutil.copytree(store, probed)
+    compute_paths(probed, progress=False)
+    return {True: store, "probed": probed}
+
+
+@pytest.fixture(scope="module")
+def source(sources):
+    return sources[True]
 
 
 def snapshot(root: Path) -> dict:
@@ -83,7 +91,7 @@ def diff(before: dict, after: dict) -> list[str]:
 CASES: list = []
 
 
-def case(id_: str, kind: str, payload, *, setup=None, store: bool | None = None, marks=()):
+def case(id_: str, kind: str, payload, *, setup=None, store: bool | str | None = None, marks=()):
     text = json.dumps(payload) if kind != "api" else ""
     needs = store if store is not None else (setup is not None or any(t in text for t in ("@S", "@RUNS", "@ID")))
     CASES.append(pytest.param(kind, payload, setup, needs, id=id_, marks=marks))
@@ -348,7 +356,7 @@ for v in ["0", "-1", "5000"]:
     probe(f"compute-workers={v}", "compute", "@S", "--workers", v)
 for v in ["bogus", "tcp://host", "tcp://host:x"]:
     probe(f"compute-scheduler={v}", "compute", "@S", "--scheduler", v)
-probe("report-to-dev-full", "report", "@S", "-o", "/dev/full", "--no-compute")
+probe("report-to-dev-full", "report", "@S", "-o", "/dev/full", "--no-compute", store="probed")
 probe("report-to-a-folder", "report", "@S", "-o", "@W/d", setup=make_dir("d"))
 probe("report-under-a-file", "report", "@S", "-o", "@W/f/r.html", setup=write_file("f"))
 probe("report-empty-output", "report", "@S", "-o", "")
@@ -387,7 +395,7 @@ READ_AS_VALID = {"config-lr-a-string"}
 for name, setup in HOSTILE.items():
     marks = [STORE_SIDE] if name in READ_AS_VALID else []
     probe(f"ls-hostile-{name}", "ls", "@S", setup=setup, marks=marks)
-    probe(f"compute-hostile-{name}", "compute", "@S", "--quiet", setup=setup, marks=marks)
+    probe(f"compute-hostile-{name}", "compute", "@S", "--quiet", setup=setup, marks=marks, store="probed")
 
 
 # --- Python API ----------------------------------------------------------------------------------
@@ -504,12 +512,13 @@ def test_table_size_and_ids():
 
 
 @pytest.mark.parametrize("kind,payload,setup,needs_store", CASES)
-def test_bad_input(kind, payload, setup, needs_store, source, tmp_path, monkeypatch):
+def test_bad_input(kind, payload, setup, needs_store, sources, tmp_path, monkeypatch):
+    source = sources[True]
     w = tmp_path / "w"
     w.mkdir()
     ctx = {"W": w, "RUNS": w / "runs", "S": w / "runs" / source.name, "ID": source.stem}
     if needs_store:
-        shutil.copytree(source, ctx["S"])
+        shutil.copytree(sources[needs_store], ctx["S"])
     if setup is not None:
         setup(w, ctx["S"])
     monkeypatch.chdir(w)
@@ -530,10 +539,11 @@ def test_bad_input(kind, payload, setup, needs_store, source, tmp_path, monkeypa
 
 @pytest.mark.parametrize("argv", [
     ["lrtrain", "run", "--lr", "0.1", "--widths", "inf", "--out", "out"],
-    ["lrprobe", "report", "@S", "-o", "/dev/full", "--no-compute"],
-], ids=["lrtrain-widths-inf", "lrprobe-report-dev-full"])
-def test_console_script(argv, source, tmp_path):
+    ["lrprobe", "compute", "@S", "--checkpoints", "abc"],
+], ids=["lrtrain-widths-inf", "lrprobe-compute-checkpoints-abc"])
+def test_console_script(argv, sources, tmp_path):
     """The real entry points in a real process: exit code 2, one stderr line, nothing written."""
+    source = sources[True]
     w = tmp_path / "w"
     w.mkdir()
     shutil.copytree(source, w / "runs" / source.name)
