@@ -173,3 +173,32 @@ def report_cmd(paths, output, title, compute):
         compute_paths(paths, progress=False)
     out = write_report(paths, output, title=title)
     click.echo(f"report written: {out.resolve()}")
+
+
+@main.command("serve")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=5006, show_default=True,
+              help="Port to listen on (0: any free port).")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--live", is_flag=True, help="Re-read runs that are still training every 5 s.")
+@click.option("--show", is_flag=True, help="Open the page in the default browser.")
+def serve_cmd(paths, port, address, live, show):
+    """Explore sweeps interactively in the browser (Panel/Bokeh server): metrics against the LR,
+    the representation through training, training curves, data maps and per-sample trajectories.
+
+    \b
+    Example:
+      lrprobe serve demo/runs            # then open http://127.0.0.1:5006/
+      lrprobe serve runs/ --live         # follows runs that are still training
+    """
+    from ..store.reader import find_runs
+    from ..viz.app import serve
+
+    find_runs(paths)  # a path without runs: the one-line error, before the server starts
+    if port == 0:
+        import socket
+
+        with socket.socket() as s:
+            s.bind((address, 0))
+            port = s.getsockname()[1]
+    serve(list(paths), port=port, address=address, live=live, show=show)

@@ -1,0 +1,558 @@
+"""``lrprobe serve``: explore a sweep's training dynamics in the browser (Panel + HoloViews on a
+Bokeh server), reading the run stores directly; nothing is copied.
+
+What it shows, for one (dataset, model) sweep at a time:
+
+- a metric against the learning rate: every run a point (hover: run id, LR, seed, value), the
+  seed mean as a line with its ± one standard deviation as a band;
+- the representation through training: an iteration slider moves the per-neuron CSI and BSI
+  (sorted, one curve per LR) and the class separation, activation compressibility and linear
+  probe errors against the LR at that point of training;
+- overlaid training curves of the chosen runs (loss, accuracy, bias-conflicting loss ratio,
+  gradient/parameter/logit norms), one point per block of steps;
+- the data map of a chosen run (the `dynamics` probe: confidence against variability of every
+  training sample, bias-aligned and bias-conflicting apart); selecting samples (tap, lasso, or
+  typing an index) shows the first one's input, its true-class probability at every presentation
+  through training for every LR of the chosen seed, and its Integrated-Gradients attributions at
+  the run's last checkpoint;
+- ``--live``: runs still training are re-read every few seconds.
+
+Everything the slider and the metric selector need is read once into small numpy arrays, so an
+interaction only rebuilds a few curves; per-sample trajectories read only the log chunks that
+hold the sample's presentations.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import holoviews as hv
+import numpy as np
+import panel as pn
+
+from ..store import schema as S
+
+CURVES = {  # training-curve choices: label -> how to get it from a run's log
+    "loss": "loss", "accuracy": "accuracy", "BC loss ratio": "bc_share", "gradient norm": "grad_norm",
+    "parameter norm": "param_norm", "logit norm": "logit_norm", "learning rate": "lr",
+}
+TRAJECTORY_METRICS = {  # per-snapshot probe variables the slider moves through
+    "class separation R²": "class_separation", "activation compressibility": "activation_compressibility",
+    "core probe error": "core_probe_error", "spurious probe error": "spurious_probe_error",
+    "average CSI": "csi_mean", "average BSI": "bsi_mean", "unbiased accuracy (probe subset)": "probe_accuracy",
+}
+MAX_CURVE_POINTS = 1500
+
+
+# ------------------------------------------------------------------------------- data
+@dataclass
+class Run:
+    path: Path
+    run_id: str
+    config: dict
+    status: str
+    committed: dict
+
+    @property
+    def lr(self) -> float:
+        return float(self.config["lr"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+
+def discover(paths) -> dict[str, list[Run]]:
+    """Run stores under `paths`, grouped by (dataset, model): only their root attributes are read."""
+    from ..store.reader import check_attrs, find_runs
+
+    groups: dict[str, list[Run]] = {}
+    for p in find_runs(paths):
+        try:
+            attrs = json.loads((p / "zarr.json").read_text())["attributes"]
+            check_attrs(attrs, p)
+        except Exception:  # a store being created, a damaged one: not shown (the CLI's ls says why)
+            continue
+        cfg = attrs[S.ATTR_CONFIG]
+        key = f"{cfg['dataset']} / {cfg['model']}"
+        groups.setdefault(key, []).append(Run(p, attrs.get(S.ATTR_RUN_ID, p.stem), cfg, attrs[S.ATTR_STATUS],
+                                              attrs[S.ATTR_COMMITTED]))
+    for runs in groups.values():
+        runs.sort(key=lambda r: (r.lr, r.seed, r.run_id))
+    return groups
+
+
+def _block_mean(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(iteration, value) with at most `n` points: means of consecutive blocks (NaN-aware)."""
+    it = np.arange(len(x))
+    if len(x) <= n:
+        return it, x
+    k = -(-len(x) // n)
+    m = len(x) // k * k
+    with np.errstate(invalid="ignore"):
+        xs = np.nanmean(x[:m].reshape(-1, k), axis=1)
+    return it[:m].reshape(-1, k).mean(1), xs
+
+
+@dataclass
+class SweepData:
+    """What the explorer shows for one (dataset, model) sweep, read into memory once: per-run
+    scalars, per-snapshot probe curves, per-neuron selectivities, downsampled training curves.
+    Per-sample data (the data map, trajectories) is read on demand."""
+
+    runs: list[Run]
+    scalars: dict[str, np.ndarray] = field(default_factory=dict)  # metric -> value per run
+    labels: dict[str, str] = field(default_factory=dict)  # metric -> long name
+    snap_iter: list[np.ndarray] = field(default_factory=list)  # per run: snapshot iterations
+    per_snap: dict[str, list[np.ndarray]] = field(default_factory=dict)  # var -> per run (snapshot,)
+    neurons: dict[str, list[np.ndarray]] = field(default_factory=dict)  # csi/bsi -> per run (snapshot, neuron)
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    _datasets: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, runs: list[Run]) -> "SweepData":
+        """One `open_sweep` over the runs (it reuses one run's layout for the others: ~2 s for 100
+        runs), then the small arrays the views need, read whole."""
+        from ..store.reader import open_sweep
+
+        sd = cls(runs)
+        sw = open_sweep([r.path for r in runs])
+        ids = [str(v) for v in (sw.run_id.values if "run_id" in sw.coords else sw.run.values)]
+        order = [ids.index(r.run_id) for r in runs]  # sw's run order -> ours
+        sw = sw.isel(run=order)
+        n = len(runs)
+        for v, da in sw.data_vars.items():
+            if da.dims == ("run",) and da.dtype.kind in "biuf":
+                sd.labels[v] = da.attrs.get("long_name", v)
+                sd.scalars[v] = np.asarray(da.values, dtype=float)
+        snap_it = np.asarray(sw.snapshot_iteration.values, dtype=float) if "snapshot_iteration" in sw else \
+            np.zeros((n, 0))
+        valid = np.isfinite(snap_it)
+        sd.snap_iter = [snap_it[i][valid[i]].astype(int) for i in range(n)]
+        for v in TRAJECTORY_METRICS.values():
+            arr = np.asarray(sw[v].values, dtype=float) if v in sw and sw[v].dims == ("run", "snapshot") else \
+                np.full(snap_it.shape, np.nan)
+            sd.per_snap[v] = [arr[i][valid[i]] for i in range(n)]
+        for v in ("csi", "bsi"):
+            if v in sw and set(sw[v].dims) == {"run", "snapshot", "neuron"}:
+                arr = np.asarray(sw[v].transpose("run", "snapshot", "neuron").values, dtype=float)
+                sd.neurons[v] = [arr[i][valid[i]] for i in range(n)]
+            else:
+                sd.neurons[v] = [np.zeros((len(s_), 0)) for s_ in sd.snap_iter]
+        n_it = np.array([r.committed["iteration"] for r in runs])
+        lr_log = next((c for c in ("lr_schedule", "step_lr", "log_lr", "lr") if c in sw and "iteration" in sw[c].dims),
+                      None)
+        for label, v in CURVES.items():
+            name = lr_log if v == "lr" else v
+            if v == "bc_share" and "bc_loss_sum" in sw:
+                bc = np.asarray(sw.bc_loss_sum.values, dtype=float)
+                ba = np.asarray(sw.ba_loss_sum.values, dtype=float)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    arr = bc / (bc + ba)
+            elif name is not None and name in sw and sw[name].dims == ("run", "iteration"):
+                arr = np.asarray(sw[name].values, dtype=float)
+            else:
+                sd.curves[v] = [(np.zeros(0), np.zeros(0))] * n
+                continue
+            sd.curves[v] = [_block_mean(arr[i][: n_it[i]], MAX_CURVE_POINTS) for i in range(n)]
+        return sd
+
+    def dataset(self, run_id: str):
+        """One run's lazy Dataset (with probes), opened on first use."""
+        if run_id not in self._datasets:
+            from ..store.reader import open_run
+
+            run = next(r for r in self.runs if r.run_id == run_id)
+            try:
+                self._datasets[run_id] = open_run(run.path)
+            except Exception:
+                self._datasets[run_id] = None
+        return self._datasets[run_id]
+
+    def iterations(self) -> list[int]:
+        its = sorted({int(i) for s in self.snap_iter for i in s})
+        return its or [0]
+
+
+def sample_trajectory(ds, sample: int) -> tuple[np.ndarray, np.ndarray]:
+    """(iterations, true-class probability) of one training sample at each of its presentations,
+    from the minibatch log (reads only the log chunks that hold them)."""
+    idx = ds.batch_index.values  # (iteration, slot) int32: small next to the logits
+    it, slot = np.nonzero(idx == sample)
+    if len(it) == 0:
+        return it, np.zeros(0)
+    import zarr
+
+    arr = zarr.open_array(store=_store_of(ds), path=f"{S.G_LOG}/{S.A_BATCH_LOGITS}", mode="r")
+    c = np.arange(arr.shape[2])
+    logits = np.asarray(arr.vindex[it[:, None], slot[:, None], c[None, :]], dtype=np.float64)  # (n, class)
+    y = int(ds.train_y.values[sample])
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = logits - logits.max(-1, keepdims=True)
+        p = np.exp(z[:, y]) / np.exp(z).sum(-1)
+    return it, p
+
+
+def _store_of(ds):
+    from ..store.reader import open_store
+
+    return open_store(ds.attrs["store"]).store
+
+
+def sample_input(run: Run, sample: int):
+    """The raw input of a training sample, rebuilt from the run's config (the store keeps only
+    the test probe subset's inputs); None when the dataset cannot be rebuilt here."""
+    from ..train.data import build_dataset
+
+    cfg = run.config
+    try:
+        b = build_dataset(cfg["dataset"], seed=cfg["data_seed"], bias_conflicting_ratio=cfg["bias_conflicting_ratio"],
+                          data_root=cfg.get("data_root"), **cfg.get("data_options", {}))
+    except Exception:
+        return None, None
+    return b.train.x[sample].numpy(), b
+
+
+_SHARED: dict[tuple, SweepData] = {}  # across browser sessions: keyed by every run's committed state
+
+
+def shared_data(runs: list[Run]) -> SweepData:
+    """The sweep's data, loaded once per state of its runs for all browser sessions (the stores
+    are read-only here; a run that trains on gets a new key)."""
+    key = tuple((r.run_id, json.dumps(r.committed, sort_keys=True), r.status) for r in runs)
+    if key not in _SHARED:
+        if len(_SHARED) > 8:
+            _SHARED.clear()
+        _SHARED[key] = SweepData.load(runs)
+    return _SHARED[key]
+
+
+# ------------------------------------------------------------------------------- the app
+def _palette(n: int) -> list[str]:
+    from bokeh.palettes import Viridis256
+
+    return [Viridis256[int(i * 230 / max(n - 1, 1))] for i in range(max(n, 1))]
+
+
+class Explorer:
+    """The app's state and views. One instance per browser session."""
+
+    def __init__(self, paths, live: bool = False):
+        hv.extension("bokeh", logo=False)
+        self.paths = paths
+        self.groups = discover(paths)
+        if not self.groups:
+            from ..errors import StoreError
+
+            raise StoreError(f"{', '.join(map(str, paths))}: no readable run stores")
+        self._cache: dict[str, SweepData] = {}
+        first = next(iter(self.groups))
+        self.w_group = pn.widgets.Select(name="Sweep (dataset / model)", options=list(self.groups), value=first,
+                                         css_classes=["lrscope-group"])
+        self.w_metric = pn.widgets.Select(name="Metric against the LR", css_classes=["lrscope-metric"], width=420)
+        self.w_seeds = pn.widgets.MultiChoice(name="Seeds", css_classes=["lrscope-seeds"])
+        self.w_iter = pn.widgets.DiscreteSlider(name="Iteration", options=[0], value=0, css_classes=["lrscope-iteration"],
+                                                sizing_mode="stretch_width")
+        self.w_curve = pn.widgets.Select(name="Training curve", options=list(CURVES), value="loss", css_classes=["lrscope-curve"])
+        self.w_run = pn.widgets.Select(name="Run for the data map", css_classes=["lrscope-run"], width=420)
+        self.w_sample = pn.widgets.IntInput(name="Sample (training index)", value=-1, start=-1, css_classes=["lrscope-sample"])
+        self.status = pn.pane.Str("", name="status", css_classes=["lrscope-status"])
+        self.updates = 0
+        self._select_group(first)
+        self.w_group.param.watch(lambda e: self._select_group(e.new), "value")
+        self.live = live
+
+    # ------------------------------------------------------------------ state
+    @property
+    def data(self) -> SweepData:
+        key = self.w_group.value
+        if key not in self._cache:
+            self._cache[key] = shared_data(self.groups[key])
+        return self._cache[key]
+
+    def _select_group(self, key: str) -> None:
+        d = self.data
+        opts = {f"{d.labels[v]} ({v})": v for v in d.scalars if np.isfinite(d.scalars[v]).any()}
+        self.w_metric.options = opts
+        default = next((v for v in ("unbiased_accuracy_final", "csi_mean_final", "prunability") if v in opts.values()),
+                       next(iter(opts.values()), None))
+        self.w_metric.value = default
+        seeds = sorted({r.seed for r in d.runs})
+        self.w_seeds.options = seeds
+        self.w_seeds.value = seeds
+        its = d.iterations()
+        self.w_iter.options = its
+        self.w_iter.value = its[-1]
+        self.w_run.options = {f"{r.run_id} ({r.status})": r.run_id for r in d.runs}
+        self.w_run.value = d.runs[-1].run_id
+
+    def _chosen(self) -> list[int]:
+        seeds = set(self.w_seeds.value or [])
+        return [i for i, r in enumerate(self.data.runs) if r.seed in seeds]
+
+    def _tick(self, what: str) -> None:
+        self.updates += 1
+        self.status.object = f"update {self.updates}: {what}"
+
+    def refresh(self) -> None:
+        """--live: re-read the runs of the current sweep that were still training."""
+        key = self.w_group.value
+        groups = discover(self.paths)
+        old = {r.run_id: r for r in self.groups.get(key, [])}
+        new = groups.get(key, [])
+        changed = [r.run_id for r in new if r.run_id not in old or old[r.run_id].committed != r.committed
+                   or old[r.run_id].status != r.status]
+        if not changed:
+            return
+        self.groups = groups
+        self._cache.pop(key, None)
+        self._select_group(key)
+        self._tick(f"refreshed {len(changed)} run(s)")
+
+    # ------------------------------------------------------------------ views
+    def metric_vs_lr(self, metric, seeds, group):
+        d = self.data
+        if metric is None or metric not in d.scalars:
+            return hv.Overlay([hv.Text(0, 0, "no probe results yet: run lrprobe compute")])
+        idx = self._chosen()
+        vals = d.scalars[metric]
+        label = d.labels.get(metric, metric)
+        pts = [(d.runs[i].lr, vals[i], d.runs[i].run_id, d.runs[i].seed, d.runs[i].status) for i in idx]
+        points = hv.Points(pts, kdims=["lr", label], vdims=["run_id", "seed", "status"]).opts(
+            color="seed", cmap="Category10", size=9, tools=["hover"], logx=True, line_color="black",
+            responsive=True, height=340, title=f"{label} against the learning rate (every run; line: seed mean ± sd)",
+            xlabel="learning rate", show_legend=False)
+        lrs = sorted({d.runs[i].lr for i in idx})
+        ok = [i for i in idx if d.runs[i].status == "completed"]
+        mean = np.array([np.nanmean([vals[i] for i in ok if d.runs[i].lr == lr] or [np.nan]) for lr in lrs])
+        sd = np.array([np.nanstd([vals[i] for i in ok if d.runs[i].lr == lr] or [np.nan]) for lr in lrs])
+        curve = hv.Curve((lrs, mean), "lr", label).opts(color="black", line_width=2)
+        band = hv.Spread((lrs, mean, sd), "lr", [label, "sd"]).opts(fill_alpha=0.15, color="grey")
+        self._tick(f"metric {metric}")
+        return (band * curve * points).opts(responsive=True, height=340, framewise=True)
+
+    def _at_iteration(self, it: int) -> list[int]:
+        """Per run: the last snapshot at or before iteration `it` (-1: none)."""
+        return [int(np.searchsorted(s, it, side="right")) - 1 for s in self.data.snap_iter]
+
+    def selectivity(self, it, seeds, group, which="csi"):
+        d = self.data
+        pos = self._at_iteration(it)
+        idx = self._chosen()
+        colors = _palette(len(idx))
+        curves = []
+        for c, i in zip(colors, idx):
+            arr = d.neurons[which][i]
+            if pos[i] < 0 or arr.size == 0:
+                continue
+            v = np.sort(arr[pos[i]])[::-1]
+            curves.append(hv.Curve((np.arange(len(v)), v), "neuron (sorted)", which.upper(),
+                                   label=f"lr={d.runs[i].lr:g} s{d.runs[i].seed}").opts(color=c))
+        name = {"csi": "class selectivity (CSI)", "bsi": "bias selectivity (BSI)"}[which]
+        return hv.Overlay(curves or [hv.Curve([], "neuron (sorted)", which.upper())]).opts(
+            title=f"{name} per neuron at iteration {it}", responsive=True, height=300, legend_position="right",
+            ylim=(0, 1), framewise=True)
+
+    def representation_vs_lr(self, it, seeds, group):
+        d = self.data
+        pos = self._at_iteration(it)
+        idx = self._chosen()
+        lrs = sorted({d.runs[i].lr for i in idx})
+        curves = []
+        for label, v in TRAJECTORY_METRICS.items():
+            if v in ("probe_accuracy",):
+                continue
+            vals = np.array([d.per_snap[v][i][pos[i]] if pos[i] >= 0 and len(d.per_snap[v][i]) else np.nan for i in idx])
+            if not np.isfinite(vals).any():
+                continue
+            mean = [np.nanmean(vals[[d.runs[i].lr == lr for i in idx]]) if np.isfinite(
+                vals[[d.runs[i].lr == lr for i in idx]]).any() else np.nan for lr in lrs]
+            curves.append(hv.Curve((lrs, mean), "lr", "value", label=label).opts(tools=["hover"]) *
+                          hv.Scatter((lrs, mean), "lr", "value", label=label).opts(size=6))
+        self._tick(f"iteration {it}")
+        return hv.Overlay(curves or [hv.Curve([], "lr", "value")]).opts(
+            logx=True, title=f"representation against the LR at iteration {it} (seed mean)", responsive=True,
+            height=300, legend_position="right", xlabel="learning rate", framewise=True)
+
+    def training_curves(self, which, seeds, group):
+        d = self.data
+        v = CURVES[which]
+        idx = self._chosen()
+        colors = _palette(len(idx))
+        curves = []
+        for c, i in zip(colors, idx):
+            x, y = d.curves[v][i]
+            if len(x):
+                curves.append(hv.Curve((x, y), "iteration", which, label=f"lr={d.runs[i].lr:g} s{d.runs[i].seed}")
+                              .opts(color=c, tools=["hover"]))
+        logy = v in ("loss", "grad_norm", "param_norm", "logit_norm")
+        return hv.Overlay(curves or [hv.Curve([], "iteration", which)]).opts(
+            title=f"{which} through training (block means)", responsive=True, height=320, legend_position="right",
+            logy=logy, framewise=True)
+
+    def data_map(self, run_id, group):
+        ds = self.data.dataset(run_id)
+        if ds is None or "dyn_confidence" not in ds:
+            return hv.Points([], ["variability", "confidence"]).opts(
+                title="no dynamics probe for this run: run lrprobe compute", responsive=True, height=380)
+        conf, var = ds.dyn_confidence.values, ds.dyn_variability.values
+        bc = ds.train_bias_conflicting.values.astype(bool)
+        data = {"variability": var, "confidence": conf, "sample": np.arange(len(conf)),
+                "y": ds.train_y.values, "b": ds.train_b.values, "kind": np.where(bc, "bias-conflicting", "bias-aligned"),
+                "correctness": ds.dyn_correctness.values, "forgetting": ds.dyn_forgetting_events.values}
+        pts = hv.Points(data, ["variability", "confidence"],
+                        ["kind", "sample", "y", "b", "correctness", "forgetting"]).opts(
+            color="kind", cmap={"bias-aligned": "#3a7dbf", "bias-conflicting": "#e0542c"}, size=4, alpha=0.6,
+            tools=["hover", "tap", "lasso_select", "box_select"], responsive=True, height=380, legend_position="top_right",
+            title=f"data map of {run_id}: confidence against variability of every training sample",
+            nonselection_alpha=0.1, framewise=True)
+        return pts
+
+    def _on_select(self, index):
+        if index:
+            self.w_sample.value = int(index[0])
+
+    def sample_views(self, sample, run_id, seeds, group):
+        d = self.data
+        if sample is None or sample < 0:
+            return pn.pane.Markdown("Select a sample in the data map (tap or lasso), or type its index above.")
+        run = next(r for r in d.runs if r.run_id == run_id)
+        ds = d.dataset(run_id)
+        if ds is None or sample >= ds.sizes.get("train_sample", 0):
+            return pn.pane.Markdown(f"sample {sample} is not a training sample of {run_id}")
+        seed = run.seed
+        same_seed = [i for i, r in enumerate(d.runs) if r.seed == seed]
+        colors = _palette(len(same_seed))
+        traj = []
+        for c, i in zip(colors, same_seed):
+            dsi = d.dataset(d.runs[i].run_id)
+            if dsi is None:
+                continue
+            it, p = sample_trajectory(dsi, sample)
+            traj.append(hv.Curve((it, p), "iteration", "p(true class)", label=f"lr={d.runs[i].lr:g}")
+                        .opts(color=c, tools=["hover"]))
+        y, b = int(ds.train_y.values[sample]), int(ds.train_b.values[sample])
+        head = (f"**sample {sample}** — y = {y}, b = {b}, "
+                f"{'bias-conflicting' if y != b else 'bias-aligned'}; in {run_id}: confidence "
+                f"{float(ds.dyn_confidence.values[sample]):.3f}, forgetting events "
+                f"{int(ds.dyn_forgetting_events.values[sample])}" if "dyn_confidence" in ds else f"**sample {sample}**")
+        trajectory = hv.Overlay(traj or [hv.Curve([], "iteration", "p(true class)")]).opts(
+            title=f"true-class probability at each presentation (seed {seed}, every LR)", responsive=True, height=300,
+            legend_position="right", ylim=(0, 1.02))
+        x, bundle = sample_input(run, sample)
+        views = [pn.pane.Markdown(head), pn.pane.HoloViews(trajectory, sizing_mode="stretch_width")]
+        if x is not None:
+            views.append(pn.pane.HoloViews(self._input_view(x, ds, "input"), sizing_mode="stretch_width"))
+            attr = self._attribution(run, x, y)
+            if attr is not None:
+                views.append(pn.pane.HoloViews(self._input_view(attr, ds, "Integrated Gradients (last checkpoint)"),
+                                               sizing_mode="stretch_width"))
+        else:
+            views.append(pn.pane.Markdown("*input not shown: the dataset cannot be rebuilt here (data root?)*"))
+        self._tick(f"sample {sample}")
+        return pn.Column(*views, sizing_mode="stretch_width")
+
+    def _attribution(self, run: Run, x: np.ndarray, y: int):
+        try:
+            import torch
+
+            from ..probe.attribution import attributions
+            from ..train.data import as_model_input
+            from ..train.restore import load_model
+
+            model = load_model(run.path, checkpoint=-1)
+            a = attributions(model, as_model_input(torch.from_numpy(x[None])), torch.tensor([y]),
+                             method="integrated_gradients", n_steps=32)
+            return a[0].detach().numpy()
+        except Exception:
+            return None
+
+    def _input_view(self, x: np.ndarray, ds, title: str):
+        x = np.asarray(x, dtype=float)
+        if x.ndim == 1:  # a vector input (parity): a strip with the regions marked
+            el = hv.HeatMap([(i, 0, float(v)) for i, v in enumerate(x)], ["input", " "], "value").opts(
+                cmap="RdBu_r", colorbar=True, responsive=True, height=130, title=title, tools=["hover"],
+                yaxis=None, symmetric=True)
+            if "regions" in ds:
+                regs = ds.regions.values
+                labels = [str(r) for r in ds.region.values]
+                spans = []
+                for k, name in enumerate(labels):
+                    on = np.flatnonzero(regs[k])
+                    if len(on):
+                        spans.append(hv.Text((on[0] + on[-1]) / 2, 0.45, name).opts(text_font_size="9pt"))
+                        spans.append(hv.VLine(on[-1] + 0.5).opts(color="black", line_width=2))
+                return (el * hv.Overlay(spans)).opts(responsive=True, height=130)
+            return el
+        if x.ndim == 3:  # (channel, H, W)
+            img = x.transpose(1, 2, 0)
+            if img.shape[-1] == 1 or title != "input":
+                v = img.sum(-1)
+                return hv.Image(v[::-1], bounds=(0, 0, v.shape[1], v.shape[0])).opts(
+                    cmap="gray" if title == "input" else "RdBu_r", colorbar=True, title=title, width=260, height=260)
+            img = img / max(img.max(), 1e-9)
+            return hv.RGB(img[::-1], bounds=(0, 0, img.shape[1], img.shape[0])).opts(title=title, width=260, height=260)
+        return hv.Text(0, 0, f"input of shape {x.shape}")
+
+    # ------------------------------------------------------------------ layout
+    def layout(self):
+        g = self.w_group
+        metric = hv.DynamicMap(pn.bind(self.metric_vs_lr, self.w_metric, self.w_seeds, g))
+        csi = hv.DynamicMap(pn.bind(self.selectivity, self.w_iter, self.w_seeds, g, "csi"))
+        bsi = hv.DynamicMap(pn.bind(self.selectivity, self.w_iter, self.w_seeds, g, "bsi"))
+        rep = hv.DynamicMap(pn.bind(self.representation_vs_lr, self.w_iter, self.w_seeds, g))
+        curves = hv.DynamicMap(pn.bind(self.training_curves, self.w_curve, self.w_seeds, g))
+        dmap = hv.DynamicMap(pn.bind(self.data_map, self.w_run, g))
+        self.sel = hv.streams.Selection1D(source=dmap)  # tap / lasso in the data map
+        self.sel.add_subscriber(self._on_select)
+        sample = pn.bind(self.sample_views, self.w_sample, self.w_run, self.w_seeds, g)
+        n = sum(len(v) for v in self.groups.values())
+        header = pn.pane.Markdown(
+            f"## lrscope explorer — {n} run(s) in {len(self.groups)} sweep(s)\n"
+            "Choose a sweep, the seeds and a metric; move the iteration slider through training; tap or lasso "
+            "samples in the data map.", sizing_mode="stretch_width")
+        controls = pn.Row(self.w_group, self.w_seeds, self.w_metric, sizing_mode="stretch_width")
+        pane = lambda obj: pn.pane.HoloViews(obj, sizing_mode="stretch_width", linked_axes=False)  # noqa: E731
+        app = pn.Column(
+            header, controls,
+            pane(metric),
+            pn.pane.Markdown("### The representation through training"), self.w_iter,
+            pn.Row(pane(csi), pane(bsi), sizing_mode="stretch_width"), pane(rep),
+            pn.pane.Markdown("### Training curves"), self.w_curve, pane(curves),
+            pn.pane.Markdown("### Per-sample dynamics"), pn.Row(self.w_run, self.w_sample),
+            pn.Row(pane(dmap), pn.panel(sample, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
+            self.status, sizing_mode="stretch_width", styles={"padding": "0 1em"})
+        if self.live:
+            pn.state.add_periodic_callback(self.refresh, period=5000)
+        return app
+
+
+def serve(paths, *, port: int = 5006, address: str = "127.0.0.1", live: bool = False, show: bool = False,
+          ready=None) -> None:
+    """Serve the explorer on a Bokeh server until interrupted. Each browser session gets its own
+    `Explorer`; the stores are read where they are. `ready(url)` is called once it listens."""
+    discover_check = discover(paths)  # fail early, before the server starts, on paths with no runs
+    if not discover_check:
+        from ..errors import StoreError
+
+        raise StoreError(f"{', '.join(map(str, paths))}: no readable run stores")
+    t0 = time.perf_counter()
+    hv.extension("bokeh", logo=False)
+    shared_data(next(iter(discover_check.values())))  # the first page shows the first sweep: load it now
+    server = pn.serve({"/": lambda: Explorer(paths, live=live).layout()}, port=port, address=address,
+                      show=show, start=False, title="lrscope explorer", websocket_origin=[f"{address}:{port}",
+                                                                                          f"localhost:{port}"])
+    url = f"http://{address}:{port}/"
+    if ready is not None:
+        ready(url)
+    print(f"lrscope explorer at {url} (ready in {time.perf_counter() - t0:.1f} s; Ctrl-C stops it)", flush=True)
+    server.start()
+    try:
+        server.io_loop.start()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
