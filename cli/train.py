@@ -238,7 +238,8 @@ def sweep_cmd(spec, out, workers, scheduler, data_root, device, batched, dry_run
     counts = {}
     for _, status, _ in results:
         counts[status] = counts.get(status, 0) + 1
-    click.echo(f"{len(results)} runs in {out}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    click.echo(f"{len(results)} runs in {out}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+               + f" ({results.summary()})")
     if failed:
         distinct = list(dict.fromkeys(failed))  # the same message for every run of a recipe: once
         shown = "; ".join(distinct[:3]) + (f"; and {len(distinct) - 3} more" if len(distinct) > 3 else "")

@@ -44,7 +44,7 @@ def test_train_probe_ls_report(tmp_path):
     assert res.exit_code == 0 and "nothing to do" in res.output
     res = run(lrprobe, ["compute", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
-    assert "8 probes computed" in res.output
+    assert "9 probes computed" in res.output
     res = run(lrprobe, ["compute", str(out), "--quiet"])
     assert "0 probes computed, 8 up to date" in res.output
     # a probe whose definition changed (its format bumped) is recomputed, alone
