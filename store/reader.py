@@ -88,6 +88,27 @@ def lock_held(path: str | os.PathLike) -> bool:
     return False
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _bad_config_values(cfg: dict) -> str:
+    """The config fields every reader relies on, type- and range-checked (the store cannot import
+    train's RunConfig; lrtrain validates the whole config when it resumes)."""
+    import math
+
+    lr = cfg.get("lr")
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
+        return f"lr={lr!r}"
+    for key, lo in (("seed", 0), ("data_seed", 0), ("batch_size", 1), ("max_steps", 1), ("probe_size", 1)):
+        if key in cfg and not (_is_int(cfg[key]) and cfg[key] >= lo):
+            return f"{key}={cfg[key]!r}"
+    for key in ("data_options", "model_options"):
+        if key in cfg and not isinstance(cfg[key], dict):
+            return f"{key}={cfg[key]!r}"
+    return ""
+
+
 def check_attrs(attrs: dict[str, Any], path: Any) -> None:
     """The root attributes of a run store, type- and range-checked before anything uses them."""
     if attrs.get(S.ATTR_KIND) != "run":
@@ -105,6 +126,9 @@ def check_attrs(attrs: dict[str, Any], path: Any) -> None:
     cfg = attrs[S.ATTR_CONFIG]
     if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), str) for k in ("dataset", "model")):
         raise StoreError(f"{path}: the store's config attribute is not a run config (corrupted store)")
+    bad = _bad_config_values(cfg)
+    if bad:
+        raise StoreError(f"{path}: the store's config has impossible values ({bad}; corrupted store)")
     status = attrs[S.ATTR_STATUS]
     if status not in S.STATUSES:
         raise StoreError(f"{path}: unknown run status {status!r} (valid: {', '.join(S.STATUSES)}; corrupted store)")
