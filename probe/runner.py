@@ -39,7 +39,8 @@ PROBE_FORMAT = 3  # bump when every probe's stored results must be recomputed
 # (feature_quality 4: two-label probes fit scikit-learn's binary objective, no longer the 2-class multinomial)
 # loss_ratio 4: max_loss_ratio is the per-minibatch maximum (was the epoch running mean's)
 # pruning 4: pruned_accuracy (mean pruned accuracy) added next to the retention-ratio prunability
-PROBE_FORMAT_OF = {"feature_quality": 4, "loss_ratio": 4, "pruning": 4}
+# attributions 4: maps of samples from every (y, b) group, with their labels (were the first 16)
+PROBE_FORMAT_OF = {"feature_quality": 4, "loss_ratio": 4, "pruning": 4, "attributions": 4}
 PARAMS = {"kappa", "q", "checkpoints", "attr_samples", "ig_steps", "kappas"}  # what probes read from params
 
 
@@ -283,8 +284,9 @@ def _checkpoints(ctx: Context) -> list[int]:
 
 def probe_attributions(ctx: Context) -> xr.Dataset:
     """Integrated Gradients and DeepLift on the probe inputs (up to 256, group-balanced) at the
-    chosen checkpoints: attribution share per input region, normalised entropy, and maps of the
-    first 16 probe samples at the last chosen checkpoint."""
+    chosen checkpoints: attribution share per input region, normalised entropy, and the maps of
+    up to 16 samples picked evenly from every (y, b) group (bias-aligned and bias-conflicting
+    alike) at the last chosen checkpoint, with their labels, for the report and the explorer."""
     import torch
 
     from ..train.data import as_model_input
@@ -298,6 +300,7 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
     y = torch.from_numpy(ds.probe_y.values[pos])
     in_dims = list(ds.probe_inputs.dims[1:])
     cks = _checkpoints(ctx)
+    picks = _map_picks(ds.probe_y.values[pos], ds.probe_b.values[pos], 16)
     out = xr.Dataset(coords={"attr_checkpoint": cks,
                              "attr_iteration": ("attr_checkpoint", ds.checkpoint_iteration.values[cks])})
     short = {"integrated_gradients": "ig", "deeplift": "deeplift"}
@@ -317,7 +320,7 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
                 per = region_shares(da_, regions, sample_dim="attr_sample").values
                 for r, name in enumerate(regions.region.values):
                     shares[method].setdefault(str(name), []).append(float(per[r]))
-            maps[method] = da_.isel(attr_sample=slice(0, 16))
+            maps[method] = da_.isel(attr_sample=picks)
     for method in METHODS:
         m = short[method]
         out[f"{m}_entropy"] = M._attrs(xr.DataArray(ents[method], dims=["attr_checkpoint"]),
@@ -327,9 +330,24 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
                                                 f"{method} attribution share on {name} inputs",
                                                 True if name == "core" else None)
         out[f"{m}_maps"] = M._attrs(maps[method].rename(attr_sample="map_sample"),
-                                    f"{method} maps (first 16 probe samples, last checkpoint)", None)
-    out = out.assign_coords(map_sample_index=("map_sample", pos[:16]))
+                                    f"{method} maps (samples from every group, last checkpoint)", None)
+    sel = pos[picks]
+    out = out.assign_coords(map_sample_index=("map_sample", sel), map_y=("map_sample", ds.probe_y.values[sel]),
+                            map_b=("map_sample", ds.probe_b.values[sel]),
+                            map_bias_conflicting=("map_sample", ds.probe_y.values[sel] != ds.probe_b.values[sel]))
     return out
+
+
+def _map_picks(y: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """Up to `n` positions, taken in turn from each (y, b) group (in group order), so the maps show
+    bias-aligned and bias-conflicting samples of every class."""
+    groups = [np.flatnonzero((y == yy) & (b == bb)) for yy, bb in sorted(set(zip(y.tolist(), b.tolist())))]
+    out = []
+    for k in range(max((len(g) for g in groups), default=0)):
+        for g in groups:
+            if k < len(g) and len(out) < n:
+                out.append(int(g[k]))
+    return np.array(sorted(out), dtype=int)
 
 
 PROBES: dict[str, Callable[[Context], xr.Dataset]] = {
