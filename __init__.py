@@ -11,9 +11,9 @@ from .errors import LrscopeError  # noqa: E402
 
 
 def __getattr__(name):
-    """open_run / open_sweep load xarray and dask on first use, not on `import lrscope` (so the
-    command-line tools answer --help at once)."""
-    if name in ("open_run", "open_sweep"):
+    """open_run / open_sweep and the sweep helpers last_snapshot / at_iteration load xarray and
+    dask on first use, not on `import lrscope` (so the command-line tools answer --help at once)."""
+    if name in ("open_run", "open_sweep", "last_snapshot", "at_iteration"):
         from .store import reader
 
         return getattr(reader, name)
@@ -27,4 +27,4 @@ def load_model(ds_or_path, checkpoint: int = -1):
     return _load(ds_or_path, checkpoint=checkpoint)
 
 
-__all__ = ["open_run", "open_sweep", "load_model", "LrscopeError", "__version__"]
+__all__ = ["open_run", "open_sweep", "last_snapshot", "at_iteration", "load_model", "LrscopeError", "__version__"]

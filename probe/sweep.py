@@ -10,9 +10,10 @@ from .metrics import MetricError, _attrs
 
 def last_snapshot(sw: xr.Dataset, var: str) -> xr.DataArray:
     """Each run's value of a per-snapshot variable at its own last snapshot (runs are NaN-padded
-    to the longest)."""
-    n = sw.snapshot_iteration.notnull().sum("snapshot")
-    return sw[var].isel(snapshot=(n - 1).clip(min=0))
+    to the longest): ``lrscope.last_snapshot(sw[var])``."""
+    from ..store.reader import last_snapshot as at_end
+
+    return at_end(sw[var])
 
 
 def lr_sensitive_samples(sw: xr.Dataset, *, low_lrs, high_lrs, high_frac: float = 0.75,

@@ -2,7 +2,8 @@
 
 from . import schema
 
-_READER = ("find_runs", "open_run", "open_store", "open_sweep", "read_probe", "read_probes")
+_READER = ("find_runs", "open_run", "open_store", "open_sweep", "read_probe", "read_probes", "last_snapshot",
+           "at_iteration")
 
 
 def __getattr__(name):

@@ -233,7 +233,8 @@ LAYOUT_KEYS = ("dataset", "model", "data_seed", "data_options", "bias_conflictin
                "model_options", "batch_size", "probe_size")
 
 
-def _open_run(path, *, probes: bool = True, layouts: list[dict] = ()) -> tuple[xr.Dataset, dict]:
+def _open_run(path, *, probes: bool = True, layouts: list[dict] = (), describe: bool = True
+              ) -> tuple[xr.Dataset, dict]:
     """Open a run; when one of `layouts` comes from a run with the same data and model config,
     the array metadata and the labels are taken from it instead of being read again: only the
     root attributes and the snapshot/checkpoint indices are read. Returns (dataset, layout)."""
@@ -249,7 +250,7 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = ()) -> tuple[x
     cfg = attrs[S.ATTR_CONFIG]
     for layout in layouts:
         if all(layout["config"].get(k) == cfg.get(k) for k in LAYOUT_KEYS):
-            return _open_with_layout(path, root, attrs, layout, token, probes), layout
+            return _open_with_layout(path, root, attrs, layout, token, probes, describe), layout
     try:
         # one concurrent traversal of the whole hierarchy's metadata
         nodes = {name: node for name, node in root.members(max_depth=None)
@@ -279,7 +280,7 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = ()) -> tuple[x
             if name == f"{S.G_DATA}/probe/{S.A_INPUTS}":
                 variables["probe_inputs"] = xr.Variable(_dims(arr), _lazy(arr, None, token))
             elif parts[0] == S.G_LOG:
-                variables[parts[1]] = xr.Variable(_dims(arr), _lazy(arr, n_it, token))
+                variables[S.READ_AS.get(parts[1], parts[1])] = xr.Variable(_dims(arr), _lazy(arr, n_it, token))
             elif parts[0] == S.G_SNAP and parts[1] != S.A_SNAP_ITER:
                 variables[parts[1]] = xr.Variable(_dims(arr), _lazy(arr, n_snap, token))
         coords[S.D_ITER] = (S.D_ITER, np.arange(n_it))
@@ -289,7 +290,7 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = ()) -> tuple[x
         coords[S.D_SNAP] = (S.D_SNAP, np.arange(n_snap))
         coords[S.D_CKPT] = (S.D_CKPT, np.arange(n_ck))
         coords["checkpoint_iteration"] = (S.D_CKPT, ck_it[:n_ck])
-        required = (*S.LOG_SCALARS, S.A_BATCH_INDEX, S.A_BATCH_LOGITS, S.A_TEST_LOGITS, S.A_PROBE_LOGITS,
+        required = (*(S.READ_AS.get(n, n) for n in S.LOG_SCALARS), S.A_BATCH_INDEX, S.A_BATCH_LOGITS, S.A_TEST_LOGITS, S.A_PROBE_LOGITS,
                     S.A_TRAIN_LOGITS, S.A_PROBE_FEATURES, "probe_inputs")
         for need in required + tuple(f"{split}_{label}" for split in S.SPLITS for label in S.LABELS):
             if need not in variables and need not in coords:
@@ -308,14 +309,14 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = ()) -> tuple[x
             if dim in v.dims and v.sizes[dim] != com[key]:
                 raise StoreError(f"{path}: array {name} has {v.sizes[dim]} rows along {dim}, "
                                  f"{com[key]} committed (truncated or corrupted store)")
-    ds = _finish_dataset(path, root, attrs, variables, coords, probes)
+    ds = _finish_dataset(path, root, attrs, variables, coords, probes, describe)
     layout = {"config": cfg, "nodes": {name: (arr.metadata, _dims(arr)) for name, arr in nodes.items()},
               "coords": {k: v for k, v in coords.items() if k.split("_")[0] in S.SPLITS or k == "region"},
               "regions": variables.get("regions")}
     return ds, layout
 
 
-def _open_with_layout(path, root, attrs, layout, token, probes) -> xr.Dataset:
+def _open_with_layout(path, root, attrs, layout, token, probes, describe) -> xr.Dataset:
     from zarr.core.array import Array, AsyncArray
     from zarr.storage import StorePath
 
@@ -339,7 +340,9 @@ def _open_with_layout(path, root, attrs, layout, token, probes) -> xr.Dataset:
                 check_shape(path, name, meta.shape, meta.chunks, n)
             m = meta.update_shape((n, *meta.shape[1:])) if n is not None else meta
             arr = Array(AsyncArray(metadata=m, store_path=StorePath(store, name)))
-            variables[parts[-1] if parts[0] != S.G_DATA else "probe_inputs"] = xr.Variable(dims, _lazy(arr, None, token))
+            vname = S.READ_AS.get(parts[-1], parts[-1]) if parts[0] == S.G_LOG else \
+                parts[-1] if parts[0] != S.G_DATA else "probe_inputs"
+            variables[vname] = xr.Variable(dims, _lazy(arr, None, token))
         snap_it, ck_it = _read_many([check_array(root[f"{S.G_SNAP}/{S.A_SNAP_ITER}"]),
                                      check_array(root[f"{S.G_CKPT}/{S.A_CKPT_ITER}"])])
     except KeyError as e:
@@ -351,10 +354,10 @@ def _open_with_layout(path, root, attrs, layout, token, probes) -> xr.Dataset:
     coords[S.D_SNAP] = (S.D_SNAP, np.arange(n_snap))
     coords[S.D_CKPT] = (S.D_CKPT, np.arange(n_ck))
     coords["checkpoint_iteration"] = (S.D_CKPT, ck_it[:n_ck])
-    return _finish_dataset(path, root, attrs, variables, coords, probes)
+    return _finish_dataset(path, root, attrs, variables, coords, probes, describe)
 
 
-def _finish_dataset(path, root, attrs, variables, coords, probes) -> xr.Dataset:
+def _finish_dataset(path, root, attrs, variables, coords, probes, describe=True) -> xr.Dataset:
     ds = xr.Dataset(variables, coords=coords)
     ds.attrs.update({
         "store": str(Path(path).resolve()),
@@ -372,6 +375,61 @@ def _finish_dataset(path, root, attrs, variables, coords, probes) -> xr.Dataset:
         ds.attrs["diverged_at"] = attrs[S.ATTR_DIVERGED_AT]
     if probes:
         ds = ds.merge(read_probes(path, root), combine_attrs="override", compat="override", join="outer")
+    return _describe(ds) if describe else ds
+
+
+def _label_coords(ds: xr.Dataset) -> xr.Dataset:
+    """Labels along the probe dims, as coordinates: the (y, b) of each `group` id (`group_label`
+    'y=0,b=1', `group_y`, `group_b`, read off the stored labels) and the state-dict name of each
+    `layer` (`layer_name`)."""
+    new = {}
+    if "group" in ds.coords and ds["group"].dims == ("group",) and S.C_GROUP_LABEL not in ds.coords:
+        ids = np.asarray(ds["group"].values)
+        splits = [(np.asarray(ds.coords[f"{s}_group"].values), np.asarray(ds.coords[f"{s}_y"].values),
+                   np.asarray(ds.coords[f"{s}_b"].values)) for s in S.SPLITS
+                  if all(f"{s}_{k}" in ds.coords for k in ("group", "y", "b"))]
+        n_b = max([int(b.max()) + 1 for _, _, b in splits if b.size] or [1])
+        ys, bs = [], []
+        for gid in ids.tolist():
+            for g, y, b in splits:
+                hit = np.flatnonzero(g == gid)
+                if hit.size:
+                    ys.append(int(y[hit[0]]))
+                    bs.append(int(b[hit[0]]))
+                    break
+            else:  # no stored sample of that group: the numbering y * n_b + b
+                ys.append(int(gid) // n_b)
+                bs.append(int(gid) % n_b)
+        new[S.C_GROUP_Y] = ("group", np.asarray(ys, dtype=np.int64))
+        new[S.C_GROUP_B] = ("group", np.asarray(bs, dtype=np.int64))
+        new[S.C_GROUP_LABEL] = ("group", np.asarray([f"y={y},b={b}" for y, b in zip(ys, bs)]))
+    if "layer" in ds.dims and S.C_LAYER_NAME not in ds.coords:
+        for v in ds.data_vars.values():
+            names = v.attrs.get("layers") if "layer" in v.dims else None
+            if isinstance(names, str):
+                try:
+                    names = json.loads(names)
+                except ValueError:
+                    continue
+                if isinstance(names, list) and len(names) == ds.sizes["layer"]:
+                    new[S.C_LAYER_NAME] = ("layer", np.asarray([str(n) for n in names]))
+                    break
+    return ds.assign_coords(new) if new else ds
+
+
+def _describe(ds: xr.Dataset, described: dict[str, dict] | None = None) -> xr.Dataset:
+    """Every variable and coordinate gets its `long_name`, `description` and (where they apply)
+    `units` from `schema.describe` (or `described`, name -> attrs), under the attrs it already
+    has (a probe's own long_name names its parameters). A name nobody described keeps its attrs
+    and gets its name as long_name."""
+    ds = _label_coords(ds)
+    for name, var in ds.variables.items():
+        table = (described or {}).get(name) or S.describe(name)
+        if table is None:
+            if "long_name" not in var.attrs:
+                var.attrs["long_name"] = str(name).replace("_", " ")
+            continue
+        var.attrs = {**table, **var.attrs}
     return ds
 
 
@@ -543,14 +601,29 @@ def _stack_runs(dsets: list[xr.Dataset]) -> xr.Dataset | None:
 def open_sweep(paths, *, probes: bool = True) -> xr.Dataset:
     """Open a sweep (a folder of run stores, a glob, or a list) as one lazy Dataset along `run`.
 
-    Every config field that varies across the runs becomes a ``run`` coordinate (always:
-    dataset, model, lr, seed), plus ``run_id`` and ``status``. Runs of different lengths are
-    aligned on ``iteration`` and padded with NaN.
+    ``run`` is indexed by run id (``sw.sel(run="parity-fcn-lr0.75-s0")``; ids that repeat, runs
+    of the same name from two folders, become ``<folder>/<run id>``). Every config field that
+    varies across the runs becomes a ``run`` coordinate (always: dataset, model, lr, seed),
+    plus ``status``; a field whose name is a variable of the runs takes the ``cfg_`` prefix
+    (``cfg_loss``: 'ce'/'focal', beside the per-step ``loss``). ``lr`` is each run's configured
+    learning rate; the per-step one is ``lr_schedule``. Every variable and coordinate carries
+    ``long_name``, ``description`` and, where they apply, ``units`` (probe results keep their
+    own attrs).
+
+    Runs of different lengths are aligned on ``iteration`` (the log: ``sel(iteration=500)`` is
+    every run's step 500, NaN past a run's end) and padded at the end of ``snapshot`` and
+    ``checkpoint``, which are positions in each run's schedule: the iteration of each is
+    ``snapshot_iteration`` (run, snapshot). So ``isel(snapshot=-1)`` is the longest runs' last
+    snapshot and NaN for the others: a run's end is ``last_snapshot(x)`` (the ``_final``
+    variables hold it already), a common point in training is ``at_iteration(x, it)``.
 
     Examples
     --------
     >>> sw = lrscope.open_sweep("runs/")
-    >>> sw.unbiased_accuracy.isel(snapshot=-1).groupby("lr").mean()
+    >>> sw.unbiased_accuracy_final.groupby("lr").mean()          # each run's final snapshot
+    >>> lrscope.last_snapshot(sw.unbiased_accuracy).groupby("lr").mean()   # the same
+    >>> lrscope.at_iteration(sw.probe_accuracy, 64).groupby("lr").mean()    # after 64 steps
+    >>> sw.sel(run="parity-fcn-lr0.75-s0").lr_schedule.plot()
     """
     runs = find_runs(paths)
     # the first run of each data/model layout is opened in full; the others reuse its array
@@ -559,7 +632,7 @@ def open_sweep(paths, *, probes: bool = True) -> xr.Dataset:
     layouts: list[dict] = []
     dsets = []
     for p in runs:
-        ds, lay = _open_run(p, probes=probes, layouts=layouts)
+        ds, lay = _open_run(p, probes=probes, layouts=layouts, describe=False)  # described once, below
         if not any(lay is known for known in layouts):
             layouts.append(lay)
         dsets.append(ds)
@@ -569,13 +642,18 @@ def open_sweep(paths, *, probes: bool = True) -> xr.Dataset:
     # default) varies only if the stores that have it disagree
     varying = [k for k in keys
                if len({json.dumps(c[k], sort_keys=True) for c in configs if k in c}) > 1 or k in ALWAYS_COORDS]
+    taken = {n for d in dsets for n in d.variables} | set().union(*(d.dims for d in dsets)) | {"run", "status"}
     run_coords: dict[str, Any] = {}
+    described: dict[str, dict] = {}
     for k in varying:
         vals = [c.get(k) for c in configs]
         if any(isinstance(v, (dict, list)) for v in vals):
             vals = [json.dumps(v, sort_keys=True) for v in vals]
-        run_coords[k] = ("run", np.asarray(vals))
-    run_coords["run_id"] = ("run", np.asarray([d.attrs["run_id"] for d in dsets]))
+        name = S.CONFIG_COORD.get(k, k)
+        if name in taken:  # never replace a variable of the runs
+            name = S.CONFIG_PREFIX + k
+        run_coords[name] = ("run", np.asarray(vals))
+        described[name] = S.describe_config(k)
     run_coords["status"] = ("run", np.asarray([d.attrs["status"] for d in dsets]))
     # per-run coordinates (snapshot/checkpoint iterations) travel as data variables through the
     # concat so they gain the `run` dim; shared label coordinates are kept once
@@ -595,7 +673,57 @@ def open_sweep(paths, *, probes: bool = True) -> xr.Dataset:
     if sw is None:  # runs that differ beyond padding: xarray's outer join sorts them out
         sw = xr.concat(stripped, **_CONCAT)
     sw = sw.set_coords([c for c in per_run if c in sw])
-    sw = sw.assign_coords(run=np.arange(len(dsets)), **run_coords)
+    sw = sw.assign_coords(run=_run_index(dsets), **run_coords)
+    # the stack and the concat drop the variables' attrs: each takes those of the first run that has it
+    for name, var in sw.variables.items():
+        for d in dsets:
+            own = d.variables.get(name)
+            if own is not None:
+                if own.attrs:
+                    var.attrs = dict(own.attrs)
+                break
+    sw = _describe(sw, described)
     sw.attrs["stores"] = [d.attrs["store"] for d in dsets]
     sw.attrs["configs"] = configs
     return sw
+
+
+def _run_index(dsets: list[xr.Dataset]) -> np.ndarray:
+    """Run ids, unique: a repeated id (the same run in two folders) becomes <folder>/<id>, and
+    the store's path where even that repeats."""
+    ids = [d.attrs["run_id"] for d in dsets]
+    if len(set(ids)) < len(ids):
+        seen = {i: ids.count(i) for i in ids}
+        ids = [f"{Path(d.attrs['store']).parent.name}/{i}" if seen[i] > 1 else i for d, i in zip(dsets, ids)]
+        if len(set(ids)) < len(ids):
+            ids = [d.attrs["store"] for d in dsets]
+    return np.asarray(ids)
+
+
+def last_snapshot(x: xr.DataArray | xr.Dataset) -> xr.DataArray | xr.Dataset:
+    """Each run's value at its own last snapshot: ``x`` from `open_sweep` (runs padded to the
+    longest, so ``isel(snapshot=-1)`` is NaN for the shorter ones) or `open_run`. The result
+    has no ``snapshot`` dim; its ``snapshot_iteration`` says where each run ended.
+
+    >>> lrscope.last_snapshot(sw.unbiased_accuracy).groupby("lr").mean()
+    """
+    if "snapshot" not in x.dims:
+        return x
+    n = x["snapshot_iteration"].notnull().sum("snapshot")
+    return x.isel(snapshot=(n - 1).clip(min=0))
+
+
+def at_iteration(x: xr.DataArray | xr.Dataset, iteration: int) -> xr.DataArray | xr.Dataset:
+    """Each run's value at the snapshot taken after `iteration` steps, NaN for a run without
+    one (it stopped earlier, or its schedule has no snapshot there). Runs of one sweep share
+    their snapshot schedule but their last snapshot, so any ``snapshot_iteration`` of the
+    longest run below the others' ends is common to all.
+
+    >>> lrscope.at_iteration(sw.probe_accuracy, 64).groupby("lr").mean()
+    """
+    if "snapshot" not in x.dims:
+        return x
+    hit = x["snapshot_iteration"] == iteration
+    found = hit.any("snapshot")
+    out = x.isel(snapshot=hit.argmax("snapshot"))
+    return out.where(found)

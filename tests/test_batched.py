@@ -13,7 +13,7 @@ from lrscope.train.loop import train_run
 
 from conftest import tiny_config
 
-COMPARE = ("loss", "accuracy", "bc_loss_sum", "ba_loss_sum", "grad_norm", "param_norm", "logit_norm", "lr",
+COMPARE = ("loss", "accuracy", "bc_loss_sum", "ba_loss_sum", "grad_norm", "param_norm", "logit_norm", "lr_schedule",
            "batch_logits", "test_logits", "probe_logits", "probe_features", "train_logits")
 
 

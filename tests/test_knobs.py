@@ -57,8 +57,8 @@ def test_knob_runs_are_recorded(tmp_path):
     np.testing.assert_allclose(sam.batch_logits[0], sgd.batch_logits[0], rtol=1e-3)
     assert not np.allclose(sam.loss[1:], sgd.loss[1:])
     step = lrscope.open_run(train_run(tiny_config(schedule="step", step_at=60), tmp_path, progress=False).path)
-    np.testing.assert_allclose(step.lr.values[:60], 0.1)
-    np.testing.assert_allclose(step.lr.values[60:], 0.01, rtol=1e-6)
+    np.testing.assert_allclose(step.lr_schedule.values[:60], 0.1)
+    np.testing.assert_allclose(step.lr_schedule.values[60:], 0.01, rtol=1e-6)
 
 
 def test_train_loss_stop(tmp_path):
