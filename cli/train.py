@@ -39,71 +39,135 @@ def main():
     """
 
 
-@main.command("run")
-@click.option("--dataset", default="parity", show_default=True, help="Dataset name (see `lrtrain datasets`).")
-@click.option("--model", default="fcn", show_default=True, help="Model name (see `lrtrain models`).")
-@click.option("--lr", type=float, required=True, help="Learning rate (> 0).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Initialisation and minibatch-order seed.")
-@click.option("--data-seed", type=int, default=0, show_default=True, help="Dataset generation seed.")
-@click.option("--batch-size", type=int, default=100, show_default=True)
-@click.option("--optimizer", default="sgd", show_default=True,
-              help="sgd | adam | adamw | sam | asam (SAM/ASAM on SGD with --momentum and --weight-decay).")
-@click.option("--sam-rho", type=float, default=0.05, show_default=True, help="SAM/ASAM neighbourhood radius.")
-@click.option("--momentum", type=float, default=0.0, show_default=True)
-@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="L2 (optimizer weight decay).")
-@click.option("--l1", type=float, default=0.0, show_default=True, help="L1 penalty coefficient.")
-@click.option("--loss", default="ce", show_default=True, help="ce | focal")
-@click.option("--focal-gamma", type=float, default=2.0, show_default=True)
-@click.option("--schedule", default="constant", show_default=True,
-              help="LR schedule: constant | step (x --step-factor at --step-at) | cosine (to 0 at --max-steps) | "
-                   "wsd (warm-up, stable, linear decay over the last --decay-fraction).")
-@click.option("--step-at", type=int, default=1000, show_default=True, help="step schedule: iteration of the drop.")
-@click.option("--step-factor", type=float, default=0.1, show_default=True, help="step schedule: LR multiplier.")
-@click.option("--warmup-steps", type=int, default=0, show_default=True, help="Linear LR warm-up (any schedule).")
-@click.option("--decay-fraction", type=float, default=0.2, show_default=True, help="wsd: decaying fraction of --max-steps.")
-@click.option("--stop", default="train-acc", show_default=True,
-              help="train-acc: stop at 100% training accuracy; train-loss[=1e-5]: 100% and CE below the "
-                   "threshold; max-steps: run all --max-steps.")
-@click.option("--max-steps", type=int, default=20000, show_default=True, help="Upper bound on optimizer steps.")
-@click.option("--bias-conflicting-ratio", type=float, default=None,
-              help="Fraction of bias-conflicting training samples (default: the dataset's paper value).")
-@click.option("--widths", default=None, help="FCN hidden widths, e.g. 200,200,200.")
-@click.option("--data-options", default=None, help="Dataset knobs as JSON, e.g. '{\"n_train\": 2000}'.")
-@click.option("--model-options", default=None, help="Model knobs as JSON, e.g. '{\"width\": 0.25}'.")
-@click.option("--weights", default=None, type=click.Path(dir_okay=False),
-              help="Initialise from a local state-dict file (e.g. torchvision's ImageNet Swin-T); "
-                   "mismatched tensors such as the head stay freshly initialised. Nothing is downloaded.")
-@click.option("--snapshot-every", type=int, default=1000, show_default=True,
-              help="Snapshot period in steps (plus log-spaced snapshots before it and a final one).")
-@click.option("--early-snapshots", default="light", show_default=True,
-              help="Log-spaced early snapshots: light (probe subset only, cheap) | full (whole test set).")
-@click.option("--checkpoint-every", type=int, default=2000, show_default=True, help="Checkpoint (resume point) period.")
-@click.option("--probe-size", type=int, default=1000, show_default=True,
-              help="Group-balanced test samples whose penultimate activations are recorded.")
-@click.option("--train-logits", default="auto", show_default=True,
-              help="Train-set logits at full snapshots: auto (when a pass costs <= 2% of the steps "
-                   "between snapshots) | always | final (last snapshot only).")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
-@click.option("--precision", default="fp32", show_default=True,
-              help="fp32 | bf16 (autocast forward passes; weights and optimizer state stay fp32).")
-@click.option("--channels-last", is_flag=True, help="NHWC memory format for convnets (faster on GPUs).")
-@click.option("--deterministic", is_flag=True, help="Deterministic algorithms only (bitwise-repeatable CUDA runs).")
-@click.option("--data-root", default=None, type=click.Path(file_okay=False),
-              help="Folder of file-based datasets (MNIST IDX files, ...).")
-@click.option("--out", "out", default="runs", show_default=True, type=click.Path(file_okay=False),
-              help="Output folder; the run is written to <out>/<run-id>.zarr.")
-@click.option("--name", default=None, help="Run id (default: dataset-model-lr-seed[-hash]).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def run_cmd(**kw):
-    """Train one run, or resume it if it was interrupted (same command). A finished run is left as is."""
-    from ..train.config import RunConfig, check_run_id
-    from ..train.loop import train_run
-    from .common import check_out_dir, parse_ints
+# ------------------------------------------------------------------------------- lrtrain run
+# RunConfig fields without an option of their own, and why.
+NOT_OPTIONS = {"stop_loss": "set by --stop train-loss=X"}
+# How the command line spells the fields that are not one plain typed value. Everything else of
+# an option (name, type, default, help, choices, range) comes from the field's declaration in
+# train/config.py; `config_from_cli` parses these forms.
+CLI_FORMS = {
+    "lr": {"required": True},
+    "widths": {"metavar": "W,W,...", "example": "200,200,200"},
+    "stop": {"metavar": "[train-acc|train-loss[=X]|max-steps]"},
+    "data_options": {"metavar": "JSON", "example": "'{\"n_train\": 2000}'"},
+    "model_options": {"metavar": "JSON", "example": "'{\"width\": 0.25}'"},
+    "weights": {"type": click.Path(dir_okay=False), "metavar": "FILE"},
+    "data_root": {"type": click.Path(file_okay=False), "metavar": "DIR"},
+}
+SHOWN_BOUND = 2**20  # larger upper bounds guard against typos (2**31 - 1 steps): not worth a help line
 
-    out, name, quiet = kw.pop("out"), kw.pop("name"), kw.pop("quiet")
-    widths = kw.pop("widths")
-    if widths is not None:
-        kw["widths"] = parse_ints(widths, "--widths")
+
+def flag_of(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _range_text(md: dict) -> str:
+    """A declared range in click's notation (0<=x<1, x>0)."""
+    from ..train.config import _num
+
+    lo, hi = md["lo"], md["hi"]
+    if hi is not None and hi >= SHOWN_BOUND:
+        hi = None
+    left = "" if lo is None else f"{_num(lo)}{'<' if md['lo_open'] else '<='}"
+    right = "" if hi is None else f"{'<' if md['hi_open'] else '<='}{_num(hi)}"
+    if lo is None and hi is None:
+        return ""
+    if hi is None:
+        return f"x{'>' if md['lo_open'] else '>='}{_num(lo)}"
+    return f"{left}x{right}"
+
+
+class KnobOption(click.Option):
+    """An option that shows its field's declared range beside its default, as click shows an
+    IntRange's; the value itself is checked by RunConfig.validate (its messages name the field)."""
+
+    def __init__(self, *args, range_text: str = "", **kw):
+        super().__init__(*args, **kw)
+        self.range_text = range_text
+
+    def get_help_record(self, ctx):
+        record = super().get_help_record(ctx)
+        if record is None or not self.range_text:
+            return record
+        spec, text = record
+        if text.endswith("]") and "  [" in text:  # click's own [default: ...; required]
+            head, extra = text[:-1].rsplit("  [", 1)
+            items = extra.split("; ")
+            items.insert(1 if items[0].startswith("default") else 0, self.range_text)
+            return spec, f"{head}  [{'; '.join(items)}]"
+        return spec, f"{text}  [{self.range_text}]"
+
+
+def option_help(field) -> str:
+    """A RunConfig field's help as `lrtrain run --help` shows it: its declared help, with the
+    other fields it names spelled as their options, the command line's form, and whether it is
+    part of the run id."""
+    import re
+
+    from ..train.config import field_type
+
+    md, form = field.metadata, CLI_FORMS.get(field.name, {})
+    text = re.sub(r"`([a-z_0-9]+)`", lambda m: flag_of(m[1]) if m[1] in RUN_FIELDS else m[0], md["help"])
+    if field_type(field.name)[0] is dict:
+        text += ", as JSON"
+    if "example" in form:
+        text += f", e.g. {form['example']}"
+    if md["execution"]:
+        text += "; not part of the run id"
+    return text[:1].upper() + text[1:] + "."
+
+
+def config_options(fn):
+    """Decorate `fn` with one click option per RunConfig field (NOT_OPTIONS aside), in the
+    dataclass's order, each derived from the field's declaration."""
+    import dataclasses
+
+    from ..train.config import RunConfig, field_type
+
+    for f in reversed(dataclasses.fields(RunConfig)):
+        if f.name in NOT_OPTIONS:
+            continue
+        kind = field_type(f.name)[0]
+        form = CLI_FORMS.get(f.name, {})
+        kw: dict = {"help": option_help(f), "cls": KnobOption}
+        if kind in (int, float):
+            kw["range_text"] = _range_text(f.metadata)
+        if kind is bool:
+            kw.update(is_flag=True, default=f.default)
+        elif form.get("required"):
+            kw.update(type=kind, required=True)
+        else:
+            default = None if f.default is dataclasses.MISSING else f.default  # {} fields: parsed from None
+            kw.update(type=form.get("type", kind if kind in (int, float) else str), default=default,
+                      show_default=default is not None)
+            choices = f.metadata["choices"]
+            metavar = form.get("metavar") or (f"[{'|'.join(choices)}]" if choices else None)
+            if metavar:
+                kw["metavar"] = metavar
+        fn = click.option(flag_of(f.name), f.name, **kw)(fn)
+    return fn
+
+
+def _run_fields() -> set[str]:
+    import dataclasses
+
+    from ..train.config import RunConfig
+
+    return {f.name for f in dataclasses.fields(RunConfig)}
+
+
+RUN_FIELDS = _run_fields()
+
+
+def config_from_cli(kw: dict):
+    """The RunConfig of `lrtrain run`'s parsed options (the config fields among `kw`): --widths
+    as integers, --stop train-loss=X as stop and stop_loss, the options as JSON objects."""
+    from ..train.config import RunConfig
+    from .common import parse_ints
+
+    kw = dict(kw)
+    if kw["widths"] is not None:
+        kw["widths"] = parse_ints(kw["widths"], "--widths")
     stop = kw["stop"]
     if stop.startswith("train-loss="):
         kw["stop"] = "train-loss"
@@ -111,9 +175,24 @@ def run_cmd(**kw):
             kw["stop_loss"] = float(stop.split("=", 1)[1])
         except ValueError:
             raise ConfigError(f"--stop {stop}: expected a number after '=', e.g. train-loss=1e-5") from None
-    kw["data_options"] = _json_dict(kw.pop("data_options"), "--data-options")
-    kw["model_options"] = _json_dict(kw.pop("model_options"), "--model-options")
-    cfg = RunConfig(**kw).validate()
+    kw["data_options"] = _json_dict(kw["data_options"], "--data-options")
+    kw["model_options"] = _json_dict(kw["model_options"], "--model-options")
+    return RunConfig(**kw)
+
+
+@main.command("run")
+@config_options
+@click.option("--out", "out", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder; the run is written to <out>/<run-id>.zarr.")
+@click.option("--name", default=None, help="Run id (default: dataset-model-lr-seed[-hash]).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run_cmd(out, name, quiet, **kw):
+    """Train one run, or resume it if it was interrupted (same command). A finished run is left as is."""
+    from ..train.config import check_run_id
+    from ..train.loop import train_run
+    from .common import check_out_dir
+
+    cfg = config_from_cli(kw).validate()
     run_id = check_run_id(name) if name is not None else cfg.run_id()
     check_out_dir(out)
     data = preflight(cfg, out, run_id)

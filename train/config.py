@@ -133,7 +133,9 @@ def knob(default: Any = dataclasses.MISSING, *, factory=None, help: str = "", lo
          lo_open: bool = False, hi_open: bool = False, choices=None, label: str | None = None,
          execution: bool = False):
     """A RunConfig field with its knob declared once: help text, range or choices, and whether it
-    is an execution detail (outside the run's identity). The type comes from the annotation."""
+    is an execution detail (outside the run's identity). The type comes from the annotation.
+    `lrtrain run` derives its option from all of it (cli/train.py: `config_options`); in the help
+    text, a field name in backticks reads as its option there (`max_steps`: --max-steps)."""
     md = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices,
           "label": label, "execution": execution}
     if factory is not None:
@@ -148,52 +150,68 @@ class RunConfig:
     dataset: str = knob("parity", help="dataset name (see `lrtrain datasets`)")
     model: str = knob("fcn", help="model name (see `lrtrain models`)")
     lr: float = knob(0.1, lo=0, lo_open=True, label="learning rate (lr)", help="learning rate")
-    seed: int = knob(0, lo=0, hi=MAX_SEED, help="initialisation and minibatch order")
-    data_seed: int = knob(0, lo=0, hi=MAX_SEED, help="dataset generation / subsampling (shared by a sweep's seeds)")
-    batch_size: int = knob(100, lo=1, hi=MAX_COUNT)
-    optimizer: str = knob("sgd", choices=OPTIMIZERS)
-    momentum: float = knob(0.0, lo=0, hi=1, hi_open=True)
+    seed: int = knob(0, lo=0, hi=MAX_SEED, help="initialisation and minibatch-order seed")
+    data_seed: int = knob(0, lo=0, hi=MAX_SEED,
+                          help="dataset generation and subsampling seed (shared by a sweep's seeds)")
+    batch_size: int = knob(100, lo=1, hi=MAX_COUNT, help="minibatch size")
+    optimizer: str = knob("sgd", choices=OPTIMIZERS,
+                          help="the optimizer; sam and asam take their base step with SGD, `momentum` and "
+                               "`weight_decay`")
+    momentum: float = knob(0.0, lo=0, hi=1, hi_open=True, help="SGD momentum")
     sam_rho: float = knob(0.05, lo=0, lo_open=True,
                           help="SAM/ASAM neighbourhood radius (Foret et al. 2021; Kwon et al. 2021)")
     weight_decay: float = knob(0.0, lo=0, help="L2, as the optimizer's weight decay")
     l1: float = knob(0.0, lo=0, help="L1 penalty coefficient added to the loss")
-    loss: str = knob("ce", choices=LOSSES)
-    focal_gamma: float = knob(2.0, lo=0)
+    loss: str = knob("ce", choices=LOSSES, help="cross-entropy, or the focal loss (Lin et al. 2017)")
+    focal_gamma: float = knob(2.0, lo=0, help="the focal loss's exponent gamma")
     schedule: str = knob("constant", choices=SCHEDULES,
-                         help="constant | step (x step_factor at step_at) | cosine | wsd")
+                         help="LR schedule: constant | step (x `step_factor` at `step_at`) | cosine (to 0 at "
+                              "`max_steps`) | wsd (warm-up, stable, linear decay over the last `decay_fraction`)")
     step_at: int = knob(1000, lo=0, hi=MAX_COUNT,
-                        help="step schedule: the iteration at which the LR is multiplied by step_factor")
-    step_factor: float = knob(0.1, lo=0)
-    warmup_steps: int = knob(0, lo=0, hi=MAX_COUNT, help="linear warm-up from 0 (any schedule; wsd's \"warm-up\")")
+                        help="the step schedule's iteration at which the LR is multiplied by `step_factor`")
+    step_factor: float = knob(0.1, lo=0, help="the step schedule's LR multiplier")
+    warmup_steps: int = knob(0, lo=0, hi=MAX_COUNT,
+                             help="linear LR warm-up from 0 over this many steps (any schedule; wsd's warm-up)")
     decay_fraction: float = knob(0.2, lo=0, hi=1, lo_open=True,
-                                 help="wsd: the last fraction of max_steps decays linearly to 0")
+                                 help="the wsd schedule's decay: the LR falls linearly to 0 over this last fraction "
+                                      "of `max_steps`")
     stop: str = knob("train-acc", choices=STOPS,
-                     help="train-acc (100% training accuracy), train-loss (100% and loss < stop_loss), max-steps")
-    stop_loss: float = knob(1e-5, lo=0, lo_open=True)
-    max_steps: int = knob(20000, lo=1, hi=MAX_COUNT)
+                     help="when to stop: train-acc at 100% training accuracy; train-loss at 100% and a loss below "
+                          "stop_loss (train-loss=1e-5 on the command line); max-steps after `max_steps`")
+    stop_loss: float = knob(1e-5, lo=0, lo_open=True, help="the train-loss stop's loss threshold")
+    max_steps: int = knob(20000, lo=1, hi=MAX_COUNT, help="upper bound on optimizer steps")
     bias_conflicting_ratio: float | None = knob(None, lo=0, hi=1, label="bias-conflicting ratio",
-                                                help="None: the dataset's paper default")
-    widths: list[int] | None = knob(None, lo=1, hi=MAX_WIDTH, help="hidden widths for the FCN; None: the model's default")
-    data_options: dict[str, Any] = knob(factory=dict, help="dataset-specific knobs")
-    model_options: dict[str, Any] = knob(factory=dict, help="model-specific knobs (cnn: width)")
-    weights: str | None = knob(None, help="a local state dict to initialise from (pretrained); never downloaded")
+                                                help="fraction of bias-conflicting training samples (default: the "
+                                                     "dataset's paper value, see `lrtrain datasets`)")
+    widths: list[int] | None = knob(None, lo=1, hi=MAX_WIDTH,
+                                    help="hidden widths of the FCN (default: 3x200 on vectors, 2x1024 on images)")
+    data_options: dict[str, Any] = knob(factory=dict, help="the dataset's own options (see `lrtrain datasets`)")
+    model_options: dict[str, Any] = knob(factory=dict, help="the model's own options (see `lrtrain models`)")
+    weights: str | None = knob(None, help="initialise from a local state-dict file (e.g. torchvision's ImageNet "
+                                          "Swin-T); tensors that do not fit, such as the head, stay freshly "
+                                          "initialised; nothing is downloaded")
     snapshot_every: int = knob(1000, lo=1, hi=MAX_COUNT,
-                               help="snapshots at 0,1,2,4,... below this, then every N steps, + final")
+                               help="snapshot period in steps (plus log-spaced snapshots 0, 1, 2, 4, ... before "
+                                    "it and a final one)")
     early_snapshots: str = knob("light", choices=("light", "full"),
-                                help="log-spaced early snapshots: light (probe subset only) or full")
-    checkpoint_every: int = knob(2000, lo=1, hi=MAX_COUNT, help="checkpoints (resume points) every N steps, + final")
-    probe_size: int = knob(1000, lo=2, hi=MAX_COUNT, help="test samples (group-balanced) whose activations are recorded")
+                                help="log-spaced early snapshots: light (probe subset only, cheap) or full "
+                                     "(whole test set)")
+    checkpoint_every: int = knob(2000, lo=1, hi=MAX_COUNT,
+                                 help="checkpoint (resume point) period in steps, plus a final one")
+    probe_size: int = knob(1000, lo=2, hi=MAX_COUNT,
+                           help="group-balanced test samples whose penultimate activations are recorded")
     train_logits: str = knob("auto", choices=TRAIN_LOGITS,
-                             help="train-set logits at full snapshots: auto (when cheap), always, final")
-    device: str = knob("auto", choices=DEVICES, execution=True)
+                             help="train-set logits at full snapshots: auto (when a pass costs <= 2% of the "
+                                  "steps between snapshots), always, or final (the last snapshot only)")
+    device: str = knob("auto", choices=DEVICES, execution=True, help="where to train (auto: CUDA when available)")
     precision: str = knob("fp32", choices=PRECISIONS,
-                          help="fp32 | bf16 (autocast for forward passes; weights and optimizer stay fp32)")
+                          help="forward-pass precision: bf16 autocasts them (weights and optimizer state stay fp32)")
     channels_last: bool = knob(False, execution=True,
                                help="NHWC memory format for image models (faster convolutions on GPUs)")
     deterministic: bool = knob(False, execution=True,
-                               help="torch.use_deterministic_algorithms (bitwise-repeatable CUDA runs)")
+                               help="deterministic algorithms only (bitwise-repeatable CUDA runs)")
     data_root: str | None = knob(None, execution=True,
-                                 help="where file-based datasets live (not part of the run's identity)")
+                                 help="folder of the file-based datasets (MNIST IDX files, CIFAR batches, ...)")
 
     # ------------------------------------------------------------------ validation
     @classmethod
@@ -310,6 +328,12 @@ def _hints() -> dict[str, tuple[type, bool, type | None]]:
 
 
 _HINTS = _hints()
+
+
+def field_type(name: str) -> tuple[type, bool, type | None]:
+    """(kind, nullable, list item type) of a RunConfig field, from its annotation."""
+    return _HINTS[name]
+
 # Fields that change how a run is executed but not what it computes: left out of the run id
 # and of the "same run?" check on resume (declared with execution=True).
 EXECUTION_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("execution"))
