@@ -177,43 +177,68 @@ class SweepData:
         return its or [0]
 
 
-def sample_trajectory(ds, sample: int) -> tuple[np.ndarray, np.ndarray]:
+class LogIndex:
+    """Where each training sample was presented: a run's committed `log/batch_index` and train
+    labels, read once per run and state (1.2 MB for the demo's runs) and kept for every session."""
+
+    _cache: dict[tuple, "LogIndex"] = {}
+
+    def __init__(self, run: Run):
+        from ..store.reader import open_store
+
+        self.root = open_store(run.path)
+        n = run.committed["iteration"]
+        self.index = np.asarray(self.root[f"{S.G_LOG}/{S.A_BATCH_INDEX}"][:n])
+        self.y = np.asarray(self.root[f"{S.G_DATA}/train/y"][...])
+
+    @classmethod
+    def of(cls, run: Run) -> "LogIndex":
+        key = (str(run.path), json.dumps(run.committed, sort_keys=True))
+        if key not in cls._cache:
+            if len(cls._cache) > 256:
+                cls._cache.clear()
+            cls._cache[key] = cls(run)
+        return cls._cache[key]
+
+
+def sample_trajectory(run: Run, sample: int) -> tuple[np.ndarray, np.ndarray]:
     """(iterations, true-class probability) of one training sample at each of its presentations,
-    from the minibatch log (reads only the log chunks that hold them)."""
-    idx = ds.batch_index.values  # (iteration, slot) int32: small next to the logits
-    it, slot = np.nonzero(idx == sample)
+    from the minibatch log: only the log chunks that hold them are read."""
+    li = LogIndex.of(run)
+    it, slot = np.nonzero(li.index == sample)
     if len(it) == 0:
         return it, np.zeros(0)
-    import zarr
-
-    arr = zarr.open_array(store=_store_of(ds), path=f"{S.G_LOG}/{S.A_BATCH_LOGITS}", mode="r")
+    arr = li.root[f"{S.G_LOG}/{S.A_BATCH_LOGITS}"]
     c = np.arange(arr.shape[2])
     logits = np.asarray(arr.vindex[it[:, None], slot[:, None], c[None, :]], dtype=np.float64)  # (n, class)
-    y = int(ds.train_y.values[sample])
+    y = int(li.y[sample])
     with np.errstate(over="ignore", invalid="ignore"):
         z = logits - logits.max(-1, keepdims=True)
         p = np.exp(z[:, y]) / np.exp(z).sum(-1)
     return it, p
 
 
-def _store_of(ds):
-    from ..store.reader import open_store
-
-    return open_store(ds.attrs["store"]).store
+_BUNDLES: dict[str, object] = {}
 
 
 def sample_input(run: Run, sample: int):
     """The raw input of a training sample, rebuilt from the run's config (the store keeps only
-    the test probe subset's inputs); None when the dataset cannot be rebuilt here."""
+    the test probe subset's inputs; built datasets are cached on disk and here); None when the
+    dataset cannot be rebuilt on this machine."""
     from ..train.data import build_dataset
 
     cfg = run.config
-    try:
-        b = build_dataset(cfg["dataset"], seed=cfg["data_seed"], bias_conflicting_ratio=cfg["bias_conflicting_ratio"],
-                          data_root=cfg.get("data_root"), **cfg.get("data_options", {}))
-    except Exception:
-        return None, None
-    return b.train.x[sample].numpy(), b
+    key = json.dumps([cfg.get(k) for k in ("dataset", "data_seed", "bias_conflicting_ratio", "data_root",
+                                           "data_options")], sort_keys=True, default=str)
+    if key not in _BUNDLES:
+        try:
+            _BUNDLES[key] = build_dataset(cfg["dataset"], seed=cfg["data_seed"],
+                                          bias_conflicting_ratio=cfg["bias_conflicting_ratio"],
+                                          data_root=cfg.get("data_root"), **cfg.get("data_options", {}))
+        except Exception:
+            _BUNDLES[key] = None
+    b = _BUNDLES[key]
+    return (None, None) if b is None else (b.train.x[sample].numpy(), b)
 
 
 _SHARED: dict[tuple, SweepData] = {}  # across browser sessions: keyed by every run's committed state
@@ -282,7 +307,7 @@ class Explorer:
         self.w_metric.value = default
         seeds = sorted({r.seed for r in d.runs})
         self.w_seeds.options = seeds
-        self.w_seeds.value = seeds
+        self.w_seeds.value = seeds[:2]  # curves per run stay few on big sweeps; add seeds to see more
         its = d.iterations()
         self.w_iter.options = its
         self.w_iter.value = its[-1]
@@ -339,22 +364,25 @@ class Explorer:
         return [int(np.searchsorted(s, it, side="right")) - 1 for s in self.data.snap_iter]
 
     def selectivity(self, it, seeds, group, which="csi"):
+        """Per LR: the neurons' selectivity at the iteration, sorted, averaged over the chosen seeds."""
         d = self.data
         pos = self._at_iteration(it)
         idx = self._chosen()
-        colors = _palette(len(idx))
+        lrs = sorted({d.runs[i].lr for i in idx})
+        colors = _palette(len(lrs))
         curves = []
-        for c, i in zip(colors, idx):
-            arr = d.neurons[which][i]
-            if pos[i] < 0 or arr.size == 0:
+        for c, lr in zip(colors, lrs):
+            rows = [np.sort(d.neurons[which][i][pos[i]])[::-1] for i in idx
+                    if d.runs[i].lr == lr and pos[i] >= 0 and d.neurons[which][i].size]
+            if not rows or len({len(r) for r in rows}) != 1:
                 continue
-            v = np.sort(arr[pos[i]])[::-1]
+            v = np.nanmean(np.stack(rows), axis=0)
             curves.append(hv.Curve((np.arange(len(v)), v), "neuron (sorted)", which.upper(),
-                                   label=f"lr={d.runs[i].lr:g} s{d.runs[i].seed}").opts(color=c))
+                                   label=f"lr={lr:g}").opts(color=c))
         name = {"csi": "class selectivity (CSI)", "bsi": "bias selectivity (BSI)"}[which]
         return hv.Overlay(curves or [hv.Curve([], "neuron (sorted)", which.upper())]).opts(
-            title=f"{name} per neuron at iteration {it}", responsive=True, height=300, legend_position="right",
-            ylim=(0, 1), framewise=True)
+            title=f"{name} per neuron at iteration {it} (seed mean)", responsive=True, height=300,
+            legend_position="right", ylim=(0, 1), framewise=True)
 
     def representation_vs_lr(self, it, seeds, group):
         d = self.data
@@ -428,10 +456,10 @@ class Explorer:
         colors = _palette(len(same_seed))
         traj = []
         for c, i in zip(colors, same_seed):
-            dsi = d.dataset(d.runs[i].run_id)
-            if dsi is None:
+            try:
+                it, p = sample_trajectory(d.runs[i], sample)
+            except Exception:  # a damaged or vanished store: its curve is missing
                 continue
-            it, p = sample_trajectory(dsi, sample)
             traj.append(hv.Curve((it, p), "iteration", "p(true class)", label=f"lr={d.runs[i].lr:g}")
                         .opts(color=c, tools=["hover"]))
         y, b = int(ds.train_y.values[sample]), int(ds.train_b.values[sample])
@@ -466,7 +494,7 @@ class Explorer:
             model = load_model(run.path, checkpoint=-1)
             a = attributions(model, as_model_input(torch.from_numpy(x[None])), torch.tensor([y]),
                              method="integrated_gradients", n_steps=32)
-            return a[0].detach().numpy()
+            return a.values[0]
         except Exception:
             return None
 
