@@ -12,6 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import app_bench  # noqa: E402
 import batched_bench  # noqa: E402
 import probe_bench  # noqa: E402
 import store_bench  # noqa: E402
@@ -106,6 +107,18 @@ def main():
               f"{b['k']} parity FCN 3×200 runs × {b['steps']} steps, default recording: sequential "
               f"{b['sequential_s']:.1f} s, `train_batched` {b['batched_s']:.1f} s: **{b['speedup']:.2f}×**"]
     print(lines[-1], flush=True)
+    a = app_bench.run((12, 100))
+    if "skipped" not in a:
+        lines += ["", "## The explorer (`lrprobe serve`; targets: first paint < 3 s for the demo sweep, < 10 s for "
+                  "100 runs, a slider move < 0.5 s)", "",
+                  "Measured in Debian's headless Chromium through Playwright (benchmarks/app_bench.py, the "
+                  "driver of tests/test_app_browser.py): from `goto` to the plots drawn; from a widget change "
+                  "to the server's answer on the page.", "",
+                  "| runs | first paint s | metric change s | slider move s | sample selection s |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {t['runs']} | {t['first_paint_s']:.2f} | {t['metric_change_s']:.2f} | {t['slider_s']:.2f} | "
+                  f"{t['sample_select_s']:.2f} |" for t in a.values()]
+        print("\n".join(lines[-3:]), flush=True)
     lines += NOTES.splitlines()
     out = Path(__file__).with_name("RESULTS.md")
     out.write_text("\n".join(lines) + "\n")
