@@ -419,9 +419,11 @@ def _label_coords(ds: xr.Dataset) -> xr.Dataset:
 
 def _describe(ds: xr.Dataset, described: dict[str, dict] | None = None) -> xr.Dataset:
     """Every variable and coordinate gets its `long_name`, `description` and (where they apply)
-    `units` from `schema.describe` (or `described`, name -> attrs), under the attrs it already
-    has (a probe's own long_name names its parameters). A name nobody described keeps its attrs
-    and gets its name as long_name."""
+    `units` from `schema.describe` (or `described`, name -> attrs). A stored long_name wins (a
+    probe's names its parameters); description and units are the table's: a probe result may
+    carry those of the variable it was computed from (xarray keeps attrs through arithmetic and
+    reductions). A name nobody described keeps its attrs (the dynamics probe writes its own
+    descriptions) and gets its name as long_name if it has none."""
     ds = _label_coords(ds)
     for name, var in ds.variables.items():
         table = (described or {}).get(name) or S.describe(name)
@@ -429,7 +431,7 @@ def _describe(ds: xr.Dataset, described: dict[str, dict] | None = None) -> xr.Da
             if "long_name" not in var.attrs:
                 var.attrs["long_name"] = str(name).replace("_", " ")
             continue
-        var.attrs = {**table, **var.attrs}
+        var.attrs = {**table, **{k: v for k, v in var.attrs.items() if k not in ("description", "units")}}
     return ds
 
 
