@@ -1,23 +1,26 @@
 """Probes: the paper's metrics as pure functions, and the runner that writes them to stores."""
 
-from .linear import feature_probe, fit_logistic
-from .metrics import (MetricError, ba_bc_loss_ratio, class_separation, compressibility, gini, group_accuracy,
-                      importance_weights, last_mistake, lorenz_curve, loss_ratio, neuron_survival, pq_index, selectivity,
-                      sparsity)
-from .dynamics import dynamics, sample_dynamics
-from .attribution import attribution_entropy, attributions, background_share, captum_ready, region_shares
-from .pruning import prunability, pruned_accuracy, pruning_curve
-from .sweep import last_snapshot, loss_ratio_correlation, lr_sensitive_samples
+_EXPORTS = {
+    "attribution": ("attribution_entropy", "attributions", "background_share", "captum_ready", "region_shares"),
+    "dynamics": ("dynamics", "sample_dynamics"),
+    "linear": ("feature_probe", "fit_logistic"),
+    "metrics": ("MetricError", "ba_bc_loss_ratio", "bias_selectivity", "class_selectivity", "class_separation",
+                "compressibility", "gini", "group_accuracy", "importance_weights", "last_mistake", "lorenz_curve",
+                "loss_ratio", "neuron_survival", "pq_index", "selectivity", "sparsity"),
+    "pruning": ("prunability", "pruned_accuracy", "pruning_curve"),
+    "sweep": ("last_snapshot", "loss_ratio_correlation", "lr_sensitive_samples"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
-def class_selectivity(acts, labels, *, sample_dim="probe_sample", feature_dim="neuron"):
-    """CSI per neuron (see :func:`selectivity`)."""
-    return selectivity(acts, labels, sample_dim=sample_dim, feature_dim=feature_dim, name="class")
+def __getattr__(name):
+    """The probe functions load their modules (xarray, torch) on first use, not on import of the
+    package: `lrscope.probe.registry` is read without them (`lrprobe list` answers at once)."""
+    if name in _MODULE_OF:
+        import importlib
 
-
-def bias_selectivity(acts, bias_labels, *, sample_dim="probe_sample", feature_dim="neuron"):
-    """BSI per neuron: CSI computed with the bias labels."""
-    return selectivity(acts, bias_labels, sample_dim=sample_dim, feature_dim=feature_dim, name="bias")
+        return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["group_accuracy", "loss_ratio", "ba_bc_loss_ratio", "compressibility", "sparsity", "pq_index",

@@ -6,6 +6,11 @@ DeepLift needs every nonlinearity to be its own, non-inplace module: torchvision
 one in-place ``nn.ReLU`` several times per block. :func:`captum_ready` returns a copy of the
 model in which every ``nn.ReLU`` is non-inplace and every call site of a reused ReLU module has a
 module of its own.
+
+The maps follow the metrics' contract (:mod:`lrscope.probe.metrics`): :func:`attributions_torch`
+is the core (tensors on the model's device), :func:`attributions` the labelled wrapper (a
+DataArray over the sample dim and the input dims). The cores of the measures on maps take
+(sample, *input) arrays; their wrappers take every dim but the sample dim as an input dim.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import xarray as xr
 from torch import nn
 
 from ..errors import LrscopeError
-from .metrics import _attrs
+from .metrics import SAMPLE, MetricError, _attrs, _resolve
 
 METHODS = ("integrated_gradients", "deeplift")
 SMALL_INPUT = 4096  # inputs with fewer values than this take proportionally larger IG passes
@@ -91,15 +96,10 @@ def summed_gradients(forward_fn, inputs, target_ind=None, additional_forward_arg
         return torch.autograd.grad(out.sum(), inputs)
 
 
-def attributions(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, *,
-                 method: str = "integrated_gradients", n_steps: int = 32, batch: int = 256,
-                 per_sample_roots: bool = False) -> torch.Tensor:
-    """Attribution maps (same shape as `inputs`) for the logit of `target`, baseline all-zero.
-
-    ``method``: ``integrated_gradients`` (Sundararajan et al. 2017, `n_steps` Gauss–Legendre
-    steps, Captum's default rule) or ``deeplift`` (Shrikumar et al. 2017, rescale rule). Gradients
-    come from one backward pass per batch (:func:`summed_gradients`); ``per_sample_roots`` keeps
-    Captum's own gradient function (for checking that they agree)."""
+def attributions_torch(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, *,
+                       method: str = "integrated_gradients", n_steps: int = 32, batch: int = 256,
+                       per_sample_roots: bool = False) -> torch.Tensor:
+    """The core of :func:`attributions`: the maps as a tensor of the shape of `inputs`, on its device."""
     from captum.attr import DeepLift, IntegratedGradients
 
     if method not in METHODS:
@@ -121,37 +121,170 @@ def attributions(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, *
     return torch.cat(out)
 
 
-def region_shares(attr: xr.DataArray, regions: xr.DataArray, *, sample_dim: str) -> xr.DataArray:
+def attributions(model: nn.Module, inputs, target, *, method: str = "integrated_gradients", n_steps: int = 32,
+                 batch: int = 256, per_sample_roots: bool = False, sample_dim: str = "sample",
+                 input_dims=None) -> xr.DataArray:
+    """Attribution maps for the logit of `target`, baseline all-zero, as a DataArray
+    (sample_dim, *input_dims) of the shape of `inputs`, on the CPU.
+
+    ``method``: ``integrated_gradients`` (Sundararajan et al. 2017, `n_steps` Gauss–Legendre
+    steps, Captum's default rule) or ``deeplift`` (Shrikumar et al. 2017, rescale rule). Gradients
+    come from one backward pass per batch (:func:`summed_gradients`); ``per_sample_roots`` keeps
+    Captum's own gradient function (for checking that they agree).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    inputs : torch.Tensor or DataArray (sample, *input)
+        What the model takes (already as :func:`lrscope.train.data.as_model_input` makes it). A
+        DataArray's dims and coords label the result (`sample_dim` and `input_dims` then unused).
+    target : tensor or array-like (sample,)
+        The class whose logit is attributed, per sample.
+    sample_dim : str
+        The result's sample dim (default ``sample``; the runner uses ``attr_sample``).
+    input_dims : sequence of str, optional
+        The result's input dims; default ``input_0``, ``input_1``, ... as in the run store.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lrscope.train.models import FCN
+    >>> _ = torch.manual_seed(0)
+    >>> a = attributions(FCN(6, [8], 2), torch.randn(3, 6), torch.tensor([0, 1, 0]), sample_dim="attr_sample")
+    >>> a.dims, a.shape
+    (('attr_sample', 'input_0'), (3, 6))
+    """
+    labelled = inputs if isinstance(inputs, xr.DataArray) else None
+    x = torch.as_tensor(np.asarray(labelled.values)) if labelled is not None else inputs
+    t = torch.as_tensor(np.asarray(target)) if not isinstance(target, torch.Tensor) else target
+    a = attributions_torch(model, x, t.to(x.device), method=method, n_steps=n_steps, batch=batch,
+                           per_sample_roots=per_sample_roots).cpu().numpy()
+    if labelled is not None:
+        return xr.DataArray(a, dims=labelled.dims, coords=labelled.coords)
+    dims = [f"input_{i}" for i in range(a.ndim - 1)] if input_dims is None else list(input_dims)
+    if len(dims) != a.ndim - 1:
+        raise LrscopeError(f"attributions: {len(dims)} input dims given for inputs of shape {tuple(a.shape)}")
+    return xr.DataArray(a, dims=[sample_dim, *dims])
+
+
+def _attr_input(fn: str, attr, sample_dim: str | None) -> tuple[xr.DataArray, str, list[str]]:
+    """`attr` as a DataArray, its sample dim and (every other dim) its input dims."""
+    if not isinstance(attr, xr.DataArray):  # a plain array: (sample, *input) as attributions() lays them out
+        a = np.asarray(attr)
+        if a.ndim < 1:
+            raise MetricError(f"{fn}: expected (sample, *input) attributions, got a scalar")
+        attr = xr.DataArray(a, dims=[sample_dim or SAMPLE, *(f"input_{i}" for i in range(a.ndim - 1))])
+    s = _resolve(fn, attr, {"sample": sample_dim})["sample"]
+    return attr, s, [str(d) for d in attr.dims if d != s]
+
+
+def _masks_like(fn: str, masks, attr: xr.DataArray, what: str) -> tuple[xr.DataArray, list[str]]:
+    """`masks` with every dim of `attr` (size 1 where it had none), in attr's order, its own
+    dims last; returns it and its own dims."""
+    if not isinstance(masks, xr.DataArray):
+        raise MetricError(f"{fn}: {what} must be a DataArray (its dims say which input dims it covers)")
+    own = [str(d) for d in masks.dims if d not in attr.dims]
+    m = masks.expand_dims([d for d in attr.dims if d not in masks.dims])
+    return m.transpose(*attr.dims, *own), own
+
+
+def region_shares_np(attr, regions) -> np.ndarray:
+    """Numpy core of :func:`region_shares`: attr (sample, *input), regions (*input, *region)
+    broadcastable masks; returns (*region,)."""
+    a = np.abs(np.asarray(attr))
+    feat = tuple(range(1, a.ndim))
+    reg = np.asarray(regions)
+    n_own = reg.ndim - (a.ndim - 1)
+    prod = a.reshape(a.shape + (1,) * n_own) * reg
+    total = np.where(np.isnan(a), 0, a).sum(feat)
+    per = np.where(np.isnan(prod), 0, prod).sum(feat)
+    total = total.reshape(total.shape + (1,) * n_own)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        return np.nanmean(per / np.where(total > 0, total, np.nan), 0)
+
+
+def region_shares(attr, regions, *, sample_dim: str | None = None) -> xr.DataArray:
     """Share of absolute attribution mass on each region (core / spurious / noise), per sample,
-    then averaged over samples: Σ_region |a| / Σ_all |a|. Regions need not cover the input;
-    `regions` may carry a dim of its own (one share per region, in one pass)."""
-    a = np.abs(attr)
-    feat = [d for d in attr.dims if d != sample_dim]
-    total = a.sum(feat)
-    per = (a * regions).sum(feat) / total.where(total > 0)
-    return _attrs(per.mean(sample_dim), "share of attribution mass", None)
+    then averaged over samples: Σ_region |a| / Σ_all |a|. Every dim of `attr` but `sample_dim` is
+    an input dim. Regions need not cover the input; `regions` may carry dims of its own (one share
+    per region, in one pass) and lack input dims (it is broadcast over them).
+
+    Examples
+    --------
+    >>> attr = xr.DataArray([[1.0, -3.0, 0.0, 0.0]], dims=["attr_sample", "input_0"])
+    >>> core = xr.DataArray([True, False, False, False], dims=["input_0"])
+    >>> float(region_shares(attr, core))
+    0.25
+    """
+    fn = "region_shares"
+    attr, s, feat = _attr_input(fn, attr, sample_dim)
+    attr = attr.transpose(s, *feat)
+    if isinstance(regions, xr.DataArray) and s in regions.dims:
+        raise MetricError(f"{fn}: regions are masks of the input, not per sample (per-sample masks: background_share)")
+    reg, own = _masks_like(fn, regions, attr.isel({s: 0}, drop=True), "regions")
+    out = region_shares_np(attr.values, reg.values)
+    coords = {k: c.variable for k, c in reg.coords.items() if set(c.dims) <= set(own)}
+    return _attrs(xr.DataArray(out, dims=own, coords=coords), "share of attribution mass", None)
 
 
-def attribution_entropy(attr: xr.DataArray, *, sample_dim: str) -> xr.DataArray:
-    """Shannon entropy (nats) of the normalised absolute attribution over input features,
-    averaged over samples; divided by log(#features) so it lies in [0, 1] (1 = uniform). Samples
-    whose attribution is all zero have no distribution and are left out (NaN if all are)."""
-    feat = [d for d in attr.dims if d != sample_dim]
-    a = np.abs(np.asarray(attr.transpose(sample_dim, *feat).values, dtype=np.float64))
+def attribution_entropy_np(attr) -> float:
+    """Numpy core of :func:`attribution_entropy`: attr (sample, *input)."""
+    a = np.abs(np.asarray(attr, dtype=np.float64))
     a = a.reshape(len(a), -1)
     total = a.sum(1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         p = a / total
         h = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(1) / np.log(a.shape[1])
     h = h[total[:, 0] > 0]
-    return _attrs(xr.DataArray(h.mean() if len(h) else np.nan), "normalised attribution entropy", None)
+    return h.mean() if len(h) else np.nan
 
 
-def background_share(attr: xr.DataArray, masks: xr.DataArray, *, sample_dim: str) -> xr.DataArray:
+def attribution_entropy(attr, *, sample_dim: str | None = None) -> xr.DataArray:
+    """Shannon entropy (nats) of the normalised absolute attribution over input features (every
+    dim but `sample_dim`), averaged over samples; divided by log(#features) so it lies in [0, 1]
+    (1 = uniform). Samples whose attribution is all zero have no distribution and are left out
+    (NaN if all are).
+
+    Examples
+    --------
+    >>> float(attribution_entropy(xr.DataArray(np.ones((2, 4)), dims=["attr_sample", "input_0"])))
+    1.0
+    """
+    fn = "attribution_entropy"
+    attr, s, feat = _attr_input(fn, attr, sample_dim)
+    h = attribution_entropy_np(attr.transpose(s, *feat).values)
+    return _attrs(xr.DataArray(h), "normalised attribution entropy", None)
+
+
+def background_share_np(attr, masks) -> float:
+    """Numpy core of :func:`background_share`: attr (sample, *input), masks broadcastable to it
+    (True = object)."""
+    a = np.abs(np.asarray(attr))
+    feat = tuple(range(1, a.ndim))
+    bg = np.where(~np.asarray(masks).astype(bool), a, 0.0)
+    bg = np.where(np.isnan(bg), 0, bg).sum(feat)
+    total = np.where(np.isnan(a), 0, a).sum(feat)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        return np.nanmean(bg / np.where(total > 0, total, np.nan))
+
+
+def background_share(attr, masks, *, sample_dim: str | None = None) -> xr.DataArray:
     """Share of absolute attribution on the background, given per-sample foreground masks
-    (True = object) of the inputs' spatial shape (broadcast over channels)."""
-    a = np.abs(attr)
-    feat = [d for d in attr.dims if d != sample_dim]
-    bg = a.where(~masks.astype(bool), 0.0).sum(feat)
-    total = a.sum(feat)
-    return _attrs((bg / total.where(total > 0)).mean(sample_dim), "attribution share on background", False)
+    (True = object) over some of the input dims (broadcast over the others, e.g. channels).
+
+    Examples
+    --------
+    >>> attr = xr.DataArray([[1.0, -3.0, 0.0, 0.0]], dims=["attr_sample", "input_0"])
+    >>> fg = xr.DataArray([[True, False, False, False]], dims=["attr_sample", "input_0"])
+    >>> float(background_share(attr, fg))
+    0.75
+    """
+    fn = "background_share"
+    attr, s, feat = _attr_input(fn, attr, sample_dim)
+    attr = attr.transpose(s, *feat)
+    m, own = _masks_like(fn, masks, attr, "masks")
+    if own:
+        raise MetricError(f"{fn}: masks have dims the attributions lack ({', '.join(own)})")
+    return _attrs(xr.DataArray(background_share_np(attr.values, m.values)), "attribution share on background", False)

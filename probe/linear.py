@@ -19,7 +19,7 @@ import torch
 import xarray as xr
 from scipy.optimize import minimize
 
-from .metrics import MetricError, _attrs
+from .metrics import MetricError, _attrs, _hint, _input, _labels, _plain_names, _resolve
 
 NEWTON_MAX_FEATURES = 512  # above this the (d+1)² Hessians cost more than L-BFGS's passes
 NEWTON_BATCH = 32  # problems per batched Newton solve (bounds the memory of the Hessians)
@@ -168,17 +168,16 @@ def balanced_halves(group: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.nd
     return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))
 
 
-def feature_probe(acts: xr.DataArray, y, b, *, sample_dim: str, feature_dim: str, C: float = 1.0,
-                  seed: int = 0) -> xr.Dataset:
-    """Held-out error of a linear probe for y (core) and for b (spurious), for every index of the
-    remaining dims of `acts` (e.g. each snapshot); the probes of all snapshots are fitted together."""
+def feature_probe_np(acts, y, b, *, C: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Numpy core of :func:`feature_probe`: acts (..., sample, feature), y and b (sample,);
+    returns the core and spurious probe errors, each over the leading dims."""
     y = np.asarray(y)
     b = np.asarray(b)
     group = y * (b.max() + 1) + b
     tr, te = balanced_halves(group, seed)
-    a = acts.transpose(..., sample_dim, feature_dim)
-    lead = a.dims[:-2]
-    vals = a.values.reshape(-1, a.shape[-2], a.shape[-1]).astype(np.float64)
+    a = np.asarray(acts)
+    lead = a.shape[:-2]
+    vals = a.reshape(-1, a.shape[-2], a.shape[-1]).astype(np.float64)
     errs = np.full((len(vals), 2), np.nan)
     ok = np.isfinite(vals).all(axis=(1, 2))
     if ok.any():
@@ -186,11 +185,40 @@ def feature_probe(acts: xr.DataArray, y, b, *, sample_dim: str, feature_dim: str
         for j, lab in enumerate((y, b)):
             pred = fit_logistic_many(v[:, tr], lab[tr], C=C)(v[:, te])
             errs[ok, j] = (pred != lab[te]).mean(1)
-    shape = tuple(a.sizes[d] for d in lead)
-    coords = {k: c for k, c in a.coords.items() if set(c.dims) <= set(lead)}
+    return errs[:, 0].reshape(lead), errs[:, 1].reshape(lead)
+
+
+def feature_probe(acts, y, b, *, sample_dim: str | None = None, feature_dim: str | None = None, C: float = 1.0,
+                  seed: int = 0) -> xr.Dataset:
+    """Held-out error of a linear probe for y (core) and for b (spurious), for every index of the
+    remaining dims of `acts` (e.g. each snapshot); the probes of all snapshots are fitted together.
+
+    Parameters
+    ----------
+    acts : DataArray (..., sample, feature)
+    y, b : array-like (sample,)
+        Class and bias labels; the split into fitting and held-out halves is stratified by (y, b).
+    sample_dim, feature_dim : str, optional
+        Inferred when unambiguous (see :mod:`lrscope.probe.metrics`).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1], 20); b = np.tile([0, 1], 20)
+    >>> acts = xr.DataArray(rng.normal(size=(40, 3)) + 3 * y[:, None], dims=["probe_sample", "neuron"])
+    >>> float(feature_probe(acts, y, b).core_probe_error)   # y is linearly readable
+    0.0
+    """
+    fn = "feature_probe"
+    given = {"sample": sample_dim, "feature": feature_dim}
+    acts = _input(acts, fn, _plain_names(given))
+    d = _resolve(fn, acts, given, _hint(y, b))
+    yv = _labels(fn, y, acts, d["sample"], "y")
+    bv = _labels(fn, b, acts, d["sample"], "b")
+    core, spurious = xr.apply_ufunc(feature_probe_np, acts, input_core_dims=[[d["sample"], d["feature"]]],
+                                    output_core_dims=[[], []], kwargs={"y": yv, "b": bv, "C": C, "seed": seed},
+                                    dask="allowed", keep_attrs=False)
     return xr.Dataset({
-        "core_probe_error": _attrs(xr.DataArray(errs[:, 0].reshape(shape), dims=lead, coords=coords),
-                                   "linear-probe error for the core label", False),
-        "spurious_probe_error": _attrs(xr.DataArray(errs[:, 1].reshape(shape), dims=lead, coords=coords),
-                                       "linear-probe error for the spurious label", None),
+        "core_probe_error": _attrs(core, "linear-probe error for the core label", False),
+        "spurious_probe_error": _attrs(spurious, "linear-probe error for the spurious label", None),
     })

@@ -15,6 +15,7 @@ pruned column's input, contributes exactly nothing either way) at a fraction of 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -23,7 +24,7 @@ import xarray as xr
 from torch import nn
 
 from ..errors import LrscopeError
-from .metrics import _attrs
+from .metrics import _attrs, _input, _plain_names, _renamed, _resolve
 
 KAPPAS = tuple(round(0.1 * i, 1) for i in range(10))
 KINDS = ("structured", "magnitude", "column")
@@ -205,15 +206,50 @@ def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: s
     return _attrs(da, f"accuracy after {kind} pruning", True, kind=kind)
 
 
-def prunability(curve: xr.DataArray, *, dim: str = "kappa") -> xr.DataArray:
+# a pruning curve's attrs (kind, evaluated_on) stay on the measures made from it
+def _kappa_curve(fn: str, curve, kappa_dim, dim) -> tuple[xr.DataArray, str]:
+    given = {"kappa": _renamed(fn, dim, kappa_dim, "kappa_dim")}
+    curve = _input(curve, fn, _plain_names(given))
+    return curve, _resolve(fn, curve, given)["kappa"]
+
+
+def prunability_np(acc, kappas=None) -> np.ndarray:
+    """Numpy core of :func:`prunability`: accuracies (..., kappa) at `kappas` (the unpruned one
+    is at κ = 0 when `kappas` has it, else first)."""
+    acc = np.asarray(acc)
+    at0 = np.flatnonzero(np.asarray(kappas) == 0.0) if kappas is not None else []
+    base = acc[..., at0[0] if len(at0) else 0]
+    ratio = np.clip(acc / np.where(base > 0, base, np.nan)[..., None], 0, 1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        return np.nanmean(ratio, -1)
+
+
+def prunability(curve, *, kappa_dim: str | None = None, dim: str | None = None) -> xr.DataArray:
     """κ-prunability: the mean over κ of the retention ratio Acc(f^κ)/Acc(f), clipped to [0, 1]
-    (Barsbey et al. Table 1 scale). NaN when the unpruned accuracy is 0."""
-    base = curve.sel({dim: 0.0}) if 0.0 in curve[dim].values else curve.isel({dim: 0})
-    ratio = (curve / base.where(base > 0)).clip(0, 1)
-    return _attrs(ratio.mean(dim), "κ-prunability (mean accuracy retention)", True)
+    (Barsbey et al. Table 1 scale). NaN when the unpruned accuracy is 0. `kappa_dim` (``dim``:
+    its deprecated name) is ``kappa`` when unambiguous.
+
+    Examples
+    --------
+    >>> curve = xr.DataArray([0.99, 0.60], dims=["kappa"], coords={"kappa": [0.0, 0.5]})
+    >>> round(float(prunability(curve)), 4)   # (1 + 0.60 / 0.99) / 2
+    0.803
+    """
+    curve, k = _kappa_curve("prunability", curve, kappa_dim, dim)
+    kappas = curve[k].values if k in curve.coords else None
+    p = xr.apply_ufunc(prunability_np, curve, input_core_dims=[[k]], kwargs={"kappas": kappas}, keep_attrs=True)
+    return _attrs(p, "κ-prunability (mean accuracy retention)", True)
 
 
-def pruned_accuracy(curve: xr.DataArray, *, dim: str = "kappa") -> xr.DataArray:
+def pruned_accuracy_np(acc) -> np.ndarray:
+    """Numpy core of :func:`pruned_accuracy`: accuracies (..., kappa)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        return np.nanmean(np.asarray(acc), -1)
+
+
+def pruned_accuracy(curve, *, kappa_dim: str | None = None, dim: str | None = None) -> xr.DataArray:
     """Mean pruned accuracy: the mean over κ of Acc(f^κ) itself, not divided by Acc(f).
 
     The paper defines prunability as the retention ratio (:func:`prunability`), but its parity row
@@ -221,5 +257,14 @@ def pruned_accuracy(curve: xr.DataArray, *, dim: str = "kappa") -> xr.DataArray:
     ratio on a balanced binary test set: that would need pruned accuracies near 31 %, far below
     chance. It is where the mean pruned accuracy lands (our parity sweeps: 0.56 → 0.77 on the demo,
     0.62 → 0.76 on the replication sweep, against the paper's 0.56 → 0.78). Reported next to the
-    ratio so the two readings can be compared; on models near chance they disagree in direction."""
-    return _attrs(curve.mean(dim), "mean pruned accuracy (over κ)", True)
+    ratio so the two readings can be compared; on models near chance they disagree in direction.
+
+    Examples
+    --------
+    >>> curve = xr.DataArray([0.99, 0.60], dims=["kappa"], coords={"kappa": [0.0, 0.5]})
+    >>> round(float(pruned_accuracy(curve)), 4)
+    0.795
+    """
+    curve, k = _kappa_curve("pruned_accuracy", curve, kappa_dim, dim)
+    return _attrs(xr.apply_ufunc(pruned_accuracy_np, curve, input_core_dims=[[k]], keep_attrs=True),
+                  "mean pruned accuracy (over κ)", True)

@@ -164,9 +164,9 @@ def probe_loss_ratio(ctx: Context) -> xr.Dataset:
 def probe_compressibility(ctx: Context) -> xr.Dataset:
     f = ctx.features
     q, k = ctx.params.get("q", 2), ctx.params.get("kappa", 0.1)
-    comp = M.compressibility(f, dim="neuron", q=q, kappa=k).mean("probe_sample")
-    spar = M.sparsity(f, dim="neuron").mean("probe_sample")
-    pq = M.pq_index(f, dim="neuron").mean("probe_sample")
+    comp = M.compressibility(f, feature_dim="neuron", q=q, kappa=k).mean("probe_sample")
+    spar = M.sparsity(f, feature_dim="neuron").mean("probe_sample")
+    pq = M.pq_index(f, feature_dim="neuron").mean("probe_sample")
     out = xr.Dataset({
         "activation_compressibility": M._attrs(comp, f"activation ({q:g}, {k:g})-compressibility", True),
         "activation_sparsity": M._attrs(spar, "activation sparsity", True),
@@ -176,16 +176,17 @@ def probe_compressibility(ctx: Context) -> xr.Dataset:
 
     named = [(n, p.detach().cpu().flatten().numpy()) for n, p in ctx.model.named_parameters()]
     pda = xr.DataArray(np.concatenate([w for _, w in named]), dims=["weight"])
-    out["param_compressibility"] = M.compressibility(pda, dim="weight", q=q, kappa=k)
-    out["param_pq_index"] = M.pq_index(pda, dim="weight")
-    out["param_sparsity"] = M.sparsity(pda, dim="weight", tol=1e-8)
+    out["param_compressibility"] = M.compressibility(pda, feature_dim="weight", q=q, kappa=k)
+    out["param_pq_index"] = M.pq_index(pda, feature_dim="weight")
+    out["param_sparsity"] = M.sparsity(pda, feature_dim="weight", tol=1e-8)
     # per layer (one value per parameter tensor, in state-dict order; names in attrs)
-    per = [float(M.compressibility(xr.DataArray(w, dims=["weight"]), dim="weight", q=q, kappa=k)) for _, w in named]
+    per = [float(M.compressibility(xr.DataArray(w, dims=["weight"]), feature_dim="weight", q=q, kappa=k))
+           for _, w in named]
     out["layer_param_compressibility"] = M._attrs(
         xr.DataArray(per, dims=["layer"]), f"parameter ({q:g}, {k:g})-compressibility per layer", True,
         layers=json.dumps([n for n, _ in named]))
     out["layer_param_pq_index"] = M._attrs(
-        xr.DataArray([float(M.pq_index(xr.DataArray(w, dims=["weight"]), dim="weight")) for _, w in named],
+        xr.DataArray([float(M.pq_index(xr.DataArray(w, dims=["weight"]), feature_dim="weight")) for _, w in named],
                      dims=["layer"]), "parameter PQ-index per layer", True)
     for v in ("activation_compressibility", "activation_sparsity", "activation_pq_index"):
         out[f"{v}_final"] = _final(out[v], v)
@@ -255,12 +256,12 @@ def probe_importance(ctx: Context) -> xr.Dataset:
     tl = ds.train_logits.compute()
     has = tl.notnull().all(("train_sample", "class"))
     w = M.importance_weights(tl, ds.train_y)
-    g = M.gini(w.fillna(0), dim="train_sample").where(has)
+    g = M.gini(w.fillna(0), sample_dim="train_sample").where(has)
     last = int(np.flatnonzero(has.values)[-1]) if has.any() else -1
     out = xr.Dataset({"importance_gini": g})
     if last >= 0:
         first = int(np.flatnonzero(has.values)[0])
-        lz = M.lorenz_curve(w.isel(snapshot=[first, last]), dim="train_sample")
+        lz = M.lorenz_curve(w.isel(snapshot=[first, last]), sample_dim="train_sample")
         # lorenz_at 0 / 1: the first / last snapshot with train logits (the same one when only the
         # final snapshot has them); which snapshots they are is in lorenz_snapshot
         out["importance_lorenz"] = lz.rename(snapshot="lorenz_at").assign_coords(lorenz_at=[0, 1])
@@ -313,8 +314,8 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
     for k in cks:
         model = load_model(ds, checkpoint=k).to(dev)  # once per checkpoint, for both methods
         for method in METHODS:
-            a = attributions(model, x, y, method=method, n_steps=int(ctx.params.get("ig_steps", 32)))
-            da_ = xr.DataArray(a.cpu().numpy(), dims=["attr_sample", *in_dims])
+            da_ = attributions(model, x, y, method=method, n_steps=int(ctx.params.get("ig_steps", 32)),
+                               sample_dim="attr_sample", input_dims=in_dims)
             ents[method].append(float(attribution_entropy(da_, sample_dim="attr_sample")))
             if regions is not None:
                 per = region_shares(da_, regions, sample_dim="attr_sample").values

@@ -28,7 +28,6 @@ from lrscope.cli.train import main as lrtrain
 from lrscope.errors import LrscopeError
 
 STORE_SIDE = pytest.mark.xfail(strict=True, reason="store side: other engineer")
-PROBE_SIDE = pytest.mark.xfail(strict=True, reason="probe side (probe/metrics.py): other engineer")
 SMALL = json.dumps({"n_train": 100, "n_test": 100, "core_bits": 2, "spurious_bits": 1, "noise_bits": 4})
 CUDA = torch.cuda.is_available()
 
@@ -480,16 +479,16 @@ def _metric(fn):
     return call
 
 
-api("probe-compressibility-kappa-5", _metric(lambda P, x, y: P.compressibility(x, dim="neuron", kappa=5)))
-api("probe-compressibility-unknown-dim", _metric(lambda P, x, y: P.compressibility(x, dim="nope")), marks=[PROBE_SIDE])
-api("probe-pq_index-p-above-q", _metric(lambda P, x, y: P.pq_index(x, dim="neuron", p=3, q=2)))
-api("probe-sparsity-unknown-dim", _metric(lambda P, x, y: P.sparsity(x, dim="nope")), marks=[PROBE_SIDE])
+api("probe-compressibility-kappa-5", _metric(lambda P, x, y: P.compressibility(x, feature_dim="neuron", kappa=5)))
+api("probe-compressibility-unknown-dim", _metric(lambda P, x, y: P.compressibility(x, feature_dim="nope")))
+api("probe-pq_index-p-above-q", _metric(lambda P, x, y: P.pq_index(x, feature_dim="neuron", p=3, q=2)))
+api("probe-sparsity-unknown-dim", _metric(lambda P, x, y: P.sparsity(x, feature_dim="nope")))
 api("probe-class_selectivity-one-class",
     _metric(lambda P, x, y: P.class_selectivity(x, y * 0, sample_dim="sample")))
 api("probe-class_separation-one-class",
     _metric(lambda P, x, y: P.class_separation(x, y * 0, sample_dim="sample", feature_dim="neuron")))
-api("probe-gini-unknown-dim", _metric(lambda P, x, y: P.gini(x, dim="nope")), marks=[PROBE_SIDE])
-api("probe-lorenz_curve-points-0", _metric(lambda P, x, y: P.lorenz_curve(x, dim="sample", points=0)), marks=[PROBE_SIDE])
+api("probe-gini-unknown-dim", _metric(lambda P, x, y: P.gini(x, sample_dim="nope")))
+api("probe-lorenz_curve-points-0", _metric(lambda P, x, y: P.lorenz_curve(x, sample_dim="sample", points=0)))
 
 
 # ----------------------------------------------------------------------------- the checks

@@ -263,7 +263,7 @@ def attribution_grid(sw: xr.Dataset, *, low_lr: float | None = None, high_lr: fl
     x_raw = torch.from_numpy(np.asarray(inputs.isel(probe_sample=picks).values))
     x = as_model_input(x_raw)
     y = torch.from_numpy(sw.probe_y.values[picks])
-    maps = {lbl: attributions(load_model(stores[r]), x, y, method=method).abs().numpy()
+    maps = {lbl: np.abs(attributions(load_model(stores[r]), x, y, method=method).values)
             for lbl, r in ((f"lr={low_lr:g}", run_lo), (f"lr={high_lr:g}", run_hi))}
 
     def to_img(a):
