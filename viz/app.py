@@ -275,15 +275,15 @@ class Explorer:
             raise StoreError(f"{', '.join(map(str, paths))}: no readable run stores")
         self._cache: dict[str, SweepData] = {}
         first = next(iter(self.groups))
-        self.w_group = pn.widgets.Select(name="Sweep (dataset / model)", options=list(self.groups), value=first,
+        self.w_group = pn.widgets.Select(label="Sweep (dataset / model)", options=list(self.groups), value=first,
                                          css_classes=["lrscope-group"])
-        self.w_metric = pn.widgets.Select(name="Metric against the LR", css_classes=["lrscope-metric"], width=420)
-        self.w_seeds = pn.widgets.MultiChoice(name="Seeds", css_classes=["lrscope-seeds"])
-        self.w_iter = pn.widgets.DiscreteSlider(name="Iteration", options=[0], value=0, css_classes=["lrscope-iteration"],
+        self.w_metric = pn.widgets.Select(label="Metric against the LR", css_classes=["lrscope-metric"], width=420)
+        self.w_seeds = pn.widgets.MultiChoice(label="Seeds", css_classes=["lrscope-seeds"])
+        self.w_iter = pn.widgets.DiscreteSlider(label="Iteration", options=[0], value=0, css_classes=["lrscope-iteration"],
                                                 sizing_mode="stretch_width")
-        self.w_curve = pn.widgets.Select(name="Training curve", options=list(CURVES), value="loss", css_classes=["lrscope-curve"])
-        self.w_run = pn.widgets.Select(name="Run for the data map", css_classes=["lrscope-run"], width=420)
-        self.w_sample = pn.widgets.IntInput(name="Sample (training index)", value=-1, start=-1, css_classes=["lrscope-sample"])
+        self.w_curve = pn.widgets.Select(label="Training curve", options=list(CURVES), value="loss", css_classes=["lrscope-curve"])
+        self.w_run = pn.widgets.Select(label="Run for the data map", css_classes=["lrscope-run"], width=420)
+        self.w_sample = pn.widgets.IntInput(label="Sample (training index)", value=-1, start=-1, css_classes=["lrscope-sample"])
         self.status = pn.pane.Str("", name="status", css_classes=["lrscope-status"])
         self.updates = 0
         self._select_group(first)
