@@ -54,11 +54,13 @@ def test_every_variable_explains_itself(sweep):
     assert len(sw.data_vars) > 100
     # a probe result computed from a described variable may carry its description (xarray keeps attrs):
     # what a variable says is its own, never that of the run variable it was computed from
-    store_vars = [n for n in ds.variables if n not in lrscope.store.read_probes(ds.attrs["store"]).variables]
+    probe_vars = set(lrscope.store.read_probes(ds.attrs["store"]).variables)
+    store_vars = [n for n in ds.variables if n not in probe_vars]
     inherited = {ds[n].attrs["description"]: n for n in store_vars}
     for name, var in sw.variables.items():
         if name not in store_vars:
-            assert inherited.get(var.attrs["description"], name) == name, f"{name} says it is {inherited[var.attrs['description']]}"
+            said = inherited.get(var.attrs["description"], name)
+            assert said == name, f"{name} says it is {said}"
     assert sw.activation_sparsity.attrs["description"].startswith("fraction of penultimate activations")
     assert sw.loss_ratio.attrs["units"] == "fraction"
     for name, units in (("loss", "nats"), ("accuracy", "fraction"), ("bc_count", "count"),
