@@ -8,12 +8,12 @@ import xarray as xr
 from .metrics import MetricError, _attrs
 
 
-def last_snapshot(sw: xr.Dataset, var: str) -> xr.DataArray:
+def last_snapshot(sw: xr.Dataset | xr.DataArray, var: str | None = None) -> xr.DataArray | xr.Dataset:
     """Each run's value of a per-snapshot variable at its own last snapshot (runs are NaN-padded
-    to the longest): ``lrscope.last_snapshot(sw[var])``."""
+    to the longest): ``lrscope.last_snapshot(sw[var])``, or of `sw` itself without `var`."""
     from ..store.reader import last_snapshot as at_end
 
-    return at_end(sw[var])
+    return at_end(sw if var is None else sw[var])
 
 
 def lr_sensitive_samples(sw: xr.Dataset, *, low_lrs, high_lrs, high_frac: float = 0.75,
