@@ -45,6 +45,20 @@ def _flat(msg: str) -> str:
     return " ".join(msg.split())
 
 
+def paragraphs(text: str, indent: str = "    ", width: int = 100, hang: str = "") -> list[str]:
+    """A docstring-like description as lines: each paragraph reflowed to `width` and indented
+    (continuation lines by `hang` more); ``code`` reads as `code`."""
+    import textwrap
+
+    out = []
+    for para in text.split("\n\n"):
+        if para.strip():
+            flat = " ".join(para.split()).replace("``", "`")
+            out += textwrap.wrap(flat, width, initial_indent=indent, subsequent_indent=indent + hang,
+                                 break_on_hyphens=False)
+    return out
+
+
 def parse_floats(text: str, name: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]

@@ -118,11 +118,23 @@ def _check_checkpoint_range(runs, text: str, wanted: list) -> None:
 
 @main.command("list")
 def list_cmd():
-    """List the probes `compute` knows."""
-    from ..probe.runner import PROBES
+    """List the probes `compute` knows: what each computes, what it costs, its parameters and its
+    headline variables."""
+    from ..probe.registry import PROBES
+    from .common import paragraphs
 
-    for name, fn in PROBES.items():
-        click.echo(f"{name:18s} {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
+    for name, e in PROBES.items():
+        click.echo(f"{name}  (format {e.format})")
+        lines = paragraphs(e.description)
+        if e.cost:
+            lines += paragraphs(f"cost: {e.cost}", hang="  ")
+        for p, what in e.params.items():
+            lines += paragraphs(f"parameter {p}: {what}", hang="  ")
+        if e.headline:
+            lines += paragraphs("headline: " + ", ".join(f"{h.var} ({h.label})" for h in e.headline), hang="  ")
+        for line in lines:
+            click.echo(line)
+        click.echo()
 
 
 @main.command("ls")

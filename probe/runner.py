@@ -30,18 +30,9 @@ from ..store.reader import open_run, open_store
 from ..store.checked import COMPRESSORS
 from ..store.writer import _crash_point
 from . import metrics as M
-from .dynamics import probe_dynamics
 from .linear import feature_probe
 from .pruning import KAPPAS, KINDS, prunability, pruned_accuracy, pruning_curve
-
-PROBE_FORMAT = 3  # bump when every probe's stored results must be recomputed
-# a probe whose definition changed since PROBE_FORMAT: only its stored results are recomputed
-# (feature_quality 4: two-label probes fit scikit-learn's binary objective, no longer the 2-class multinomial)
-# loss_ratio 4: max_loss_ratio is the per-minibatch maximum (was the epoch running mean's)
-# pruning 4: pruned_accuracy (mean pruned accuracy) added next to the retention-ratio prunability
-# attributions 4: maps of samples from every (y, b) group, with their labels (were the first 16)
-PROBE_FORMAT_OF = {"feature_quality": 4, "loss_ratio": 4, "pruning": 4, "attributions": 4}
-PARAMS = {"kappa", "q", "checkpoints", "attr_samples", "ig_steps", "kappas"}  # what probes read from params
+from .registry import PARAMS, PROBES  # the probes' entries: function, format, params, headline variables
 
 
 @dataclass
@@ -351,25 +342,12 @@ def _map_picks(y: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     return np.array(sorted(out), dtype=int)
 
 
-PROBES: dict[str, Callable[[Context], xr.Dataset]] = {
-    "accuracy": probe_accuracy,
-    "loss_ratio": probe_loss_ratio,
-    "compressibility": probe_compressibility,
-    "representation": probe_representation,
-    "feature_quality": probe_feature_quality,
-    "pruning": probe_pruning,
-    "importance": probe_importance,
-    "attributions": probe_attributions,
-    "dynamics": probe_dynamics,
-}
-
-
 # ------------------------------------------------------------------------------- runner
 def _provenance(ctx: Context, name: str) -> dict:
     """What a result is computed from: the run as the probe's view of it shows it (its committed
     lengths and status when it was opened; a run still training goes on past them), the
     parameters and the probe's definition."""
-    return {"probe": name, "probe_format": PROBE_FORMAT_OF.get(name, PROBE_FORMAT), "lrscope_version": __version__,
+    return {"probe": name, "probe_format": PROBES[name].format, "lrscope_version": __version__,
             "params": json.dumps(ctx.params, sort_keys=True),
             "source_committed": json.dumps(ctx.ds.attrs["committed"], sort_keys=True),
             "source_status": ctx.ds.attrs["status"]}

@@ -4,21 +4,19 @@ renders to bokeh for the HTML report, and to matplotlib for static figures."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import holoviews as hv
 import holoviews.plotting.bokeh  # noqa: F401  (registers the bokeh backend: builders' options need one)
 import numpy as np
 import xarray as xr
 from bokeh.palettes import Viridis256
 
-HEADLINE = [
-    ("unbiased_accuracy_final", "unbiased test accuracy"),
-    ("worst_group_accuracy_final", "worst-group accuracy"),
-    ("prunability", "prunability"),
-    ("pruned_accuracy", "mean pruned accuracy"),
-    ("activation_compressibility_final", "activation compressibility"),
-    ("csi_mean_final", "average CSI"),
-    ("class_separation_final", "class separation R²"),
-]
+from ..probe.registry import headlines
+
+HEADLINE = [(h.var, h.label) for h in headlines()]  # each declared with its probe (probe/registry.py)
 FINISHED = ("completed",)
 
 
@@ -289,16 +287,39 @@ def attribution_grid(sw: xr.Dataset, *, low_lr: float | None = None, high_lr: fl
     return hv.Layout(panels).cols(3).opts(title=f"{method} attributions: low vs high LR")
 
 
-FIGURES = {
-    "metrics_vs_lr": metrics_vs_lr,
-    "pruning_curves": pruning_curves,
-    "loss_ratio_trajectories": loss_ratio_trajectories,
-    "loss_ratio_vs_accuracy": loss_ratio_vs_accuracy,
-    "dynamics_accuracy": lambda sw: dynamics(sw, "probe_accuracy", "unbiased accuracy (probe subset)"),
-    "dynamics_csi": lambda sw: dynamics(sw, "csi_mean", "average CSI"),
-    "neuron_survival": neuron_survival,
-    "lorenz_curves": lorenz_curves,
-    "knob_comparison": knob_comparison,
-    "attribution_grid": attribution_grid,
-    "minmax_table": minmax_table,
-}
+def has_rival_knobs(sw: xr.Dataset) -> bool:
+    """Whether a knob other than the LR varies in the sweep (the rival-knobs figure has rows)."""
+    return any(k != "lr" and k in sw.coords and len(set(sw[k].values.tolist())) > 1 for k in KNOBS)
+
+
+@dataclass(frozen=True)
+class FigureEntry:
+    """One figure kind: `build` takes the sweep Dataset and returns a HoloViews object (a Table is
+    written as an HTML table); the report draws it under `title` where `applies` holds (always
+    when None), `lrprobe figures` writes it as `name`. Called, an entry builds."""
+
+    name: str
+    build: Callable[[xr.Dataset], Any]
+    title: str
+    applies: Callable[[xr.Dataset], bool] | None = None
+
+    def __call__(self, sw: xr.Dataset):
+        return self.build(sw)
+
+
+# in the report's order
+FIGURES: dict[str, FigureEntry] = {e.name: e for e in [
+    FigureEntry("metrics_vs_lr", metrics_vs_lr, "Metrics vs learning rate (Figs. 3–5)"),
+    FigureEntry("knob_comparison", knob_comparison, "Rival knobs (Fig. 6, Table 2)", applies=has_rival_knobs),
+    FigureEntry("pruning_curves", pruning_curves, "Pruning curves (Figs. 21–22)"),
+    FigureEntry("loss_ratio_trajectories", loss_ratio_trajectories, "Bias-conflicting loss ratio (Fig. 12, left)"),
+    FigureEntry("loss_ratio_vs_accuracy", loss_ratio_vs_accuracy, "Max BC loss ratio vs unbiased accuracy (Fig. 12)"),
+    FigureEntry("dynamics_accuracy", lambda sw: dynamics(sw, "probe_accuracy", "unbiased accuracy (probe subset)"),
+                "Unbiased accuracy through training (Fig. 13)"),
+    FigureEntry("dynamics_csi", lambda sw: dynamics(sw, "csi_mean", "average CSI"),
+                "Average CSI through training (Fig. 13)"),
+    FigureEntry("neuron_survival", neuron_survival, "Neuron survival (Fig. 18)"),
+    FigureEntry("lorenz_curves", lorenz_curves, "Importance weights (Springer et al. Fig. 5)"),
+    FigureEntry("attribution_grid", attribution_grid, "Attributions, low vs high learning rate (Fig. 8)"),
+    FigureEntry("minmax_table", minmax_table, "Min/max table (Tables 1–2)"),
+]}

@@ -109,27 +109,17 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
         flag=lambda r: r[1] != "completed")))
     for (dname, model), sw in sweeps.items():
         blocks.append(div(f"<h2>{html.escape(dname)} · {html.escape(model)}</h2>"))
-        figs = [
-            ("Metrics vs learning rate (Figs. 3–5)", F.metrics_vs_lr(sw)),
-            ("Pruning curves (Figs. 21–22)", F.pruning_curves(sw)),
-            ("Bias-conflicting loss ratio (Fig. 12, left)", F.loss_ratio_trajectories(sw)),
-            ("Max BC loss ratio vs unbiased accuracy (Fig. 12)", F.loss_ratio_vs_accuracy(sw)),
-            ("Unbiased accuracy through training (Fig. 13)",
-             F.dynamics(sw, "probe_accuracy", "unbiased accuracy (probe subset)")),
-            ("Average CSI through training (Fig. 13)", F.dynamics(sw, "csi_mean", "average CSI")),
-            ("Neuron survival (Fig. 18)", F.neuron_survival(sw)),
-            ("Importance weights (Springer et al. Fig. 5)", F.lorenz_curves(sw)),
-            ("Attributions, low vs high learning rate (Fig. 8)", F.attribution_grid(sw)),
-        ]
-        if any(k != "lr" and k in sw.coords and len(set(sw[k].values.tolist())) > 1 for k in F.KNOBS):
-            figs.insert(1, ("Rival knobs (Fig. 6, Table 2)", F.knob_comparison(sw)))
-        for heading, fig in figs:
-            blocks.append(div(f"<h3>{html.escape(heading)}</h3>"))
-            blocks.append(_render(fig))
-        tbl = F.minmax_table(sw)
-        blocks.append(div("<h3>Min/max table (Tables 1–2)</h3>" + _table_html(
-            [d.name for d in tbl.dimensions()], [tuple(r) for r in tbl.data.itertuples(index=False)]
-            if hasattr(tbl.data, "itertuples") else tbl.data)))
+        for entry in F.FIGURES.values():  # each figure's title and condition declared in viz/figures.py
+            if entry.applies is not None and not entry.applies(sw):
+                continue
+            fig, heading = entry(sw), html.escape(entry.title)
+            if isinstance(fig, hv.Table):
+                blocks.append(div(f"<h3>{heading}</h3>" + _table_html(
+                    [d.name for d in fig.dimensions()], [tuple(r) for r in fig.data.itertuples(index=False)]
+                    if hasattr(fig.data, "itertuples") else fig.data)))
+            else:
+                blocks.append(div(f"<h3>{heading}</h3>"))
+                blocks.append(_render(fig))
     doc = column(*blocks)
     write_text(out, file_html(doc, INLINE, title))
     return out

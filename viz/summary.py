@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
+from ..probe.registry import headlines
 from ..store import schema as S
 from ..store.reader import find_runs, lock_held, open_run
 
-HEAD = [("unbiased_accuracy_final", "unb.acc"), ("worst_group_accuracy_final", "worst"),
-        ("prunability", "prun"), ("csi_mean_final", "CSI")]
+HEAD = [(h.var, h.short) for h in headlines() if h.short]  # declared with their probes (probe/registry.py)
 
 
 def run_rows(paths) -> list[dict]:

@@ -1,0 +1,132 @@
+"""The probe registry: one entry per probe, declared once. `lrprobe list` prints the entries,
+`lrprobe compute` runs their functions (probe/runner.py), `lrprobe ls` and the report show their
+headline variables. Functions are named by dotted path and imported on first call, so this
+module loads without xarray or torch (`lrprobe list` answers at once).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+PROBE_FORMAT = 3  # bump when every probe's stored results must be recomputed
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A per-run scalar a probe writes that summaries show: in the report's summary table and its
+    metrics-vs-LR figure (`label`), and as a column of `lrprobe ls` and of the report's run list
+    when it has a `short` label."""
+
+    var: str
+    label: str
+    short: str = ""
+
+
+@dataclass(frozen=True)
+class ProbeEntry:
+    """One probe. `function` ("module:name") takes the runner's Context and returns an xarray
+    Dataset; `format` is the version of its definition: bump it (above PROBE_FORMAT) when the
+    probe's results change, and only its stored results are recomputed."""
+
+    name: str
+    function: str
+    description: str
+    format: int = PROBE_FORMAT
+    cost: str = ""  # what it reads or runs, and what it costs next to training
+    params: Mapping[str, str] = field(default_factory=dict)  # parameter -> what it is (lrprobe compute's options)
+    headline: tuple[Headline, ...] = ()
+
+    def load(self):
+        module, _, name = self.function.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def __call__(self, ctx) -> Any:
+        return self.load()(ctx)
+
+
+_R = "lrscope.probe.runner:"
+PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
+    ProbeEntry(
+        "accuracy", _R + "probe_accuracy",
+        "Unbiased (the mean over (y, b) groups), worst-group, per-group, bias-aligned and bias-conflicting "
+        "accuracy per snapshot: on the test split at full snapshots, on the group-balanced probe subset at "
+        "every snapshot; train accuracy where train logits were recorded. *_final: the last snapshot's.",
+        cost="reads the stored logits (~0.01x of training on the demo sweep)",
+        headline=(Headline("unbiased_accuracy_final", "unbiased test accuracy", "unb.acc"),
+                  Headline("worst_group_accuracy_final", "worst-group accuracy", "worst"))),
+    ProbeEntry(
+        "loss_ratio", _R + "probe_loss_ratio",
+        "The bias-conflicting / bias-aligned loss ratio of every minibatch, read from the per-step log; its "
+        "maximum over training (max_loss_ratio, over single minibatches as in the paper's Fig. 12) and the "
+        "maximum of its epoch running mean; the BA/BC loss ratio of the stored train logits per snapshot.",
+        format=4,  # max_loss_ratio is the per-minibatch maximum (was the epoch running mean's)
+        cost="reads the log (~0.01x)"),
+    ProbeEntry(
+        "compressibility", _R + "probe_compressibility",
+        "(q, kappa)-compressibility, sparsity and PQ-index of the probe subset's penultimate activations per "
+        "snapshot, and of the last checkpoint's parameters (all weights together, and per layer).",
+        cost="reads the stored activations and the last checkpoint (~0.03x)",
+        params={"kappa": "kappa of the (q, kappa)-compressibility (lrprobe compute --kappa; default 0.1)",
+                "q": "q of the (q, kappa)-compressibility (Python API; default 2)"},
+        headline=(Headline("activation_compressibility_final", "activation compressibility"),)),
+    ProbeEntry(
+        "representation", _R + "probe_representation",
+        "Class and bias selectivity of every penultimate neuron on the probe subset (CSI, BSI) and their "
+        "averages, class separation R² of the activations, and neuron survival (Fig. 18: the share of "
+        "class- and bias-dominant neurons that keep their role until the end), per snapshot.",
+        cost="reads the stored activations (~0.01x)",
+        headline=(Headline("csi_mean_final", "average CSI", "CSI"),
+                  Headline("class_separation_final", "class separation R²"))),
+    ProbeEntry(
+        "feature_quality", _R + "probe_feature_quality",
+        "Linear probes (Springer et al.): held-out error of a logistic regression for the class (core) and "
+        "for the bias label (spurious) on the probe subset's penultimate activations, every snapshot "
+        "(fitting and held-out halves stratified by group).",
+        format=4,  # two-label probes fit scikit-learn's binary objective (was the 2-class multinomial)
+        cost="two small fits per snapshot (~0.04x)"),
+    ProbeEntry(
+        "pruning", _R + "probe_pruning",
+        "Accuracy of the last checkpoint's network pruned at kappa = 0, 0.1, ..., 0.9 of its weights "
+        "(structured: whole neurons or channels; magnitude; column), on the test split rebuilt from the "
+        "config when its labels match the store, else on the probe subset; kappa-prunability (the mean over "
+        "kappa of Acc(f^kappa) / Acc(f)) per kind, and the mean pruned accuracy.",
+        format=4,  # pruned_accuracy (mean pruned accuracy) added next to the retention-ratio prunability
+        cost="30 forward passes over the test split (~0.05x; the most of a short run's probing); on the GPU "
+             "when there is one",
+        params={"kappas": "the pruned fractions (Python API; default 0, 0.1, ..., 0.9)"},
+        headline=(Headline("prunability", "prunability", "prun"),
+                  Headline("pruned_accuracy", "mean pruned accuracy"))),
+    ProbeEntry(
+        "importance", _R + "probe_importance",
+        "Importance weights of the training samples (Springer et al.: 1 - p(y | x), each sample's share of "
+        "the cross-entropy gradient) from the stored train logits: their Gini coefficient per snapshot, "
+        "and Lorenz curves at the first and the last snapshot with train logits.",
+        cost="reads the stored train logits (~0.01x)"),
+    ProbeEntry(
+        "attributions", _R + "probe_attributions",
+        "Integrated Gradients and DeepLift (Captum) on up to 256 group-balanced probe inputs at the chosen "
+        "checkpoints: each method's attribution share per input region (core, spurious, noise) and "
+        "normalised entropy, and the maps of up to 16 samples taken in turn from every (y, b) group, with "
+        "their labels, at the last chosen checkpoint.",
+        format=4,  # maps of samples from every (y, b) group, with their labels (were the first 16)
+        cost="runs the network at each chosen checkpoint (~0.02x at two); on the GPU when there is one",
+        params={"checkpoints": "first,last | all | comma-separated positions (lrprobe compute --checkpoints)",
+                "attr_samples": "probe inputs attributed (Python API; default 256)",
+                "ig_steps": "Integrated Gradients steps (Python API; default 32)"}),
+    ProbeEntry(
+        "dynamics", "lrscope.probe.dynamics:probe_dynamics",
+        "Per training sample, from the minibatch log: Dataset-Cartography confidence, variability and "
+        "correctness (Swayamdipta et al. 2020), forgetting events (Toneva et al. 2019), first-learned and "
+        "last-mistake iterations; their summaries over bias-aligned and bias-conflicting samples and over "
+        "(y, b) groups, and per-epoch curves. Defined on diverged runs.",
+        cost="streams the log chunk by chunk in O(n_train) memory (~0.03x)"),
+]}
+
+PARAMS = {p for e in PROBES.values() for p in e.params}  # what `compute_run(params=...)` accepts
+
+
+def headlines() -> list[Headline]:
+    """Every probe's headline variables, in the registry's order."""
+    return [h for e in PROBES.values() for h in e.headline]
