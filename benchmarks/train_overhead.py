@@ -18,10 +18,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+
 from lrscope.train.config import RunConfig
 from lrscope.train.data import as_model_input, build_dataset
-from lrscope.train.images import DEBIAN_FASHION
 from lrscope.train.loop import train_run
+from lrscope.train.recipes import DEBIAN_FASHION
 from lrscope.train.restore import build_model
 
 CASES = {

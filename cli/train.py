@@ -325,47 +325,54 @@ def sweep_cmd(spec, out, workers, scheduler, data_root, device, batched, dry_run
         raise LrscopeError(f"{len(failed)} of {len(results)} runs failed: {shown}")
 
 
-def _options_lines(builder, specs: dict) -> list[str]:
-    """'  name = default: type and range' per declared option of a dataset or model."""
-    import inspect
-
+def options_lines(options: dict, defaults: dict, indent: str = "      ") -> list[str]:
+    """'name = default: type and range (help)' per declared option of a dataset or model."""
     from ..train.config import _describe
 
-    params = inspect.signature(builder).parameters
     out = []
-    for k, spec in specs.items():
-        default = params[k].default if k in params else None
+    for k, spec in options.items():
         desc = _describe(spec["kind"], spec.get("lo"), spec.get("hi"), spec.get("lo_open", False),
                          spec.get("hi_open", False), spec.get("choices"), spec.get("nullable", False))
-        note = f" ({spec['help']})" if spec.get("help") else ""
-        out.append(f"    {k} = {json.dumps(default)}: {desc}{note}")
+        note = f"; {spec['help']}" if spec.get("help") else ""
+        out.append(f"{indent}{k} = {json.dumps(defaults.get(k))}: {desc}{note}")
     return out
 
 
 @main.command("datasets")
-@click.option("--options", "show", is_flag=True, help="Also list each dataset's --data-options.")
+@click.option("--options", "show", is_flag=True, hidden=True)  # options are always listed now; kept for scripts
 def datasets_cmd(show):
-    """List the registered datasets (--options: with their data options)."""
-    from ..train.data import DATA_OPTIONS, DATASETS, DEFAULT_RHO
+    """List the registered datasets: what each is, its paper bias-conflicting ratio, its --data-options."""
+    from ..train.data import DATASETS
+    from .common import paragraphs
 
     for name in sorted(DATASETS):
-        doc = (DATASETS[name].__doc__ or "").strip().splitlines()[0]
-        rho = "n/a" if DEFAULT_RHO[name] is None else f"{DEFAULT_RHO[name]:g}"
-        click.echo(f"{name:20s} rho_train={rho:<8s} {doc}")
-        if show:
-            for line in _options_lines(DATASETS[name], DATA_OPTIONS[name]):
-                click.echo(line)
+        e = DATASETS[name]
+        notes = [f"rho_train={e.rho_train:g}" if e.rho_train is not None else "rho_train n/a: a natural bias, or none"]
+        notes += ["reads --data-root"] * e.reads_files + ["cached"] * e.cached
+        click.echo(f"{name}  ({'; '.join(notes)})")
+        for line in paragraphs(e.description):
+            click.echo(line)
+        click.echo("    --data-options:" if e.options else "    --data-options: none")
+        for line in options_lines(e.options, e.defaults):
+            click.echo(line)
+        click.echo()
 
 
 @main.command("models")
-@click.option("--options", "show", is_flag=True, help="Also list each model's --model-options.")
+@click.option("--options", "show", is_flag=True, hidden=True)  # options are always listed now; kept for scripts
 def models_cmd(show):
-    """List the registered models (--options: with their model options)."""
-    from ..train.models import MODEL_OPTIONS, MODELS
+    """List the registered models: what each is, what it takes, its --model-options."""
+    from ..train.models import MODELS
+    from .common import paragraphs
 
     for name in sorted(MODELS):
-        doc = (MODELS[name].__doc__ or "").strip().splitlines()
-        click.echo(f"{name:20s} {doc[0] if doc else ''}")
-        if show:
-            for line in _options_lines(MODELS[name], MODEL_OPTIONS.get(name, {})):
-                click.echo(line)
+        e = MODELS[name]
+        notes = (["image inputs"] * e.image + ["--widths"] * e.takes_widths + ["--batched"] * e.batchable
+                 + ["heavy on a CPU"] * e.heavy)
+        click.echo(f"{name}  ({'; '.join(notes)})" if notes else name)
+        for line in paragraphs(e.description):
+            click.echo(line)
+        click.echo("    --model-options:" if e.options else "    --model-options: none")
+        for line in options_lines(e.options, e.defaults):
+            click.echo(line)
+        click.echo()

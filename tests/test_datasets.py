@@ -1,6 +1,7 @@
 """Dataset recipes and loaders, on IDX files fabricated in the real on-disk format, on sklearn's
 digits, and on Debian's Fashion-MNIST when installed; plus every dataset x model pair."""
 
+import dataclasses
 import struct
 
 import numpy as np
@@ -12,9 +13,10 @@ import lrscope
 from lrscope.errors import ConfigError, DataError
 from lrscope.store import schema as S
 from lrscope.train.data import DATASETS, build_dataset
-from lrscope.train.images import COLORS, DEBIAN_FASHION, read_idx
+from lrscope.train.images import COLORS
 from lrscope.train.loop import train_run
-from lrscope.train.models import IMAGE_MODELS, MODELS
+from lrscope.train.models import MODELS
+from lrscope.train.recipes import DEBIAN_FASHION, read_idx
 
 import fabricate
 from conftest import tiny_config
@@ -116,14 +118,14 @@ SMALL = {
     "waterbirds": {"size": 32},
     "imagenet": {"size": 32},
 }
-HEAVY = {"resnet18": "double_mnist", "resnet50": "colored_mnist", "wide_resnet101_2": None, "swin_t": None}  # model -> default-suite pair
+QUICK_PAIR = {"resnet18": "double_mnist", "resnet50": "colored_mnist"}  # a heavy model's pair in the default suite
 
 
 def _pair_params():
     """Every pair; those of the big models run in the slow suite (CI runs both)."""
     for dataset in sorted(DATASETS):
         for model in sorted(MODELS):
-            heavy = model in HEAVY and dataset != HEAVY[model]
+            heavy = MODELS[model].heavy and dataset != QUICK_PAIR.get(model)
             yield pytest.param(dataset, model, marks=[pytest.mark.slow] if heavy else [])
 
 
@@ -134,7 +136,7 @@ def test_every_dataset_model_pair(tmp_path, data_root, dataset, model):
                       widths=[16] if model == "fcn" else None,
                       model_options={"width": 0.125} if model == "cnn" else {})
     bundle = build_dataset(dataset, data_root=str(data_root), **SMALL[dataset])
-    if model in IMAGE_MODELS and len(bundle.input_shape) != 3:
+    if MODELS[model].image and len(bundle.input_shape) != 3:
         with pytest.raises(ConfigError, match="image inputs"):
             train_run(cfg, tmp_path, progress=False)
         return
@@ -247,7 +249,8 @@ def test_imagenet_loader(data_root):
     b = build_dataset("imagenet", data_root=str(data_root), size=16)
     assert b.num_classes == 3 and b.train.x.shape == (12, 3, 16, 16) and len(b.test) == 6
     assert (b.train.y == b.train.b).all()
-    assert build_dataset("imagenet", data_root=str(data_root), size=16, classes=2, per_class_train=1).train.x.shape[0] == 2
+    tiny = build_dataset("imagenet", data_root=str(data_root), size=16, classes=2, per_class_train=1)
+    assert tiny.train.x.shape[0] == 2
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "mnist_cifar", "corrupted_cifar10", "celeba", "waterbirds",
@@ -272,10 +275,8 @@ def test_built_datasets_are_cached(data_root, tmp_path, monkeypatch):
         calls.append(kw)
         raise RuntimeError("rebuilt")
 
-    import inspect
-
-    builder.__signature__ = inspect.signature(D.DATASETS["corrupted_cifar10"])
-    monkeypatch.setitem(D.DATASETS, "corrupted_cifar10", builder)
+    entry = dataclasses.replace(D.DATASETS["corrupted_cifar10"], build=builder)
+    monkeypatch.setitem(D.DATASETS, "corrupted_cifar10", entry)
     again = build_dataset("corrupted_cifar10", data_root=str(data_root), seed=3)
     assert not calls  # served from the cache, same tensors and metadata
     for sp in ("train", "test"):

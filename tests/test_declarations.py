@@ -79,3 +79,124 @@ def test_run_help_reads_well():
     assert "'{\"n_train\": 2000}'" in text and "e.g. 200,200,200" in text
     assert "not part of the run id" in text and "--out" in text and "--quiet" in text
     assert "resume" in text
+
+
+# ------------------------------------------------------------------------------- registries (item 3)
+def _flat(text: str) -> str:
+    return " ".join(text.replace("``", "`").split())
+
+
+def test_listings_print_every_entry_whole_without_torch():
+    """`lrtrain datasets`, `lrtrain models` and `lrprobe list` print every entry's whole
+    description and its options, and load neither torch nor xarray (they answer at once)."""
+    import subprocess
+    import sys
+
+    code = """
+import contextlib, io, json, sys
+from lrscope.cli.probe import main as lrprobe
+from lrscope.cli.train import main as lrtrain
+out = {}
+for name, cli, args in (("datasets", lrtrain, ["datasets"]), ("models", lrtrain, ["models"]),
+                        ("probes", lrprobe, ["list"])):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        try:
+            cli(args)
+        except SystemExit as e:
+            assert e.code == 0, e.code
+    out[name] = buf.getvalue()
+out["loaded"] = [m for m in ("torch", "xarray", "zarr", "holoviews", "sklearn") if m in sys.modules]
+print(json.dumps(out))
+"""
+    import json
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = json.loads(r.stdout)
+    assert out["loaded"] == []
+    from lrscope.probe.registry import PROBES
+    from lrscope.train.data import DATASETS
+    from lrscope.train.models import MODELS
+
+    for kind, registry, header in (("datasets", DATASETS, "--data-options"), ("models", MODELS, "--model-options")):
+        text = _flat(out[kind])
+        for name, e in registry.items():
+            assert f"{name} " in out[kind] and _flat(e.description) in text, name
+            for k, default in e.defaults.items():
+                assert f"{k} = {json.dumps(default)}: " in out[kind], (name, k)
+        assert text.count(header) == len(registry)
+    text = _flat(out["probes"])
+    for name, e in PROBES.items():
+        assert _flat(e.description) in text and _flat(e.cost) in text, name
+    assert "rho_test = 0.5: a finite number in [0, 1]" in out["datasets"]
+    assert "width = 1.0: a finite number in (0, 64]" in out["models"]
+
+
+def test_dataset_entries():
+    from lrscope.train.config import check_value
+    from lrscope.train.data import DATASETS, check_data_options
+
+    assert {"parity", "moon_star", "colored_mnist", "double_mnist", "mnist_cifar", "corrupted_cifar10", "cifar10",
+            "cifar100", "celeba", "waterbirds", "imagenet"} <= set(DATASETS)
+    for name, e in DATASETS.items():
+        assert e.name == name and e.description and e.build.__doc__
+        assert e.rho_train is None or 0 <= e.rho_train <= 1
+        assert set(e.defaults) == set(e.options)  # every option has its default in the builder
+        for k, v in e.defaults.items():
+            check_value(k, v, **e.options[k])  # and the default is a valid value
+        assert check_data_options(name, {}) == e.defaults
+
+
+def test_model_entries():
+    from lrscope.train.config import check_value
+    from lrscope.train.models import MODELS, check_model_options
+
+    for name, e in MODELS.items():
+        assert e.name == name and e.description
+        assert set(e.defaults) == set(e.options)
+        for k, v in e.defaults.items():
+            check_value(k, v, **e.options[k])
+        check_model_options(name, {})
+    assert [n for n, e in MODELS.items() if e.takes_widths] == ["fcn"]
+    assert {n for n, e in MODELS.items() if e.batchable} == {"fcn", "cnn"}
+
+
+def test_probe_and_figure_entries():
+    from lrscope.probe import runner
+    from lrscope.probe.registry import PARAMS, PROBES, headlines
+    from lrscope.viz import figures as F
+    from lrscope.viz.summary import HEAD
+
+    assert runner.PROBES is PROBES and runner.PARAMS == PARAMS
+    for name, e in PROBES.items():
+        assert e.name == name and e.description and e.cost and callable(e.load())
+    vars_ = [h.var for h in headlines()]
+    assert len(vars_) == len(set(vars_))
+    assert F.HEADLINE == [(h.var, h.label) for h in headlines()]
+    assert HEAD == [(h.var, h.short) for h in headlines() if h.short]
+    assert PARAMS == {"kappa", "q", "checkpoints", "attr_samples", "ig_steps", "kappas"}
+    for name, e in F.FIGURES.items():
+        assert e.name == name and e.title and callable(e.build)
+
+
+def test_recipe_modules_import_only_the_shared_helpers():
+    """No import circle: each recipe module imports from lrscope only train/recipes.py (and the
+    errors), recipes.py none of them, and train/data.py is the one place that imports them all."""
+    import ast
+    from pathlib import Path
+
+    from lrscope.train import data
+
+    train = Path(data.__file__).parent
+
+    def lrscope_imports(path):
+        tree = ast.parse(path.read_text())
+        return {("." * n.level) + (n.module or "") for n in ast.walk(tree)
+                if isinstance(n, ast.ImportFrom) and n.level > 0}
+
+    for module in data.RECIPE_MODULES:
+        assert lrscope_imports(train / f"{module}.py") <= {".recipes", "..errors"}, module
+    assert lrscope_imports(train / "recipes.py") <= {".config", "..errors"}
+    imported_by = [p.stem for p in train.glob("*.py") if p.stem != "data"
+                   and any(f".{m}" in lrscope_imports(p) for m in data.RECIPE_MODULES)]
+    assert imported_by == []

@@ -34,7 +34,7 @@ def test_parity_miniature_sweep_trend(tmp_path):
     assert trend["mean pruned accuracy"].startswith("↑ rises"), trend
 
 
-@pytest.mark.skipif(not __import__("lrscope.train.images", fromlist=["x"]).DEBIAN_FASHION.exists(),
+@pytest.mark.skipif(not __import__("lrscope.train.recipes", fromlist=["x"]).DEBIAN_FASHION.exists(),
                     reason="Debian's dataset-fashion-mnist not installed")
 def test_colored_fashion_mnist_cnn_fits_bias_conflicting_samples_last(tmp_path):
     """Colored MNIST on the Fashion-MNIST base, VGG-like CNN: trains to 100% training accuracy,

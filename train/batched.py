@@ -23,17 +23,18 @@ from ..errors import LrscopeError
 from ..store.lock import RunLock
 from .config import RunConfig
 from .data import as_model_input, build_dataset, probe_subset
-from .loop import RunResult, Trainer, _StopFlag, _create_store, pick_device, store_path
+from .loop import RunResult, Trainer, _create_store, _StopFlag, pick_device, store_path
+from .models import MODELS
 from .optim import make_optimizer, per_sample_loss
 from .recorder import Recorder, is_recording_point, recording_errors
 from .restore import build_model
 
-BATCHABLE_MODELS = ("fcn", "cnn")
-
 
 def batch_key(cfg: RunConfig) -> str | None:
-    """Runs with the same key can share a stack; None: this run cannot be batched."""
-    if cfg.model not in BATCHABLE_MODELS or cfg.optimizer != "sgd" or cfg.precision != "fp32":
+    """Runs with the same key can share a stack; None: this run cannot be batched (its model is
+    not declared batchable in the registry, or it is not plain fp32 SGD)."""
+    model = MODELS.get(cfg.model)
+    if model is None or not model.batchable or cfg.optimizer != "sgd" or cfg.precision != "fp32":
         return None
     ident = cfg.identity()
     for k in ("lr", "seed"):
@@ -55,7 +56,7 @@ class _Stack:
         self.params = [params[n].detach().to(device) for n in self.names]
         self.bufs = [torch.zeros_like(p) for p in self.params] if cfg.momentum > 0 else None
         self.buffers = {k: v.to(device) for k, v in buffers.items()}
-        from .models import FCN
+        from .nets import FCN
 
         if isinstance(models[0], FCN):  # batched matmuls directly: ~1.5x faster than vmap on CPUs
             self.params = [p.requires_grad_() for p in self.params]
@@ -123,7 +124,8 @@ def train_batched(configs: list[RunConfig], out: str | os.PathLike, *, progress:
         return []
     keys = {batch_key(c) for c in configs}
     if len(keys) != 1 or None in keys:
-        raise LrscopeError("train_batched: runs must share everything but lr and seed, with a batchable model/optimizer")
+        raise LrscopeError("train_batched: runs must share everything but lr and seed, with a batchable "
+                           "model/optimizer")
     cfg0 = configs[0]
     for c in configs:
         c.validate()

@@ -48,7 +48,8 @@ def _describe(kind: type, lo=None, hi=None, lo_open=False, hi_open=False, choice
     elif kind is dict:
         text = "a table/object of options"
     elif kind is list:
-        text = "a non-empty list of " + _describe(item or int, lo, hi, lo_open, hi_open).replace("an integer", "integers")
+        text = "a non-empty list of " + _describe(item or int, lo, hi, lo_open, hi_open).replace("an integer",
+                                                                                                "integers")
         return text + (" or null" if nullable else "")
     else:
         text = "an integer" if kind is int else "a finite number"
@@ -127,6 +128,15 @@ def check_value(label: str, v: Any, kind: type, *, lo=None, hi=None, lo_open: bo
             raise bad()
         if hi is not None and (v > hi or (hi_open and v == hi)):
             raise bad()
+
+
+def option(kind: type, *, lo=None, hi=None, lo_open=False, hi_open=False, choices=None, nullable=False,
+           help: str = "") -> dict:
+    """A dataset's or model's option declaration: its type, range or choices (check_value's
+    keywords) and help. Its default is the builder's keyword default (train/recipes.py,
+    train/models.py)."""
+    return {"kind": kind, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices,
+            "nullable": nullable, "help": help}
 
 
 def knob(default: Any = dataclasses.MISSING, *, factory=None, help: str = "", lo=None, hi=None,
@@ -230,7 +240,7 @@ class RunConfig:
         """Raise ConfigError naming the first impossible value; return self. Every field is checked
         against its annotation and declared range; the dataset's and model's options against
         theirs; nothing is built."""
-        from .data import DATASETS, DEFAULT_RHO, check_data_options
+        from .data import DATASETS, check_data_options
         from .models import MODELS, check_model_options
 
         for name in ("dataset", "model"):
@@ -245,7 +255,7 @@ class RunConfig:
             raise ConfigError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
         if self.weights == "":
             raise ConfigError("weights must be a file path or null, got an empty string")
-        if DEFAULT_RHO[self.dataset] is None and self.bias_conflicting_ratio is not None:
+        if DATASETS[self.dataset].rho_train is None and self.bias_conflicting_ratio is not None:
             raise ConfigError(f"{self.dataset!r} has no bias-conflicting ratio to set (its bias is natural or absent)")
         check_data_options(self.dataset, self.data_options)
         check_model_options(self.model, self.model_options, widths=self.widths)

@@ -1,8 +1,9 @@
 """File-based image datasets: CIFAR-10/100, MNIST-CIFAR, Corrupted CIFAR-10, CelebA, Waterbirds,
 ImageNet. Each reads the layout the field already uses (DATA.md) from ``--data-root`` and returns
 whole uint8 splits; the corruptions of Corrupted CIFAR-10 are implemented here with torch/numpy/
-scipy (no ImageMagick). Datasets without a bias attribute (CIFAR, ImageNet) set b = y, so every
-sample is bias-aligned and the test split is the usual one.
+scipy (no ImageMagick; torch is imported inside the functions, as in every recipe module).
+Datasets without a bias attribute (CIFAR, ImageNet) set b = y, so every sample is bias-aligned
+and the test split is the usual one.
 """
 
 from __future__ import annotations
@@ -11,14 +12,28 @@ import csv
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
-from .data import IMAGE_SIZE, N_SAMPLES, DataBundle, Split, option, register_dataset
-from .images import BASE, _bias_labels, _check_sizes, _pick_of_class, _subsample, load_base
+from .recipes import (
+    BASE,
+    IMAGE_SIZE,
+    N_SAMPLES,
+    DataBundle,
+    Split,
+    bias_labels,
+    check_sizes,
+    load_base,
+    option,
+    pick_of_class,
+    register_dataset,
+    subsample,
+)
+
+if TYPE_CHECKING:
+    import torch
 
 # ------------------------------------------------------------------------------- helpers
 HOW_TO_GET = {
@@ -102,47 +117,47 @@ def decode_images(paths: list[Path], size: int, desc: str) -> np.ndarray:
 
 # ------------------------------------------------------------------------------- CIFAR
 def _plain(name: str, n_classes: int, data_root, seed, n_train, n_test) -> DataBundle:
-    _check_sizes(n_train=n_train, n_test=n_test)
+    check_sizes(n_train=n_train, n_test=n_test)
     gen = np.random.default_rng([seed, 7500])
     xtr, ytr, xte, yte = load_cifar(name, data_root)
-    xtr, ytr, itr = _subsample(xtr, ytr, n_train, gen)
-    xte, yte, ite = _subsample(xte, yte, n_test, gen)
+    xtr, ytr, itr = subsample(xtr, ytr, n_train, gen)
+    xte, yte, ite = subsample(xte, yte, n_test, gen)
     return DataBundle(name, Split.from_numpy(xtr, ytr, ytr, itr), Split.from_numpy(xte, yte, yte, ite), n_classes,
                       n_classes, (3, 32, 32), {}, f"{name} (no bias attribute: b = y)")
 
 
-@register_dataset("cifar10", rho_train=None, cache=True, options={"n_train": N_SAMPLES, "n_test": N_SAMPLES})
-def cifar10(*, seed: int = 0, rho_train=None, data_root=None, n_train: int | None = None,
+@register_dataset("cifar10", rho_train=None, cached=True, options={"n_train": N_SAMPLES, "n_test": N_SAMPLES})
+def cifar10(*, seed: int, rho_train: float | None, data_root, n_train: int | None = None,
             n_test: int | None = None) -> DataBundle:
     """CIFAR-10 (torchvision's batch layout); no bias attribute (b = y)."""
     return _plain("cifar10", 10, data_root, seed, n_train, n_test)
 
 
-@register_dataset("cifar100", rho_train=None, cache=True, options={"n_train": N_SAMPLES, "n_test": N_SAMPLES})
-def cifar100(*, seed: int = 0, rho_train=None, data_root=None, n_train: int | None = None,
+@register_dataset("cifar100", rho_train=None, cached=True, options={"n_train": N_SAMPLES, "n_test": N_SAMPLES})
+def cifar100(*, seed: int, rho_train: float | None, data_root, n_train: int | None = None,
              n_test: int | None = None) -> DataBundle:
     """CIFAR-100 (torchvision's layout); no bias attribute (b = y)."""
     return _plain("cifar100", 100, data_root, seed, n_train, n_test)
 
 
 # ------------------------------------------------------------------------------- MNIST-CIFAR
-@register_dataset("mnist_cifar", rho_train=0.1, cache=True,
+@register_dataset("mnist_cifar", rho_train=0.1, cached=True,
                   options={"base": BASE, "n_train": N_SAMPLES, "n_test": N_SAMPLES})
-def mnist_cifar(*, seed: int = 0, rho_train: float = 0.1, data_root=None, base: str = "mnist",
+def mnist_cifar(*, seed: int, rho_train: float, data_root, base: str = "mnist",
                 n_train: int | None = None, n_test: int | None = None) -> DataBundle:
     """MNIST-CIFAR (Shah et al. 2020, 10 classes each): an MNIST digit (spurious, top) stacked on a
     CIFAR-10 object (core, bottom), 3×64×32. Bias-conflicting samples pair the object with a digit
     of another class; the unbiased test set draws the digit's class uniformly. `base` picks the
     digit set (mnist, fashion_mnist, digits), read from the same --data-root."""
-    _check_sizes(n_train=n_train, n_test=n_test)
+    check_sizes(n_train=n_train, n_test=n_test)
     gen = np.random.default_rng([seed, 7600])
     ctr, cytr, cte, cyte = load_cifar("cifar10", data_root)
     mtr, mytr, mte, myte = load_base(base, data_root, seed)
 
     def split(x, y, digits, dlabels, n, rho) -> Split:
-        x, y, idx = _subsample(x, y, n, gen)
-        b = _bias_labels(y, rho, 10, gen)
-        pick = _pick_of_class(dlabels, b, gen, "mnist_cifar")
+        x, y, idx = subsample(x, y, n, gen)
+        b = bias_labels(y, rho, 10, gen)
+        pick = pick_of_class(dlabels, b, gen, "mnist_cifar")
         d = np.zeros((len(y), 32, 32), np.uint8)
         d[:, 2:30, 2:30] = digits[pick]
         top = np.repeat(d[:, None], 3, axis=1)
@@ -167,6 +182,9 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 def _fractal(n: int, size: int, gen: torch.Generator, decay: float) -> torch.Tensor:
     """Fractal (plasma-like) noise in [0, 1], (n, 1, size, size): octaves of upsampled uniform noise."""
+    import torch
+    import torch.nn.functional as F
+
     out = torch.zeros(n, 1, size, size)
     amp, res = 1.0, 2
     while res <= size:
@@ -179,6 +197,7 @@ def _fractal(n: int, size: int, gen: torch.Generator, decay: float) -> torch.Ten
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    import torch
     from scipy.ndimage import gaussian_filter
 
     return torch.from_numpy(gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma))).float()
@@ -187,6 +206,9 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def corrupt(x: torch.Tensor, kind: str, severity: int, gen: torch.Generator) -> torch.Tensor:
     """Apply one corruption (Hendrycks & Dietterich 2019 style formulas, severity 1-5) to float
     images in [0, 1], (n, 3, H, W)."""
+    import torch
+    import torch.nn.functional as F
+
     s = severity - 1
     n, _, h, w = x.shape
     if kind == "brightness":
@@ -250,15 +272,17 @@ def corrupt(x: torch.Tensor, kind: str, severity: int, gen: torch.Generator) -> 
     raise ConfigError(f"unknown corruption {kind!r}; valid: {', '.join(CORRUPTIONS)}")
 
 
-@register_dataset("corrupted_cifar10", rho_train=0.1, cache=True, options={
+@register_dataset("corrupted_cifar10", rho_train=0.1, cached=True, options={
     "severity": option(int, lo=1, hi=5, help="corruption severity 1-5"), "n_train": N_SAMPLES, "n_test": N_SAMPLES,
 })
-def corrupted_cifar10(*, seed: int = 0, rho_train: float = 0.1, data_root=None, severity: int = 4,
+def corrupted_cifar10(*, seed: int, rho_train: float, data_root, severity: int = 4,
                       n_train: int | None = None, n_test: int | None = None) -> DataBundle:
     """Corrupted CIFAR-10 (Nam et al. 2020, type 0): the object is the class, one of ten corruptions
     (snow, frost, fog, brightness, contrast, spatter, elastic, JPEG, pixelate, saturate) the bias;
     bias-aligned images get their class's corruption. Implemented with torch/scipy."""
-    _check_sizes(n_train=n_train, n_test=n_test)
+    import torch
+
+    check_sizes(n_train=n_train, n_test=n_test)
     if severity not in (1, 2, 3, 4, 5):
         raise ConfigError(f"corrupted_cifar10 option severity must be 1-5, got {severity}")
     gen = np.random.default_rng([seed, 7700])
@@ -266,8 +290,8 @@ def corrupted_cifar10(*, seed: int = 0, rho_train: float = 0.1, data_root=None, 
     xtr, ytr, xte, yte = load_cifar("cifar10", data_root)
 
     def split(x, y, n, rho) -> Split:
-        x, y, idx = _subsample(x, y, n, gen)
-        b = _bias_labels(y, rho, 10, gen)
+        x, y, idx = subsample(x, y, n, gen)
+        b = bias_labels(y, rho, 10, gen)
         out = np.empty_like(x)
         for k, kind in enumerate(CORRUPTIONS):
             sel = np.flatnonzero(b == k)
@@ -320,18 +344,18 @@ def _read_celeba(root: Path) -> tuple[Path, list[str], np.ndarray, np.ndarray, l
     return img_dir, files, (attrs > 0).astype(np.int64), split, names
 
 
-@register_dataset("celeba", rho_train=None, cache=True, options={
+@register_dataset("celeba", rho_train=None, cached=True, options={
     "target": option(str, help="the class attribute (a column of list_attr_celeba.txt)"),
     "bias": option(str, help="the bias attribute"), "size": IMAGE_SIZE,
     "test_split": option(str, choices=("test", "valid")), "n_train": N_SAMPLES, "n_test": N_SAMPLES,
 })
-def celeba(*, seed: int = 0, rho_train=None, data_root=None, target: str = "Blond_Hair",
+def celeba(*, seed: int, rho_train: float | None, data_root, target: str = "Blond_Hair",
            bias: str = "Male", size: int = 64, test_split: str = "test", n_train: int | None = None,
            n_test: int | None = None) -> DataBundle:
     """CelebA (torchvision's layout): target and bias attributes (default Blond_Hair / Male, Sagawa
     et al. 2020), images centre-cropped and resized to size×size; the natural correlation is kept
     (report worst-group accuracy). test_split: test | valid."""
-    _check_sizes(n_train=n_train, n_test=n_test, size=size)
+    check_sizes(n_train=n_train, n_test=n_test, size=size)
     if test_split not in ("test", "valid"):
         raise ConfigError(f"celeba option test_split must be test or valid, got {test_split!r}")
     root = _root("celeba", data_root)
@@ -350,14 +374,14 @@ def celeba(*, seed: int = 0, rho_train=None, data_root=None, target: str = "Blon
 
 
 # ------------------------------------------------------------------------------- Waterbirds
-@register_dataset("waterbirds", rho_train=None, cache=True, options={
+@register_dataset("waterbirds", rho_train=None, cached=True, options={
     "size": IMAGE_SIZE, "test_split": option(str, choices=("test", "val")), "n_train": N_SAMPLES, "n_test": N_SAMPLES,
 })
-def waterbirds(*, seed: int = 0, rho_train=None, data_root=None, size: int = 64, test_split: str = "test",
+def waterbirds(*, seed: int, rho_train: float | None, data_root, size: int = 64, test_split: str = "test",
                n_train: int | None = None, n_test: int | None = None) -> DataBundle:
     """Waterbirds (Sagawa et al. 2020; group_DRO/WILDS metadata.csv): y landbird/waterbird, bias the
     background place; natural correlation (report worst-group accuracy); images resized to size×size."""
-    _check_sizes(n_train=n_train, n_test=n_test, size=size)
+    check_sizes(n_train=n_train, n_test=n_test, size=size)
     if test_split not in ("test", "val"):
         raise ConfigError(f"waterbirds option test_split must be test or val, got {test_split!r}")
     root = _root("waterbirds", data_root)
@@ -386,16 +410,16 @@ def waterbirds(*, seed: int = 0, rho_train=None, data_root=None, size: int = 64,
 IMG_EXT = (".jpeg", ".jpg", ".png")
 
 
-@register_dataset("imagenet", rho_train=None, cache=True, options={
+@register_dataset("imagenet", rho_train=None, cached=True, options={
     "size": IMAGE_SIZE, "per_class_train": N_SAMPLES, "per_class_test": N_SAMPLES,
     "classes": option(int, lo=1, hi=2**20, nullable=True, help="keep the first N classes (null: all)"),
 })
-def imagenet(*, seed: int = 0, rho_train=None, data_root=None, size: int = 64,
+def imagenet(*, seed: int, rho_train: float | None, data_root, size: int = 64,
              per_class_train: int | None = None, per_class_test: int | None = None,
              classes: int | None = None) -> DataBundle:
     """ImageNet in ImageFolder layout (train/<wnid>/, val/<wnid>/), resized to size×size and held in
     memory as uint8; `classes` keeps the first N classes, per_class_* subsample; no bias (b = y)."""
-    _check_sizes(size=size, per_class_train=per_class_train, per_class_test=per_class_test, classes=classes)
+    check_sizes(size=size, per_class_train=per_class_train, per_class_test=per_class_test, classes=classes)
     root = _root("imagenet", data_root)
     for sub in ("train", "val"):
         if not (root / sub).is_dir():
