@@ -20,7 +20,6 @@ from lrscope.probe.runner import PROBES, compute_run, probe_seconds
 from lrscope.train.config import RunConfig
 from lrscope.train.loop import train_run
 
-
 DEMO_LRS = tuple(tomllib.loads((Path(__file__).parents[1] / "examples" / "demo.toml").read_text())["grid"]["lr"])
 
 
@@ -52,7 +51,8 @@ def main():
     r = run([float(v) for v in ap.parse_args().lrs.split(",")])
     for x in r["runs"]:
         print(f"parity FCN lr={x['lr']}: {x['iterations']} steps, {x['snapshots']} snapshots, training "
-              f"{x['train_seconds']:.1f}s, probes {x['probe_seconds']:.1f}s ({x['probe_seconds'] / x['train_seconds']:.2f}x)")
+              f"{x['train_seconds']:.1f}s, probes {x['probe_seconds']:.1f}s "
+              f"({x['probe_seconds'] / x['train_seconds']:.2f}x)")
     total = sum(x["probe_seconds"] for x in r["runs"])
     print(f"all runs: training {r['train_seconds']:.1f}s, probing {total:.1f}s ({total / r['train_seconds']:.2f}x); "
           f"one-time imports {r['import_seconds']:.1f}s")

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).parent))
 
 import app_bench  # noqa: E402
@@ -17,7 +16,6 @@ import batched_bench  # noqa: E402
 import probe_bench  # noqa: E402
 import store_bench  # noqa: E402
 import train_overhead  # noqa: E402
-
 
 NOTES = """
 ## Reading these numbers
@@ -69,7 +67,8 @@ def main():
              "Best of 3 interleaved repeats; this machine's throughput varies by ±15% between runs, so "
              "ratios are measured side by side in one process.", "",
              "## Training overhead (target: lrtrain ≥ 0.95× a bare loop)", "",
-             "| case | steps | bare loop steps/s | lrtrain steps/s | ratio | recording s | DataLoader per-sample steps/s | ratio |",
+             "| case | steps | bare loop steps/s | lrtrain steps/s | ratio | recording s "
+             "| DataLoader per-sample steps/s | ratio |",
              "|---|---|---|---|---|---|---|---|"]
     for case, steps, reps in (("parity_fcn", 3000, 3), ("parity_fcn", 10000, 3), ("colored_fashion_cnn", None, 1)):
         r = train_overhead.run(case, steps, repeats=reps)

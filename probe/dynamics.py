@@ -141,7 +141,8 @@ class DynamicsState:
         key = (ep - e0) * 2 + self.bc[s]
         size = (int(ep[-1]) - e0 + 1) * 2
         self.epoch_predictions[e0:int(ep[-1]) + 1] += np.bincount(key, minlength=size).reshape(-1, 2)
-        self.epoch_correct[e0:int(ep[-1]) + 1] += np.bincount(key, weights=c, minlength=size).reshape(-1, 2).astype(np.int64)
+        self.epoch_correct[e0:int(ep[-1]) + 1] += \
+            np.bincount(key, weights=c, minlength=size).reshape(-1, 2).astype(np.int64)
         self.epoch_confidence[e0:int(ep[-1]) + 1] += np.bincount(key, weights=p, minlength=size).reshape(-1, 2)
 
         # per sample, one epoch at a time: within an epoch each sample is presented at most once, so
@@ -318,26 +319,34 @@ def _summaries(r: dict[str, np.ndarray], masks: list[np.ndarray]) -> dict[str, n
 
 _SUMMARY_ATTRS = {  # name: (long_name, units, description)
     "samples": ("samples with a prediction", "count",
-                "training samples of the set with at least one presentation with finite logits (the summaries are over these)"),
-    "confidence": ("mean confidence", "probability", "mean over samples of the per-sample confidence (mean p(y_true) over presentations)"),
+                "training samples of the set with at least one presentation with finite logits "
+                "(the summaries are over these)"),
+    "confidence": ("mean confidence", "probability",
+                   "mean over samples of the per-sample confidence (mean p(y_true) over presentations)"),
     "variability": ("mean variability", "probability", "mean over samples of the std of p(y_true) over presentations"),
-    "correctness": ("mean correctness", "fraction", "mean over samples of the fraction of presentations classified correctly"),
-    "forgetting_events": ("mean forgetting events", "count", "mean over samples of the correct-to-wrong transitions between presentations"),
-    "never_learned": ("fraction never learned", "fraction", "share of samples never classified correctly at a presentation"),
-    "unforgettable": ("fraction unforgettable", "fraction", "share of samples learned and never forgotten (Toneva et al. 2019)"),
+    "correctness": ("mean correctness", "fraction",
+                    "mean over samples of the fraction of presentations classified correctly"),
+    "forgetting_events": ("mean forgetting events", "count",
+                          "mean over samples of the correct-to-wrong transitions between presentations"),
+    "never_learned": ("fraction never learned", "fraction",
+                      "share of samples never classified correctly at a presentation"),
+    "unforgettable": ("fraction unforgettable", "fraction",
+                      "share of samples learned and never forgotten (Toneva et al. 2019)"),
     "first_learned_median": ("median first-learned iteration", "iteration",
-                             "median over the learned samples of the iteration of their first correct presentation"),
+                             "median over the learned samples of the iteration of their first correct "
+                             "presentation"),
     "last_mistake_median": ("median last-mistake iteration", "iteration",
-                            "median over the samples ever misclassified of the iteration of their last wrong presentation"),
+                            "median over the samples ever misclassified of the iteration of their last wrong "
+                            "presentation"),
 }
 
 CONVENTIONS = ("presentation = a log row with the sample in its minibatch (logits before that step's update); "
-               "a presentation with non-finite logits has no prediction: counted in dyn_presentations, skipped otherwise; "
-               "correct = argmax == label (ties to the lowest class); confidence/variability = mean/population std "
-               "(ddof=0) of softmax p(y_true) over presentations with a prediction; forgetting event = wrong after a "
-               "correct previous prediction; first_learned / last_mistake = iteration of the first correct / last wrong "
-               "presentation, -1 = never; unforgettable = learned and never forgotten; summaries over samples with a "
-               "prediction")
+               "a presentation with non-finite logits has no prediction: counted in dyn_presentations, skipped "
+               "otherwise; correct = argmax == label (ties to the lowest class); confidence/variability = "
+               "mean/population std (ddof=0) of softmax p(y_true) over presentations with a prediction; forgetting "
+               "event = wrong after a correct previous prediction; first_learned / last_mistake = iteration of the "
+               "first correct / last wrong presentation, -1 = never; unforgettable = learned and never forgotten; "
+               "summaries over samples with a prediction")
 
 
 def dynamics(ds: xr.Dataset, *, block_rows: int | None = None) -> xr.Dataset:
@@ -357,11 +366,13 @@ def dynamics(ds: xr.Dataset, *, block_rows: int | None = None) -> xr.Dataset:
                         block_rows=block_rows)
     ts = ("train_sample",)
     out = xr.Dataset({
-        "dyn_presentations": _var(r["presentations"], ts, "presentations", "log rows in which the sample was in the minibatch", "count"),
+        "dyn_presentations": _var(r["presentations"], ts, "presentations",
+                                  "log rows in which the sample was in the minibatch", "count"),
         "dyn_predictions": _var(r["predictions"], ts, "presentations with a prediction",
                                 "presentations whose logits were all finite (the others have no prediction)", "count"),
         "dyn_confidence": _var(r["confidence"].astype(np.float32), ts, "confidence",
-                               "mean over presentations of softmax p(y_true) (Swayamdipta et al. 2020); NaN: no prediction",
+                               "mean over presentations of softmax p(y_true) (Swayamdipta et al. 2020); "
+                               "NaN: no prediction",
                                "probability"),
         "dyn_variability": _var(r["variability"].astype(np.float32), ts, "variability",
                                 "population std (ddof=0) over presentations of softmax p(y_true); NaN: no prediction",
@@ -369,14 +380,17 @@ def dynamics(ds: xr.Dataset, *, block_rows: int | None = None) -> xr.Dataset:
         "dyn_correctness": _var(r["correctness"].astype(np.float32), ts, "correctness",
                                 "fraction of presentations with argmax == label; NaN: no prediction", "fraction"),
         "dyn_forgetting_events": _var(r["forgetting_events"], ts, "forgetting events",
-                                      "presentations classified wrongly after a correct previous one (Toneva et al. 2019)",
+                                      "presentations classified wrongly after a correct previous one "
+                                      "(Toneva et al. 2019)",
                                       "count"),
         "dyn_first_learned": _var(r["first_learned"], ts, "first-learned iteration",
                                   "iteration of the first correct presentation; -1: never learned", "iteration",
                                   sentinel=NEVER),
         "dyn_last_mistake": _var(r["last_mistake"], ts, "last-mistake iteration",
-                                 "iteration of the last wrong presentation; -1: never wrong", "iteration", sentinel=NEVER),
-        "dyn_never_learned": _var(r["never_learned"], ts, "never learned", "never classified correctly at a presentation"),
+                                 "iteration of the last wrong presentation; -1: never wrong", "iteration",
+                                 sentinel=NEVER),
+        "dyn_never_learned": _var(r["never_learned"], ts, "never learned",
+                                  "never classified correctly at a presentation"),
         "dyn_unforgettable": _var(r["unforgettable"], ts, "unforgettable",
                                   "learned (correct at least once) and never forgotten (Toneva et al. 2019)"),
     })
@@ -400,12 +414,15 @@ def dynamics(ds: xr.Dataset, *, block_rows: int | None = None) -> xr.Dataset:
     ed = ("epoch", "subset")
     out["dyn_epoch_predictions"] = _var(cnt3, ed, "presentations with a prediction per epoch", "per subset", "count")
     out["dyn_epoch_correct"] = _var(frac, ed, "fraction correct per epoch",
-                                    "fraction of the epoch's presentations (with a prediction) classified correctly, per subset",
+                                    "fraction of the epoch's presentations (with a prediction) classified "
+                                    "correctly, per subset",
                                     "fraction")
     out["dyn_epoch_confidence"] = _var(conf, ed, "mean confidence per epoch",
-                                       "mean softmax p(y_true) of the epoch's presentations (with a prediction), per subset",
+                                       "mean softmax p(y_true) of the epoch's presentations (with a prediction), "
+                                       "per subset",
                                        "probability")
-    out["dyn_epoch_first_iteration"] = _var(np.arange(n_ep, dtype=np.int64) * spe, ("epoch",), "first iteration of the epoch",
+    out["dyn_epoch_first_iteration"] = _var(np.arange(n_ep, dtype=np.int64) * spe, ("epoch",),
+                                            "first iteration of the epoch",
                                             f"an epoch is {spe} steps; the last one may be partial", "iteration")
     out = out.assign_coords(epoch=np.arange(n_ep))
     out.attrs.update({"steps_per_epoch": spe, "conventions": CONVENTIONS, "iteration_sentinel": NEVER})

@@ -100,7 +100,8 @@ def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]
              f"Spec: `examples/replication/{name}.toml` — {n_runs} runs ({seeds} seeds), "
              f"{wall:.0f} CPU-minutes of training. LRs used: {', '.join(f'{v:g}' for v in lrs)} "
              f"(stopped there: {why}). Paper's range: {plo:g} → {phi:g}.", "",
-             "| metric | ours: lowest LR | ours: highest LR | ours min → max | paper min → max | Spearman ρ (metric, LR) | rises? |",
+             "| metric | ours: lowest LR | ours: highest LR | ours min → max | paper min → max "
+             "| Spearman ρ (metric, LR) | rises? |",
              "|---|---|---|---|---|---|---|"]
     verdicts = []
     for var, label, col, scale in METRICS:
@@ -116,7 +117,8 @@ def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]
                              "low": mean[0] * f, "high": mean[-1] * f})
         pmin, pmax = paper.get(col, (None, None))
         lines.append(f"| {label} | {mean[0] * f:.3g} ± {std[0] * f:.2g} | {mean[-1] * f:.3g} ± {std[-1] * f:.2g} | "
-                     f"{np.nanmin(mean) * f:.3g} → {np.nanmax(mean) * f:.3g} | {'-' if pmin is None else f'{pmin:g} → {pmax:g}'} | {rho:+.2f} | "
+                     f"{np.nanmin(mean) * f:.3g} → {np.nanmax(mean) * f:.3g} | "
+                     f"{'-' if pmin is None else f'{pmin:g} → {pmax:g}'} | {rho:+.2f} | "
                      f"{'yes' if rises else '**no**'} |")
     try:
         sub = sw.isel(run=np.flatnonzero(np.isin(sw.lr.values, lrs)))
@@ -127,8 +129,8 @@ def section(name: str, runs: Path, figdir: Path) -> tuple[list[str], list[dict]]
                       f"runs: Pearson r = {r:+.2f} (p = {p:.2g}); the paper reports a positive correlation. "
                       f"The maximum of the epoch running mean instead: r = {float(cs.pearson_r):+.2f} "
                       f"(p = {float(cs.p_value):.2g})."]
-        verdicts.append({"sweep": sweep_label, "metric": "max BC loss ratio ~ accuracy", "rho": r, "rises": r > 0 and p < 0.05,
-                         "low": float("nan"), "high": float("nan")})
+        verdicts.append({"sweep": sweep_label, "metric": "max BC loss ratio ~ accuracy", "rho": r,
+                         "rises": r > 0 and p < 0.05, "low": float("nan"), "high": float("nan")})
     except Exception as e:  # noqa: BLE001 - reported in the document
         lines += ["", f"Fig. 12 correlation: not computable ({e})."]
     figs = write_figures([runs], figdir, fmt="png", names=["metrics_vs_lr", "neuron_survival", "loss_ratio_vs_accuracy",
@@ -231,7 +233,11 @@ def main(argv=None) -> None:
         "predicting the right-hand digit gets), whose accuracy pruning cannot lower much. The paper's own "
         "FCN rows on the MNIST sets barely move either (Colored MNIST 0.935 → 0.968, Double MNIST 0.986 → "
         "0.999).",
-        "- **Class separation R² does not rise steadily on any of the four MNIST-style sweeps** (Spearman ρ between +0.1 and +0.5; Double MNIST FCN goes 0.06 → 0.40 but peaks at 0.49 in between); it does on parity and moon-star. Nor does unbiased accuracy on the Colored MNIST CNN (39.6 → 47.8, ρ = +0.5). These sweeps are CPU-sized (subsets, capped steps, a ×0.125 CNN); we have not found out which of those choices, if any, flattens them.",
+        "- **Class separation R² does not rise steadily on any of the four MNIST-style sweeps** (Spearman ρ "
+        "between +0.1 and +0.5; Double MNIST FCN goes 0.06 → 0.40 but peaks at 0.49 in between); it does on "
+        "parity and moon-star. Nor does unbiased accuracy on the Colored MNIST CNN (39.6 → 47.8, ρ = +0.5). "
+        "These sweeps are CPU-sized (subsets, capped steps, a ×0.125 CNN); we have not found out which of "
+        "those choices, if any, flattens them.",
         "- **Fig. 12's maximum is over single minibatches** (the paper: \"the maximum loss ratio (i.e. BC "
         "loss/total minibatch loss) encountered during training\"), from the logits recorded at every step. "
         "An earlier version of this page took the maximum of an epoch running mean of the ratio instead, "

@@ -10,7 +10,6 @@ import fcntl
 import os
 from pathlib import Path
 
-
 from ..errors import LrscopeError
 
 

@@ -13,9 +13,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from ..errors import StoreError
 from . import schema as S
 from .checked import MAX_ROWS, CheckedStore, check_shape
-from ..errors import StoreError
 
 # Config fields that become `run` coordinates in a sweep even when they do not vary.
 ALWAYS_COORDS = ("dataset", "model", "lr", "seed")
@@ -290,8 +290,8 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = (), describe: 
         coords[S.D_SNAP] = (S.D_SNAP, np.arange(n_snap))
         coords[S.D_CKPT] = (S.D_CKPT, np.arange(n_ck))
         coords["checkpoint_iteration"] = (S.D_CKPT, ck_it[:n_ck])
-        required = (*(S.READ_AS.get(n, n) for n in S.LOG_SCALARS), S.A_BATCH_INDEX, S.A_BATCH_LOGITS, S.A_TEST_LOGITS, S.A_PROBE_LOGITS,
-                    S.A_TRAIN_LOGITS, S.A_PROBE_FEATURES, "probe_inputs")
+        required = (*(S.READ_AS.get(n, n) for n in S.LOG_SCALARS), S.A_BATCH_INDEX, S.A_BATCH_LOGITS, S.A_TEST_LOGITS,
+                    S.A_PROBE_LOGITS, S.A_TRAIN_LOGITS, S.A_PROBE_FEATURES, "probe_inputs")
         for need in required + tuple(f"{split}_{label}" for split in S.SPLITS for label in S.LABELS):
             if need not in variables and need not in coords:
                 raise KeyError(need)

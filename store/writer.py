@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import zarr
 
+from ..errors import StoreError
 from . import schema as S
 from .checked import ARRAY_CONFIG, COMPRESSORS
 from .lock import RunLock
-from ..errors import StoreError
 
 # Fault injection for the crash tests: LRSCOPE_CRASH_AT="<point>:<n>" SIGKILLs this process the
 # n-th time it reaches <point> (flush, snapshot, checkpoint, optimizer, commit; probe: an old

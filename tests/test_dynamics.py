@@ -8,9 +8,10 @@ import itertools
 import math
 import time
 
-import lrscope
 import numpy as np
 import pytest
+
+import lrscope
 from lrscope.probe import last_mistake, sample_dynamics
 from lrscope.probe.runner import compute_run
 from lrscope.store.reader import read_probe

@@ -19,9 +19,9 @@ import lrscope
 from lrscope.cli.probe import main as lrprobe
 from lrscope.cli.train import main as lrtrain
 from lrscope.errors import StoreError
+from lrscope.train.loop import train_run
 
 from conftest import tiny_config
-from lrscope.train.loop import train_run
 from test_resume import assert_same_store, committed
 
 ARGS = ["run", "--lr", "0.1", "--momentum", "0.9", "--widths", "32,32", "--batch-size", "50", "--probe-size", "100",
@@ -353,11 +353,13 @@ def test_probing_on_workers_and_a_dask_cluster_matches_probing_in_turn(tmp_path)
 
     for lr in (0.05, 0.3):
         for seed in (0, 1):
-            train_run(tiny_config(lr=lr, seed=seed, max_steps=60, stop="max-steps"), tmp_path / "serial", progress=False)
+            train_run(tiny_config(lr=lr, seed=seed, max_steps=60, stop="max-steps"), tmp_path / "serial",
+                      progress=False)
     for mode in ("pool", "dask"):
         shutil.copytree(tmp_path / "serial", tmp_path / mode)
     only = ["--only", "accuracy,compressibility,representation", "--quiet"]
-    for mode, extra in (("serial", []), ("pool", ["--workers", "2"]), ("dask", ["--workers", "2", "--scheduler", "local"])):
+    modes = (("serial", []), ("pool", ["--workers", "2"]), ("dask", ["--workers", "2", "--scheduler", "local"]))
+    for mode, extra in modes:
         res = CliRunner().invoke(lrprobe, ["compute", str(tmp_path / mode), *only, *extra])
         assert res.exit_code == 0, res.output
         assert "4 runs: 12 probes computed" in res.output, res.output

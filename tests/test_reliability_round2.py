@@ -18,7 +18,6 @@ import pytest
 import lrscope
 from lrscope.errors import RunInterrupted
 from lrscope.store.reader import read_probe
-from lrscope.store import schema as S
 from lrscope.train import loop
 from lrscope.train.config import RunConfig
 from lrscope.train.loop import train_run

@@ -24,7 +24,9 @@ function __rec(m){ window.__errs.push(String(m)); var n=document.getElementById(
   if(n){ n.textContent = JSON.stringify(window.__errs); } }
 window.addEventListener('error', function(e){ __rec('error: ' + e.message); });
 window.addEventListener('unhandledrejection', function(e){ __rec('rejection: ' + e.reason); });
-var __ce = console.error; console.error = function(){ __rec('console.error: ' + Array.from(arguments).join(' ')); __ce.apply(console, arguments); };
+var __ce = console.error;
+console.error = function(){ __rec('console.error: ' + Array.from(arguments).join(' '));
+  __ce.apply(console, arguments); };
 document.addEventListener('DOMContentLoaded', function(){ var d=document.createElement('pre'); d.id='__errs';
   d.textContent = JSON.stringify(window.__errs); document.body.appendChild(d); });
 </script>"""

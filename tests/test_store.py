@@ -123,9 +123,10 @@ def test_open_sweep_stacks_runs_as_xarray_concat_would(tiny_sweep, tmp_path, mon
 
     import xarray as xr
 
-    from conftest import tiny_config
     from lrscope.probe.runner import compute_paths
     from lrscope.store import reader as R
+
+    from conftest import tiny_config
 
     for store in tiny_sweep.glob("*.zarr"):
         shutil.copytree(store, tmp_path / store.name)

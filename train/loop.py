@@ -30,7 +30,15 @@ from ..store.reader import open_store
 from ..store.writer import RunWriter
 from .config import RunConfig, check_run_id
 from .data import DataBundle, Split, as_model_input, build_dataset, probe_subset
-from .optim import (load_optimizer, make_optimizer, mean_cross_entropy, optimizer_arrays, per_sample_loss_np, sam_perturb, training_loss)
+from .optim import (
+    load_optimizer,
+    make_optimizer,
+    mean_cross_entropy,
+    optimizer_arrays,
+    per_sample_loss_np,
+    sam_perturb,
+    training_loss,
+)
 from .recorder import Recorder, is_recording_point, recording_errors
 from .restore import build_model, state_arrays
 
@@ -159,8 +167,8 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
             raise ConfigError(f"{path} holds a run with a different config ({', '.join(diff)}); "
                               "choose another --out or --name")
         if attrs[S.ATTR_STATUS] in S.FINISHED:
-            return RunResult(path, attrs[S.ATTR_STATUS],
-                             f"{path.name}: already {attrs[S.ATTR_STATUS]} ({attrs.get(S.ATTR_REASON, '')}); nothing to do",
+            status, reason = attrs[S.ATTR_STATUS], attrs.get(S.ATTR_REASON, "")
+            return RunResult(path, status, f"{path.name}: already {status} ({reason}); nothing to do",
                              attrs[S.ATTR_COMMITTED]["iteration"], skipped=True)
         if attrs[S.ATTR_COMMITTED]["checkpoint"] < 1:  # crashed before its first checkpoint
             resume = False
@@ -223,7 +231,8 @@ def _create_store(path, cfg, bundle, model, probe_idx, device, lock) -> RunWrite
         path, run_id=path.stem, config=cfg.to_dict(), labels=labels,
         probe_inputs=bundle.test.x[probe_idx].numpy(), probe_test_index=probe_idx,
         regions=bundle.regions, model_info=model_info, params=state_arrays(model),
-        batch_size=min(cfg.batch_size, len(bundle.train)), num_classes=bundle.num_classes, device=str(device), lock=lock)
+        batch_size=min(cfg.batch_size, len(bundle.train)), num_classes=bundle.num_classes, device=str(device),
+        lock=lock)
 
 
 def _half_created(path: Path) -> bool:

@@ -35,7 +35,6 @@ from ..errors import ConfigError, LrscopeError, RunInterrupted
 from ..parallel import dask_map, pool_processes, worker_threads
 from .config import RunConfig
 
-
 MAX_SPEC_BYTES = 16 * 2**20
 MAX_RUNS = 100_000
 
@@ -141,9 +140,8 @@ def _worker(cfg_dict: dict, out: str, threads: int, stop_file: str | None = None
         return RunConfig.from_dict(cfg_dict).run_id(), STOPPED, "not started: the sweep was stopped", STOPPED
     if threads:
         torch.set_num_threads(threads)
-    from .loop import train_run
-
     from ..store.lock import RunLocked
+    from .loop import train_run
 
     cfg = RunConfig.from_dict(cfg_dict)
     try:

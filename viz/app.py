@@ -145,7 +145,7 @@ class SweepData:
         n_it = np.array([r.committed["iteration"] for r in runs])
         lr_log = next((c for c in ("lr_schedule", "step_lr", "log_lr", "lr") if c in sw and "iteration" in sw[c].dims),
                       None)
-        for label, v in CURVES.items():
+        for v in CURVES.values():
             name = lr_log if v == "lr" else v
             if v == "bc_share" and "bc_loss_sum" in sw:
                 bc = np.asarray(sw.bc_loss_sum.values, dtype=float)
@@ -279,11 +279,13 @@ class Explorer:
                                          css_classes=["lrscope-group"])
         self.w_metric = pn.widgets.Select(label="Metric against the LR", css_classes=["lrscope-metric"], width=420)
         self.w_seeds = pn.widgets.MultiChoice(label="Seeds", css_classes=["lrscope-seeds"])
-        self.w_iter = pn.widgets.DiscreteSlider(label="Iteration", options=[0], value=0, css_classes=["lrscope-iteration"],
-                                                sizing_mode="stretch_width")
-        self.w_curve = pn.widgets.Select(label="Training curve", options=list(CURVES), value="loss", css_classes=["lrscope-curve"])
+        self.w_iter = pn.widgets.DiscreteSlider(label="Iteration", options=[0], value=0,
+                                                css_classes=["lrscope-iteration"], sizing_mode="stretch_width")
+        self.w_curve = pn.widgets.Select(label="Training curve", options=list(CURVES), value="loss",
+                                         css_classes=["lrscope-curve"])
         self.w_run = pn.widgets.Select(label="Run for the data map", css_classes=["lrscope-run"], width=420)
-        self.w_sample = pn.widgets.IntInput(label="Sample (training index)", value=-1, start=-1, css_classes=["lrscope-sample"])
+        self.w_sample = pn.widgets.IntInput(label="Sample (training index)", value=-1, start=-1,
+                                            css_classes=["lrscope-sample"])
         self.status = pn.pane.Str("", name="status", css_classes=["lrscope-status"])
         self.updates = 0
         self._select_group(first)
@@ -393,7 +395,8 @@ class Explorer:
         for label, v in TRAJECTORY_METRICS.items():
             if v in ("probe_accuracy",):
                 continue
-            vals = np.array([d.per_snap[v][i][pos[i]] if pos[i] >= 0 and len(d.per_snap[v][i]) else np.nan for i in idx])
+            vals = np.array([d.per_snap[v][i][pos[i]] if pos[i] >= 0 and len(d.per_snap[v][i]) else np.nan
+                             for i in idx])
             if not np.isfinite(vals).any():
                 continue
             mean = [np.nanmean(vals[[d.runs[i].lr == lr for i in idx]]) if np.isfinite(
@@ -429,12 +432,14 @@ class Explorer:
         conf, var = ds.dyn_confidence.values, ds.dyn_variability.values
         bc = ds.train_bias_conflicting.values.astype(bool)
         data = {"variability": var, "confidence": conf, "sample": np.arange(len(conf)),
-                "y": ds.train_y.values, "b": ds.train_b.values, "kind": np.where(bc, "bias-conflicting", "bias-aligned"),
+                "y": ds.train_y.values, "b": ds.train_b.values,
+                "kind": np.where(bc, "bias-conflicting", "bias-aligned"),
                 "correctness": ds.dyn_correctness.values, "forgetting": ds.dyn_forgetting_events.values}
         pts = hv.Points(data, ["variability", "confidence"],
                         ["kind", "sample", "y", "b", "correctness", "forgetting"]).opts(
             color="kind", cmap={"bias-aligned": "#3a7dbf", "bias-conflicting": "#e0542c"}, size=4, alpha=0.6,
-            tools=["hover", "tap", "lasso_select", "box_select"], responsive=True, height=380, legend_position="top_right",
+            tools=["hover", "tap", "lasso_select", "box_select"], responsive=True, height=380,
+            legend_position="top_right",
             title=f"data map of {run_id}: confidence against variability of every training sample",
             nonselection_alpha=0.1, framewise=True)
         return pts

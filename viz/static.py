@@ -12,7 +12,6 @@ from ..store.reader import open_sweep
 from . import figures as F
 from .report import sections_for
 
-
 _LINESTYLE = {"dashed": "--", "dotted": ":", "dashdot": "-.", "solid": "-"}
 
 
