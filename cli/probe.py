@@ -55,7 +55,8 @@ def compute_cmd(paths, only, force, data_root, kappa, checkpoints, workers, sche
         names = [n.strip() for n in only.split(",") if n.strip()]
         unknown = [n for n in names if n not in PROBES]
         if unknown or not names:
-            raise LrscopeError(f"--only: unknown probe(s) {', '.join(unknown) or repr(only)}; valid: {', '.join(PROBES)}")
+            raise LrscopeError(f"--only: unknown probe(s) {', '.join(unknown) or repr(only)}; "
+                               f"valid: {', '.join(PROBES)}")
     wanted = _parse_checkpoints(checkpoints)
     runs = find_runs(paths)  # no store, no probe: before anything is computed
     if names is None or "attributions" in names:
@@ -89,7 +90,8 @@ def _parse_checkpoints(text: str) -> list:
         try:
             k = int(part)
         except ValueError:
-            raise LrscopeError(f"--checkpoints: expected first,last | all | comma-separated integers, got {text!r}") from None
+            raise LrscopeError("--checkpoints: expected first,last | all | comma-separated integers, "
+                               f"got {text!r}") from None
         if abs(k) > 2**31:
             raise LrscopeError(f"--checkpoints: position {k} out of range")
         out.append(k)

@@ -26,8 +26,8 @@ from .. import __version__
 from ..errors import LrscopeError, StoreError
 from ..parallel import dask_map, pool_processes, worker_threads
 from ..store import schema as S
-from ..store.reader import open_run, open_store
 from ..store.checked import COMPRESSORS
+from ..store.reader import open_run, open_store
 from ..store.writer import _crash_point
 from . import metrics as M
 from .linear import feature_probe
@@ -405,7 +405,8 @@ def check_params(params) -> dict:
     params = dict(params or {})
     unknown = set(params) - PARAMS
     if unknown:
-        raise LrscopeError(f"unknown probe parameter(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(PARAMS))}")
+        raise LrscopeError(f"unknown probe parameter(s) {', '.join(sorted(unknown))}; "
+                           f"valid: {', '.join(sorted(PARAMS))}")
     for key in ("kappa", "q"):
         if key in params:
             v = params[key]
@@ -451,9 +452,10 @@ def parse_checkpoints(spec) -> list[str | int]:
 
 
 def _compute_locked(path: Path, names, force, data_root, params, log) -> dict[str, str]:
+    from concurrent.futures import ThreadPoolExecutor
+
     import dask
     import dask.threaded
-    from concurrent.futures import ThreadPoolExecutor
 
     root = open_store(path)
     ds = open_run(path, probes=False)  # one view of the run: every probe is computed from it
