@@ -228,63 +228,224 @@ def knob_comparison(sw: xr.Dataset, metrics=(("unbiased_accuracy_final", "unbias
     return hv.Layout(rows).cols(len(metrics))
 
 
-def attribution_grid(sw: xr.Dataset, *, low_lr: float | None = None, high_lr: float | None = None,
-                     n: int = 6, method: str = "integrated_gradients") -> hv.Layout:
-    """Fig. 8: probe samples that high-LR runs get right and low-LR runs get wrong; for each, the
-    input and the attribution maps of one low-LR and one high-LR run (|attribution|, normalised)."""
-    import torch
+def _run_at(sw: xr.Dataset, lr: float) -> int:
+    """The first finished run at a learning rate (lowest seed)."""
+    return int(np.flatnonzero(_ok(sw) & (sw.lr.values == lr))[0])
 
-    from ..probe.attribution import attributions
-    from ..probe.sweep import lr_sensitive_samples
-    from ..train.data import as_model_input
-    from ..train.restore import load_model
+
+def attribution_grid(sw: xr.Dataset, *, low_lr: float | None = None, high_lr: float | None = None,
+                     n: int = 8) -> hv.Layout:
+    """Fig. 8 from the store: the attribution maps the `attributions` probe stored (samples taken
+    in turn from every (y, b) group, at the last attributed checkpoint) for one run at the lowest
+    and one at the highest learning rate, Integrated Gradients and DeepLift side by side. Vector
+    inputs (parity) are strips, one row per sample labelled with y, b and whether it is
+    bias-conflicting, the core / spurious / noise regions marked; images are small multiples.
+    Nothing is recomputed: the maps are read from the stores."""
+    from ..store.reader import read_probe
 
     lrs = lr_values(sw)
-    if len(lrs) < 2:
-        return hv.Layout([hv.Curve([]).opts(title="attribution grid needs two learning rates")])
-    low_lr = lrs[0] if low_lr is None else low_lr
-    high_lr = lrs[-1] if high_lr is None else high_lr
-    try:
-        sel = lr_sensitive_samples(sw, low_lrs=[low_lr], high_lrs=[high_lr])
-        picks = np.flatnonzero(sel.selected.values)
-    except Exception:
-        picks = np.array([], dtype=int)
-    if len(picks) == 0:  # fall back to the samples the high-LR runs gain most on
-        gain = (sel.high_lr_correct - sel.low_lr_correct).values if "sel" in locals() else None
-        picks = np.argsort(-gain)[:n] if gain is not None else np.arange(n)
-    picks = picks[:n]
-    ok = _ok(sw)
+    if len(lrs) == 0:
+        return hv.Layout([hv.Curve([]).opts(title="no finished run")])
+    picks = [lrs[0] if low_lr is None else low_lr] + ([lrs[-1] if high_lr is None else high_lr] if len(lrs) > 1 else [])
     stores = sw.attrs["stores"]
-    run_lo = int(np.flatnonzero(ok & (sw.lr.values == low_lr))[0])
-    run_hi = int(np.flatnonzero(ok & (sw.lr.values == high_lr))[0])
-    inputs = sw.probe_inputs.isel(run=run_hi) if "run" in sw.probe_inputs.dims else sw.probe_inputs
-    x_raw = torch.from_numpy(np.asarray(inputs.isel(probe_sample=picks).values))
-    x = as_model_input(x_raw)
-    y = torch.from_numpy(sw.probe_y.values[picks])
-    maps = {lbl: np.abs(attributions(load_model(stores[r]), x, y, method=method).values)
-            for lbl, r in ((f"lr={low_lr:g}", run_lo), (f"lr={high_lr:g}", run_hi))}
-
-    def to_img(a):
-        a = np.asarray(a, dtype=float)
-        if a.ndim == 1:
-            return a[None, :]
-        if a.ndim == 3:
-            return a.mean(0) if a.shape[0] in (1, 3) else a[0]
-        return a
-
-    def image(a):
-        a = np.ascontiguousarray(a[::-1])
-        return hv.Image(a, bounds=(0, 0, a.shape[1], a.shape[0]))
-
     panels = []
-    for i in range(len(picks)):
-        panels.append(image(to_img(x[i].numpy())).opts(
-            title=f"sample {picks[i]} (y={int(y[i])})", cmap="gray", xaxis=None, yaxis=None))
-        for lbl, m in maps.items():
-            img = to_img(m[i])
-            img = img / img.max() if img.max() > 0 else img
-            panels.append(image(img).opts(title=lbl, cmap="magma", xaxis=None, yaxis=None))
-    return hv.Layout(panels).cols(3).opts(title=f"{method} attributions: low vs high LR")
+    for lr in picks:
+        run = _run_at(sw, lr)
+        try:
+            res = read_probe(stores[run], "attributions")
+        except Exception:
+            res = None
+        if res is None or "ig_maps" not in res:
+            panels.append(hv.Curve([]).opts(title=f"lr={lr:g}: no stored attribution maps (lrprobe compute)"))
+            continue
+        for var, method in (("ig_maps", "Integrated Gradients"), ("deeplift_maps", "DeepLift")):
+            if var in res:
+                panels.append(_maps_panel(res, var, f"{method}, lr={lr:g}", n, sw))
+    return hv.Layout(panels).cols(2).opts(title="attributions at the last attributed checkpoint: low vs high LR")
+
+
+def _maps_panel(res: xr.Dataset, var: str, title: str, n: int, sw: xr.Dataset):
+    m = np.asarray(res[var].values, dtype=float)[:n]
+    y = res.map_y.values[:n] if "map_y" in res.coords else np.full(len(m), -1)
+    b = res.map_b.values[:n] if "map_b" in res.coords else np.full(len(m), -1)
+    rows = [f"{i}: y={yy} b={bb}{' BC' if yy != bb else ''}" for i, (yy, bb) in enumerate(zip(y, b))]
+    if m.ndim == 2:  # vector inputs: one strip per sample
+        lim = float(np.abs(m).max()) or 1.0
+        heat = hv.HeatMap([(j, rows[i], float(m[i, j])) for i in range(len(m)) for j in range(m.shape[1])],
+                          ["input", "sample"], "attribution").opts(
+            cmap="RdBu_r", clim=(-lim, lim), colorbar=True, tools=["hover"], title=title, xrotation=0,
+            invert_yaxis=True, responsive=True, min_width=380, height=40 + 28 * len(m))
+        marks, spans = [], []
+        if "regions" in sw:
+            regs = np.asarray(sw.regions.values)
+            regs = regs[0] if regs.ndim == 3 else regs
+            for k, name in enumerate(sw.region.values):
+                on = np.flatnonzero(regs[k])
+                if len(on):
+                    marks.append(hv.VLine(on[-1] + 0.5).opts(color="black", line_width=2))
+                    spans.append(f"{name} {on[0]}–{on[-1]}" if len(on) > 1 else f"{name} {on[0]}")
+        return hv.Overlay([heat, *marks]).opts(title=title + (f" (inputs: {', '.join(spans)})" if spans else ""))
+    imgs = []
+    for i in range(len(m)):
+        a = m[i]
+        a = a.mean(0) if a.ndim == 3 else a
+        a = np.ascontiguousarray(np.abs(a)[::-1])
+        a = a / a.max() if a.max() > 0 else a
+        imgs.append(hv.Image(a, bounds=(0, 0, a.shape[1], a.shape[0])).opts(
+            title=rows[i], cmap="magma", xaxis=None, yaxis=None, width=140, height=140))
+    return hv.Layout(imgs).cols(4).opts(title=title)
+
+
+def metric_panels(sw: xr.Dataset, metrics=HEADLINE) -> hv.Layout:
+    """Each headline metric on its own scale against the LR: every run a point (hover: run id,
+    seed, status), the seed mean as a line and ± one standard deviation as a band."""
+    panels = []
+    ids = sw.run_id.values if "run_id" in sw.coords else sw.run.values
+    seeds = sw.seed.values if "seed" in sw.coords else np.zeros(sw.sizes["run"], int)
+    for var, label in metrics:
+        if var not in sw or sw[var].dims != ("run",):
+            continue
+        vals = sw[var].values.astype(float)
+        pts = hv.Points({"lr": sw.lr.values, label: vals, "run": ids.astype(str), "seed": seeds,
+                         "status": sw.status.values.astype(str)}, ["lr", label], ["run", "seed", "status"]).opts(
+            color="status", cmap={"completed": "#1f77b4", "diverged": "#d62728", "running": "#999999",
+                                  "failed": "#000000"}, size=7, tools=["hover"], logx=True, show_legend=False)
+        lrs, mean, sd = per_lr(sw, var)
+        band = hv.Spread((lrs, mean, sd), "lr", [label, "sd"]).opts(fill_alpha=0.2, color="grey")
+        line = hv.Curve((lrs, mean), "lr", label).opts(color="black")
+        panels.append((band * line * pts).opts(title=label, logx=True, responsive=True, min_width=300, height=260,
+                                               xlabel="learning rate"))
+    return hv.Layout(panels).cols(3) if panels else hv.Layout([hv.Curve([]).opts(title="no probe results")])
+
+
+def group_accuracy_vs_lr(sw: xr.Dataset) -> hv.Overlay:
+    """Accuracy of every (y, b) group at the end of training against the LR (seed mean), beside the
+    unbiased (the groups' mean) and worst-group accuracy; bias-conflicting groups dashed."""
+    from ..probe.sweep import last_snapshot
+
+    if "group_accuracy" not in sw:
+        return _lr_overlay([], "per-group accuracy (no accuracy probe)")
+    ga = last_snapshot(sw["group_accuracy"])  # (run, group)
+    ok = _ok(sw)
+    lrs = lr_values(sw)
+    curves = []
+    labels = sw.group_label.values if "group_label" in sw.coords else [str(g) for g in sw.group.values]
+    for k, lbl in enumerate(labels):
+        vals = ga.isel(group=k).values.astype(float)
+        mean = [np.nanmean(vals[ok & (sw.lr.values == lr)]) for lr in lrs]
+        parts = str(lbl).replace("y=", "").replace("b=", "").split(",")
+        bc = len(parts) == 2 and parts[0] != parts[1]
+        curves.append(hv.Curve((lrs, mean), "lr", "accuracy", label=f"group {lbl}").opts(
+            line_dash="dashed" if bc else "solid", tools=["hover"]))
+    for var, label in (("unbiased_accuracy_final", "unbiased"), ("worst_group_accuracy_final", "worst group")):
+        if var in sw:
+            _, mean, _ = per_lr(sw, var)
+            curves.append(hv.Curve((lrs, mean), "lr", "accuracy", label=label).opts(line_width=3, tools=["hover"]))
+    return hv.Overlay(curves).opts(title="accuracy per (y, b) group at the end of training (dashed: bias-conflicting)",
+                                   logx=True, legend_position="right", xlabel="learning rate")
+
+
+def _block_mean(x: np.ndarray, n: int = 600) -> tuple[np.ndarray, np.ndarray]:
+    it = np.arange(len(x))
+    if len(x) <= n:
+        return it, x
+    k = -(-len(x) // n)
+    m = len(x) // k * k
+    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore", RuntimeWarning)
+        return it[:m].reshape(-1, k).mean(1), np.nanmean(x[:m].reshape(-1, k), axis=1)
+
+
+def training_curves(sw: xr.Dataset, variables=(("loss", "training loss"), ("accuracy", "minibatch accuracy"),
+                                               ("grad_norm", "gradient norm"))) -> hv.Layout:
+    """The per-step log through training, per learning rate (seed mean, in blocks of steps)."""
+    lrs = lr_values(sw)
+    panels = []
+    for var, label in variables:
+        if var not in sw or "iteration" not in sw[var].dims:
+            continue
+        curves = []
+        for lr, c in zip(lrs, _palette(len(lrs))):
+            runs = np.flatnonzero(_ok(sw) & (sw.lr.values == lr))
+            with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
+                __import__("warnings").simplefilter("ignore", RuntimeWarning)
+                v = np.nanmean(np.asarray(sw[var].isel(run=runs).values, dtype=float), axis=0)
+            keep = np.flatnonzero(np.isfinite(v))
+            if len(keep) == 0:
+                continue
+            it, m = _block_mean(v[: keep[-1] + 1])
+            curves.append(hv.Curve((it, m), "iteration", label, label=f"lr={lr:g}").opts(color=c, tools=["hover"]))
+        logy = var in ("loss", "grad_norm")
+        panels.append(_lr_overlay(curves, f"{label} through training").opts(logy=logy))
+    return hv.Layout(panels).cols(3) if panels else hv.Layout([hv.Curve([]).opts(title="no log")])
+
+
+def representation_dynamics(sw: xr.Dataset) -> hv.Layout:
+    """The representation through training, per LR (seed mean): selectivity, class separation,
+    activation compressibility and the linear probes' errors (Figs. 13, 15–16 style)."""
+    views = [("probe_accuracy", "unbiased accuracy (probe subset)"), ("csi_mean", "average CSI"),
+             ("bsi_mean", "average BSI"), ("class_separation", "class separation R²"),
+             ("activation_compressibility", "activation compressibility"),
+             ("core_probe_error", "linear probe error, class label"),
+             ("spurious_probe_error", "linear probe error, bias label")]
+    panels = [dynamics(sw, var, label) for var, label in views if var in sw]
+    return hv.Layout(panels).cols(3) if panels else hv.Layout([hv.Curve([]).opts(title="no probe results")])
+
+
+def data_maps(sw: xr.Dataset, max_points: int = 4000) -> hv.Layout:
+    """Dataset Cartography per LR (the `dynamics` probe, one run per LR: its lowest seed):
+    confidence against variability of every training sample, bias-aligned and bias-conflicting
+    apart (at most `max_points` drawn per map, the bias-conflicting ones always)."""
+    if "dyn_confidence" not in sw:
+        return hv.Layout([hv.Curve([]).opts(title="no dynamics probe (lrprobe compute)")])
+    panels = []
+    bc_all = sw.train_bias_conflicting.values.astype(bool)
+    bc_all = bc_all[0] if bc_all.ndim == 2 else bc_all
+    rng = np.random.default_rng(0)
+    keep = np.flatnonzero(bc_all)
+    rest = np.flatnonzero(~bc_all)
+    if len(keep) + len(rest) > max_points:
+        rest = np.sort(rng.choice(rest, max(0, max_points - len(keep)), replace=False))
+    idx = np.sort(np.concatenate([keep, rest]))
+    for lr in lr_values(sw):
+        r = _run_at(sw, lr)
+        conf = sw.dyn_confidence.isel(run=r).values[idx]
+        var = sw.dyn_variability.isel(run=r).values[idx]
+        kind = np.where(bc_all[idx], "bias-conflicting", "bias-aligned")
+        pts = hv.Points({"variability": var, "confidence": conf, "kind": kind, "sample": idx},
+                        ["variability", "confidence"], ["kind", "sample"]).opts(
+            color="kind", cmap={"bias-aligned": "#3a7dbf", "bias-conflicting": "#e0542c"}, size=3, alpha=0.5,
+            tools=["hover"], title=f"lr={lr:g}", responsive=True, min_width=260, height=260, xlim=(0, 0.5),
+            ylim=(0, 1), show_legend=len(panels) == 0)
+        panels.append(pts)
+    return hv.Layout(panels).cols(3)
+
+
+def dynamics_summary(sw: xr.Dataset) -> hv.Layout:
+    """Per-sample dynamics summarised against the LR (seed mean), bias-aligned vs bias-conflicting:
+    mean confidence, mean forgetting events, share never learned, median iteration first learned."""
+    views = [("confidence", "mean confidence"), ("forgetting_events", "mean forgetting events"),
+             ("never_learned", "share never learned"), ("first_learned_median", "median iteration first learned")]
+    lrs = lr_values(sw)
+    panels = []
+    for key, label in views:
+        var = f"dyn_subset_{key}"
+        if var not in sw or "subset" not in sw[var].dims:
+            continue
+        curves = []
+        for sub, color in (("bias_aligned", "#3a7dbf"), ("bias_conflicting", "#e0542c")):
+            vals = sw[var].sel(subset=sub).values.astype(float)
+            mean = [np.nanmean(vals[_ok(sw) & (sw.lr.values == lr)]) for lr in lrs]
+            curves.append(hv.Curve((lrs, mean), "lr", label, label=sub.replace("_", "-")).opts(
+                color=color, tools=["hover"]) * hv.Scatter((lrs, mean), "lr", label).opts(color=color, size=6))
+        panels.append(hv.Overlay(curves).opts(title=label, logx=True, xlabel="learning rate", responsive=True,
+                                              min_width=300, height=260, legend_position="top_left"))
+    return hv.Layout(panels).cols(2) if panels else hv.Layout([hv.Curve([]).opts(title="no dynamics probe")])
+
+
+def several_lrs(sw: xr.Dataset) -> bool:
+    """Whether the sweep has two or more learning rates (figures against the LR need them)."""
+    return len(lr_values(sw)) > 1
 
 
 def has_rival_knobs(sw: xr.Dataset) -> bool:
@@ -295,31 +456,48 @@ def has_rival_knobs(sw: xr.Dataset) -> bool:
 @dataclass(frozen=True)
 class FigureEntry:
     """One figure kind: `build` takes the sweep Dataset and returns a HoloViews object (a Table is
-    written as an HTML table); the report draws it under `title` where `applies` holds (always
-    when None), `lrprobe figures` writes it as `name`. Called, an entry builds."""
+    written as an HTML table); the report draws it under `title`, in its `section`, where
+    `applies` holds (always when None), `lrprobe figures` writes it as `name`. Called, an entry
+    builds."""
 
     name: str
     build: Callable[[xr.Dataset], Any]
     title: str
     applies: Callable[[xr.Dataset], bool] | None = None
+    section: str = "Against the learning rate"
 
     def __call__(self, sw: xr.Dataset):
         return self.build(sw)
 
 
-# in the report's order
+_LR = "Against the learning rate"
+_TRAIN = "Through training"
+_SAMPLES = "Per-sample dynamics"
+_PRUNE = "Pruning and the loss"
+_ATTR = "Attributions"
+# in the report's order (sections in the order they first appear)
 FIGURES: dict[str, FigureEntry] = {e.name: e for e in [
-    FigureEntry("metrics_vs_lr", metrics_vs_lr, "Metrics vs learning rate (Figs. 3–5)"),
+    FigureEntry("metrics_vs_lr", metrics_vs_lr, "Headline metrics against the LR, normalised to [0, 1] (Figs. 3–5)",
+                applies=several_lrs),
+    FigureEntry("metric_panels", metric_panels, "Each metric on its own scale: every run, seed mean ± sd",
+                applies=several_lrs),
+    FigureEntry("group_accuracy", group_accuracy_vs_lr, "Accuracy per (y, b) group", applies=several_lrs),
     FigureEntry("knob_comparison", knob_comparison, "Rival knobs (Fig. 6, Table 2)", applies=has_rival_knobs),
-    FigureEntry("pruning_curves", pruning_curves, "Pruning curves (Figs. 21–22)"),
-    FigureEntry("loss_ratio_trajectories", loss_ratio_trajectories, "Bias-conflicting loss ratio (Fig. 12, left)"),
-    FigureEntry("loss_ratio_vs_accuracy", loss_ratio_vs_accuracy, "Max BC loss ratio vs unbiased accuracy (Fig. 12)"),
-    FigureEntry("dynamics_accuracy", lambda sw: dynamics(sw, "probe_accuracy", "unbiased accuracy (probe subset)"),
-                "Unbiased accuracy through training (Fig. 13)"),
-    FigureEntry("dynamics_csi", lambda sw: dynamics(sw, "csi_mean", "average CSI"),
-                "Average CSI through training (Fig. 13)"),
-    FigureEntry("neuron_survival", neuron_survival, "Neuron survival (Fig. 18)"),
-    FigureEntry("lorenz_curves", lorenz_curves, "Importance weights (Springer et al. Fig. 5)"),
-    FigureEntry("attribution_grid", attribution_grid, "Attributions, low vs high learning rate (Fig. 8)"),
     FigureEntry("minmax_table", minmax_table, "Min/max table (Tables 1–2)"),
+    FigureEntry("training_curves", training_curves, "Training loss, accuracy and gradient norm", section=_TRAIN),
+    FigureEntry("representation_dynamics", representation_dynamics,
+                "The representation through training (Figs. 13, 15–16)", section=_TRAIN),
+    FigureEntry("neuron_survival", neuron_survival, "Neuron survival (Fig. 18)", section=_TRAIN),
+    FigureEntry("data_maps", data_maps, "Data maps: confidence against variability of every training sample",
+                section=_SAMPLES),
+    FigureEntry("dynamics_summary", dynamics_summary, "Learning and forgetting, bias-aligned vs bias-conflicting",
+                section=_SAMPLES, applies=several_lrs),
+    FigureEntry("lorenz_curves", lorenz_curves, "Importance weights (Springer et al. Fig. 5)", section=_SAMPLES),
+    FigureEntry("pruning_curves", pruning_curves, "Pruning curves (Figs. 21–22)", section=_PRUNE),
+    FigureEntry("loss_ratio_trajectories", loss_ratio_trajectories, "Bias-conflicting loss ratio (Fig. 12, left)",
+                section=_PRUNE),
+    FigureEntry("loss_ratio_vs_accuracy", loss_ratio_vs_accuracy, "Max BC loss ratio vs unbiased accuracy (Fig. 12)",
+                section=_PRUNE, applies=several_lrs),
+    FigureEntry("attribution_grid", attribution_grid,
+                "Attribution maps, lowest vs highest LR (Fig. 8; stored by the attributions probe)", section=_ATTR),
 ]}

@@ -1,18 +1,17 @@
-"""The self-contained HTML report: bokeh resources inlined, so it opens with no network."""
+"""The self-contained HTML report: one HTML page of our own (a table of contents, headings and
+tables in the page itself) with the figures embedded by bokeh's `components` and bokeh's own
+JavaScript inlined — nothing else is loaded, so it opens offline with no failed request."""
 
 from __future__ import annotations
 
 import html
 import math
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import holoviews as hv
-from bokeh.embed import file_html
-from bokeh.layouts import column
-from bokeh.models import Div, InlineStyleSheet
-from bokeh.resources import INLINE
 
 from .. import __version__
 from ..errors import LrscopeError
@@ -20,17 +19,21 @@ from ..store.reader import open_sweep
 from . import figures as F
 from .summary import HEAD, run_rows
 
-PLOT_OPTS = dict(width=760, height=360)
+HEIGHT = 360  # figures take the page's width; layouts keep their panels' heights
 
 
 def _render(obj):
-    """A figure as a bokeh model (layouts keep their panels' own sizes)."""
+    """A figure as a bokeh model that takes the page's width."""
     import param
 
-    if not isinstance(obj, hv.Layout):
-        obj = obj.opts(**PLOT_OPTS)
+    if isinstance(obj, hv.Layout):
+        obj = obj.opts(hv.opts.Layout(sizing_mode="stretch_width"))
+    else:
+        obj = obj.opts(responsive=True, height=HEIGHT)
     with param.logging_level("ERROR"):  # bokeh's notes on log axes touching 0 are noise on stderr
-        return hv.render(obj, backend="bokeh")
+        model = hv.render(obj, backend="bokeh")
+    model.sizing_mode = "stretch_width"
+    return model
 
 
 def _table_html(headers, rows, flag=None) -> str:
@@ -43,8 +46,16 @@ def _table_html(headers, rows, flag=None) -> str:
 
 
 CSS = """
-table.lr{border-collapse:collapse;font:13px sans-serif} table.lr td,table.lr th{border:1px solid #ccc;padding:3px 8px}
-table.lr th{background:#f0f0f0} h1,h2,h3{font-family:sans-serif} p{font:14px sans-serif}
+body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#222}
+nav.toc{position:fixed;top:0;left:0;bottom:0;width:250px;overflow:auto;background:#f6f6f6;border-right:1px solid #ddd;
+  padding:12px 10px;font-size:13px} nav.toc a{color:#234;text-decoration:none}
+nav.toc ul{padding-left:14px;margin:2px 0}
+nav.toc li{margin:2px 0} main{margin-left:280px;padding:8px 24px 60px 8px;max-width:1600px}
+h1{margin:10px 0 4px} h2{border-bottom:2px solid #ccc;padding-bottom:3px;margin-top:34px}
+h3{margin:22px 0 6px} h4{margin:16px 0 4px;color:#444} p.note{color:#555;max-width:1100px}
+table.lr{border-collapse:collapse;font-size:13px;margin:6px 0} table.lr td,table.lr th{border:1px solid #ccc;
+  padding:3px 8px} table.lr th{background:#f0f0f0} .fig{width:100%;margin:4px 0 14px}
+@media (max-width:900px){nav.toc{display:none} main{margin-left:0}}
 """
 
 
@@ -71,6 +82,9 @@ def summary_rows(sweeps: dict) -> list[tuple]:
         for var, label in F.HEADLINE:
             if var in sw and len(lrs):
                 _, mean, _ = F.per_lr(sw, var)
+                if len(lrs) == 1:  # one learning rate: its value, and no direction to speak of
+                    rows.append((dname, model, label, f"{lrs[0]:g}", _fmt(mean[0]), "one LR: -"))
+                    continue
                 rho, word = F.trend(lrs, mean)
                 arrow = {"rises": "↑ ", "falls": "↓ "}.get(word, "")
                 rows.append((dname, model, label, f"{lrs[0]:g} → {lrs[-1]:g}", f"{_fmt(mean[0])} → {_fmt(mean[-1])}",
@@ -78,50 +92,99 @@ def summary_rows(sweeps: dict) -> list[tuple]:
     return rows
 
 
+def _slug(text: str, used: set) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "s"
+    slug, i = base, 1
+    while slug in used:
+        i += 1
+        slug = f"{base}-{i}"
+    used.add(slug)
+    return slug
+
+
+def _table_of(fig: hv.Table) -> str:
+    return _table_html([d.name for d in fig.dimensions()], [tuple(r) for r in fig.data.itertuples(index=False)]
+                       if hasattr(fig.data, "itertuples") else fig.data)
+
+
+def _bokeh_js(resources) -> str:
+    """Bokeh's own JavaScript, inlined: `render_js()` would also add the script tags that other
+    packages register with bokeh (Panel's ES-module shim, a relative URL that fails offline)."""
+    parts = [js for js in resources.js_raw if "BEGIN bokeh-mathjax" not in js[:80]]  # no LaTeX in our plots
+    return "".join(f"<script>{js}</script>" for js in parts)
+
+
 def write_report(paths, output, *, title: str = "lrscope report") -> Path:
+    """Write the report of the runs under `paths` to `output` (one self-contained HTML file)."""
+    from bokeh.embed import components
+    from bokeh.resources import INLINE
+
     out = Path(output)
     if out.is_dir():
         raise LrscopeError(f"{out} is a folder; give the report's file name")
     rows = run_rows(paths)  # the runs first: no run, no folder
     hv.extension("bokeh", logo=False)
     n_div = sum(r["status"] == "diverged" for r in rows)
-    # each bokeh Div renders in its own shadow DOM: every one carries the report's style sheet
-    sheet = InlineStyleSheet(css=CSS)
-
-    def div(text: str) -> Div:
-        return Div(text=text, stylesheets=[sheet])
-
-    blocks = [div(f"<h1>{html.escape(title)}</h1><p>{len(rows)} runs, {n_div} diverged · "
-                  f"lrscope {__version__} · {time.strftime('%Y-%m-%d %H:%M')}</p>")]
-    # summary: headline numbers per dataset x model, then the run list
     groups = sections_for(paths)
     sweeps = {key: open_sweep(runs) for key, runs in groups.items()}
-    blocks.append(div("<h2>Summary</h2><p>Seed means at the smallest and largest learning rate "
-                      "that did not diverge; with the LR: Spearman's ρ between the learning rate and the seed "
-                      "means. Prunability is the paper's retention ratio, mean over κ of Acc(f^κ)/Acc(f); mean "
-                      "pruned accuracy is the mean of Acc(f^κ) itself, the scale the paper's parity row lies "
-                      "on.</p>" + _table_html(
-                          SUMMARY_COLUMNS, summary_rows(sweeps))))
+    used: set[str] = set()
+    toc: list[tuple[int, str, str]] = []  # (level, anchor, text)
+    body: list[str] = []
+    models = []
+
+    def heading(level: int, text: str) -> None:
+        anchor = _slug(text, used)
+        toc.append((level, anchor, text))
+        body.append(f'<h{level} id="{anchor}">{html.escape(text)}</h{level}>')
+
+    def figure(fig) -> None:
+        models.append(_render(fig))
+        body.append(f"<div class=\"fig\">{{{{FIG{len(models) - 1}}}}}</div>")
+
+    heading(2, "Summary")
+    body.append("<p class=note>Seed means at the smallest and largest learning rate that did not diverge; with "
+                "the LR: Spearman's ρ between the learning rate and the seed means (a sweep of one learning rate "
+                "has no direction). Prunability is the paper's retention ratio, mean over κ of Acc(f^κ)/Acc(f); "
+                "mean pruned accuracy is the mean of Acc(f^κ) itself.</p>")
+    body.append(_table_html(SUMMARY_COLUMNS, summary_rows(sweeps)))
+    heading(3, "Runs")
     run_list = [(r["run_id"], r["status"], r["lr"], r["seed"], r["iterations"],
                  *(_fmt(r[v]) for v, _ in HEAD), r["reason"]) for r in rows]
-    blocks.append(div("<h3>Runs</h3>" + _table_html(
-        ["run", "status", "lr", "seed", "iterations", *(h for _, h in HEAD), "reason"], run_list,
-        flag=lambda r: r[1] != "completed")))
+    body.append(_table_html(["run", "status", "lr", "seed", "iterations", *(h for _, h in HEAD), "reason"], run_list,
+                            flag=lambda r: r[1] != "completed"))
     for (dname, model), sw in sweeps.items():
-        blocks.append(div(f"<h2>{html.escape(dname)} · {html.escape(model)}</h2>"))
-        for entry in F.FIGURES.values():  # each figure's title and condition declared in viz/figures.py
+        n_lr = len(F.lr_values(sw))
+        heading(2, f"{dname} · {model}")
+        body.append(f"<p class=note>{sw.sizes['run']} runs, {n_lr} learning rate(s)"
+                    + ("" if n_lr > 1 else ": the figures against the LR need two; what follows shows the run(s) "
+                       "through training") + ".</p>")
+        section = None
+        for entry in F.FIGURES.values():  # titles, sections and conditions declared in viz/figures.py
             if entry.applies is not None and not entry.applies(sw):
                 continue
-            fig, heading = entry(sw), html.escape(entry.title)
+            if entry.section != section:
+                section = entry.section
+                heading(3, f"{section} — {dname} · {model}" if len(sweeps) > 1 else section)
+            fig = entry(sw)
+            body.append(f"<h4>{html.escape(entry.title)}</h4>")
             if isinstance(fig, hv.Table):
-                blocks.append(div(f"<h3>{heading}</h3>" + _table_html(
-                    [d.name for d in fig.dimensions()], [tuple(r) for r in fig.data.itertuples(index=False)]
-                    if hasattr(fig.data, "itertuples") else fig.data)))
+                body.append(_table_of(fig))
             else:
-                blocks.append(div(f"<h3>{heading}</h3>"))
-                blocks.append(_render(fig))
-    doc = column(*blocks)
-    write_text(out, file_html(doc, INLINE, title))
+                figure(fig)
+    script, divs = components(models) if models else ("", [])
+    page = "\n".join(body)
+    for i, d in enumerate(divs):
+        page = page.replace(f"{{{{FIG{i}}}}}", d)
+    nav = ["<nav class=toc><b>Contents</b><ul>"]
+    for level, anchor, text in toc:
+        pad = "" if level == 2 else ' style="margin-left:12px"'
+        nav.append(f'<li{pad}><a href="#{anchor}">{html.escape(text)}</a></li>')
+    nav.append("</ul></nav>")
+    doc = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+           f"<style>{CSS}</style>{_bokeh_js(INLINE)}</head><body>{''.join(nav)}<main>"
+           f"<h1>{html.escape(title)}</h1><p>{len(rows)} runs, {n_div} diverged · lrscope {__version__} · "
+           f"{time.strftime('%Y-%m-%d %H:%M')}</p>{page}</main>{script}</body></html>")
+    write_text(out, doc)
     return out
 
 
