@@ -410,9 +410,10 @@ def pq_index_np(a, p: float = 1, q: float = 2):
         raise MetricError(f"pq_index needs 0 < p < q, got p={p}, q={q}")
     d = a.shape[-1]
     a = np.abs(a)
-    lp = np.nansum(a**p, -1) ** (1 / p)
-    lq = np.nansum(a**q, -1) ** (1 / q)
-    return np.where(lq > 0, 1 - d ** (1 / q - 1 / p) * lp / np.where(lq > 0, lq, np.nan), 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged network's activations overflow: inf is the truth
+        lp = np.nansum(a**p, -1) ** (1 / p)
+        lq = np.nansum(a**q, -1) ** (1 / q)
+        return np.where(lq > 0, 1 - d ** (1 / q - 1 / p) * lp / np.where(lq > 0, lq, np.nan), 0.0)
 
 
 def pq_index(x, *, feature_dim: str | None = None, p: float = 1, q: float = 2, dim: str | None = None) -> xr.DataArray:
