@@ -150,7 +150,11 @@ def check_scheduler(scheduler: str | None, name: str = "--scheduler") -> str | N
         return scheduler
     hint = "expected 'local' or a scheduler address such as tcp://host:8786"
     try:
-        from distributed.comm.addressing import normalize_address, parse_address, parse_host_port
+        from distributed.comm.addressing import (
+            normalize_address,
+            parse_address,
+            parse_host_port,
+        )
 
         proto, loc = parse_address(normalize_address(scheduler))
         if proto in ("tcp", "tls"):
