@@ -1,6 +1,7 @@
 """The real CLIs through click's runner: happy paths and one-line errors (exit 2)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -69,7 +70,11 @@ def test_train_probe_ls_report(tmp_path):
     assert res.exit_code == 0, res.output
     html = report.read_text()
     assert "Bokeh" in html and "cdn.bokeh.org" not in html  # inlined resources: opens offline
-    assert "Metrics vs learning rate" in html
+    assert not re.search(r"<script[^>]*\bsrc=", html)  # nothing loaded from outside (Panel's shim used to be)
+    assert "<nav class=toc>" in html and 'href="#through-training"' in html
+    # one run, one LR: its values, no direction, and its dynamics rather than figures against the LR
+    assert "one LR: -" in html and "Training loss, accuracy and gradient norm" in html
+    assert "Headline metrics against the LR" not in html
     assert "mean pruned accuracy" in html and "with the LR" in html
 
 

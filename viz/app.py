@@ -511,14 +511,14 @@ class Explorer:
                 yaxis=None, symmetric=True)
             if "regions" in ds:
                 regs = ds.regions.values
-                labels = [str(r) for r in ds.region.values]
-                spans = []
-                for k, name in enumerate(labels):
+                marks, spans = [], []
+                for k, name in enumerate(str(r) for r in ds.region.values):
                     on = np.flatnonzero(regs[k])
                     if len(on):
-                        spans.append(hv.Text((on[0] + on[-1]) / 2, 0.45, name).opts(text_font_size="9pt"))
-                        spans.append(hv.VLine(on[-1] + 0.5).opts(color="black", line_width=2))
-                return (el * hv.Overlay(spans)).opts(responsive=True, height=130)
+                        marks.append(hv.VLine(on[-1] + 0.5).opts(color="black", line_width=2))
+                        spans.append(f"{name} {on[0]}–{on[-1]}" if len(on) > 1 else f"{name} {on[0]}")
+                return (el * hv.Overlay(marks)).opts(responsive=True, height=130,
+                                                     title=f"{title} (inputs: {', '.join(spans)})")
             return el
         if x.ndim == 3:  # (channel, H, W)
             img = x.transpose(1, 2, 0)
