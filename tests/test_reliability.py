@@ -56,6 +56,7 @@ def reference(tmp_path_factory):
                                    pytest.param("checkpoint:5", marks=pytest.mark.slow),
                                    pytest.param("flush:7", marks=pytest.mark.slow),
                                    pytest.param("commit:7", marks=pytest.mark.slow)])
+@pytest.mark.integration  # a subprocess killed or signalled: after the fast suite (make test-slow)
 def test_killed_mid_write_resumes_to_identical_store(tmp_path, reference, point):
     out = tmp_path / "run"
     r = subprocess.run(train_cmd(out), env=env(LRSCOPE_CRASH_AT=point), capture_output=True)
@@ -87,6 +88,7 @@ def _random_kill_trials(tmp_path, reference, trials, seed):
         assert_same_store(reference, next(out.glob("*.zarr")))
 
 
+@pytest.mark.integration  # a subprocess killed or signalled: after the fast suite (make test-slow)
 def test_killed_at_random_moments(tmp_path, reference):
     _random_kill_trials(tmp_path, reference, trials=1, seed=0)
 
@@ -97,6 +99,7 @@ def test_killed_at_random_moments_many(tmp_path, reference):
 
 
 # ----------------------------------------------------------------------------- readers during writes
+@pytest.mark.integration  # a subprocess killed or signalled: after the fast suite (make test-slow)
 def test_readers_see_consistent_prefixes_while_training(tmp_path):
     out = tmp_path / "live"
     args = [a if a != "400" else "3000" for a in train_cmd(out)]
@@ -126,6 +129,7 @@ def test_readers_see_consistent_prefixes_while_training(tmp_path):
 
 
 # ----------------------------------------------------------------------------- concurrent sweeps
+@pytest.mark.integration  # a subprocess killed or signalled: after the fast suite (make test-slow)
 def test_two_sweep_processes_share_a_grid(tmp_path):
     spec = tmp_path / "grid.toml"
     spec.write_text(
@@ -150,6 +154,7 @@ def test_two_sweep_processes_share_a_grid(tmp_path):
     assert not list((tmp_path / "shared").glob("*.lock"))
 
 
+@pytest.mark.integration  # a subprocess killed or signalled: after the fast suite (make test-slow)
 def test_second_trainer_of_a_running_run_is_refused(tmp_path):
     out = tmp_path / "o"
     args = [a if a != "400" else "100000" for a in train_cmd(out)]
@@ -296,6 +301,7 @@ def test_unwritable_output_folder(tmp_path):
     one_line(CliRunner().invoke(lrprobe, ["report", str(tmp_path), "-o", str(f / "r.html")]))
 
 
+@pytest.mark.integration  # a subprocess killed or signalled: after the fast suite (make test-slow)
 def test_local_pool_and_dask_local_cluster_write_identical_stores(tmp_path):
     """The same grid through the process pool and through a dask LocalCluster: every store equal
     array for array (one torch thread per run in both)."""
@@ -324,6 +330,7 @@ def test_local_pool_and_dask_local_cluster_write_identical_stores(tmp_path):
     assert res.exit_code == 2 and "dask scheduler" in res.output and "Traceback" not in res.output
 
 
+@pytest.mark.integration  # a subprocess killed or signalled: after the fast suite (make test-slow)
 def test_a_probe_killed_while_written_is_recomputed(tmp_path):
     """SIGKILL while a probe is recomputed, with its old result unmarked but whole (crash point 1)
     or its new arrays written but not yet marked (3; 2 is after the old one is deleted): the next
@@ -380,6 +387,7 @@ def test_probing_on_workers_and_a_dask_cluster_matches_probing_in_turn(tmp_path)
     one_line(CliRunner().invoke(lrprobe, ["compute", str(tmp_path / "pool"), "--workers", "0"]), "--workers")
 
 
+@pytest.mark.integration  # a subprocess killed or signalled: after the fast suite (make test-slow)
 def test_sigterm_to_a_sweep_stops_its_workers(tmp_path):
     """SIGTERM to a `--workers 2` sweep: the workers checkpoint and stop (no orphans left
     training), pending runs are not started, the sweep exits 128+15, and a re-run resumes."""

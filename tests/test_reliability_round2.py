@@ -128,6 +128,7 @@ def test_diverged_runs_are_probed(kw, tmp_path):
 
 
 # ----------------------------------------------------------------------------- stale probes
+@pytest.mark.integration  # a subprocess killed or signalled: after the fast suite (make test-slow)
 def test_probe_records_the_view_it_was_computed_from(tmp_path):
     """`lrprobe compute` on a run still training: every probe is computed from one view (the
     committed state when it opened the run) and records that view, so the next compute, once the
@@ -227,6 +228,7 @@ def test_a_store_being_created_says_so(tmp_path):
             lrscope.open_run(r.path)
 
 
+@pytest.mark.integration  # a subprocess killed or signalled: after the fast suite (make test-slow)
 def test_concurrent_forced_computes_on_one_run(tmp_path):
     """Two `lrprobe compute --force` on one run at once: they take turns (a lock on the store's
     folder); neither crashes, and the results are complete."""

@@ -74,6 +74,7 @@ def assert_same_store(a, b):
         np.testing.assert_array_equal(pa[n], pb[n], err_msg=n)
 
 
+@pytest.mark.integration  # a subprocess killed or signalled: after the fast suite (make test-slow)
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     ref_out = tmp_path / "ref"
     cmd, env = lrtrain(ref_out)
@@ -95,6 +96,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert_same_store(ref, store)
 
 
+@pytest.mark.integration  # a subprocess killed or signalled: after the fast suite (make test-slow)
 def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     out = tmp_path / "term"
     cmd, env = lrtrain(out)

@@ -418,7 +418,7 @@ def data_maps(sw: xr.Dataset, max_points: int = 4000) -> hv.Layout:
             tools=["hover"], title=f"lr={lr:g}", responsive=True, min_width=260, height=260, xlim=(0, 0.5),
             ylim=(0, 1), show_legend=len(panels) == 0)
         panels.append(pts)
-    return hv.Layout(panels).cols(3)
+    return hv.Layout(panels).cols(3) if panels else hv.Layout([hv.Curve([]).opts(title="no finished run")])
 
 
 def dynamics_summary(sw: xr.Dataset) -> hv.Layout:

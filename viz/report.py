@@ -138,6 +138,9 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
         body.append(f'<h{level} id="{anchor}">{html.escape(text)}</h{level}>')
 
     def figure(fig) -> None:
+        if isinstance(fig, hv.Layout) and len(fig) == 0:  # nothing to draw (no finished run, say)
+            body.append("<p class=note>nothing to draw for these runs</p>")
+            return
         models.append(_render(fig))
         body.append(f"<div class=\"fig\">{{{{FIG{len(models) - 1}}}}}</div>")
 
