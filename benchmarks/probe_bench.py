@@ -16,7 +16,8 @@ import tomllib
 from pathlib import Path
 
 import lrscope
-from lrscope.probe.runner import PROBES, compute_run, probe_seconds
+from lrscope.probe.runner import PROBES, compute_run
+from lrscope.store.probes import probe_seconds
 from lrscope.train.config import RunConfig
 from lrscope.train.loop import train_run
 

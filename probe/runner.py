@@ -19,16 +19,13 @@ from typing import Callable
 
 import numpy as np
 import xarray as xr
-import zarr
-from zarr.core.sync import sync
 
 from .. import __version__
 from ..errors import LrscopeError, StoreError
 from ..parallel import dask_map, pool_processes, worker_threads
 from ..store import schema as S
-from ..store.checked import COMPRESSORS
+from ..store.probes import stored_provenance, write_probe
 from ..store.reader import open_run, open_store
-from ..store.writer import _crash_point
 from . import metrics as M
 from .linear import feature_probe
 from .pruning import KAPPAS, KINDS, prunability, pruned_accuracy, pruning_curve
@@ -353,16 +350,6 @@ def _provenance(ctx: Context, name: str) -> dict:
             "source_status": ctx.ds.attrs["status"]}
 
 
-def _stored_provenance(root: zarr.Group, name: str) -> dict | None:
-    key = f"{S.G_PROBES}/{name}"
-    try:
-        g = root[key]
-    except KeyError:
-        return None
-    a = g.attrs.asdict()
-    return a if a.get("complete") else None
-
-
 def check_names(names) -> list[str]:
     names = list(PROBES) if names is None else list(names)
     unknown = [n for n in names if n not in PROBES]
@@ -478,7 +465,7 @@ def _compute_locked(path: Path, names, force, data_root, params, log) -> dict[st
         try:
             for name in names:
                 prov = _provenance(ctx, name)
-                old = _stored_provenance(root, name)
+                old = stored_provenance(root, name)
                 if not force and old is not None and all(old.get(k) == v for k, v in prov.items()):
                     outcomes[name] = "up to date"
                     continue
@@ -509,51 +496,6 @@ def _compute_locked(path: Path, names, force, data_root, params, log) -> dict[st
                 raise LrscopeError(f"{path}: writing a probe result failed ({e.strerror or e}); "
                                    "fix the cause and run lrprobe compute again") from None
     return {n: outcomes[n] for n in names}  # in the order asked (writes finish out of it)
-
-
-def write_probe(path: Path, name: str, res: xr.Dataset) -> None:
-    """Write one probe's Dataset; mark it complete only after all its arrays are written. An older
-    result loses its mark before it is deleted, so a write cut short (Ctrl-C, SIGKILL) never
-    leaves the mark over a mix of old and missing arrays.
-
-    The Dataset is encoded by xarray into an in-memory Zarr store, whose keys are then written to
-    the run's store all at once: xarray writing straight to disk waits on one small file write
-    after another (~12 ms an array here, ~1 s for all probes of a run)."""
-    group = f"{S.G_PROBES}/{name}"
-    root = zarr.open_group(str(path), mode="r+")
-    probes = root[S.G_PROBES] if S.G_PROBES in root else root.create_group(S.G_PROBES)
-    if name in probes:
-        probes[name].attrs.update({"complete": 0})
-        _crash_point("probe")  # the crash tests stop here (old arrays intact, unmarked) or after the delete
-        sync(root.store.delete_dir(group))
-        _crash_point("probe")
-    res = res.copy()
-    for k, v in list(res.variables.items()):
-        v.encoding = {}
-        if v.dtype.kind == "U":  # fixed-width unicode has no Zarr v3 spec; variable-length strings do
-            res[k] = v.astype(object)
-    # like the run's arrays: checksummed, every chunk written (a missing one is damage)
-    encoding = {k: {"compressors": COMPRESSORS} for k, v in res.variables.items() if v.dtype.kind in "biuf"}
-    mem = zarr.storage.MemoryStore()
-    res.to_zarr(mem, mode="w", zarr_format=3, consolidated=False, compute=True, encoding=encoding,
-                write_empty_chunks=True)
-    sync(_copy_store(mem, root.store, group))
-    _crash_point("probe")  # arrays written, not yet marked
-    zarr.open_group(str(path), path=group, mode="r+").attrs.update({"complete": 1})
-
-
-async def _copy_store(src, dst, prefix: str) -> None:
-    """Every key of `src` written to `dst` under `prefix`, concurrently."""
-    import asyncio
-
-    from zarr.core.buffer import default_buffer_prototype
-
-    proto = default_buffer_prototype()
-
-    async def one(key: str) -> None:
-        await dst.set(f"{prefix}/{key}", await src.get(key, prototype=proto))
-
-    await asyncio.gather(*[one(k) async for k in src.list()])
 
 
 def _probe_worker(path: str, names, force: bool, data_root, params, threads: int) -> tuple[str, dict[str, str]]:
@@ -625,13 +567,3 @@ def _pool_map(args: list[tuple], workers: int):
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
-
-
-def probe_seconds(path: str | os.PathLike) -> dict[str, float]:
-    """Seconds each stored probe took (from its provenance)."""
-    root = open_store(path)
-    out = {}
-    if S.G_PROBES in root:
-        for name, g in root[S.G_PROBES].groups():
-            out[name] = float(g.attrs.get("seconds", float("nan")))
-    return out

@@ -264,7 +264,7 @@ def test_probe_strings_round_trip_and_probe_pickle_is_refused(finished):
     dtype); a probe array with a pickle codec is refused before xarray decodes it."""
     import xarray as xr
 
-    from lrscope.probe.runner import write_probe
+    from lrscope.store.probes import write_probe
 
     res = xr.Dataset({"fake_share": ("fake_region", [0.5, 0.25])}, coords={"fake_region": np.array(["core", "noise"])})
     write_probe(finished, "fake", res)

@@ -125,7 +125,9 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
     rows = run_rows(paths)  # the runs first: no run, no folder
     hv.extension("bokeh", logo=False)
     n_div = sum(r["status"] == "diverged" for r in rows)
-    groups = sections_for(paths)
+    groups: dict[tuple[str, str], list[Path]] = defaultdict(list)  # from the rows: each run is opened twice,
+    for r in rows:  # for its row and in its sweep (was three times)
+        groups[(r["dataset"], r["model"])].append(Path(r["path"]))
     sweeps = {key: open_sweep(runs) for key, runs in groups.items()}
     used: set[str] = set()
     toc: list[tuple[int, str, str]] = []  # (level, anchor, text)
