@@ -343,19 +343,12 @@ def options_lines(options: dict, defaults: dict, indent: str = "      ") -> list
 def datasets_cmd(show):
     """List the registered datasets: what each is, its paper bias-conflicting ratio, its --data-options."""
     from ..train.data import DATASETS
-    from .common import paragraphs
 
     for name in sorted(DATASETS):
         e = DATASETS[name]
         notes = [f"rho_train={e.rho_train:g}" if e.rho_train is not None else "rho_train n/a: a natural bias, or none"]
         notes += ["reads --data-root"] * e.reads_files + ["cached"] * e.cached
-        click.echo(f"{name}  ({'; '.join(notes)})")
-        for line in paragraphs(e.description):
-            click.echo(line)
-        click.echo("    --data-options:" if e.options else "    --data-options: none")
-        for line in options_lines(e.options, e.defaults):
-            click.echo(line)
-        click.echo()
+        _echo_entry(f"{name}  ({'; '.join(notes)})", e, "--data-options")
 
 
 @main.command("models")
@@ -363,16 +356,23 @@ def datasets_cmd(show):
 def models_cmd(show):
     """List the registered models: what each is, what it takes, its --model-options."""
     from ..train.models import MODELS
-    from .common import paragraphs
 
     for name in sorted(MODELS):
         e = MODELS[name]
         notes = (["image inputs"] * e.image + ["--widths"] * e.takes_widths + ["--batched"] * e.batchable
                  + ["heavy on a CPU"] * e.heavy)
-        click.echo(f"{name}  ({'; '.join(notes)})" if notes else name)
-        for line in paragraphs(e.description):
-            click.echo(line)
-        click.echo("    --model-options:" if e.options else "    --model-options: none")
-        for line in options_lines(e.options, e.defaults):
-            click.echo(line)
-        click.echo()
+        _echo_entry(f"{name}  ({'; '.join(notes)})" if notes else name, e, "--model-options")
+
+
+def _echo_entry(head: str, e, flag: str) -> None:
+    """One registry entry as `lrtrain datasets` / `lrtrain models` print it: its name and notes,
+    its full description, and its options with their defaults and ranges."""
+    from .common import paragraphs
+
+    click.echo(head)
+    for line in paragraphs(e.description):
+        click.echo(line)
+    click.echo(f"    {flag}:" if e.options else f"    {flag}: none")
+    for line in options_lines(e.options, e.defaults):
+        click.echo(line)
+    click.echo()

@@ -49,3 +49,29 @@ def tiny_sweep(tmp_path_factory):
             train_run(tiny_config(lr=lr, seed=seed, max_steps=400, stop="max-steps"), out, progress=False)
     compute_paths(out, progress=False)
     return out
+
+
+@pytest.fixture
+def disk_fills_up(monkeypatch):
+    """Call it to make the disk fill up after `after` checkpoint-parameter chunks have been written
+    (zarr's LocalStore raises ENOSPC from then on); it returns a function that frees the disk."""
+    import errno
+
+    from zarr.storage import _local
+
+    real_put = _local._put
+
+    def fill(after: int = 7):
+        calls = {"n": 0}
+
+        def full_put(path, value, exclusive=False):
+            if "checkpoints/params" in str(path) and "/c/" in str(path):
+                calls["n"] += 1
+                if calls["n"] > after:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            return real_put(path, value, exclusive=exclusive)
+
+        monkeypatch.setattr(_local, "_put", full_put)
+        return lambda: monkeypatch.setattr(_local, "_put", real_put)
+
+    return fill

@@ -1,7 +1,6 @@
 """Crashes at any moment, readers during writes, concurrent sweep workers, a full disk, damaged
 and untrusted stores: lrscope loses nothing, tells the truth, and executes nothing from a store."""
 
-import errno
 import json
 import os
 import random
@@ -172,23 +171,11 @@ def test_second_trainer_of_a_running_run_is_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------- full disk
-def test_full_disk_is_a_clean_error_and_resumable(tmp_path, tiny, monkeypatch):
-    from zarr.storage import _local
-
+def test_full_disk_is_a_clean_error_and_resumable(tmp_path, tiny, disk_fills_up):
     from lrscope.train.loop import train_run
 
     ref = train_run(tiny(max_steps=200, stop="max-steps"), tmp_path / "ref", progress=False)
-    real_put = _local._put
-    calls = {"n": 0}
-
-    def full_put(path, value, exclusive=False):  # the disk fills up during the 3rd checkpoint
-        if "checkpoints/params" in str(path) and "/c/" in str(path):
-            calls["n"] += 1
-            if calls["n"] > 7:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return real_put(path, value, exclusive=exclusive)
-
-    monkeypatch.setattr(_local, "_put", full_put)
+    free = disk_fills_up(7)  # during the 3rd checkpoint
     cfg = tiny(max_steps=200, stop="max-steps")
     argv = ["run", "--lr", "0.1", "--widths", "32,32", "--batch-size", "50", "--probe-size", "100",
             "--data-options", json.dumps(cfg.data_options), "--snapshot-every", "20", "--checkpoint-every", "40",
@@ -200,7 +187,7 @@ def test_full_disk_is_a_clean_error_and_resumable(tmp_path, tiny, monkeypatch):
     assert len(lines) == 1 and "No space left on device" in lines[0] and "resume" in lines[0]
     store = tmp_path / "full" / f"{ref.path.stem}.zarr"
     assert lrscope.open_run(store).attrs["status"] == "running"
-    monkeypatch.setattr(_local, "_put", real_put)
+    free()
     res = CliRunner().invoke(lrtrain, argv, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert_same_store(ref.path, store)

@@ -344,13 +344,10 @@ def test_rerun_sweep_says_what_it_did(tmp_path):
 
 
 # ----------------------------------------------------------------------------- one recorder
-def test_batched_full_disk_fails_like_a_sequential_run(tmp_path, monkeypatch):
+def test_batched_full_disk_fails_like_a_sequential_run(tmp_path, disk_fills_up):
     """The batched stepper records through the same Recorder: a full disk is one line (exit 2)
     and leaves every store of the stack at its last commit, resumable one by one."""
-    import errno
-
     from click.testing import CliRunner
-    from zarr.storage import _local
 
     from lrscope.cli.train import main as lrtrain
 
@@ -358,17 +355,7 @@ def test_batched_full_disk_fails_like_a_sequential_run(tmp_path, monkeypatch):
     spec.write_text('[base]\ndataset = "parity"\nmodel = "fcn"\nwidths = [16]\nstop = "max-steps"\n'
                     'max_steps = 120\ncheckpoint_every = 40\nsnapshot_every = 20\nprobe_size = 40\n'
                     'data_options = {n_train = 400, n_test = 200}\n[grid]\nlr = [0.05, 0.1, 0.2]\n')
-    real_put = _local._put
-    calls = {"n": 0}
-
-    def full_put(path, value, exclusive=False):  # the disk fills up during a later checkpoint
-        if "checkpoints/params" in str(path) and "/c/" in str(path):
-            calls["n"] += 1
-            if calls["n"] > 7:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return real_put(path, value, exclusive=exclusive)
-
-    monkeypatch.setattr(_local, "_put", full_put)
+    free = disk_fills_up(7)  # during a later checkpoint
     argv = ["sweep", str(spec), "--out", str(tmp_path / "runs"), "--batched", "--quiet"]
     res = CliRunner().invoke(lrtrain, argv)
     assert res.exit_code == 2, res.output
@@ -379,7 +366,7 @@ def test_batched_full_disk_fails_like_a_sequential_run(tmp_path, monkeypatch):
     stores = sorted((tmp_path / "runs").glob("*.zarr"))
     assert len(stores) == 3
     assert all(lrscope.open_run(s).attrs["status"] == "running" for s in stores)
-    monkeypatch.setattr(_local, "_put", real_put)
+    free()
     res = CliRunner().invoke(lrtrain, argv)
     assert res.exit_code == 0, res.output
     assert all(lrscope.open_run(s).attrs["status"] == "completed" for s in stores)
