@@ -76,3 +76,19 @@ def test_views_build_and_the_slider_moves_them(sweep):
     assert len([el for el in m.values() if isinstance(el, hv.Points)][0]) == 4  # every run a point
     views = e.sample_views(5, e.w_run.value, e.w_seeds.value, None)
     assert "sample 5" in views[0].object
+
+
+def test_a_big_data_map_keeps_every_bias_conflicting_sample_and_selects_the_right_one(sweep, monkeypatch):
+    import lrscope.viz.app as app
+
+    monkeypatch.setattr(app, "MAX_MAP_POINTS", 100)
+    e = app.Explorer([sweep])
+    pts = e.data_map(e.w_run.value, None)
+    ds = e.data.dataset(e.w_run.value)
+    bc = ds.train_bias_conflicting.values.astype(bool)
+    shown = pts.dimension_values("sample")
+    assert len(shown) == max(100, bc.sum()) < len(bc)
+    assert set(np.flatnonzero(bc)) <= set(shown.tolist())
+    e._on_select([5])
+    assert e.w_sample.value == int(shown[5])
+    np.testing.assert_allclose(pts.dimension_values("confidence"), ds.dyn_confidence.values[shown])

@@ -45,6 +45,7 @@ TRAJECTORY_METRICS = {  # per-snapshot probe variables the slider moves through
     "average CSI": "csi_mean", "average BSI": "bsi_mean", "unbiased accuracy (probe subset)": "probe_accuracy",
 }
 MAX_CURVE_POINTS = 1500
+MAX_MAP_POINTS = 4000  # points drawn in a data map (the browser's cost grows with them)
 
 
 # ------------------------------------------------------------------------------- data
@@ -429,24 +430,32 @@ class Explorer:
         if ds is None or "dyn_confidence" not in ds:
             return hv.Points([], ["variability", "confidence"]).opts(
                 title="no dynamics probe for this run: run lrprobe compute", responsive=True, height=380)
-        conf, var = ds.dyn_confidence.values, ds.dyn_variability.values
         bc = ds.train_bias_conflicting.values.astype(bool)
-        data = {"variability": var, "confidence": conf, "sample": np.arange(len(conf)),
-                "y": ds.train_y.values, "b": ds.train_b.values,
-                "kind": np.where(bc, "bias-conflicting", "bias-aligned"),
-                "correctness": ds.dyn_correctness.values, "forgetting": ds.dyn_forgetting_events.values}
+        idx = np.arange(len(bc))
+        if len(idx) > MAX_MAP_POINTS:  # every bias-conflicting sample, a fixed random share of the others
+            rest = np.random.default_rng(0).choice(np.flatnonzero(~bc), max(0, MAX_MAP_POINTS - int(bc.sum())),
+                                                   replace=False)
+            idx = np.sort(np.concatenate([np.flatnonzero(bc), rest]))
+        self._map_samples = idx  # position in the plot -> training sample
+        data = {"variability": ds.dyn_variability.values[idx], "confidence": ds.dyn_confidence.values[idx],
+                "sample": idx, "y": ds.train_y.values[idx], "b": ds.train_b.values[idx],
+                "kind": np.where(bc[idx], "bias-conflicting", "bias-aligned"),
+                "correctness": ds.dyn_correctness.values[idx], "forgetting": ds.dyn_forgetting_events.values[idx]}
+        shown = "every training sample" if len(idx) == len(bc) else \
+            f"{len(idx)} of {len(bc)} training samples, every bias-conflicting one"
         pts = hv.Points(data, ["variability", "confidence"],
                         ["kind", "sample", "y", "b", "correctness", "forgetting"]).opts(
             color="kind", cmap={"bias-aligned": "#3a7dbf", "bias-conflicting": "#e0542c"}, size=4, alpha=0.6,
             tools=["hover", "tap", "lasso_select", "box_select"], responsive=True, height=380,
             legend_position="top_right",
-            title=f"data map of {run_id}: confidence against variability of every training sample",
+            title=f"data map of {run_id}: confidence against variability ({shown})",
             nonselection_alpha=0.1, framewise=True)
         return pts
 
     def _on_select(self, index):
         if index:
-            self.w_sample.value = int(index[0])
+            samples = getattr(self, "_map_samples", None)
+            self.w_sample.value = int(samples[index[0]]) if samples is not None else int(index[0])
 
     def sample_views(self, sample, run_id, seeds, group):
         d = self.data
