@@ -43,6 +43,8 @@ from .recorder import Recorder, is_recording_point, recording_errors
 from .restore import build_model, state_arrays
 
 EVAL_BATCH = 4096
+STOCHASTIC_MODULES = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
+                      "StochasticDepth")
 TRAIN_LOGITS_BUDGET = 0.02  # "auto": train logits at full snapshots when a pass costs <= 2% of the interval
 
 
@@ -276,6 +278,10 @@ class Trainer:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # stochastic layers (Swin-T's stochastic depth, dropout) draw from torch's global RNG: it is
+        # reseeded from (seed, iteration) before each such step, so a resumed run draws what an
+        # uninterrupted one would (models without them are untouched)
+        self.stochastic = any(type(m).__name__ in STOCHASTIC_MODULES for m in model.modules())
         self._logits: list[torch.Tensor] = []
         self._norms: list[torch.Tensor] = []  # per step: one 0-d norm per grad, then per param
         self.perm_cpu: torch.Tensor | None = None
@@ -386,6 +392,8 @@ class Trainer:
         gradient/parameter norms for the recorder (no copies, no host syncs)."""
         cfg, opt = self.cfg, self.opt
         xb, yb = as_model_input(self.X[idx]), self.Y[idx]
+        if self.stochastic:
+            torch.manual_seed((self.cfg.seed * 1_000_003 + t) % 2**63)
         if self.scheduled:
             lr_t = cfg.lr_at(t)
             for g in opt.param_groups:
