@@ -314,7 +314,7 @@ def metric_panels(sw: xr.Dataset, metrics=HEADLINE) -> hv.Layout:
         band = hv.Spread((lrs, mean, sd), "lr", [label, "sd"]).opts(fill_alpha=0.2, color="grey")
         line = hv.Curve((lrs, mean), "lr", label).opts(color="black")
         panels.append((band * line * pts).opts(title=label, logx=True, responsive=True, min_width=300, height=260,
-                                               xlabel="learning rate"))
+                                               xlabel="learning rate", padding=0.08))
     return hv.Layout(panels).cols(3) if panels else hv.Layout([hv.Curve([]).opts(title="no probe results")])
 
 
