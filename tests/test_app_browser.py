@@ -165,3 +165,13 @@ def test_serve_refuses_a_path_without_runs(tmp_path):
     r = subprocess.run([LRPROBE, "serve", str(tmp_path), "--port", str(free_port())], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("Error:"), r.stderr
+
+
+def test_serve_on_a_taken_port_is_one_line(tiny_sweep):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([LRPROBE, "serve", str(tiny_sweep), "--port", str(port)], capture_output=True,
+                           text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Address already in use" in r.stderr, r.stderr

@@ -583,10 +583,14 @@ def serve(paths, *, port: int = 5006, address: str = "127.0.0.1", live: bool = F
         raise StoreError(f"{', '.join(map(str, paths))}: no readable run stores")
     t0 = time.perf_counter()
     hv.extension("bokeh", logo=False)
+    from ..errors import LrscopeError
+
+    try:  # binds the port at once: a taken port is the one-line error before anything is loaded
+        server = _make_server(paths, port, address, live, show)
+    except OSError as e:  # the port is taken, the address is not this machine's
+        raise LrscopeError(f"cannot listen on {address}:{port} ({e.strerror or e}); choose another --port "
+                           "(0: any free port)") from None
     shared_data(next(iter(discover_check.values())))  # the first page shows the first sweep: load it now
-    server = pn.serve({"/": lambda: Explorer(paths, live=live).layout()}, port=port, address=address,
-                      show=show, start=False, title="lrscope explorer", websocket_origin=[f"{address}:{port}",
-                                                                                          f"localhost:{port}"])
     url = f"http://{address}:{port}/"
     if ready is not None:
         ready(url)
@@ -598,3 +602,10 @@ def serve(paths, *, port: int = 5006, address: str = "127.0.0.1", live: bool = F
         pass
     finally:
         server.stop()
+
+
+def _make_server(paths, port, address, live, show):
+    """A Bokeh server (not started) whose every session gets its own `Explorer`."""
+    return pn.serve({"/": lambda: Explorer(paths, live=live).layout()}, port=port, address=address, show=show,
+                    start=False, title="lrscope explorer",
+                    websocket_origin=[f"{address}:{port}", f"localhost:{port}"])
