@@ -92,3 +92,27 @@ def test_a_big_data_map_keeps_every_bias_conflicting_sample_and_selects_the_righ
     e._on_select([5])
     assert e.w_sample.value == int(shown[5])
     np.testing.assert_allclose(pts.dimension_values("confidence"), ds.dyn_confidence.values[shown])
+
+
+def test_live_refresh_keeps_the_users_choices(sweep, tmp_path):
+    """--live: a run that trains on is re-read; the metric, seeds and run chosen stay chosen."""
+    import shutil
+
+    import zarr
+
+    from lrscope.viz.app import Explorer
+
+    d = tmp_path / "live"
+    shutil.copytree(sweep, d)
+    e = Explorer([d], live=True)
+    metrics = list(e.w_metric.options.values())
+    e.w_metric.value = metrics[-1]
+    e.w_seeds.value = [1]
+    before = e.updates
+    store = sorted(d.glob("*.zarr"))[0]
+    g = zarr.open_group(str(store), mode="r+")  # the run "moved on": its status changes
+    g.attrs["status"] = "running"
+    e.refresh()
+    assert e.updates > before and "refreshed 1 run" in e.status.object
+    assert e.w_metric.value == metrics[-1] and e.w_seeds.value == [1]
+    assert e.data.runs[0].status == "running"

@@ -337,7 +337,12 @@ class Explorer:
             return
         self.groups = groups
         self._cache.pop(key, None)
+        keep = {w: w.value for w in (self.w_metric, self.w_seeds, self.w_run)}
         self._select_group(key)
+        for w, v in keep.items():  # what the user chose stays chosen while the runs move on
+            opts = w.options.values() if isinstance(w.options, dict) else w.options
+            if (isinstance(v, list) and set(v) <= set(opts)) or (not isinstance(v, list) and v in opts):
+                w.value = v
         self._tick(f"refreshed {len(changed)} run(s)")
 
     # ------------------------------------------------------------------ views
