@@ -34,6 +34,7 @@ import numpy as np
 import panel as pn
 
 from ..store import schema as S
+from .figures import _palette, block_mean
 
 CURVES = {  # training-curve choices: label -> how to get it from a run's log
     "loss": "loss", "accuracy": "accuracy", "BC loss ratio": "bc_share", "gradient norm": "grad_norm",
@@ -84,18 +85,6 @@ def discover(paths) -> dict[str, list[Run]]:
     for runs in groups.values():
         runs.sort(key=lambda r: (r.lr, r.seed, r.run_id))
     return groups
-
-
-def _block_mean(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(iteration, value) with at most `n` points: means of consecutive blocks (NaN-aware)."""
-    it = np.arange(len(x))
-    if len(x) <= n:
-        return it, x
-    k = -(-len(x) // n)
-    m = len(x) // k * k
-    with np.errstate(invalid="ignore"):
-        xs = np.nanmean(x[:m].reshape(-1, k), axis=1)
-    return it[:m].reshape(-1, k).mean(1), xs
 
 
 @dataclass
@@ -158,7 +147,7 @@ class SweepData:
             else:
                 sd.curves[v] = [(np.zeros(0), np.zeros(0))] * n
                 continue
-            sd.curves[v] = [_block_mean(arr[i][: n_it[i]], MAX_CURVE_POINTS) for i in range(n)]
+            sd.curves[v] = [block_mean(arr[i][: n_it[i]], MAX_CURVE_POINTS) for i in range(n)]
         return sd
 
     def dataset(self, run_id: str):
@@ -257,12 +246,6 @@ def shared_data(runs: list[Run]) -> SweepData:
 
 
 # ------------------------------------------------------------------------------- the app
-def _palette(n: int) -> list[str]:
-    from bokeh.palettes import Viridis256
-
-    return [Viridis256[int(i * 230 / max(n - 1, 1))] for i in range(max(n, 1))]
-
-
 class Explorer:
     """The app's state and views. One instance per browser session."""
 

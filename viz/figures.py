@@ -4,6 +4,7 @@ renders to bokeh for the HTML report, and to matplotlib for static figures."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -345,14 +346,16 @@ def group_accuracy_vs_lr(sw: xr.Dataset) -> hv.Overlay:
                                    logx=True, legend_position="right", xlabel="learning rate")
 
 
-def _block_mean(x: np.ndarray, n: int = 600) -> tuple[np.ndarray, np.ndarray]:
+def block_mean(x: np.ndarray, n: int = 600) -> tuple[np.ndarray, np.ndarray]:
+    """(iteration, value) with at most `n` points: means of consecutive blocks (NaN-aware; an
+    all-NaN block is NaN, quietly). Shared by the report's and the explorer's training curves."""
     it = np.arange(len(x))
     if len(x) <= n:
         return it, x
     k = -(-len(x) // n)
     m = len(x) // k * k
-    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
-        __import__("warnings").simplefilter("ignore", RuntimeWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         return it[:m].reshape(-1, k).mean(1), np.nanmean(x[:m].reshape(-1, k), axis=1)
 
 
@@ -367,13 +370,13 @@ def training_curves(sw: xr.Dataset, variables=(("loss", "training loss"), ("accu
         curves = []
         for lr, c in zip(lrs, _palette(len(lrs))):
             runs = np.flatnonzero(_ok(sw) & (sw.lr.values == lr))
-            with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
-                __import__("warnings").simplefilter("ignore", RuntimeWarning)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
                 v = np.nanmean(np.asarray(sw[var].isel(run=runs).values, dtype=float), axis=0)
             keep = np.flatnonzero(np.isfinite(v))
             if len(keep) == 0:
                 continue
-            it, m = _block_mean(v[: keep[-1] + 1])
+            it, m = block_mean(v[: keep[-1] + 1])
             curves.append(hv.Curve((it, m), "iteration", label, label=f"lr={lr:g}").opts(color=c, tools=["hover"]))
         logy = var in ("loss", "grad_norm")
         panels.append(_lr_overlay(curves, f"{label} through training").opts(logy=logy))
