@@ -493,6 +493,11 @@ def selectivity_np(acts, labels, eps: float = 1e-8) -> np.ndarray:
     if len(classes) < 2:
         raise MetricError("selectivity needs at least 2 distinct labels")
     a = np.asarray(acts).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        lowest = np.nanmin(a) if a.size and not np.isnan(a).all() else 0.0
+    if lowest < 0:  # CSI of signed features is not bounded (N(0, 1) features: -1.25 ... 12.9)
+        raise MetricError(f"selectivity is defined on non-negative activations (post-ReLU); these reach {lowest:.3g}: "
+                          "use a non-negative representation, e.g. max(0, h)")
     counts = onehot.sum(0)
     at = np.swapaxes(a, -1, -2)  # (..., d, n): the sums over samples as BLAS matmuls (einsum's loop is ~10x slower)
     means = (at @ onehot) / counts  # (..., d, K)
@@ -510,7 +515,8 @@ def selectivity(acts, labels, *, sample_dim: str | None = None, feature_dim: str
     ρ_max · (π_max − π_−max) / (π_max + π_−max + ε), π_max the largest label-conditional mean
     activation, π_−max the mean of the other labels' means, ρ_max the fraction of samples of the
     argmax label on which the neuron is active (> 0). With class labels this is CSI, with bias
-    labels BSI. A dead neuron scores 0. Needs ≥ 2 labels. Returns a DataArray over `feature_dim`
+    labels BSI. A dead neuron scores 0. Needs ≥ 2 labels and non-negative activations (with
+    them the index lies in [0, 1]; MetricError otherwise). Returns a DataArray over `feature_dim`
     (and the other dims of `acts`).
 
     Examples

@@ -50,12 +50,16 @@ _R = "lrscope.probe.runner:"
 PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
     ProbeEntry(
         "accuracy", _R + "probe_accuracy",
-        "Unbiased (the mean over (y, b) groups), worst-group, per-group, bias-aligned and bias-conflicting "
-        "accuracy per snapshot: on the test split at full snapshots, on the group-balanced probe subset at "
-        "every snapshot; train accuracy where train logits were recorded. *_final: the last snapshot's.",
+        "Unbiased (the paper's: accuracy on the test split, where y and b are independent), worst-group, "
+        "per-group, bias-aligned and bias-conflicting accuracy per snapshot, and the 'average accuracy' of "
+        "Waterbirds/CelebA papers (test group accuracies weighted by the training groups' sizes): on the test "
+        "split at full snapshots, on the group-balanced probe subset at every snapshot; train accuracy where "
+        "train logits were recorded. *_final: the last snapshot's.",
+        format=4,  # average_accuracy added
         cost="reads the stored logits (~0.01x of training on the demo sweep)",
         headline=(Headline("unbiased_accuracy_final", "unbiased test accuracy", "unb.acc"),
-                  Headline("worst_group_accuracy_final", "worst-group accuracy", "worst"))),
+                  Headline("worst_group_accuracy_final", "worst-group accuracy", "worst"),
+                  Headline("average_accuracy_final", "average accuracy (training-group weighted)"))),
     ProbeEntry(
         "loss_ratio", _R + "probe_loss_ratio",
         "The bias-conflicting / bias-aligned loss ratio of every minibatch, read from the per-step log; its "
@@ -66,16 +70,21 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
     ProbeEntry(
         "compressibility", _R + "probe_compressibility",
         "(q, kappa)-compressibility, sparsity and PQ-index of the probe subset's penultimate activations per "
-        "snapshot, and of the last checkpoint's parameters (all weights together, and per layer).",
+        "snapshot (sparsity of the non-negative representation: max(0, h) for Swin-T), and of the last "
+        "checkpoint's weights with more than one dimension (linear and convolution weights, as Diao et al. "
+        "compute the PQ-index; biases and normalisation parameters left out), together and per tensor.",
+        format=4,  # parameters: weight tensors with > 1 dimension only; sparsity on the non-negative representation
         cost="reads the stored activations and the last checkpoint (~0.03x)",
         params={"kappa": "kappa of the (q, kappa)-compressibility (lrprobe compute --kappa; default 0.1)",
                 "q": "q of the (q, kappa)-compressibility (Python API; default 2)"},
         headline=(Headline("activation_compressibility_final", "activation compressibility"),)),
     ProbeEntry(
         "representation", _R + "probe_representation",
-        "Class and bias selectivity of every penultimate neuron on the probe subset (CSI, BSI) and their "
-        "averages, class separation R² of the activations, and neuron survival (Fig. 18: the share of "
-        "class- and bias-dominant neurons that keep their role until the end), per snapshot.",
+        "Class and bias selectivity of every penultimate neuron on the probe subset (CSI, BSI, in [0, 1]: "
+        "computed on the non-negative representation, the post-ReLU activations, or max(0, h) for Swin-T whose "
+        "features are signed) and their averages, class separation R² of the activations, and neuron survival "
+        "(Fig. 18: the share of class- and bias-dominant neurons that keep their role until the end), per snapshot.",
+        format=4,  # CSI/BSI on max(0, h) for models with signed features (Swin-T)
         cost="reads the stored activations (~0.01x)",
         headline=(Headline("csi_mean_final", "average CSI", "CSI"),
                   Headline("class_separation_final", "class separation R²"))),

@@ -58,6 +58,12 @@ class Context:
         return self.ds.probe_features.compute()
 
     @cached_property
+    def selective_features(self) -> xr.DataArray:
+        """The non-negative representation selectivity and activation sparsity use
+        (:func:`selective_representation`)."""
+        return selective_representation(self.features, self.config.get("model"))
+
+    @cached_property
     def eval_set(self):
         """(inputs, labels, where): the full test split rebuilt from the config when the rebuilt
         labels match the stored ones, else the stored probe subset (group-balanced)."""
@@ -77,6 +83,24 @@ class Context:
             pass
         x = torch.from_numpy(np.asarray(self.ds.probe_inputs.values))
         return x, torch.from_numpy(self.ds.probe_y.values), "probe subset"
+
+
+def selective_representation(features: xr.DataArray, model: str | None) -> xr.DataArray:
+    """The non-negative representation that selectivity (CSI, BSI) and activation sparsity are
+    computed on: the penultimate activations themselves when the model's are post-ReLU (every
+    model but Swin-T), their positive part max(0, h) when they are signed (the model entry's
+    `signed_features`: Swin-T's layer-normed, pooled tokens). Its `representation` attribute
+    says which."""
+    from ..train.models import MODELS
+
+    e = MODELS.get(model)
+    if e is not None and e.signed_features:
+        out = features.clip(min=0)
+        out.attrs = dict(features.attrs, representation="max(0, penultimate activations)")
+        return out
+    out = features.copy()
+    out.attrs["representation"] = "penultimate activations (post-ReLU)"
+    return out
 
 
 def _final(da: xr.DataArray, name: str) -> xr.DataArray:
@@ -110,6 +134,7 @@ def probe_accuracy(ctx: Context) -> xr.Dataset:
     out = M.group_accuracy(test_logits.isel(snapshot=full), ds.test_y, ds.test_b, sample_dim="test_sample")
     # computed before reindexing: a lazy reindex splits every chunk (dask PerformanceWarning)
     out = out.compute().reindex(snapshot=ds.snapshot.values)  # NaN at light snapshots
+    out["average_accuracy"] = _train_weighted(out.group_accuracy, ds)
     pr = M.group_accuracy(_in_memory(ds.probe_logits), ds.probe_y, ds.probe_b, sample_dim="probe_sample")
     out["probe_accuracy"] = M._attrs(pr.unbiased_accuracy, "accuracy on the group-balanced probe subset", True)
     out["probe_worst_group_accuracy"] = M._attrs(pr.worst_group_accuracy, "worst-group accuracy (probe subset)", True)
@@ -118,10 +143,26 @@ def probe_accuracy(ctx: Context) -> xr.Dataset:
     out["train_accuracy"] = M._attrs(M.group_accuracy(tl.isel(snapshot=tr), ds.train_y, ds.train_y,
                                                       sample_dim="train_sample").unbiased_accuracy
                                      .compute().reindex(snapshot=ds.snapshot.values), "train accuracy", True)
-    for v in ("unbiased_accuracy", "worst_group_accuracy", "bc_accuracy", "ba_accuracy", "train_accuracy"):
+    for v in ("unbiased_accuracy", "worst_group_accuracy", "average_accuracy", "bc_accuracy", "ba_accuracy",
+              "train_accuracy"):
         if v in out:
             out[f"{v}_final"] = _final(out[v], v)
     return out.drop_vars([c for c in out.coords if c not in ("snapshot", "group")])
+
+
+def _train_weighted(group_acc: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
+    """The "average accuracy" of the Waterbirds/CelebA literature (e.g. Sagawa et al. 2020, Liu
+    et al. 2021): the test accuracy of each (y, b) group weighted by that group's share of the
+    *training* set, i.e. the accuracy expected on test data distributed like the (biased) training
+    data. Not the paper's unbiased accuracy (every group weighted equally on the y ⟂ b test set)."""
+    n_b = int(ds.test_b.values.max()) + 1  # the numbering group_accuracy gave the test groups
+    groups = ds.train_y.values.astype(np.int64) * n_b + ds.train_b.values.astype(np.int64)
+    counts = np.bincount(groups, minlength=int(group_acc.group.max()) + 1)[group_acc.group.values]
+    w = xr.DataArray(counts / counts.sum(), dims=["group"], coords={"group": group_acc.group.values})
+    return M._attrs((group_acc * w).sum("group", skipna=False), "average accuracy (training-group weighted)", True,
+                    description="test accuracy of each (y, b) group weighted by the group's share of the training "
+                                "set (the 'average accuracy' of Waterbirds/CelebA papers); the paper's unbiased "
+                                "accuracy weights the groups equally", units="fraction")
 
 
 def probe_loss_ratio(ctx: Context) -> xr.Dataset:
@@ -153,16 +194,18 @@ def probe_compressibility(ctx: Context) -> xr.Dataset:
     f = ctx.features
     q, k = ctx.params.get("q", 2), ctx.params.get("kappa", 0.1)
     comp = M.compressibility(f, feature_dim="neuron", q=q, kappa=k).mean("probe_sample")
-    spar = M.sparsity(f, feature_dim="neuron").mean("probe_sample")
+    spar = M.sparsity(ctx.selective_features, feature_dim="neuron").mean("probe_sample")
     pq = M.pq_index(f, feature_dim="neuron").mean("probe_sample")
     out = xr.Dataset({
         "activation_compressibility": M._attrs(comp, f"activation ({q:g}, {k:g})-compressibility", True),
-        "activation_sparsity": M._attrs(spar, "activation sparsity", True),
+        "activation_sparsity": M._attrs(spar, "activation sparsity", True,
+                                        representation=ctx.selective_features.attrs["representation"]),
         "activation_pq_index": M._attrs(pq, "activation PQ-index", True),
     })
-    # parameters: global, over all weights of the last checkpoint
-
-    named = [(n, p.detach().cpu().flatten().numpy()) for n, p in ctx.model.named_parameters()]
+    # parameters, as Diao et al. (2023) compute the PQ-index: the weight tensors with more than one
+    # dimension (linear and convolution weights) of the last checkpoint; biases and normalisation
+    # scales/shifts are left out. Globally over all of them, and per tensor.
+    named = [(n, p.detach().cpu().flatten().numpy()) for n, p in ctx.model.named_parameters() if p.ndim > 1]
     pda = xr.DataArray(np.concatenate([w for _, w in named]), dims=["weight"])
     out["param_compressibility"] = M.compressibility(pda, feature_dim="weight", q=q, kappa=k)
     out["param_pq_index"] = M.pq_index(pda, feature_dim="weight")
@@ -192,8 +235,11 @@ def probe_representation(ctx: Context) -> xr.Dataset:
     ds = ctx.ds
     f = ctx.features
     kw = dict(sample_dim="probe_sample", feature_dim="neuron")
-    csi = M.selectivity(f, ds.probe_y.values, name="class", **kw)
-    bsi = M.selectivity(f, ds.probe_b.values, name="bias", **kw)
+    sel = ctx.selective_features  # selectivity needs non-negative activations
+    csi = M.selectivity(sel, ds.probe_y.values, name="class", **kw)
+    bsi = M.selectivity(sel, ds.probe_b.values, name="bias", **kw)
+    for v in (csi, bsi):
+        v.attrs["representation"] = sel.attrs["representation"]
     out = xr.Dataset({
         "csi": csi,
         "bsi": bsi,

@@ -373,6 +373,8 @@ def _finish_dataset(path, root, attrs, variables, coords, probes, describe=True)
     })
     if attrs.get(S.ATTR_DIVERGED_AT) is not None:
         ds.attrs["diverged_at"] = attrs[S.ATTR_DIVERGED_AT]
+    if isinstance(attrs.get(S.ATTR_STOP_MET), bool):
+        ds.attrs["stop_criterion_met"] = attrs[S.ATTR_STOP_MET]
     if probes:
         ds = ds.merge(read_probes(path, root), combine_attrs="override", compat="override", join="outer")
     return _describe(ds) if describe else ds
@@ -657,6 +659,8 @@ def open_sweep(paths, *, probes: bool = True) -> xr.Dataset:
         run_coords[name] = ("run", np.asarray(vals))
         described[name] = S.describe_config(k)
     run_coords["status"] = ("run", np.asarray([d.attrs["status"] for d in dsets]))
+    run_coords["stop_criterion_met"] = ("run", np.asarray([
+        d.attrs["status"] == S.STATUS_COMPLETED and d.attrs.get("stop_criterion_met", True) for d in dsets]))
     # per-run coordinates (snapshot/checkpoint iterations) travel as data variables through the
     # concat so they gain the `run` dim; shared label coordinates are kept once
     per_run = ["snapshot_iteration", "checkpoint_iteration"]

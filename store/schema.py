@@ -34,6 +34,8 @@ ATTR_DEVICE = "device"
 ATTR_TIMINGS = "timings"
 ATTR_RUN_ID = "run_id"
 ATTR_DIVERGED_AT = "diverged_at"
+# bool on a completed run: its stop criterion held (False: it ran out of max_steps first)
+ATTR_STOP_MET = "stop_criterion_met"
 ATTR_MODEL_INFO = "model_info"  # input shape, classes, penultimate width, param names
 ATTR_REGIONS = "regions"  # input regions (core/spurious/noise) for attribution shares
 ATTR_KIND = "lrscope"  # marker: value "run" on every run store
@@ -214,6 +216,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     # a sweep's run coordinates
     "run": _d("run", "run id (the store's name): `sw.sel(run=<id>)` selects one run"),
     "status": _d("run status", "completed, diverged (a non-finite loss ended it), running or failed"),
+    "stop_criterion_met": _d("stop criterion met", "whether the run's stop criterion held when it ended (False: "
+                             "max_steps ended it first, or it diverged or has not ended)"),
     # probes: accuracy
     "unbiased_accuracy": _d("unbiased test accuracy", "accuracy on the test split, whose bias is uncorrelated with the "
                             "class (y ⟂ b), at full snapshots; NaN at light ones", "fraction"),

@@ -64,7 +64,8 @@ def test_train_probe_ls_report(tmp_path):
     assert 0 <= float(ds.prunability) <= 1
     assert ds.unbiased_accuracy.sizes["snapshot"] == ds.sizes["snapshot"]
     res = run(lrprobe, ["ls", str(out)])
-    assert res.exit_code == 0 and "completed" in res.output and stores[0].stem in res.output
+    assert res.exit_code == 0 and stores[0].stem in res.output
+    assert "completed" in res.output or "max_steps" in res.output  # max_steps: ended before its stop criterion
     report = tmp_path / "rep" / "report.html"
     res = run(lrprobe, ["report", str(out), "-o", str(report)])
     assert res.exit_code == 0, res.output

@@ -152,6 +152,12 @@ def test_csi_bounds_for_nonnegative_activations(x, seed):
     assert np.all((v >= -1e-9) & (v <= 1 + 1e-9))
 
 
+def test_selectivity_refuses_signed_activations():
+    a = acts_da(np.array([[1.0, -0.5], [0.0, 2.0], [0.5, 1.0], [0.0, 0.0]]))
+    with pytest.raises(MetricError, match="non-negative"):
+        probe.class_selectivity(a, [0, 0, 1, 1], sample_dim="s", feature_dim="n")
+
+
 def test_neuron_survival_hand_case():
     csi = xr.DataArray([[0.5, 0.1, 0.3], [0.5, 0.4, 0.0]], dims=["snapshot", "neuron"])
     bsi = xr.DataArray([[0.1, 0.2, 0.1], [0.1, 0.2, 0.2]], dims=["snapshot", "neuron"])
@@ -364,7 +370,7 @@ def test_metrics_on_nans_are_defined_or_nan(x, seed):
     rows_ok = np.isfinite(x).all(1)
     c = probe.compressibility(da, feature_dim="n").values
     assert np.all(np.isnan(c[~rows_ok]))
-    probe.class_selectivity(da, labels, sample_dim="s", feature_dim="n")  # NaN neurons, no raise
+    probe.class_selectivity(abs(da), labels, sample_dim="s", feature_dim="n")  # NaN neurons, no raise
     r2 = float(probe.class_separation(da.fillna(0), labels, sample_dim="s", feature_dim="n"))
     assert -1 - 1e-9 <= r2 <= 1 + 1e-9
 

@@ -451,6 +451,7 @@ class Trainer:
                     if stop.signal:
                         raise rec.interrupt(stop.signal)
                 if not rec.ended:  # resumed at max_steps (killed while finishing)
+                    rec.out_of_steps()
                     rec.finish(t)
         finally:
             if bar is not None:

@@ -32,6 +32,10 @@ class ModelEntry:
     heavy: bool = False  # slow on a CPU: its dataset pairs are in the slow test suite
     takes_widths: bool = False  # built from the config field `widths` (the others ignore it)
     check: Callable[[dict, list | None], None] | None = None  # (options over defaults, widths): no building
+    # Its penultimate representation can be negative (not a ReLU output). Selectivity (CSI, BSI)
+    # and activation sparsity are defined on non-negative activations: for these models they are
+    # computed on the rectified representation max(0, h) (probe/runner.py `selective_features`).
+    signed_features: bool = False
 
 
 MODELS: dict[str, ModelEntry] = {}
@@ -39,7 +43,7 @@ _BUILT_IN = ("input_shape", "num_classes", "widths")  # keywords every builder m
 
 
 def register_model(fn=None, *, name: str | None = None, options: dict[str, dict] | None = None, image: bool = False,
-                   batchable: bool = False, heavy: bool = False, check=None):
+                   batchable: bool = False, heavy: bool = False, check=None, signed_features: bool = False):
     """Register a model builder (``@register_model`` or ``@register_model(options={...}, ...)``)
     under its function's name. Builders take ``input_shape``, ``num_classes``, ``widths`` if they
     are built from the config's widths, and exactly their declared options."""
@@ -53,7 +57,7 @@ def register_model(fn=None, *, name: str | None = None, options: dict[str, dict]
             raise TypeError(f"model {key!r} registered twice")
         defaults = {k: params[k].default for k in options or {}}
         MODELS[key] = ModelEntry(key, fn, inspect.cleandoc(fn.__doc__ or ""), dict(options or {}), defaults,
-                                 image, batchable, heavy, "widths" in params, check)
+                                 image, batchable, heavy, "widths" in params, check, signed_features)
         return fn
 
     return deco(fn) if fn is not None else deco
@@ -187,12 +191,12 @@ for _arch in ("resnet18", "resnet50", "wide_resnet101_2"):
     _register_resnet(_arch)
 
 
-@register_model(image=True, heavy=True)
+@register_model(image=True, heavy=True, signed_features=True)
 def swin_t(*, input_shape, num_classes) -> nn.Module:
     """torchvision Swin-T, untrained (weights=None; --weights loads a local ImageNet checkpoint
     such as torchvision's); a 1-channel patch embedding for grey inputs; the penultimate
     representation is the layer-normed, average-pooled tokens (not a ReLU output: it can be
-    negative)."""
+    negative; selectivity and activation sparsity use its positive part max(0, h))."""
     from .nets import TorchvisionSwin
 
     return TorchvisionSwin(input_shape[0], num_classes)

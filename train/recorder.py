@@ -74,6 +74,7 @@ class Recorder:
         self.epoch_loss = 0.0
         self.last_epoch_accuracy: float | None = None
         self.status, self.reason = S.STATUS_COMPLETED, f"max_steps={self.cfg.max_steps} reached"
+        self.stop_met = True  # False when max_steps ends the run before its stop criterion held
         self.t = 0
         self.ended = False
 
@@ -141,7 +142,9 @@ class Recorder:
             self.last_epoch_accuracy = self.epoch_correct / max(self.epoch_count, 1)
             self.epoch_correct = self.epoch_count = 0
             self.epoch_loss = 0.0
-        done = done or t >= cfg.max_steps
+        if not done and t >= cfg.max_steps:
+            done = True
+            self.out_of_steps()
         if snap or ckpt or done or stop_signal:
             sync()
         if snap and not done:
@@ -161,6 +164,17 @@ class Recorder:
         return False
 
     # ------------------------------------------------------------------ the end
+    def out_of_steps(self) -> None:
+        """The run ends at max_steps: with stop = max-steps that is its criterion; otherwise it
+        ended before its criterion held, and its reason says so (stop_criterion_met = False)."""
+        cfg = self.cfg
+        self.stop_met = cfg.stop == "max-steps"
+        if not self.stop_met:
+            crit = "100% train accuracy" + (f" and train loss < {cfg.stop_loss:g}" if cfg.stop == "train-loss" else "")
+            acc = ("" if self.last_epoch_accuracy is None else
+                   f"; the last epoch's running train accuracy was {100 * self.last_epoch_accuracy:.1f}%")
+            self.reason = f"max_steps={cfg.max_steps} reached before the stop criterion ({crit}){acc}"
+
     def finish(self, t: int) -> None:
         """The final snapshot and checkpoint at iteration t; status completed (or the stop reason)."""
         r0 = time.perf_counter()
@@ -170,7 +184,7 @@ class Recorder:
         self.tr.checkpoint(t)
         self.rec += time.perf_counter() - r0
         self.w.timings = self.timings()
-        self.w.finish(self.status, self.reason)
+        self.w.finish(self.status, self.reason, **{S.ATTR_STOP_MET: self.stop_met})
         self.ended = True
 
     def interrupt(self, signum: int, what: str | None = None) -> RunInterrupted:

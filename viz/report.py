@@ -125,6 +125,7 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
     rows = run_rows(paths)  # the runs first: no run, no folder
     hv.extension("bokeh", logo=False)
     n_div = sum(r["status"] == "diverged" for r in rows)
+    n_max = sum(r["status"] == "max_steps" for r in rows)  # ended by max_steps before their stop criterion
     groups: dict[tuple[str, str], list[Path]] = defaultdict(list)  # from the rows: each run is opened twice,
     for r in rows:  # for its row and in its sweep (was three times)
         groups[(r["dataset"], r["model"])].append(Path(r["path"]))
@@ -187,7 +188,9 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
     nav.append("</ul></nav>")
     doc = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
            f"<style>{CSS}</style>{_bokeh_js(INLINE)}</head><body>{''.join(nav)}<main>"
-           f"<h1>{html.escape(title)}</h1><p>{len(rows)} runs, {n_div} diverged · lrscope {__version__} · "
+           f"<h1>{html.escape(title)}</h1><p>{len(rows)} runs, {n_div} diverged"
+           + (f", {n_max} ended by max_steps before their stop criterion (see the run list)" if n_max else "")
+           + f" · lrscope {__version__} · "
            f"{time.strftime('%Y-%m-%d %H:%M')}</p>{page}</main>{script}</body></html>")
     write_text(out, doc)
     return out

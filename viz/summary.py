@@ -19,6 +19,8 @@ def run_rows(paths) -> list[dict]:
         status = ds.attrs["status"]
         if status == S.STATUS_RUNNING and not lock_held(p):  # no process trains it: re-run to resume
             status = "interrupted"
+        elif status == S.STATUS_COMPLETED and ds.attrs.get("stop_criterion_met") is False:
+            status = "max_steps"  # completed, but its stop criterion never held (the reason says how far)
         row = {"run_id": ds.attrs["run_id"], "status": status, "reason": ds.attrs["reason"],
                "dataset": cfg["dataset"], "model": cfg["model"], "lr": cfg["lr"], "seed": cfg["seed"],
                "iterations": int(ds.sizes.get("iteration", 0)), "path": str(p)}

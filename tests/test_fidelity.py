@@ -1,0 +1,105 @@
+"""Issue #19: the paper's definitions, without our additions."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from lrscope.probe import metrics as M
+from lrscope.probe.runner import selective_representation
+from lrscope.train.models import MODELS, create_model
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_selectivity_representation_is_non_negative_for_every_model(name):
+    """CSI and BSI lie in [0, 1] for every model of the registry: its penultimate activations are
+    non-negative, or the entry says they are signed and the probes rectify them."""
+    e = MODELS[name]
+    shape = (3, 32, 32) if e.image else (20,)
+    torch.manual_seed(0)
+    model = create_model(name, input_shape=shape, num_classes=4).eval()
+    with torch.inference_mode():
+        h = model.forward_features(torch.rand(24, *shape) * 2 - 0.5).double().numpy()
+    feats = xr.DataArray(h[None], dims=["snapshot", "probe_sample", "neuron"])
+    if e.signed_features:
+        assert h.min() < 0  # the flag is needed
+    else:
+        assert h.min() >= 0, f"{name}: penultimate activations are signed; declare signed_features=True"
+    rep = selective_representation(feats, name)
+    assert float(rep.min()) >= 0 and rep.attrs["representation"]
+    y, b = np.arange(24) % 4, (np.arange(24) // 4) % 2
+    for labels in (y, b):
+        v = M.selectivity(rep, labels, sample_dim="probe_sample", feature_dim="neuron").values
+        assert np.all((v >= 0) & (v <= 1)), (name, v.min(), v.max())
+    with pytest.raises(M.MetricError) if e.signed_features else contextlib.nullcontext():
+        M.selectivity(feats, y, sample_dim="probe_sample", feature_dim="neuron")
+
+
+def test_parameter_compressibility_uses_weight_tensors_as_diao_et_al(tmp_path, tiny):
+    """Diao et al. compute the PQ-index of weights: a ResNet's BatchNorm scales and shifts
+    (1-dimensional) are left out, globally and per tensor."""
+    import json
+
+    from lrscope.probe.runner import compute_run
+    from lrscope.store.reader import open_run
+    from lrscope.train.loop import train_run
+    from lrscope.train.restore import load_model
+
+    cfg = tiny(dataset="colored_mnist", model="resnet18", data_options={"base": "digits", "n_train": 50, "n_test": 30},
+               max_steps=3, probe_size=10, batch_size=10, stop="max-steps")
+    path = train_run(cfg, tmp_path, progress=False).path
+    compute_run(path, ["compressibility"])
+    ds = open_run(path)
+    layers = json.loads(ds.layer_param_compressibility.attrs["layers"])
+    model = load_model(ds, checkpoint=-1)
+    want = [n for n, p in model.named_parameters() if p.ndim > 1]
+    assert layers == want and "net.bn1.weight" not in layers and "net.conv1.weight" in layers
+    w = np.concatenate([p.detach().numpy().ravel() for n, p in model.named_parameters() if p.ndim > 1])
+    ref = float(M.pq_index(xr.DataArray(w, dims=["weight"]), feature_dim="weight"))
+    assert float(ds.param_pq_index) == pytest.approx(ref, rel=1e-6)
+
+
+def test_average_accuracy_weights_test_groups_by_training_group_sizes(tiny_sweep):
+    """"Average accuracy" (Waterbirds/CelebA papers): each test group's accuracy weighted by its
+    share of the training set — beside the paper's unbiased accuracy, each labelled."""
+    from lrscope.store.reader import open_run
+
+    path = sorted(p for p in tiny_sweep.iterdir() if p.suffix == ".zarr")[0]
+    ds = open_run(path)
+    n_b = int(ds.test_b.max()) + 1
+    counts = np.bincount(ds.train_y.values * n_b + ds.train_b.values, minlength=4)
+    logits = ds.test_logits.isel(snapshot=-1).values
+    correct = logits.argmax(-1) == ds.test_y.values
+    g = ds.test_y.values * n_b + ds.test_b.values
+    want = sum(counts[k] / counts.sum() * correct[g == k].mean() for k in np.unique(g))
+    assert float(ds.average_accuracy_final) == pytest.approx(want, rel=1e-6)
+    assert float(ds.unbiased_accuracy_final) == pytest.approx(correct.mean(), rel=1e-6)
+    assert "training" in ds.average_accuracy.attrs["long_name"]
+    assert ds.average_accuracy.attrs["units"] == "fraction"
+
+
+def test_a_run_out_of_steps_before_its_stop_criterion_says_so(tmp_path, tiny):
+    """The demo's LR 0.01 runs ended at 99.6% train accuracy as plain "completed"."""
+    from click.testing import CliRunner
+
+    from lrscope.cli.probe import main as lrprobe
+    from lrscope.store.reader import open_run, open_sweep
+    from lrscope.train.loop import train_run
+
+    short = train_run(tiny(lr=0.001, max_steps=16, stop="train-acc"), tmp_path, progress=False)
+    fixed = train_run(tiny(lr=0.001, max_steps=16, stop="max-steps", seed=1), tmp_path, progress=False)
+    a, b = open_run(short.path), open_run(fixed.path)
+    assert a.attrs["status"] == b.attrs["status"] == "completed"
+    assert a.attrs["stop_criterion_met"] is False and b.attrs["stop_criterion_met"] is True
+    assert "max_steps=16 reached before the stop criterion (100% train accuracy)" in a.attrs["reason"]
+    assert "running train accuracy" in a.attrs["reason"]
+    sw = open_sweep(tmp_path, probes=False)
+    assert dict(zip(sw.seed.values.tolist(), sw.stop_criterion_met.values.tolist())) == {0: False, 1: True}
+    out = CliRunner().invoke(lrprobe, ["ls", str(tmp_path)]).output
+    line = next(ln for ln in out.splitlines() if ln.startswith(a.attrs["run_id"]))
+    assert " max_steps " in line
+    assert " completed " in next(ln for ln in out.splitlines() if ln.startswith(b.attrs["run_id"]))
