@@ -94,7 +94,9 @@ def main(out: Path = Path("examples/paper")) -> None:
               base, {"lr": lr_grid(lo, hi), "seed": [0, 1, 2]})
     for dataset in ("colored_mnist", "mnist_cifar", "double_mnist"):
         for knob, (values, lr) in TABLE2.items():
-            base = {"dataset": dataset, "model": "resnet18", "max_steps": 50000, "batch_size": 100}
+            base = {"dataset": dataset, "model": "resnet18", "max_steps": 50000}
+            if knob != "batch_size":
+                base["batch_size"] = 100
             if lr is not None:
                 base["lr"] = lr
             if knob == "sam_rho":
