@@ -119,7 +119,7 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "checkpoints: each method's attribution share per input region (core, spurious, noise) and "
         "normalised entropy, and the maps of up to 16 samples taken in turn from every (y, b) group, with "
         "their labels, at the last chosen checkpoint.",
-        format=4,  # maps of samples from every (y, b) group, with their labels (were the first 16)
+        format=5,  # attr_checkpoint counts the attributed checkpoints (was their positions: sweeps misaligned)
         cost="runs the network at each chosen checkpoint (~0.02x at two); on the GPU when there is one",
         params={"checkpoints": "first,last | all | comma-separated positions (lrprobe compute --checkpoints)",
                 "attr_samples": "probe inputs attributed (Python API; default 256)",

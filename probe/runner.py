@@ -336,7 +336,11 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
     in_dims = list(ds.probe_inputs.dims[1:])
     cks = _checkpoints(ctx)
     picks = _map_picks(ds.probe_y.values[pos], ds.probe_b.values[pos], 16)
-    out = xr.Dataset(coords={"attr_checkpoint": cks,
+    # attr_checkpoint counts the attributed checkpoints (0 = the first chosen, -1 = the last), so a
+    # sweep's runs line up however many checkpoints each has; which checkpoint (position, iteration)
+    # each one is rides along as coordinates
+    out = xr.Dataset(coords={"attr_checkpoint": np.arange(len(cks)),
+                             "attr_checkpoint_position": ("attr_checkpoint", np.asarray(cks, dtype=np.int64)),
                              "attr_iteration": ("attr_checkpoint", ds.checkpoint_iteration.values[cks])})
     short = {"integrated_gradients": "ig", "deeplift": "deeplift"}
     maps = {}
@@ -363,7 +367,22 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
         for name, vals in shares[method].items():
             out[f"{m}_{name}_share"] = M._attrs(xr.DataArray(vals, dims=["attr_checkpoint"]),
                                                 f"{method} attribution share on {name} inputs",
-                                                True if name == "core" else None)
+                                                True if name == "core" else None,
+                                                description="share of the absolute attribution mass on these inputs "
+                                                            "(raw: a region of many inputs gets much by count)")
+        if shares[method]:  # size-normalised: mass per input of each region, the regions' values summing to 1
+            names = list(shares[method])
+            size = regions.sum([d for d in regions.dims if d != "region"]).sel(region=names).values.astype(float)
+            raw = np.array([shares[method][nm] for nm in names])  # (region, attr_checkpoint)
+            per = raw / np.where(size > 0, size, np.nan)[:, None]
+            per = per / np.nansum(per, 0, keepdims=True)
+            for r, name in enumerate(names):
+                out[f"{m}_{name}_share_per_input"] = M._attrs(
+                    xr.DataArray(per[r], dims=["attr_checkpoint"]),
+                    f"{method} attribution share on {name} inputs, size-normalised", True if name == "core" else None,
+                    description=f"mean absolute attribution per {name} input over the regions' means (the regions' "
+                                f"values sum to 1): {int(size[r])} inputs; independent of how many inputs each "
+                                "region has")
         out[f"{m}_maps"] = M._attrs(maps[method].rename(attr_sample="map_sample"),
                                     f"{method} maps (samples from every group, last checkpoint)", None)
     sel = pos[picks]

@@ -17,20 +17,39 @@ def last_snapshot(sw: xr.Dataset | xr.DataArray, var: str | None = None) -> xr.D
 
 
 def lr_sensitive_samples(sw: xr.Dataset, *, low_lrs, high_lrs, high_frac: float = 0.75,
-                         low_frac: float = 0.25) -> xr.Dataset:
-    """Probe samples predicted correctly by more than `high_frac` of the high-LR runs and fewer
-    than `low_frac` of the low-LR runs, at the end of training (Barsbey et al. Fig. 8)."""
-    logits = last_snapshot(sw, "probe_logits")
-    correct = (logits.argmax("class") == sw.probe_y).astype(float)
+                         low_frac: float = 0.25, split: str = "test") -> xr.Dataset:
+    """Samples predicted correctly by more than `high_frac` of the high-LR runs and by fewer than
+    `low_frac` of the low-LR runs at the end of training (Barsbey et al. Fig. 8's selection).
+
+    `split` = "test" (default): the whole test split, from the test logits stored at each run's
+    final snapshot; ``in_probe_subset`` / ``probe_position`` say which selected samples are in
+    the probe subset (the inputs whose attribution maps the `attributions` probe stores).
+    `split` = "probe": the group-balanced probe subset only (its logits at the last snapshot)."""
+    if split not in ("test", "probe"):
+        raise MetricError(f"split must be 'test' or 'probe', got {split!r}")
+    dim = f"{split}_sample"
+    logits = last_snapshot(sw, f"{split}_logits")
+    finite = np.isfinite(logits).all("class")
+    correct = (logits.fillna(-np.inf).argmax("class") == sw[f"{split}_y"]).where(finite).astype(float)
     ok = sw.status == "completed"
     hi = correct.where(ok & sw.lr.isin(list(high_lrs)), drop=True)
     lo = correct.where(ok & sw.lr.isin(list(low_lrs)), drop=True)
     if hi.sizes.get("run", 0) == 0 or lo.sizes.get("run", 0) == 0:
         raise MetricError("need finished runs at both the low and the high learning rates")
-    frac_hi, frac_lo = hi.mean("run"), lo.mean("run")
-    sel = np.flatnonzero(((frac_hi > high_frac) & (frac_lo < low_frac)).values)
-    return xr.Dataset({"high_lr_correct": frac_hi, "low_lr_correct": frac_lo,
-                       "selected": ("probe_sample", np.isin(np.arange(frac_hi.sizes["probe_sample"]), sel))})
+    frac_hi, frac_lo = hi.mean("run").compute(), lo.mean("run").compute()
+    selected = ((frac_hi > high_frac) & (frac_lo < low_frac)).values
+    out = xr.Dataset({
+        "high_lr_correct": _attrs(frac_hi, f"share of the high-LR runs ({', '.join(map(str, high_lrs))}) right", None),
+        "low_lr_correct": _attrs(frac_lo, f"share of the low-LR runs ({', '.join(map(str, low_lrs))}) right", None),
+        "selected": _attrs(xr.DataArray(selected, dims=[dim]), "right at high LR, wrong at low LR (Fig. 8)", None),
+    })
+    if split == "test":
+        pos = np.full(sw.sizes["test_sample"], -1, dtype=np.int64)
+        pos[sw.probe_test_index.values.astype(np.int64)] = np.arange(sw.sizes["probe_sample"])
+        out["probe_position"] = _attrs(xr.DataArray(pos, dims=[dim]), "position in the probe subset (-1: not in it)",
+                                       None)
+        out["in_probe_subset"] = xr.DataArray(pos >= 0, dims=[dim])
+    return out
 
 
 def loss_ratio_correlation(sw: xr.Dataset, variable: str = "max_loss_ratio") -> xr.Dataset:

@@ -206,7 +206,10 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                    "fraction"),
     "lorenz_at": _d("Lorenz-curve snapshot", "0: the first snapshot with train logits, 1: the last one (which "
                     "snapshots: lorenz_snapshot)"),
-    "attr_checkpoint": _d("attributed checkpoint", "checkpoint position whose network was attributed"),
+    "attr_checkpoint": _d("attributed checkpoint", "the n-th checkpoint attributed (0 = the first chosen, -1 = the "
+                          "last); attr_checkpoint_position and attr_iteration say which checkpoint it is"),
+    "attr_checkpoint_position": _d("attributed checkpoint's position", "position of the attributed checkpoint "
+                                   "along the run's checkpoint dimension"),
     "attr_iteration": _d("attributed iteration", "iteration of the attributed checkpoint", "iteration"),
     "map_sample_index": _d("map sample", "probe_sample position of each attribution map's sample"),
     "map_y": _d("map sample class label", "class label y of each attribution map's sample"),

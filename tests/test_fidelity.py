@@ -147,3 +147,44 @@ def test_every_table1_spec_has_the_supplements_settings():
             lrs = sorted({x.lr for x in configs})
             assert (lrs[0], lrs[-1]) == TABLE1_LR[key], spec.name
     assert len(seen) == 23
+
+
+def test_a_sweeps_attributed_checkpoints_line_up(tmp_path, tiny):
+    """Runs of different lengths: isel(attr_checkpoint=-1) is each run's last attributed
+    checkpoint (it was NaN for the shorter runs: the dim held checkpoint positions)."""
+    import lrscope
+    from lrscope.probe.runner import compute_run
+    from lrscope.train.loop import train_run
+
+    for steps, seed in ((40, 0), (120, 1)):
+        r = train_run(tiny(max_steps=steps, stop="max-steps", seed=seed), tmp_path, progress=False)
+        compute_run(r.path, ["attributions"], params={"attr_samples": 16, "ig_steps": 4})
+    sw = lrscope.open_sweep(tmp_path)
+    last = sw.ig_entropy.isel(attr_checkpoint=-1)
+    assert np.isfinite(last.values).all()
+    by_seed = dict(zip(sw.seed.values.tolist(), sw.attr_iteration.isel(attr_checkpoint=-1).values.tolist()))
+    assert by_seed == {0: 40, 1: 120}
+    assert sw.attr_iteration.isel(attr_checkpoint=0).values.tolist() == [0, 0]
+    # parity's shares: raw mass shares and size-normalised ones (mass per input, summing to 1)
+    regions = sw.regions.isel(run=0) if "run" in sw.regions.dims else sw.regions
+    sizes = {str(r): int(regions.sel(region=r).sum()) for r in sw.region.values}
+    assert sizes == {"core": 3, "spurious": 1, "noise": 6}
+    raw = {r: sw[f"ig_{r}_share"].values for r in sizes}
+    per = {r: raw[r] / sizes[r] for r in sizes}
+    tot = sum(per.values())
+    for r in sizes:
+        np.testing.assert_allclose(sw[f"ig_{r}_share_per_input"].values, per[r] / tot, rtol=1e-6)
+    assert "size-normalised" in sw.ig_core_share_per_input.attrs["long_name"]
+
+
+def test_the_attribution_shares_figure_shows_raw_and_size_normalised(tiny_sweep):
+    import holoviews as hv
+
+    import lrscope
+    from lrscope.viz.figures import attribution_shares
+
+    hv.extension("bokeh", logo=False)
+    fig = attribution_shares(lrscope.open_sweep(tiny_sweep))
+    titles = [p.opts.get(backend="bokeh").kwargs.get("title", "") for p in fig]
+    assert len(fig) == 2 and "raw share" in titles[0] and "size-normalised" in titles[1]
+    assert {el.label for el in fig.values()[1] if el.label} == {"core", "spurious", "noise"}

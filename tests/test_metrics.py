@@ -459,10 +459,19 @@ def test_sweep_analyses(tiny_sweep):
     corr = probe.loss_ratio_correlation(sw)
     assert -1 <= float(corr.pearson_r) <= 1 and int(corr.n_runs) == 4
     sel = probe.lr_sensitive_samples(sw, low_lrs=[0.02], high_lrs=[0.5], high_frac=0.5, low_frac=0.5)
-    assert sel.selected.dtype == bool and sel.sizes["probe_sample"] == sw.sizes["probe_sample"]
+    # Fig. 8's selection is over the whole test split (the stored final test logits)
+    assert sel.selected.dtype == bool and sel.sizes["test_sample"] == sw.sizes["test_sample"]
     # by definition the selected samples are right at high LR and wrong at low LR
     s = sel.selected.values
-    assert (sel.high_lr_correct.values[s] > 0.5).all() and (sel.low_lr_correct.values[s] < 0.5).all()
+    assert s.any() and (sel.high_lr_correct.values[s] > 0.5).all() and (sel.low_lr_correct.values[s] < 0.5).all()
+    hi_runs = [lrscope.open_run(p) for p, lr in zip(sw.attrs["stores"], sw.lr.values) if lr == 0.5]
+    want = np.mean([r.test_logits.isel(snapshot=-1).argmax("class").values == r.test_y.values for r in hi_runs], 0)
+    np.testing.assert_allclose(sel.high_lr_correct.values, want)
+    pos = sel.probe_position.values
+    assert (pos[sel.in_probe_subset.values] >= 0).all() and int(sel.in_probe_subset.sum()) == sw.sizes["probe_sample"]
+    np.testing.assert_array_equal(np.flatnonzero(pos >= 0)[np.argsort(pos[pos >= 0])], sw.probe_test_index.values)
+    sub = probe.lr_sensitive_samples(sw, low_lrs=[0.02], high_lrs=[0.5], high_frac=0.5, low_frac=0.5, split="probe")
+    assert sub.sizes["probe_sample"] == sw.sizes["probe_sample"]
     with pytest.raises(MetricError):
         probe.lr_sensitive_samples(sw, low_lrs=[9.0], high_lrs=[0.5])
     # Fig. 12's maximum is over single minibatches; the epoch running mean's is kept beside it

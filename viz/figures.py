@@ -229,6 +229,33 @@ def knob_comparison(sw: xr.Dataset, metrics=(("unbiased_accuracy_final", "unbias
     return hv.Layout(rows).cols(len(metrics))
 
 
+def attribution_shares(sw: xr.Dataset, method: str = "ig") -> hv.Layout:
+    """Attribution shares per input region (core / spurious / noise) against the LR, at each run's
+    last attributed checkpoint: the raw share of the absolute attribution mass (a region of many
+    inputs gets much by count: parity's 30 noise bits) and the size-normalised share (mass per
+    input, the regions' values summing to 1), side by side, seed mean ± sd."""
+    names = [str(r) for r in sw.region.values] if "region" in sw.coords else []
+    panels = []
+    for suffix, title in (("share", "raw share of attribution mass"),
+                          ("share_per_input", "size-normalised share (mass per input)")):
+        items = []
+        for name, c in zip(names, _palette(len(names))):
+            var = f"{method}_{name}_{suffix}"
+            if var not in sw or "attr_checkpoint" not in sw[var].dims:
+                continue
+            tmp = xr.Dataset({"v": sw[var].isel(attr_checkpoint=-1)}, coords={"lr": sw.lr, "status": sw.status})
+            lrs, mean, sd = per_lr(tmp, "v")
+            items += [hv.Curve((lrs, mean), "learning rate", "share", label=name).opts(color=c),
+                      hv.ErrorBars((lrs, mean, sd), "learning rate", ["share", "sd"]).opts(color=c),
+                      hv.Scatter((lrs, mean), "learning rate", "share", label=name).opts(color=c, size=6)]
+        if items:
+            panels.append(hv.Overlay(items).opts(
+                hv.opts.Curve(logx=True), hv.opts.Scatter(logx=True)).opts(
+                title=f"{'Integrated Gradients' if method == 'ig' else 'DeepLift'}: {title}", legend_position="right",
+                responsive=True, min_width=380, height=300, ylim=(0, None)))
+    return hv.Layout(panels).cols(2) if panels else hv.Layout([])
+
+
 def _run_at(sw: xr.Dataset, lr: float) -> int:
     """The first finished run at a learning rate (lowest seed)."""
     return int(np.flatnonzero(_ok(sw) & (sw.lr.values == lr))[0])
@@ -501,6 +528,9 @@ FIGURES: dict[str, FigureEntry] = {e.name: e for e in [
                 section=_PRUNE),
     FigureEntry("loss_ratio_vs_accuracy", loss_ratio_vs_accuracy, "Max BC loss ratio vs unbiased accuracy (Fig. 12)",
                 section=_PRUNE, applies=several_lrs),
+    FigureEntry("attribution_shares", attribution_shares,
+                "Attribution shares per input region: raw and size-normalised (last attributed checkpoint)",
+                section=_ATTR, applies=several_lrs),
     FigureEntry("attribution_grid", attribution_grid,
                 "Attribution maps, lowest vs highest LR (Fig. 8; stored by the attributions probe)", section=_ATTR),
 ]}
