@@ -143,8 +143,13 @@ def probe_accuracy(ctx: Context) -> xr.Dataset:
     out["train_accuracy"] = M._attrs(M.group_accuracy(tl.isel(snapshot=tr), ds.train_y, ds.train_y,
                                                       sample_dim="train_sample").unbiased_accuracy
                                      .compute().reindex(snapshot=ds.snapshot.values), "train accuracy", True)
+    out["train_loss"] = M._attrs(M.per_sample_ce(tl.isel(snapshot=tr), ds.train_y, sample_dim="train_sample")
+                                 .mean("train_sample").compute().reindex(snapshot=ds.snapshot.values),
+                                 "training loss (whole training set)", False, units="nats",
+                                 description="mean cross-entropy of the stored train logits (the whole training set, "
+                                             "at the snapshots where it was evaluated; always the final one)")
     for v in ("unbiased_accuracy", "worst_group_accuracy", "average_accuracy", "bc_accuracy", "ba_accuracy",
-              "train_accuracy"):
+              "train_accuracy", "train_loss"):
         if v in out:
             out[f"{v}_final"] = _final(out[v], v)
     return out.drop_vars([c for c in out.coords if c not in ("snapshot", "group")])

@@ -188,3 +188,32 @@ def test_the_attribution_shares_figure_shows_raw_and_size_normalised(tiny_sweep)
     titles = [p.opts.get(backend="bokeh").kwargs.get("title", "") for p in fig]
     assert len(fig) == 2 and "raw share" in titles[0] and "size-normalised" in titles[1]
     assert {el.label for el in fig.values()[1] if el.label} == {"core", "spurious", "noise"}
+
+
+def test_fig9_landscape_from_a_2d_sweep(tmp_path, tiny):
+    """A miniature of Fig. 9: LR x focal gamma, probed, drawn as three heatmaps of seed means."""
+    import holoviews as hv
+
+    import lrscope
+    from lrscope.probe.runner import compute_paths
+    from lrscope.train.loop import train_run
+    from lrscope.viz.figures import FIGURES, landscape
+
+    for lr in (0.05, 0.5):
+        for gamma in (0.5, 3.0):
+            train_run(tiny(lr=lr, loss="focal", focal_gamma=gamma, max_steps=48, stop="max-steps"), tmp_path,
+                      progress=False)
+    compute_paths(tmp_path, ["accuracy", "representation"], progress=False)
+    sw = lrscope.open_sweep(tmp_path)
+    assert FIGURES["landscape"].applies(sw)
+    hv.extension("bokeh", logo=False)
+    fig = landscape(sw)
+    assert len(fig) == 3
+    loss_map = fig.values()[0]
+    assert loss_map.kdims[0].name == "lr" and loss_map.kdims[1].name == "focal_gamma"
+    got = {(r[0], r[1]): r[2] for r in loss_map.dframe().itertuples(index=False)}
+    for i in range(sw.sizes["run"]):
+        key = (f"{float(sw.lr[i]):g}", f"{float(sw.focal_gamma[i]):g}")
+        assert got[key] == pytest.approx(np.log10(float(sw.train_loss_final[i])))
+    hv.render(fig, backend="bokeh")
+    assert not FIGURES["landscape"].applies(sw.isel(run=[0, 1]).where(sw.focal_gamma == 0.5, drop=True))

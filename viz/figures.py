@@ -229,6 +229,55 @@ def knob_comparison(sw: xr.Dataset, metrics=(("unbiased_accuracy_final", "unbias
     return hv.Layout(rows).cols(len(metrics))
 
 
+LANDSCAPE = (("train_loss_final", "final training loss", "log10"), ("unbiased_accuracy_final", "unbiased accuracy", ""),
+             ("bsi_mean_final", "spurious feature utilisation (average BSI)", ""))
+
+
+def _landscape_knobs(sw: xr.Dataset) -> tuple[str, str] | None:
+    """The two knobs of a 2-D grid: the LR and the first other numeric knob that varies."""
+    varying = [k for k in KNOBS if k in sw.coords and len(np.unique(sw[k].values[_ok(sw)])) >= 2
+               and np.issubdtype(sw[k].dtype, np.number)]
+    if "lr" not in varying or len(varying) < 2:
+        return None
+    return "lr", next(k for k in varying if k != "lr")
+
+
+def landscape(sw: xr.Dataset, metrics=LANDSCAPE) -> hv.Layout:
+    """Fig. 9: training-loss, unbiased-accuracy and spurious-utilisation landscapes over two knobs
+    (the LR and another that varies: focal γ in the paper), one heatmap per metric, each cell
+    the seed mean of the finished runs (hover: value and runs). Axes are the knobs' values in
+    order (evenly spaced)."""
+    knobs = _landscape_knobs(sw)
+    if knobs is None:
+        return hv.Layout([])
+    kx, ky = knobs
+    ok = _ok(sw)
+    xs, ys = np.unique(sw[kx].values[ok]), np.unique(sw[ky].values[ok])
+    panels = []
+    for var, label, scale in metrics:
+        if var not in sw:
+            continue
+        vals = sw[var].values.astype(float)
+        cells = []
+        for x in xs:
+            for y in ys:
+                m = ok & (sw[kx].values == x) & (sw[ky].values == y)
+                v = vals[m]
+                mean = float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
+                if scale == "log10":
+                    mean = float(np.log10(mean)) if mean > 0 else np.nan
+                cells.append((f"{x:g}", f"{y:g}", mean, int(np.isfinite(v).sum())))
+        shown = f"log10 {label}" if scale == "log10" else label
+        panels.append(hv.HeatMap(cells, [kx, ky], [shown, "runs"]).opts(
+            cmap="viridis", colorbar=True, tools=["hover"], title=shown, responsive=True, min_width=300,
+            height=300, xlabel="learning rate" if kx == "lr" else kx, ylabel=ky.replace("_", " ")))
+    return hv.Layout(panels).cols(3) if panels else hv.Layout([])
+
+
+def is_2d_grid(sw: xr.Dataset) -> bool:
+    return _landscape_knobs(sw) is not None
+
+
 def attribution_shares(sw: xr.Dataset, method: str = "ig") -> hv.Layout:
     """Attribution shares per input region (core / spurious / noise) against the LR, at each run's
     last attributed checkpoint: the raw share of the absolute attribution mass (a region of many
@@ -513,6 +562,7 @@ FIGURES: dict[str, FigureEntry] = {e.name: e for e in [
                 applies=several_lrs),
     FigureEntry("group_accuracy", group_accuracy_vs_lr, "Accuracy per (y, b) group", applies=several_lrs),
     FigureEntry("knob_comparison", knob_comparison, "Rival knobs (Fig. 6, Table 2)", applies=has_rival_knobs),
+    FigureEntry("landscape", landscape, "Landscapes over the LR and a second knob (Fig. 9)", applies=is_2d_grid),
     FigureEntry("minmax_table", minmax_table, "Min/max table (Tables 1–2)"),
     FigureEntry("training_curves", training_curves, "Training loss, accuracy and gradient norm", section=_TRAIN),
     FigureEntry("representation_dynamics", representation_dynamics,
