@@ -125,6 +125,25 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
                 "attr_samples": "probe inputs attributed (Python API; default 256)",
                 "ig_steps": "Integrated Gradients steps (Python API; default 32)"}),
     ProbeEntry(
+        "subnetwork_gradients", "lrscope.probe.subnetworks:probe_subnetwork_gradients",
+        "Proposition 2 (supplement D.2) measured through training: the ratio of the summed per-sample gradient "
+        "norms of the spurious and the core subnetwork, taken as the head's columns reading the bias-dominant "
+        "(CSI <= BSI) and the class-dominant (CSI > BSI) penultimate neurons at each snapshot; exact from the "
+        "stored probe logits and activations (||grad|| = ||softmax - onehot|| * ||h_S||), on all and on the "
+        "bias-conflicting probe samples.",
+        cost="reads the stored probe logits and activations (~0.01x)"),
+    ProbeEntry(
+        "neuron_resets", "lrscope.probe.resets:probe_neuron_resets",
+        "Per-neuron attribution resets (supplement Fig. 18, bottom): for the most bias-selective penultimate "
+        "neurons (highest final BSI), the spurious-region share of each neuron's InputXGradient attribution at "
+        "up to 24 evenly spaced checkpoints, the norm of its incoming weights' update since the previous one, the "
+        "resets (falls of the share by >= 0.2) and the rank correlation of update size and fall. Needs input "
+        "regions (parity, moon-star, the MNIST-style sets); resolution: the checkpoint interval.",
+        cost="one backward pass per chosen neuron and checkpoint over the probe inputs (~0.02x for 8 neurons)",
+        params={"reset_checkpoints": "checkpoints examined, evenly spaced (Python API; default 24)",
+                "reset_neurons": "neurons followed, the highest final BSI first (Python API; default 8)",
+                "attr_samples": "probe inputs attributed (Python API; default 256)"}),
+    ProbeEntry(
         "dynamics", "lrscope.probe.dynamics:probe_dynamics",
         "Per training sample, from the minibatch log: Dataset-Cartography confidence, variability and "
         "correctness (Swayamdipta et al. 2020), forgetting events (Toneva et al. 2019), first-learned and "

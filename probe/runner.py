@@ -473,7 +473,8 @@ def check_params(params) -> dict:
         raise LrscopeError(f"kappa must be in [0, 1], got {params['kappa']}")
     if "q" in params and not params["q"] > 1:
         raise LrscopeError(f"q must be > 1, got {params['q']}")
-    for key, lo, hi in (("attr_samples", 1, 1 << 16), ("ig_steps", 1, 4096)):
+    for key, lo, hi in (("attr_samples", 1, 1 << 16), ("ig_steps", 1, 4096), ("reset_checkpoints", 2, 4096),
+                        ("reset_neurons", 1, 1 << 16)):
         if key in params:
             v = params[key]
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:

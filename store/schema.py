@@ -208,6 +208,14 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                     "snapshots: lorenz_snapshot)"),
     "attr_checkpoint": _d("attributed checkpoint", "the n-th checkpoint attributed (0 = the first chosen, -1 = the "
                           "last); attr_checkpoint_position and attr_iteration say which checkpoint it is"),
+    "reset_checkpoint": _d("examined checkpoint", "the n-th checkpoint the neuron_resets probe examined (evenly "
+                           "spaced, first and last included)"),
+    "reset_checkpoint_position": _d("examined checkpoint's position", "position of the examined checkpoint along "
+                                    "the run's checkpoint dimension"),
+    "reset_iteration": _d("examined iteration", "iteration of the examined checkpoint", "iteration"),
+    "reset_neuron": _d("followed neuron", "the n-th neuron the neuron_resets probe follows (highest final BSI "
+                       "first)"),
+    "reset_neuron_index": _d("neuron index", "index of the followed neuron along the run's neuron dimension"),
     "attr_checkpoint_position": _d("attributed checkpoint's position", "position of the attributed checkpoint "
                                    "along the run's checkpoint dimension"),
     "attr_iteration": _d("attributed iteration", "iteration of the attributed checkpoint", "iteration"),

@@ -217,3 +217,78 @@ def test_fig9_landscape_from_a_2d_sweep(tmp_path, tiny):
         assert got[key] == pytest.approx(np.log10(float(sw.train_loss_final[i])))
     hv.render(fig, backend="bokeh")
     assert not FIGURES["landscape"].applies(sw.isel(run=[0, 1]).where(sw.focal_gamma == 0.5, drop=True))
+
+
+def test_prop2_gradient_ratio_equals_autograd_on_the_head(tmp_path, tiny):
+    """The spurious/core gradient-norm ratio at the final snapshot equals autograd's per-sample
+    head gradients, split by the neurons' dominance (CSI > BSI)."""
+    import torch
+
+    from lrscope.probe.runner import compute_run
+    from lrscope.store.reader import open_run
+    from lrscope.train.data import as_model_input
+    from lrscope.train.loop import train_run
+    from lrscope.train.restore import load_model
+
+    path = train_run(tiny(lr=0.2, max_steps=80, stop="max-steps"), tmp_path, progress=False).path
+    compute_run(path, ["subnetwork_gradients", "representation"])
+    ds = open_run(path)
+    assert ds.spurious_core_grad_ratio.sizes["snapshot"] == ds.sizes["snapshot"]
+    model = load_model(ds, checkpoint=-1).double()
+    x = as_model_input(torch.from_numpy(ds.probe_inputs.values)).double()
+    y = torch.from_numpy(ds.probe_y.values).long()
+    spurious = ~(ds.csi.isel(snapshot=-1).values > ds.bsi.isel(snapshot=-1).values)
+    assert 0 < spurious.sum() < len(spurious)
+    gs = gc = 0.0
+    for i in range(len(y)):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        gw = model.head.weight.grad
+        gs += float(gw[:, torch.from_numpy(spurious)].norm())
+        gc += float(gw[:, torch.from_numpy(~spurious)].norm())
+    assert float(ds.spurious_core_grad_ratio_final) == pytest.approx(gs / gc, rel=1e-3)
+    bc = ds.probe_y.values != ds.probe_b.values
+    assert np.isfinite(ds.spurious_core_grad_ratio_bc.values).any() and bc.any()
+
+
+def test_neuron_resets_follow_the_checkpoints(tmp_path, tiny):
+    """Fig. 18 (bottom) miniature: the spurious share of the most bias-selective neurons at every
+    checkpoint, their update norms equal the stored weights' differences, and resets are falls."""
+    import torch
+    from captum.attr import InputXGradient
+
+    from lrscope.probe.resets import RESET_DROP, incoming_weights
+    from lrscope.probe.runner import compute_run
+    from lrscope.store.reader import open_run
+    from lrscope.train.data import as_model_input
+    from lrscope.train.loop import train_run
+    from lrscope.train.restore import load_model
+
+    path = train_run(tiny(lr=0.3, max_steps=160, checkpoint_every=20, stop="max-steps"), tmp_path,
+                     progress=False).path
+    out = compute_run(path, ["neuron_resets", "representation"], params={"attr_samples": 40, "reset_neurons": 3})
+    assert out["neuron_resets"].startswith("computed"), out
+    ds = open_run(path)
+    assert ds.sizes["reset_checkpoint"] == ds.sizes["checkpoint"] == 9 and ds.sizes["reset_neuron"] == 3
+    top = np.argsort(-ds.bsi.isel(snapshot=-1).values, kind="stable")[:3]
+    np.testing.assert_array_equal(ds.reset_neuron_index.values, top)
+    # the update norm of neuron j between checkpoints 3 and 4, from the stored weights
+    m3, m4 = load_model(ds, checkpoint=3), load_model(ds, checkpoint=4)
+    j = int(top[0])
+    assert incoming_weights(m3, 32) == "features.3.weight"  # widths 32, 32: the second hidden layer
+    want = float((m4.features[3].weight[j].double() - m3.features[3].weight[j].double()).norm().detach())
+    assert float(ds.neuron_update_norm.isel(reset_checkpoint=4, reset_neuron=0)) == pytest.approx(want, rel=1e-9)
+    # the share at the last checkpoint, recomputed directly
+    x = as_model_input(torch.from_numpy(ds.probe_inputs.values))
+    pos = np.linspace(0, len(x) - 1, 40).round().astype(int)
+    a = InputXGradient(load_model(ds, checkpoint=-1).eval().forward_features).attribute(
+        x[pos].clone().requires_grad_(True), target=j).detach().abs().numpy()
+    spur = ds.regions.sel(region="spurious").values
+    live = a.sum(1) > 0  # inputs on which the neuron is off attribute nothing: left out, as region_shares does
+    want_share = np.mean(a[live][:, spur].sum(1) / a[live].sum(1))
+    assert float(ds.neuron_spurious_share.isel(reset_checkpoint=-1, reset_neuron=0)) == pytest.approx(want_share,
+                                                                                                       rel=1e-5)
+    s = ds.neuron_spurious_share.values
+    falls = np.vstack([np.zeros((1, 3), bool), (s[:-1] - s[1:]) >= RESET_DROP])
+    np.testing.assert_array_equal(ds.neuron_resets.values, falls)
+    assert int(ds.reset_count) == int(falls.sum())

@@ -161,6 +161,51 @@ def dynamics(sw: xr.Dataset, var: str = "unbiased_accuracy", label: str | None =
     return _lr_overlay(curves, f"{label or var} through training")
 
 
+def subnetwork_gradients(sw: xr.Dataset) -> hv.Layout:
+    """Proposition 2 through training: the spurious / core subnetwork gradient-norm ratio on all
+    probe samples and on the bias-conflicting ones, per learning rate (log scale)."""
+    panels = []
+    for var, label in (("spurious_core_grad_ratio", "spurious / core gradient norm"),
+                       ("spurious_core_grad_ratio_bc", "spurious / core gradient norm (BC samples)")):
+        if var in sw:
+            panels.append(dynamics(sw, var, label).opts(hv.opts.Curve(logy=True)))
+    return hv.Layout(panels).cols(2) if panels else hv.Layout([hv.Curve([]).opts(title="no subnetwork_gradients")])
+
+
+def neuron_resets(sw: xr.Dataset, n: int = 4) -> hv.Layout:
+    """Supplement Fig. 18 (bottom), for one run at the highest learning rate: the spurious share
+    of the most bias-selective neurons' attributions through training (lines) above the update
+    norm of each neuron's incoming weights between checkpoints (bars); resets marked."""
+    none = hv.Layout([hv.Curve([]).opts(title="no neuron_resets results")])
+    if "neuron_spurious_share" not in sw:
+        return none
+    done = [i for i in np.flatnonzero(_ok(sw)) if np.isfinite(sw.neuron_spurious_share.isel(run=i).values).any()]
+    if not done:
+        return none
+    run = max(done, key=lambda i: float(sw.lr.values[i]))
+    r = sw.isel(run=run)
+    it = r.reset_iteration.values
+    keep = np.isfinite(it)
+    lines, bars = [], []
+    k = min(n, r.sizes["reset_neuron"])
+    for j, c in zip(range(k), _palette(k)):
+        name = f"neuron {int(r.reset_neuron_index.values[j])}"
+        share = r.neuron_spurious_share.isel(reset_neuron=j).values
+        lines.append(hv.Curve((it[keep], share[keep]), "iteration", "spurious share", label=name).opts(color=c))
+        rs = r.neuron_resets.isel(reset_neuron=j).values.astype(bool) & keep
+        if rs.any():
+            lines.append(hv.Scatter((it[rs], share[rs]), "iteration", "spurious share").opts(
+                color=c, marker="triangle_down", size=11))
+        upd = r.neuron_update_norm.isel(reset_neuron=j).values
+        bars.append(hv.Curve((it[keep], upd[keep]), "iteration", "update norm", label=name).opts(
+            color=c, interpolation="steps-pre"))
+    top = hv.Overlay(lines).opts(title=f"spurious attribution share per neuron (lr={float(r.lr):g}; ▼ reset)",
+                                 legend_position="right", responsive=True, min_width=420, height=260)
+    bottom = hv.Overlay(bars).opts(title="update norm of the neuron's incoming weights since the previous checkpoint",
+                                   legend_position="right", responsive=True, min_width=420, height=200)
+    return (top + bottom).cols(1)
+
+
 def neuron_survival(sw: xr.Dataset) -> hv.Layout:
     """Share of class-dominant (left) and bias-dominant (right) neurons at each snapshot that are
     still so at the end of training, per learning rate (supplement Fig. 18)."""
@@ -249,7 +294,7 @@ def landscape(sw: xr.Dataset, metrics=LANDSCAPE) -> hv.Layout:
     order (evenly spaced)."""
     knobs = _landscape_knobs(sw)
     if knobs is None:
-        return hv.Layout([])
+        return hv.Layout([hv.Curve([]).opts(title="not a 2-D grid: the LR and a second knob must both vary")])
     kx, ky = knobs
     ok = _ok(sw)
     xs, ys = np.unique(sw[kx].values[ok]), np.unique(sw[ky].values[ok])
@@ -271,7 +316,7 @@ def landscape(sw: xr.Dataset, metrics=LANDSCAPE) -> hv.Layout:
         panels.append(hv.HeatMap(cells, [kx, ky], [shown, "runs"]).opts(
             cmap="viridis", colorbar=True, tools=["hover"], title=shown, responsive=True, min_width=300,
             height=300, xlabel="learning rate" if kx == "lr" else kx, ylabel=ky.replace("_", " ")))
-    return hv.Layout(panels).cols(3) if panels else hv.Layout([])
+    return hv.Layout(panels).cols(3) if panels else hv.Layout([hv.Curve([]).opts(title="no probe results")])
 
 
 def is_2d_grid(sw: xr.Dataset) -> bool:
@@ -302,7 +347,7 @@ def attribution_shares(sw: xr.Dataset, method: str = "ig") -> hv.Layout:
                 hv.opts.Curve(logx=True), hv.opts.Scatter(logx=True)).opts(
                 title=f"{'Integrated Gradients' if method == 'ig' else 'DeepLift'}: {title}", legend_position="right",
                 responsive=True, min_width=380, height=300, ylim=(0, None)))
-    return hv.Layout(panels).cols(2) if panels else hv.Layout([])
+    return hv.Layout(panels).cols(2) if panels else hv.Layout([hv.Curve([]).opts(title="no attribution shares")])
 
 
 def _run_at(sw: xr.Dataset, lr: float) -> int:
@@ -568,6 +613,10 @@ FIGURES: dict[str, FigureEntry] = {e.name: e for e in [
     FigureEntry("representation_dynamics", representation_dynamics,
                 "The representation through training (Figs. 13, 15–16)", section=_TRAIN),
     FigureEntry("neuron_survival", neuron_survival, "Neuron survival (Fig. 18)", section=_TRAIN),
+    FigureEntry("neuron_resets", neuron_resets, "Attribution resets of single neurons (Fig. 18, bottom)",
+                section=_TRAIN),
+    FigureEntry("subnetwork_gradients", subnetwork_gradients,
+                "Spurious vs core subnetwork gradient norms (Proposition 2)", section=_TRAIN),
     FigureEntry("data_maps", data_maps, "Data maps: confidence against variability of every training sample",
                 section=_SAMPLES),
     FigureEntry("dynamics_summary", dynamics_summary, "Learning and forgetting, bias-aligned vs bias-conflicting",
