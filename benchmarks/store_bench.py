@@ -104,14 +104,17 @@ def gaussian_bundle(n_classes: int, n_train: int, n_test: int, dim: int = 32, se
     return DataBundle("gaussian", split(n_train, 0), split(n_test, n_train), n_classes, n_classes, (dim,))
 
 
-def record_run(d: Path, n_classes: int, policy: str, steps: int, batch: int = 256, n_train: int = 4096) -> dict:
+def record_run(d: Path, n_classes: int, policy: str, steps: int, batch: int = 256, n_train: int = 4096,
+               **schedule) -> dict:
     """One real training run of `steps` steps on `n_classes` Gaussian clusters (FCN 32-64-C,
-    batch `batch`): the bytes of its log per step, on disk and raw."""
+    batch `batch`): the bytes of its log per step, on disk and raw, and of each group. Snapshots
+    and checkpoints only at the start and the end unless `schedule` (snapshot_every, ...) says."""
     from lrscope.store import schema as S
 
     bundle = gaussian_bundle(n_classes, n_train, 1000)
-    cfg = RunConfig(lr=0.05, widths=[64], batch_size=batch, max_steps=steps, stop="max-steps", snapshot_every=steps,
-                    checkpoint_every=steps, probe_size=200, log_logits=policy, train_logits="final")
+    kw = {"snapshot_every": steps, "checkpoint_every": steps, "train_logits": "final", **schedule}
+    cfg = RunConfig(lr=0.05, widths=[64], batch_size=batch, max_steps=steps, stop="max-steps", probe_size=200,
+                    log_logits=policy, **kw)
     t0 = time.perf_counter()
     r = train_run(cfg, d / f"c{n_classes}-{policy}-{steps}", progress=False, data=bundle)
     secs = time.perf_counter() - t0
@@ -126,10 +129,11 @@ def raw_bytes_group(g) -> int:
     return sum(int(np.prod(a.shape)) * a.dtype.itemsize for _, a in g.arrays())
 
 
-def record_bench(classes=(2, 10, 100, 1000), steps: int = 256, lengths=(256, 512, 1024, 2048)) -> dict:
+def record_bench(classes=(2, 10, 100, 1000), steps: int = 256, lengths=(1000, 2000, 4000)) -> dict:
     """Bytes per step of the minibatch log at each class count under full and summary (auto picks
     one of the two: schema.resolve_log_logits), and the growth of a whole store with run length at
-    100 classes under the default (auto: summary)."""
+    100 classes under the defaults (auto: summary; a snapshot every 1000 steps, a checkpoint every
+    2000, train logits where a pass is cheap)."""
     from lrscope.store import schema as S
 
     out = {"per_class": [], "growth": [], "auto": {c: S.resolve_log_logits("auto", c) for c in classes}}
@@ -140,7 +144,8 @@ def record_bench(classes=(2, 10, 100, 1000), steps: int = 256, lengths=(256, 512
                 out["per_class"].append(record_run(d, c, pol, steps))
                 shutil.rmtree(next(d.glob(f"c{c}-{pol}-{steps}")))
         for n in lengths:
-            out["growth"].append(record_run(d, 100, "auto", n))
+            out["growth"].append(record_run(d, 100, "auto", n, snapshot_every=1000, checkpoint_every=2000,
+                                            train_logits="auto"))
     out["imagenet"] = imagenet_estimate(out)
     return out
 
@@ -155,8 +160,17 @@ def imagenet_estimate(b: dict) -> dict:
     per = {r["policy"]: r["log_bytes_per_step"] for r in b["per_class"] if r["classes"] == 1000}
     raw = {r["policy"]: r["raw_log_bytes_per_step"] for r in b["per_class"] if r["classes"] == 1000}
     steps = -(-IMAGENET["n_train"] // IMAGENET["batch"]) * IMAGENET["epochs"]
+    # the rest of the store under the default schedule, from the shapes (float32 logits compress
+    # little: raw bytes): a full snapshot's test logits every 1000 steps, the train logits at the
+    # final one (a pass over 1.28M samples costs ~1668 steps, far above 2% of 1000), a ResNet-50
+    # checkpoint (25.6M float32 parameters) every 2000 steps
+    c = IMAGENET["classes"]
+    snaps, ckpts = steps // 1000 + 1, steps // 2000 + 1
     return {"steps": steps, "summary_log_gb": per["summary"] * steps / 1e9, "full_log_gb": per["full"] * steps / 1e9,
-            "summary_raw_gb": raw["summary"] * steps / 1e9, "full_raw_gb": raw["full"] * steps / 1e9}
+            "summary_raw_gb": raw["summary"] * steps / 1e9, "full_raw_gb": raw["full"] * steps / 1e9,
+            "snapshots": snaps, "test_logits_gb": snaps * IMAGENET["n_test"] * c * 4 / 1e9,
+            "train_logits_gb": IMAGENET["n_train"] * c * 4 / 1e9, "checkpoints": ckpts,
+            "checkpoints_gb": ckpts * 25.6e6 * 4 / 1e9}
 
 
 def print_record(b: dict) -> None:
@@ -168,11 +182,15 @@ def print_record(b: dict) -> None:
               f"{s['log_bytes_per_step']:.0f} ({s['raw_log_bytes_per_step']:.0f}) | "
               f"{f['log_bytes_per_step'] / s['log_bytes_per_step']:.1f}")
     for r in b["growth"]:
-        print(f"growth, 100 classes, auto: {r['steps']} steps: store {r['store_bytes'] / 2**20:.2f} MB, "
-              f"log {r['groups']['log'] / 2**20:.2f} MB")
+        g = r["groups"]
+        print(f"growth, 100 classes, defaults: {r['steps']} steps: store {r['store_bytes'] / 2**20:.2f} MB (log "
+              f"{g['log'] / 2**20:.2f}, snapshots {g['snapshots'] / 2**20:.2f}, checkpoints "
+              f"{g['checkpoints'] / 2**20:.2f} MB)")
     e = b["imagenet"]
     print(f"90-epoch ImageNet-shaped run ({e['steps']} steps): log {e['summary_log_gb']:.2f} GB under the default "
-          f"(summary) vs {e['full_log_gb']:.0f} GB with full logits")
+          f"(summary) vs {e['full_log_gb']:.0f} GB with full logits; test logits of {e['snapshots']} snapshots "
+          f"{e['test_logits_gb']:.0f} GB, final train logits {e['train_logits_gb']:.1f} GB, {e['checkpoints']} "
+          f"checkpoints {e['checkpoints_gb']:.0f} GB (raw, from the shapes)")
 
 
 def main():

@@ -118,6 +118,13 @@ def test_summary_record_is_what_the_log_statistics_saw(tmp_path):
     cnt = valid.sum(1)
     np.testing.assert_allclose(s.batch_correct.values.sum(1) / cnt, s.accuracy.values, rtol=1e-6)
     assert not s.batch_correct.values[~valid].any() and np.isnan(loss[~valid]).all()
+    # the learning-order metric reads either record
+    from lrscope.probe import last_mistake
+
+    n = s.sizes["train_sample"]
+    a = last_mistake(idx, f.batch_logits.values, s.train_y.values, n_samples=n).values
+    b = last_mistake(idx, s.batch_correct.values, s.train_y.values, n_samples=n).values
+    assert (a == b).mean() >= 0.99 and (a >= 0).any()
 
 
 # ------------------------------------------------------------------------------ same results
