@@ -75,6 +75,7 @@ class ImportanceTrajectory:
                           else np.asarray(lorenz_at, dtype=np.int64))
         self.points = points
         self.w = np.full(self.n, np.nan)
+        self._stamp = np.zeros(self.n, np.int64)
         self.epoch = 0
         self.rows = 0
         self.stats: dict[int, dict] = {}
@@ -97,18 +98,25 @@ class ImportanceTrajectory:
         else:
             lp = np.asarray(true_logprob).reshape(-1)[pos].astype(np.float64)
             w = -np.expm1(lp)
-        ep = (t0 + pos // slots) // self.spe
+        ep = (t0 + pos // slots) // self.spe  # sorted: presentations are in time order
         keep = np.isfinite(w)
         # epochs in order; an epoch of this block that starts later closes the current one
-        for e in np.unique(np.r_[ep, (t0 + rows - 1) // self.spe]) if rows else ():
+        for e in range(t0 // self.spe, (t0 + rows - 1) // self.spe + 1) if rows else ():
             while self.epoch < e:
                 self._close()
-            m = keep & (ep == e)
-            ss, ww = s[m], w[m]
-            if len(ss) and len(np.unique(ss)) < len(ss):  # a sample repeated: its last presentation
+            a, b = np.searchsorted(ep, [e, e + 1])
+            m = keep[a:b]
+            ss, ww = s[a:b][m], w[a:b][m]
+            if not self._distinct(ss):  # a sample repeated (not by the training loop): its last presentation
                 last = len(ss) - 1 - np.unique(ss[::-1], return_index=True)[1]
                 ss, ww = ss[last], ww[last]
             self.w[ss] = ww
+
+    def _distinct(self, s: np.ndarray) -> bool:
+        """Whether no id repeats in `s`, in O(len(s)) (dynamics.DynamicsState._distinct)."""
+        pos = np.arange(len(s))
+        self._stamp[s] = pos
+        return bool((self._stamp[s] == pos).all())
 
     def _close(self) -> None:
         """The statistics of the current epoch; the next one starts empty."""

@@ -107,7 +107,7 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "per snapshot from the stored train logits where the train split was evaluated (Gini, and Lorenz "
         "curves at the first and the last such snapshot).",
         format=4,  # the per-epoch trajectory from the minibatch log (was the snapshot train logits only)
-        cost="streams the log's record once and reads the stored train logits (~0.02x)"),
+        cost="streams the log's record once and reads the stored train logits (~0.05x)"),
     ProbeEntry(
         "attributions", _R + "probe_attributions",
         "Integrated Gradients and DeepLift (Captum) on up to 256 group-balanced probe inputs at the chosen "

@@ -334,3 +334,28 @@ def test_explorer_reads_the_summary_record(tmp_path):
     t, k = np.nonzero(idx == 7)
     np.testing.assert_array_equal(it, t)
     np.testing.assert_allclose(p, np.exp(lp[t, k].astype(np.float64)))
+
+
+def test_report_figure_draws_the_trajectory(tmp_path):
+    """The report's importance figure: the Gini per epoch (one curve per LR), the Lorenz curves at
+    the first and the last complete epoch, the bias-conflicting share; a sweep probed before the
+    per-epoch values (no importance_epoch_*) falls back to the snapshot Lorenz curves."""
+    import holoviews as hv
+
+    from lrscope.viz import figures as F
+
+    for lr in (0.05, 0.5):
+        path = train_run(small(lr=lr), tmp_path, progress=False).path
+        compute_run(path, ["importance"])
+    sw = lrscope.open_sweep(tmp_path)
+    fig = F.FIGURES["importance"](sw)
+    assert isinstance(fig, hv.Layout) and len(fig) == 3
+    gini, lorenz, share = fig
+    assert [c.label for c in gini] == ["lr=0.05", "lr=0.5"]
+    g = sw.importance_epoch_gini.sel(subset="all").isel(run=0).values
+    np.testing.assert_allclose(list(gini)[0].dimension_values(1), g)
+    assert len(lorenz) == 1 + 2 * 2  # the diagonal, first and last epoch per LR
+    assert len(share) == 2
+    hv.render(fig, backend="bokeh")
+    old = sw.drop_vars([v for v in sw.data_vars if v.startswith("importance_epoch")])
+    assert list(list(F.importance_trajectories(old))[0])[0].label == "uniform"
