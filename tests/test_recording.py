@@ -359,3 +359,19 @@ def test_report_figure_draws_the_trajectory(tmp_path):
     hv.render(fig, backend="bokeh")
     old = sw.drop_vars([v for v in sw.data_vars if v.startswith("importance_epoch")])
     assert list(list(F.importance_trajectories(old))[0])[0].label == "uniform"
+
+
+def test_the_summary_does_not_grow_with_the_classes(tmp_path):
+    """Raw bytes of the log per step: the summary's are the same at 20 and 200 classes (4 B of
+    sample id + 13 B of record per slot, + the 10 scalars), the full record's grow by 2 B a class."""
+    def raw_per_step(c, pol):
+        cfg = small(log_logits=pol, max_steps=16, snapshot_every=16, checkpoint_every=16, batch_size=50)
+        path = train_run(cfg, tmp_path / f"{c}-{pol}", progress=False, data=gaussian_bundle(c, n_train=800)).path
+        log = _store(path)["log"]
+        assert all(a.shape[0] == 16 for _, a in log.arrays())
+        return sum(int(np.prod(a.shape)) * a.dtype.itemsize for _, a in log.arrays()) / 16
+
+    scalars = len(S.LOG_SCALARS) * 4  # float32 and int32 scalars
+    for c in (20, 200):
+        assert raw_per_step(c, "summary") == scalars + 50 * (4 + 13)
+        assert raw_per_step(c, "full") == scalars + 50 * (4 + 2 * c)
