@@ -3,6 +3,7 @@
 _EXPORTS = {
     "attribution": ("attribution_entropy", "attributions", "background_share", "captum_ready", "region_shares"),
     "dynamics": ("dynamics", "sample_dynamics"),
+    "importance": ("epoch_importance", "importance_trajectory"),
     "linear": ("feature_probe", "fit_logistic"),
     "metrics": ("MetricError", "ba_bc_loss_ratio", "bias_selectivity", "class_selectivity", "class_separation",
                 "compressibility", "gini", "group_accuracy", "importance_weights", "last_mistake", "lorenz_curve",
@@ -29,4 +30,4 @@ __all__ = ["group_accuracy", "loss_ratio", "ba_bc_loss_ratio", "compressibility"
            "prunability", "pruned_accuracy", "MetricError", "attributions",
            "captum_ready", "region_shares", "attribution_entropy",
            "background_share", "lr_sensitive_samples", "loss_ratio_correlation", "last_snapshot", "last_mistake",
-           "dynamics", "sample_dynamics"]
+           "dynamics", "sample_dynamics", "importance_trajectory", "epoch_importance"]

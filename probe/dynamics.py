@@ -1,7 +1,10 @@
 """Per-sample training dynamics, read from the minibatch log the training loop records.
 
-Every step logs its minibatch's sample ids (``batch_index``, -1 = empty slot) and their logits
-before the update (``batch_logits``, float16). Each training sample is presented once per epoch
+Every step logs its minibatch's sample ids (``batch_index``, -1 = empty slot) and, before the
+update, either their logits (``batch_logits``, float16: a store with ``log_logits="full"``) or
+the summary record (``log_logits="summary"``: ``batch_true_logprob``, the log-probability of the
+true class, and ``batch_correct``, both from the float32 logits; store/schema.py). Each training
+sample is presented once per epoch
 (an epoch is ``ceil(n_train / batch_size)`` steps), so the log holds, per sample, one prediction
 per epoch for free: the Dataset-Cartography record (Swayamdipta et al. 2020) and the
 example-forgetting record (Toneva et al. 2019).
@@ -10,12 +13,14 @@ Conventions (also in every result's attrs):
 
 * a **presentation** is a log row in which the sample sits in the minibatch; its iteration is
   the row's iteration (the step that trained on it; the logits are from before that step's update);
-* a presentation **has a prediction** when all its logits are finite. One that does not (a
+* a presentation **has a prediction** when all its logits are finite (summary record: its
+  log-probability is not NaN; its logits were checked in float32, before the float16 of the full
+  record, which may overflow where float32 did not). One that does not (a
   diverging network: NaN, or an overflow of float16) is counted in ``dyn_presentations`` and
   otherwise skipped: it enters no mean, no correctness fraction and no transition (the same rule
   as ``group_accuracy``: no prediction is undefined, not wrong);
 * **correct**: argmax of the logits equals the label (ties go to the lowest class index, as
-  numpy's and torch's argmax);
+  numpy's and torch's argmax; the full record's float16 logits, the summary's float32 ones);
 * **confidence**: mean over the presentations with a prediction of p(y_true) = softmax(logits)_y;
   **variability**: its standard deviation over them, population form (ddof = 0, ``np.std`` as in
   allenai/cartography); **correctness**: the fraction of them that are correct. NaN for a sample
@@ -83,28 +88,52 @@ class DynamicsState:
         self.rows = 0  # log rows seen so far (the next block starts at this iteration)
         self._stamp = np.zeros(n, np.int64)  # scratch for _distinct
 
-    def update(self, index: np.ndarray, logits: np.ndarray) -> None:
-        """Fold in the next block of log rows: ``index`` (rows, slots) sample ids (-1 = empty),
-        ``logits`` (rows, slots, classes)."""
+    def update(self, index: np.ndarray, logits: np.ndarray | None = None, *, true_logprob: np.ndarray | None = None,
+               correct: np.ndarray | None = None) -> None:
+        """Fold in the next block of log rows: ``index`` (rows, slots) sample ids (-1 = empty), and
+        either ``logits`` (rows, slots, classes) (a store with log_logits="full") or the summary
+        record's ``true_logprob`` and ``correct`` (rows, slots) (log_logits="summary": a NaN
+        log-probability is a presentation without a prediction)."""
         index = np.asarray(index)
         t0 = self.rows
         rows_in, slots = index.shape
         self.rows += rows_in
         flat = index.reshape(-1)
-        z = np.asarray(logits).reshape(rows_in * slots, -1)
         valid = flat >= 0
         if valid.all():
             s, pos = flat.astype(np.intp), None
         else:
             pos = np.flatnonzero(valid)
-            s, z = flat[pos].astype(np.intp), z[pos]
+            s = flat[pos].astype(np.intp)
         if not s.size:
             return
         if s.max() >= self.n:
             raise StoreError(f"batch_index holds sample id {int(s.max())} beyond the {self.n} training samples")
         np.add.at(self.presentations, s, 1)
-        # p(y_true) and correctness. Few classes: class-major (classes, m) float32, so that every
-        # reduction over the classes is an elementwise operation over samples; many: sample-major
+        if logits is not None:
+            z = np.asarray(logits).reshape(rows_in * slots, -1)
+            s, pos, p, c = self._from_logits(s, pos, z if pos is None else z[pos])
+        else:
+            lp = np.asarray(true_logprob).reshape(-1)
+            ok = np.asarray(correct).reshape(-1)
+            if pos is not None:
+                lp, ok = lp[pos], ok[pos]
+            finite = np.isfinite(lp)
+            if not finite.all():  # no prediction: counted as a presentation only
+                keep = np.flatnonzero(finite)
+                s, lp, ok = s[keep], lp[keep], ok[keep]
+                pos = keep if pos is None else pos[keep]
+            p, c = np.exp(lp.astype(np.float64)), ok.astype(bool)
+        if not s.size:
+            return
+        t = t0 + (np.arange(len(s)) if pos is None else pos) // slots
+        self._fold(s, t, p, c)
+
+    def _from_logits(self, s, pos, z):
+        """p(y_true) and correctness of the presentations `s` (at flat positions `pos`, None: all)
+        from their logits `z` (m, classes); those without finite logits are dropped."""
+        # few classes: class-major (classes, m) float32, so that every reduction over the classes
+        # is an elementwise operation over samples; many: sample-major
         small = z.shape[1] <= SMALL_CLASSES
         z = z.T.astype(np.float32, order="C") if small else z.astype(np.float32)
         finite = np.isfinite(z).all(0 if small else 1)
@@ -113,8 +142,7 @@ class DynamicsState:
             s, z = s[keep], (z[:, keep] if small else z[keep])
             pos = keep if pos is None else pos[keep]
             if not s.size:
-                return
-        t = t0 + (np.arange(len(s)) if pos is None else pos) // slots
+                return s, pos, np.zeros(0), np.zeros(0, bool)
         ys = self.y[s]
         ar = np.arange(len(s))
         if small:
@@ -128,8 +156,11 @@ class DynamicsState:
             e = np.exp(z - z.max(1, keepdims=True))
             p = (e[ar, ys] / e.sum(1)).astype(np.float64)
             pred = z.argmax(1)
-        c = pred == ys
+        return s, pos, p, pred == ys
 
+    def _fold(self, s, t, p, c) -> None:
+        """Fold in presentations with a prediction: sample ids, iterations (time order), p(y_true)
+        and correctness."""
         # per-epoch curves (rows are in time order; the epochs of a block are few)
         ep = t // self.spe
         if ep[-1] >= len(self.epoch_predictions):  # more rows than announced: grow
@@ -242,17 +273,60 @@ def _row_blocks(x) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def sample_dynamics(batch_index, batch_logits, y, n_train: int, *, steps_per_epoch: int | None = None,
-                    bias_conflicting=None, block_rows: int | None = None) -> dict[str, np.ndarray]:
+def _unwrap(x):
+    return x.data if isinstance(x, xr.DataArray) else x
+
+
+def stream_log(arrays: list, block_rows: int):
+    """Yield blocks of rows of `arrays` (numpy or dask, sharing their first dim) as numpy
+    arrays: dask arrays one stored chunk (of the first array) at a time, the next chunk read on
+    a thread while this one is processed, each chunk cut into blocks of at most `block_rows`."""
+    import dask
+
+    arrays = [_unwrap(x) for x in arrays]
+    lazy = any(hasattr(x, "dask") for x in arrays)
+    blocks = _row_blocks(arrays[-1])
+
+    def read(a: int, b: int):
+        if lazy:
+            return dask.compute(*(x[a:b] for x in arrays))
+        return tuple(np.asarray(x[a:b]) for x in arrays)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="lrscope-log-read") as reader:
+        nxt = reader.submit(read, *blocks[0]) if blocks else None
+        for k, (a, b) in enumerate(blocks):
+            got = nxt.result()
+            nxt = reader.submit(read, *blocks[k + 1]) if k + 1 < len(blocks) else None
+            for r in range(0, b - a, block_rows):
+                yield tuple(x[r:r + block_rows] for x in got)
+
+
+def log_record(ds: xr.Dataset) -> dict[str, xr.DataArray]:
+    """The minibatch record of a run Dataset (``lrscope.open_run``), under the keywords of
+    :func:`sample_dynamics`: ``batch_logits`` for a store with log_logits="full" (and every
+    store written before the policy existed), ``batch_true_logprob`` and ``batch_correct`` for a
+    summary store."""
+    from ..store import schema as S
+
+    if ds.attrs.get(S.ATTR_LOG_LOGITS, S.LOG_FULL) == S.LOG_SUMMARY:
+        return {"batch_true_logprob": ds[S.A_BATCH_TRUE_LOGPROB], "batch_correct": ds[S.A_BATCH_CORRECT]}
+    return {"batch_logits": ds[S.A_BATCH_LOGITS]}
+
+
+def sample_dynamics(batch_index, batch_logits=None, y=None, n_train: int | None = None, *,
+                    steps_per_epoch: int | None = None, bias_conflicting=None, block_rows: int | None = None,
+                    batch_true_logprob=None, batch_correct=None) -> dict[str, np.ndarray]:
     """Per-sample training dynamics from the minibatch log, streamed over iterations.
 
-    batch_index: (iteration, batch_slot) sample ids, -1 for empty slots; batch_logits:
-    (iteration, batch_slot, class) logits of each minibatch sample at the step it was trained on;
-    numpy or dask arrays (xarray DataArrays are unwrapped). Dask arrays are read one chunk of
-    iterations at a time, the next one read while this one is processed; ``block_rows`` caps the
-    rows processed at once (default: as many as hold ``BLOCK_ELEMS`` logit values; never more
-    than one chunk), so memory stays O(n_train + chunk) however long the run.
-    y: (n_train,) labels; steps_per_epoch: default ceil(n_train / batch_slots);
+    batch_index: (iteration, batch_slot) sample ids, -1 for empty slots; the record of each slot,
+    either batch_logits: (iteration, batch_slot, class) logits of each minibatch sample at the
+    step it was trained on (a store with log_logits="full"), or the summary's
+    batch_true_logprob (log p(y | x); NaN: no prediction) and batch_correct (iteration,
+    batch_slot) (log_logits="summary"); numpy or dask arrays (xarray DataArrays are unwrapped).
+    Dask arrays are read one chunk of iterations at a time, the next one read while this one is
+    processed; ``block_rows`` caps the rows processed at once (default: as many as hold
+    ``BLOCK_ELEMS`` values; never more than one chunk), so memory stays O(n_train + chunk) however
+    long the run. y: (n_train,) labels; steps_per_epoch: default ceil(n_train / batch_slots);
     bias_conflicting: (n_train,) bools, splits the per-epoch sums (column 0 aligned, 1 conflicting).
 
     Returns numpy arrays over the training samples: ``presentations``, ``predictions``
@@ -261,34 +335,33 @@ def sample_dynamics(batch_index, batch_logits, y, n_train: int, *, steps_per_epo
     ``unforgettable``; and per epoch × (aligned, conflicting): ``epoch_predictions``,
     ``epoch_correct``, ``epoch_confidence_sum``. Conventions: this module's docstring.
     """
-    import dask
-
-    bi = getattr(batch_index, "data", batch_index) if isinstance(batch_index, xr.DataArray) else batch_index
-    bl = getattr(batch_logits, "data", batch_logits) if isinstance(batch_logits, xr.DataArray) else batch_logits
-    if bi.ndim != 2 or bl.ndim != 3 or bl.shape[:2] != bi.shape:
-        raise ValueError(f"batch_index {bi.shape} and batch_logits {bl.shape} do not match")
-    n_it, slots, classes = bl.shape
+    bi = _unwrap(batch_index)
+    if y is None or n_train is None:
+        raise TypeError("sample_dynamics needs y and n_train")
+    if batch_logits is not None:
+        bl = _unwrap(batch_logits)
+        if bi.ndim != 2 or bl.ndim != 3 or bl.shape[:2] != bi.shape:
+            raise ValueError(f"batch_index {bi.shape} and batch_logits {bl.shape} do not match")
+        record, per_slot = [bl], bl.shape[2]
+    else:
+        if batch_true_logprob is None or batch_correct is None:
+            raise TypeError("sample_dynamics needs batch_logits, or batch_true_logprob and batch_correct")
+        lp, ok = _unwrap(batch_true_logprob), _unwrap(batch_correct)
+        if bi.ndim != 2 or lp.shape != bi.shape or ok.shape != bi.shape:
+            raise ValueError(f"batch_index {bi.shape}, batch_true_logprob {lp.shape} and batch_correct {ok.shape} "
+                             "do not match")
+        record, per_slot = [lp, ok], 1
+    n_it, slots = bi.shape
     if steps_per_epoch is None:
         steps_per_epoch = max(1, math.ceil(n_train / max(1, slots)))
     state = DynamicsState(y, n_train, steps_per_epoch, bias_conflicting, n_it)
     if block_rows is None:
-        block_rows = max(1, BLOCK_ELEMS // max(1, slots * classes))
-    block_rows = max(1, int(block_rows))
-    lazy = hasattr(bi, "dask") or hasattr(bl, "dask")
-    blocks = _row_blocks(bl)
-
-    def read(a: int, b: int):
-        if lazy:
-            return dask.compute(bi[a:b], bl[a:b])
-        return np.asarray(bi[a:b]), np.asarray(bl[a:b])
-
-    with ThreadPoolExecutor(1, thread_name_prefix="lrscope-dynamics-read") as reader:
-        nxt = reader.submit(read, *blocks[0]) if blocks else None
-        for k, (a, b) in enumerate(blocks):
-            idx, lg = nxt.result()
-            nxt = reader.submit(read, *blocks[k + 1]) if k + 1 < len(blocks) else None
-            for r in range(0, b - a, block_rows):
-                state.update(idx[r:r + block_rows], lg[r:r + block_rows])
+        block_rows = max(1, BLOCK_ELEMS // max(1, slots * per_slot))
+    for block in stream_log([bi, *record], max(1, int(block_rows))):
+        if batch_logits is not None:
+            state.update(block[0], block[1])
+        else:
+            state.update(block[0], true_logprob=block[1], correct=block[2])
     return state.result()
 
 
@@ -362,8 +435,8 @@ def dynamics(ds: xr.Dataset, *, block_rows: int | None = None) -> xr.Dataset:
     group = ds.train_group.values.astype(np.int64)
     slots = ds.sizes["batch_slot"]
     spe = max(1, math.ceil(n / max(1, slots)))
-    r = sample_dynamics(ds.batch_index, ds.batch_logits, y, n, steps_per_epoch=spe, bias_conflicting=bc,
-                        block_rows=block_rows)
+    r = sample_dynamics(ds.batch_index, y=y, n_train=n, steps_per_epoch=spe, bias_conflicting=bc,
+                        block_rows=block_rows, **log_record(ds))
     ts = ("train_sample",)
     out = xr.Dataset({
         "dyn_presentations": _var(r["presentations"], ts, "presentations",
@@ -436,7 +509,8 @@ def probe_dynamics(ctx) -> xr.Dataset:
     iterations per training sample; their summaries per subset and group; per-epoch curves.
 
     Dataset Cartography (Swayamdipta et al. 2020) and example forgetting (Toneva et al. 2019) read
-    from ``log/batch_index`` and ``log/batch_logits``, streamed chunk by chunk (see
+    from ``log/batch_index`` and the minibatch record (``log/batch_logits``, or the summary's
+    ``batch_true_logprob`` and ``batch_correct``), streamed chunk by chunk (see
     :mod:`lrscope.probe.dynamics` for the conventions). Defined on diverged runs: presentations
     with non-finite logits have no prediction."""
     return dynamics(ctx.ds)

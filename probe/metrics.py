@@ -709,8 +709,9 @@ def last_mistake(batch_index, batch_logits, y, *, n_samples: int) -> xr.DataArra
     expected to be the bias-conflicting ones (Barsbey et al. §5; the loss-ratio story).
 
     batch_index: (iteration, batch) sample ids (-1 for padding); batch_logits: (iteration,
-    batch, class); y: (n_samples,) labels. Positional arrays (the store's layout), not labelled:
-    the result is over ``train_sample``.
+    batch, class), or a store's summary record ``batch_correct`` (iteration, batch) bools
+    (log_logits="summary"); y: (n_samples,) labels. Positional arrays (the store's layout), not
+    labelled: the result is over ``train_sample``.
 
     Examples
     --------
@@ -720,11 +721,15 @@ def last_mistake(batch_index, batch_logits, y, *, n_samples: int) -> xr.DataArra
     [-1, 2, 1, -1, -1]
     """
     idx = np.asarray(batch_index)
-    logits = np.asarray(batch_logits, dtype=np.float32)
     yv = np.asarray(y)
     valid = idx >= 0
     safe = np.where(valid, idx, 0)
-    wrong = valid & (np.nan_to_num(logits, nan=-np.inf).argmax(-1) != yv[safe])
+    rec = np.asarray(batch_logits)
+    if rec.dtype == bool and rec.shape == idx.shape:  # the summary record: correct or not
+        wrong = valid & ~rec
+    else:
+        logits = rec.astype(np.float32)
+        wrong = valid & (np.nan_to_num(logits, nan=-np.inf).argmax(-1) != yv[safe])
     it = np.broadcast_to(np.arange(idx.shape[0])[:, None], idx.shape)
     out = np.full(n_samples, -1, dtype=np.int64)
     np.maximum.at(out, safe[wrong], it[wrong])

@@ -110,9 +110,13 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
     ProbeEntry(
         "importance", _R + "probe_importance",
         "Importance weights of the training samples (Springer et al.: 1 - p(y | x), each sample's share of "
-        "the cross-entropy gradient) from the stored train logits: their Gini coefficient per snapshot, "
-        "and Lorenz curves at the first and the last snapshot with train logits.",
-        cost="reads the stored train logits (~0.01x)"),
+        "the cross-entropy gradient) through training: per epoch from the minibatch log (full or summary "
+        "record), their Gini coefficient over all, bias-aligned and bias-conflicting samples, the "
+        "bias-conflicting share of the total, and Lorenz curves from the first to the last complete epoch; "
+        "per snapshot from the stored train logits where the train split was evaluated (Gini, and Lorenz "
+        "curves at the first and the last such snapshot).",
+        format=4,  # the per-epoch trajectory from the minibatch log (was the snapshot train logits only)
+        cost="streams the log's record once and reads the stored train logits (~0.05x)"),
     ProbeEntry(
         "attributions", _R + "probe_attributions",
         "Integrated Gradients and DeepLift (Captum) on up to 256 group-balanced probe inputs at the chosen "

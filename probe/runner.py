@@ -291,6 +291,13 @@ def probe_pruning(ctx: Context) -> xr.Dataset:
 
 
 def probe_importance(ctx: Context) -> xr.Dataset:
+    """Importance weights 1 - p(y|x) of the training samples (Springer et al.): per epoch from the
+    minibatch log (probe/importance.py: Gini over all / bias-aligned / bias-conflicting samples,
+    the bias-conflicting share, Lorenz curves at epochs from the first to the last complete one),
+    and per snapshot from the stored train logits where the train split was evaluated (its Gini,
+    and Lorenz curves at the first and the last such snapshot)."""
+    from .importance import epoch_importance
+
     ds = ctx.ds
     tl = ds.train_logits.compute()
     has = tl.notnull().all(("train_sample", "class"))
@@ -305,7 +312,11 @@ def probe_importance(ctx: Context) -> xr.Dataset:
         # final snapshot has them); which snapshots they are is in lorenz_snapshot
         out["importance_lorenz"] = lz.rename(snapshot="lorenz_at").assign_coords(lorenz_at=[0, 1])
         out["lorenz_snapshot"] = xr.DataArray([first, last], dims=["lorenz_at"])
-    return out.drop_vars([c for c in out.coords if c not in ("snapshot", "fraction", "lorenz_at")])
+    out = out.drop_vars([c for c in out.coords if c not in ("snapshot", "fraction", "lorenz_at")])
+    for v in ("importance_gini", "importance_lorenz"):  # labelled with what they are computed from
+        if v in out:
+            out[v].attrs = dict(S.DESCRIPTIONS[v])
+    return out.merge(epoch_importance(ds), combine_attrs="override")
 
 
 def _checkpoints(ctx: Context) -> list[int]:

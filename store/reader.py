@@ -145,6 +145,10 @@ def check_attrs(attrs: dict[str, Any], path: Any) -> None:
     if isinstance(max_steps, int) and com["iteration"] > max_steps:
         raise StoreError(f"{path}: {com['iteration']} iterations committed, beyond the run's max_steps "
                          f"{max_steps} (corrupted store)")
+    policy = attrs.get(S.ATTR_LOG_LOGITS, S.LOG_FULL)
+    if policy not in S.LOG_POLICIES or (policy == S.LOG_SUMMARY and v < S.SUMMARY_SCHEMA):
+        raise StoreError(f"{path}: the store's log_logits attribute {policy!r} is not a minibatch-record policy of "
+                         f"its schema {v} (valid: {', '.join(S.LOG_POLICIES)}; corrupted store)")
     for key in (S.ATTR_MODEL_INFO, S.ATTR_TIMINGS):
         if key in attrs and not isinstance(attrs[key], dict):
             raise StoreError(f"{path}: the store's {key} attribute is not a mapping (corrupted store)")
@@ -249,7 +253,8 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = (), describe: 
     n_it, n_snap, n_ck = com["iteration"], com["snapshot"], com["checkpoint"]
     cfg = attrs[S.ATTR_CONFIG]
     for layout in layouts:
-        if all(layout["config"].get(k) == cfg.get(k) for k in LAYOUT_KEYS):
+        if all(layout["config"].get(k) == cfg.get(k) for k in LAYOUT_KEYS) and \
+                layout["log_logits"] == S.log_policy(attrs):
             return _open_with_layout(path, root, attrs, layout, token, probes, describe), layout
     try:
         # one concurrent traversal of the whole hierarchy's metadata
@@ -290,8 +295,9 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = (), describe: 
         coords[S.D_SNAP] = (S.D_SNAP, np.arange(n_snap))
         coords[S.D_CKPT] = (S.D_CKPT, np.arange(n_ck))
         coords["checkpoint_iteration"] = (S.D_CKPT, ck_it[:n_ck])
-        required = (*(S.READ_AS.get(n, n) for n in S.LOG_SCALARS), S.A_BATCH_INDEX, S.A_BATCH_LOGITS, S.A_TEST_LOGITS,
-                    S.A_PROBE_LOGITS, S.A_TRAIN_LOGITS, S.A_PROBE_FEATURES, "probe_inputs")
+        required = (*(S.READ_AS.get(n, n) for n in S.LOG_SCALARS), S.A_BATCH_INDEX,
+                    *S.log_record_names(S.log_policy(attrs)), S.A_TEST_LOGITS, S.A_PROBE_LOGITS, S.A_TRAIN_LOGITS,
+                    S.A_PROBE_FEATURES, "probe_inputs")
         for need in required + tuple(f"{split}_{label}" for split in S.SPLITS for label in S.LABELS):
             if need not in variables and need not in coords:
                 raise KeyError(need)
@@ -310,7 +316,8 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = (), describe: 
                 raise StoreError(f"{path}: array {name} has {v.sizes[dim]} rows along {dim}, "
                                  f"{com[key]} committed (truncated or corrupted store)")
     ds = _finish_dataset(path, root, attrs, variables, coords, probes, describe)
-    layout = {"config": cfg, "nodes": {name: (arr.metadata, _dims(arr)) for name, arr in nodes.items()},
+    layout = {"config": cfg, "log_logits": S.log_policy(attrs),
+              "nodes": {name: (arr.metadata, _dims(arr)) for name, arr in nodes.items()},
               "coords": {k: v for k, v in coords.items() if k.split("_")[0] in S.SPLITS or k == "region"},
               "regions": variables.get("regions")}
     return ds, layout
@@ -365,6 +372,7 @@ def _finish_dataset(path, root, attrs, variables, coords, probes, describe=True)
         "status": attrs[S.ATTR_STATUS],
         "reason": attrs.get(S.ATTR_REASON, ""),
         "schema_version": attrs[S.ATTR_SCHEMA],
+        S.ATTR_LOG_LOGITS: S.log_policy(attrs),  # the minibatch record: full logits or the summary
         "committed": dict(attrs[S.ATTR_COMMITTED]),  # the view this Dataset shows (a live run goes on)
         "config": attrs[S.ATTR_CONFIG],
         "model_info": attrs.get(S.ATTR_MODEL_INFO, {}),

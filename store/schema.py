@@ -19,9 +19,14 @@ from __future__ import annotations
 # 1: the first stores. 2: every array ends its codecs with a crc32c checksum, every chunk is written
 # (even one equal to the fill value), and snapshots/{test,train}_evaluated say which logits rows
 # were evaluated; readers of schema-2 stores treat a missing or failing chunk as damage. Stores of
-# schema 1 still open (without those checks) and resume as schema 1.
-SCHEMA_VERSION = 2
+# schema 1 still open (without those checks) and resume as schema 1. 3: the minibatch record may be
+# a summary (root attribute log_logits = "summary": log/batch_loss, batch_true_logprob, ... instead of
+# log/batch_logits); a store whose log holds the full logits is written as schema 2 (its layout is
+# schema 2's, so an older lrscope still reads it), a summary store as schema 3 (an older lrscope
+# refuses it as newer rather than calling it truncated).
+SCHEMA_VERSION = 3
 CHECKSUM_SCHEMA = 2
+SUMMARY_SCHEMA = 3
 
 # ---- root attributes -------------------------------------------------------------------
 ATTR_SCHEMA = "schema_version"
@@ -39,6 +44,7 @@ ATTR_STOP_MET = "stop_criterion_met"
 ATTR_MODEL_INFO = "model_info"  # input shape, classes, penultimate width, param names
 ATTR_REGIONS = "regions"  # input regions (core/spurious/noise) for attribution shares
 ATTR_KIND = "lrscope"  # marker: value "run" on every run store
+ATTR_LOG_LOGITS = "log_logits"  # the resolved minibatch-record policy: "full" or "summary" (absent: full)
 
 STATUS_RUNNING = "running"
 STATUS_COMPLETED = "completed"
@@ -88,6 +94,49 @@ LOG_SCALARS = (
 )
 A_BATCH_INDEX = "batch_index"  # (iteration, batch_slot) int32, -1 = empty slot
 A_BATCH_LOGITS = "batch_logits"  # (iteration, batch_slot, class) float16
+
+# ---- the minibatch record: full logits, or a per-sample summary -------------------------
+# `log_logits` (RunConfig) is auto | full | summary; auto resolves by the number of classes and the
+# store keeps the resolved policy in its root attribute log_logits. "full": log/batch_logits as above.
+# "summary": per (iteration, batch_slot) what every probe reads instead of the logits, computed on the
+# host from the float32 training logits (float64 arithmetic), 13 bytes a slot whatever the classes:
+LOG_FULL, LOG_SUMMARY = "full", "summary"
+LOG_POLICIES = (LOG_FULL, LOG_SUMMARY)
+LOG_SETTINGS = ("auto", *LOG_POLICIES)
+# auto keeps the full logits up to this many classes: 2 bytes a class, at most 32 B a slot (2.5x the
+# summary's 13 B, and the whole prediction kept: every dataset of the paper has 2 or 10 classes);
+# above it (CIFAR-100, ImageNet) the summary, whose size does not grow with the classes.
+FULL_LOGITS_MAX_CLASSES = 16
+A_BATCH_LOSS = "batch_loss"  # float32: the sample's training loss (CE or focal, as optimised; no L1)
+A_BATCH_TRUE_LOGPROB = "batch_true_logprob"  # float32: log p(y | x), log-softmax of the true class
+A_BATCH_TRUE_LOGIT = "batch_true_logit"  # float16: the true class's logit
+A_BATCH_MARGIN = "batch_margin"  # float16: true logit - the largest other logit
+A_BATCH_CORRECT = "batch_correct"  # bool: argmax == y (ties to the lowest class), as the log's accuracy
+# name -> (dtype, fill value); empty slots and presentations without finite logits hold NaN / False
+SUMMARY_ARRAYS = {A_BATCH_LOSS: ("float32", float("nan")), A_BATCH_TRUE_LOGPROB: ("float32", float("nan")),
+                  A_BATCH_TRUE_LOGIT: ("float16", float("nan")), A_BATCH_MARGIN: ("float16", float("nan")),
+                  A_BATCH_CORRECT: ("bool", False)}
+
+
+def resolve_log_logits(setting: str, num_classes: int) -> str:
+    """The minibatch-record policy a run with `log_logits=setting` records: auto is full up to
+    FULL_LOGITS_MAX_CLASSES classes, summary above."""
+    if setting == "auto":
+        return LOG_FULL if num_classes <= FULL_LOGITS_MAX_CLASSES else LOG_SUMMARY
+    if setting not in LOG_POLICIES:
+        raise ValueError(f"log_logits must be one of {', '.join(LOG_SETTINGS)}, got {setting!r}")
+    return setting
+
+
+def log_policy(attrs: dict) -> str:
+    """The resolved minibatch-record policy of a store from its root attributes (stores written
+    before the policy existed hold the full logits)."""
+    return attrs.get(ATTR_LOG_LOGITS, LOG_FULL)
+
+
+def log_record_names(policy: str) -> tuple[str, ...]:
+    """The log arrays of the minibatch record besides batch_index under a policy."""
+    return (A_BATCH_LOGITS,) if policy == LOG_FULL else tuple(SUMMARY_ARRAYS)
 
 # ---- snapshots/ arrays (dim snapshot) --------------------------------------------------
 A_SNAP_ITER = "iteration"
@@ -164,7 +213,22 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     A_BATCH_INDEX: _d("minibatch sample ids", "train_sample position of each minibatch slot at this step; -1: empty "
                       "slot (a short last batch)"),
     A_BATCH_LOGITS: _d("minibatch logits", "logits of each minibatch slot at this step, from the training forward pass "
-                       "(float16; the Dataset-Cartography record of every train sample once per epoch)"),
+                       "(float16; the Dataset-Cartography record of every train sample once per epoch; stores with "
+                       "log_logits='full')"),
+    A_BATCH_LOSS: _d("minibatch sample loss", "training loss of each minibatch slot at this step (cross-entropy or "
+                     "focal, as optimised, without L1), from the float32 training logits; NaN: empty slot (stores "
+                     "with log_logits='summary')", "nats"),
+    A_BATCH_TRUE_LOGPROB: _d("true-class log-probability", "log p(y | x), the log-softmax of the true class, of each "
+                             "minibatch slot at this step (float32, from the float32 logits: 1 - p stays exact near "
+                             "p = 1); NaN: empty slot or non-finite logits (no prediction) (log_logits='summary')",
+                             "nats"),
+    A_BATCH_TRUE_LOGIT: _d("true-class logit", "logit of the true class of each minibatch slot at this step (float16; "
+                           "log_logits='summary')"),
+    A_BATCH_MARGIN: _d("minibatch margin", "true-class logit minus the largest other logit, per minibatch slot "
+                       "(float16; positive: the true class alone has the largest logit; log_logits='summary')"),
+    A_BATCH_CORRECT: _d("minibatch correct", "whether each minibatch slot was classified correctly at this step "
+                        "(argmax of the float32 logits == y, ties to the lowest class; the log's accuracy counts "
+                        "these; log_logits='summary')"),
     # snapshots/ (dim snapshot)
     A_TEST_LOGITS: _d("test logits", "logits of every test sample at the snapshot; NaN at light snapshots "
                       "(test_evaluated False)"),
@@ -294,11 +358,27 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     "pruned_accuracy": _d("mean pruned accuracy", "mean over κ of the accuracy after structured pruning, Acc(f^κ)",
                           "fraction"),
     # importance
-    "importance_gini": _d("importance Gini", "Gini coefficient of the per-sample importance weights 1 − p(y|x) on "
-                          "the training split (Springer et al.)"),
-    "importance_lorenz": _d("importance Lorenz curve", "share of the total importance weight held by the top fraction "
-                            "of training samples", "fraction"),
+    "importance_gini": _d("importance Gini (snapshot train logits)", "Gini coefficient of the per-sample importance "
+                          "weights 1 − p(y|x) on the training split, from the train logits stored at snapshots where "
+                          "the train split was evaluated (Springer et al.); NaN at the others"),
+    "importance_lorenz": _d("importance Lorenz curve (snapshot train logits)", "share of the total importance weight "
+                            "held by the top fraction of training samples, from the stored train logits at the first "
+                            "and the last snapshot that has them", "fraction"),
     "lorenz_snapshot": _d("Lorenz-curve snapshot", "snapshot position each Lorenz curve was taken at"),
+    "importance_epoch_gini": _d("importance Gini per epoch", "Gini coefficient of the importance weights 1 − p(y|x) "
+                                "of the training samples at their presentation in the epoch's minibatches (minibatch "
+                                "log), over all, the bias-aligned and the bias-conflicting samples (Springer et al.)"),
+    "importance_epoch_samples": _d("samples weighted per epoch", "training samples with a prediction in the epoch's "
+                                   "minibatches, per subset", "count"),
+    "importance_epoch_bc_share": _d("bias-conflicting share of importance", "share of the epoch's total importance "
+                                    "weight 1 − p(y|x) held by the bias-conflicting training samples", "fraction"),
+    "importance_epoch_lorenz": _d("importance Lorenz curve per epoch", "share of the epoch's total importance weight "
+                                  "held by the top fraction of training samples (minibatch log), at the epochs "
+                                  "importance_lorenz_epoch", "fraction"),
+    "importance_lorenz_epoch": _d("Lorenz-curve epoch", "epoch of each per-epoch Lorenz curve: the first to the last "
+                                  "complete one, geometrically spaced (repeats when the run has fewer epochs)"),
+    "lorenz_epoch_at": _d("per-epoch Lorenz curve", "position of a per-epoch Lorenz curve (0: the first epoch, the "
+                          "last: the last complete epoch; which epochs: importance_lorenz_epoch)"),
 }
 _PRUNING_KINDS = {"structured": "whole penultimate units (channels) by norm", "magnitude": "single weights by "
                   "magnitude", "column": "input columns of each layer by norm"}
@@ -351,6 +431,8 @@ CONFIG_WORDS = {
     "L2 weight decay", "l1": "L1 penalty coefficient", "loss": "training loss (ce or focal)", "focal_gamma":
     "focal-loss γ", "schedule": "learning-rate schedule", "sam_rho": "SAM/ASAM neighbourhood radius", "max_steps":
     "step budget", "stop": "stop criterion", "train_logits": "when train-split logits were recorded",
+    "log_logits": "minibatch-record policy (auto, full logits or a per-sample summary; the store's log_logits "
+    "attribute holds the resolved one)",
 }
 
 

@@ -79,6 +79,7 @@ class RunWriter:
         self._snap_buf: list[dict] = []
         self.buffered_snapshot_bytes = 0
         self._handles: dict[str, zarr.Array] = {}  # open arrays: each lookup would re-read metadata
+        self.log_policy = S.log_policy(a)  # what the minibatch record holds: full logits or the summary
 
     def _array(self, group: str, name: str) -> zarr.Array:
         key = f"{group}/{name}"
@@ -103,13 +104,20 @@ class RunWriter:
         batch_size: int,
         num_classes: int,
         device: str,
+        log_logits: str = S.LOG_FULL,
         lock: RunLock | None = None,
     ) -> "RunWriter":
+        """A new store. `log_logits` is the resolved minibatch-record policy (full or summary,
+        schema.resolve_log_logits); a full store is written as schema 2 (the layout an older
+        lrscope reads), a summary store as schema 3."""
         path = Path(path)
+        if log_logits not in S.LOG_POLICIES:
+            raise StoreError(f"log_logits must be one of {', '.join(S.LOG_POLICIES)} here, got {log_logits!r}")
         root = zarr.open_group(str(path), mode="w", zarr_format=3)
         root.attrs.update({
             S.ATTR_KIND: "run",
-            S.ATTR_SCHEMA: S.SCHEMA_VERSION,
+            S.ATTR_SCHEMA: S.SUMMARY_SCHEMA if log_logits == S.LOG_SUMMARY else S.CHECKSUM_SCHEMA,
+            S.ATTR_LOG_LOGITS: log_logits,
             S.ATTR_RUN_ID: run_id,
             S.ATTR_CONFIG: config,
             S.ATTR_STATUS: S.STATUS_RUNNING,
@@ -142,8 +150,12 @@ class RunWriter:
             dtype = "int32" if name.endswith("_count") else "float32"
             _append_array(log, name, (), dtype, (S.D_ITER,), LOG_CHUNK)
         _append_array(log, S.A_BATCH_INDEX, (batch_size,), "int32", (S.D_ITER, S.D_SLOT), LOG_BATCH_CHUNK, fill=-1)
-        _append_array(log, S.A_BATCH_LOGITS, (batch_size, num_classes), "float16",
-                      (S.D_ITER, S.D_SLOT, S.D_CLASS), LOG_BATCH_CHUNK)
+        if log_logits == S.LOG_FULL:
+            _append_array(log, S.A_BATCH_LOGITS, (batch_size, num_classes), "float16",
+                          (S.D_ITER, S.D_SLOT, S.D_CLASS), LOG_BATCH_CHUNK)
+        else:  # the summary: a few values per slot, whatever the classes
+            for name, (dtype, fill) in S.SUMMARY_ARRAYS.items():
+                _append_array(log, name, (batch_size,), dtype, (S.D_ITER, S.D_SLOT), LOG_BATCH_CHUNK, fill=fill)
 
         snaps = root.create_group(S.G_SNAP)
         _append_array(snaps, S.A_SNAP_ITER, (), "int64", (S.D_SNAP,), 1024)

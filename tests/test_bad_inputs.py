@@ -194,7 +194,7 @@ for v in ["train-loss=abc", "train-loss=-1", "train-loss=nan", "train-loss=inf",
 # --- names -------------------------------------------------------------------------------------
 for opt, v in [("--dataset", "nope"), ("--model", "nope"), ("--optimizer", "nope"), ("--loss", "hinge"),
                ("--schedule", "linear"), ("--train-logits", "sometimes"), ("--early-snapshots", "some"),
-               ("--device", "gpu"), ("--precision", "fp16")]:
+               ("--device", "gpu"), ("--precision", "fp16"), ("--log-logits", "compressed")]:
     run(f"{opt[2:]}={v}", opt, v)
 run("device=cuda-without-cuda", "--device", "cuda",
     marks=[pytest.mark.skipif(CUDA, reason="this machine has CUDA")])

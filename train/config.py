@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..store.schema import FULL_LOGITS_MAX_CLASSES, LOG_SETTINGS
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "sam", "asam")
 LOSSES = ("ce", "focal")
@@ -213,6 +214,12 @@ class RunConfig:
     train_logits: str = knob("auto", choices=TRAIN_LOGITS,
                              help="train-set logits at full snapshots: auto (when a pass costs <= 2% of the "
                                   "steps between snapshots), always, or final (the last snapshot only)")
+    log_logits: str = knob("auto", choices=LOG_SETTINGS,
+                           help="the per-step minibatch record: full (every slot's logits, float16: 2 bytes a "
+                                f"class), summary (loss, true-class log-probability and logit, margin, correct: "
+                                f"13 bytes a slot, what the probes read), or auto (full up to "
+                                f"{FULL_LOGITS_MAX_CLASSES} classes, summary above); the store records the "
+                                "resolved one")
     device: str = knob("auto", choices=DEVICES, execution=True, help="where to train (auto: CUDA when available)")
     precision: str = knob("fp32", choices=PRECISIONS,
                           help="forward-pass precision: bf16 autocasts them (weights and optimizer state stay fp32)")
@@ -306,7 +313,11 @@ class RunConfig:
         default = RunConfig(dataset=self.dataset, model=self.model, lr=self.lr, seed=self.seed)
         if self.identity() == default.identity():
             return base
-        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        ident = self.identity()
+        for k in LATE_FIELDS:  # at their default, fields added later leave earlier run ids as they were
+            if ident[k] == _FIELDS[k].default:
+                ident.pop(k)
+        blob = json.dumps(ident, sort_keys=True).encode()
         return f"{base}-{hashlib.sha1(blob).hexdigest()[:8]}"
 
 
@@ -347,6 +358,10 @@ def field_type(name: str) -> tuple[type, bool, type | None]:
 # Fields that change how a run is executed but not what it computes: left out of the run id
 # and of the "same run?" check on resume (declared with execution=True).
 EXECUTION_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("execution"))
+# Identity fields added after run ids were first given out: left out of the id's hash while at their
+# default, so that the stores of earlier versions (whose configs lack them: from_dict gives the
+# default) keep their names and resume. A store's config always holds them.
+LATE_FIELDS = ("log_logits",)
 
 
 def check_run_id(run_id: str) -> str:

@@ -79,6 +79,44 @@ def is_light_snapshot(t: int, cfg: RunConfig) -> bool:
 
 
 
+SUMMARY_BLOCK_ELEMS = 1 << 22  # logit values summarised at once: bounds the float64 temporaries (~32 MB each)
+
+
+def minibatch_summary(logits: np.ndarray, y: np.ndarray, valid: np.ndarray, loss: np.ndarray,
+                      correct: np.ndarray) -> dict[str, np.ndarray]:
+    """The summary minibatch record (log_logits="summary", store/schema.py) of a block of steps:
+    logits (rows, slots, classes) float32, y and the `valid` slots (rows, slots), the per-sample
+    `loss` and `correct` the log's statistics already computed from the same logits. The true-class
+    log-probability is -log1p(sum_{j != y} exp(z_j - z_y)) in float64, exact as p -> 1 (where
+    1 - p, the importance weight, is tiny); empty slots and non-finite logits hold NaN (no
+    prediction), `correct` False."""
+    rows, slots, c = logits.shape
+    out = {name: np.empty((rows, slots), dtype=dtype) for name, (dtype, _) in S.SUMMARY_ARRAYS.items()}
+    out[S.A_BATCH_LOSS][...] = np.where(valid, loss, np.nan)
+    out[S.A_BATCH_CORRECT][...] = correct & valid
+    step = max(1, SUMMARY_BLOCK_ELEMS // max(1, slots * c))
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        for r in range(0, rows, step):
+            part = slice(r, r + step)
+            z = logits[part].astype(np.float64)
+            yy = y[part][..., None]
+            finite = valid[part] & np.isfinite(z).all(-1)
+            out[S.A_BATCH_TRUE_LOGIT][part] = np.where(valid[part], np.take_along_axis(z, yy, -1)[..., 0], np.nan)
+            z[~finite] = 0.0
+            zy = np.take_along_axis(z, yy, -1)
+            other = np.arange(c) != yy
+            m = z.max(-1, keepdims=True)
+            # sum_{j != y} exp(z_j - z_y) cannot overflow while z_y is within 700 of the largest logit;
+            # beyond that, log p = z_y - logsumexp(z)
+            rel = np.where(other, np.exp(np.minimum(z - zy, 700.0)), 0.0).sum(-1)
+            lse = (m + np.log(np.exp(z - m).sum(-1, keepdims=True)))[..., 0]
+            logp = np.where((m - zy)[..., 0] < 700.0, -np.log1p(rel), zy[..., 0] - lse)
+            best_other = np.where(other, z, -np.inf).max(-1)  # -inf with one class: no other logit
+            out[S.A_BATCH_TRUE_LOGPROB][part] = np.where(finite, logp, np.nan)
+            out[S.A_BATCH_MARGIN][part] = np.where(finite, zy[..., 0] - best_other, np.nan)
+    return out
+
+
 def store_path(out: str | os.PathLike, run_id: str) -> Path:
     return Path(out) / f"{check_run_id(run_id)}.zarr"
 
@@ -234,7 +272,7 @@ def _create_store(path, cfg, bundle, model, probe_idx, device, lock) -> RunWrite
         probe_inputs=bundle.test.x[probe_idx].numpy(), probe_test_index=probe_idx,
         regions=bundle.regions, model_info=model_info, params=state_arrays(model),
         batch_size=min(cfg.batch_size, len(bundle.train)), num_classes=bundle.num_classes, device=str(device),
-        lock=lock)
+        log_logits=S.resolve_log_logits(cfg.log_logits, bundle.num_classes), lock=lock)
 
 
 def _half_created(path: Path) -> bool:
@@ -358,7 +396,10 @@ class Trainer:
         with np.errstate(over="ignore"):  # a diverging run's logits overflow (norms, float16): inf is the truth
             block["logit_norm"] = (np.where(valid, np.linalg.norm(np.nan_to_num(logits), axis=-1), 0).sum(1) / cnt
                                    ).astype(np.float32)
-            block[S.A_BATCH_LOGITS] = logits.astype(np.float16)
+            if self.writer.log_policy == S.LOG_FULL:
+                block[S.A_BATCH_LOGITS] = logits.astype(np.float16)
+            else:
+                block.update(minibatch_summary(logits, y, valid, loss, correct))
         return block, int(correct.sum()), int(cnt.sum())
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -193,11 +193,15 @@ class LogIndex:
 
 def sample_trajectory(run: Run, sample: int) -> tuple[np.ndarray, np.ndarray]:
     """(iterations, true-class probability) of one training sample at each of its presentations,
-    from the minibatch log: only the log chunks that hold them are read."""
+    from the minibatch log (its logits, or the summary's true-class log-probability): only the log
+    chunks that hold them are read."""
     li = LogIndex.of(run)
     it, slot = np.nonzero(li.index == sample)
     if len(it) == 0:
         return it, np.zeros(0)
+    if S.log_policy(li.root.attrs.asdict()) == S.LOG_SUMMARY:  # the summary record: log p(y|x) itself
+        lp = li.root[f"{S.G_LOG}/{S.A_BATCH_TRUE_LOGPROB}"]
+        return it, np.exp(np.asarray(lp.vindex[it, slot], dtype=np.float64))
     arr = li.root[f"{S.G_LOG}/{S.A_BATCH_LOGITS}"]
     c = np.arange(arr.shape[2])
     logits = np.asarray(arr.vindex[it[:, None], slot[:, None], c[None, :]], dtype=np.float64)  # (n, class)

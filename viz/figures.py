@@ -214,8 +214,9 @@ def neuron_survival(sw: xr.Dataset) -> hv.Layout:
 
 
 def lorenz_curves(sw: xr.Dataset) -> hv.Overlay:
-    """Lorenz curves of per-sample importance weights at the end of training, per learning
-    rate, with the uniform diagonal (Springer et al. Fig. 5)."""
+    """Lorenz curves of per-sample importance weights at the end of training, from the train
+    logits of the last snapshot that has them, per learning rate, with the uniform diagonal
+    (Springer et al. Fig. 5; the per-epoch ones: `importance_trajectories`)."""
     if "importance_lorenz" not in sw:
         return _lr_overlay([], "Lorenz curves (no probe)")
     lrs = lr_values(sw)
@@ -227,6 +228,54 @@ def lorenz_curves(sw: xr.Dataset) -> hv.Overlay:
         curves.append(hv.Curve((v.fraction.values, v.values), "fraction of samples (top first)",
                                "share of importance", label=f"lr={lr:g}").opts(color=c))
     return _lr_overlay(curves, "Lorenz curves of importance weights (end of training)")
+
+
+def _runs_at(sw: xr.Dataset, lr: float) -> np.ndarray:
+    return np.flatnonzero(_ok(sw) & (sw.lr.values == lr))
+
+
+def importance_trajectories(sw: xr.Dataset) -> hv.Layout:
+    """Importance weights 1 − p(y|x) through training, from the minibatch log (the importance
+    probe's per-epoch values; Springer et al. Fig. 5 as a trajectory), per learning rate (seed
+    mean): their Gini coefficient per epoch, the bias-conflicting samples' share of the total,
+    and Lorenz curves at the first epoch (dashed) and the last complete one (solid) beside the
+    uniform diagonal. Epochs in which fewer than half the training samples were weighted (a run's
+    last partial epoch) are left out. Probe results from before the per-epoch values: the Lorenz
+    curves of the snapshot train logits (`lorenz_curves`)."""
+    if "importance_epoch_gini" not in sw:
+        return hv.Layout([lorenz_curves(sw)])
+    lrs = lr_values(sw)
+    n_train = sw.sizes["train_sample"]
+    full = sw.importance_epoch_samples.sel(subset="all") >= n_train / 2
+    size = dict(responsive=True, min_width=300, height=280, legend_position="right")
+    gini, share, lorenz = [], [], [hv.Curve(([0, 1], [0, 1]), "fraction of samples (top first)", "share of importance",
+                                            label="uniform").opts(color="gray", line_dash="dotted")]
+    has_bc = bool(np.asarray(sw.train_bias_conflicting.values).any())
+    for lr, c in zip(lrs, _palette(len(lrs))):
+        runs = _runs_at(sw, lr)
+        if not len(runs):
+            continue
+        g = sw.importance_epoch_gini.sel(subset="all").where(full).isel(run=runs).mean("run")
+        keep = np.isfinite(g.values)
+        gini.append(hv.Curve((g.epoch.values[keep] + 1, g.values[keep]), "epoch", "Gini of importance weights",
+                             label=f"lr={lr:g}").opts(color=c, tools=["hover"]))
+        if has_bc:
+            b = sw.importance_epoch_bc_share.where(full).isel(run=runs).mean("run")
+            keep = np.isfinite(b.values)
+            share.append(hv.Curve((b.epoch.values[keep] + 1, b.values[keep]), "epoch",
+                                  "bias-conflicting share of importance", label=f"lr={lr:g}").opts(color=c))
+        lz = sw.importance_epoch_lorenz.isel(run=runs)
+        for at, dash, word in ((0, "dashed", "first epoch"), (-1, "solid", "last epoch")):
+            v = lz.isel(lorenz_epoch_at=at).mean("run")
+            if np.isfinite(v.values).any():
+                lorenz.append(hv.Curve((v.fraction.values, v.values), "fraction of samples (top first)",
+                                       "share of importance", label=f"lr={lr:g}, {word}").opts(color=c,
+                                                                                              line_dash=dash))
+    panels = [_lr_overlay(gini, "Gini of the importance weights per epoch (0: uniform)").opts(**size),
+              _lr_overlay(lorenz, "Lorenz curves, first and last complete epoch").opts(**size)]
+    if share:
+        panels.append(_lr_overlay(share, "Bias-conflicting share of the importance").opts(**size))
+    return hv.Layout(panels).cols(2)
 
 
 def minmax_table(sw: xr.Dataset, metrics=HEADLINE) -> hv.Table:
@@ -621,7 +670,11 @@ FIGURES: dict[str, FigureEntry] = {e.name: e for e in [
                 section=_SAMPLES),
     FigureEntry("dynamics_summary", dynamics_summary, "Learning and forgetting, bias-aligned vs bias-conflicting",
                 section=_SAMPLES, applies=several_lrs),
-    FigureEntry("lorenz_curves", lorenz_curves, "Importance weights (Springer et al. Fig. 5)", section=_SAMPLES),
+    FigureEntry("importance", importance_trajectories,
+                "Importance weights through training, from the minibatch log (Springer et al. Fig. 5)",
+                section=_SAMPLES),
+    FigureEntry("lorenz_curves", lorenz_curves,
+                "Importance weights at the end of training, from the final snapshot's train logits", section=_SAMPLES),
     FigureEntry("pruning_curves", pruning_curves, "Pruning curves (Figs. 21–22)", section=_PRUNE),
     FigureEntry("loss_ratio_trajectories", loss_ratio_trajectories, "Bias-conflicting loss ratio (Fig. 12, left)",
                 section=_PRUNE),
