@@ -130,12 +130,13 @@ def _norm(obj):
 
 def test_every_public_metric_is_in_the_table():
     """probe's exported array metrics are all here (last_mistake takes the store's positional arrays;
-    pruning_curve, attributions and the sweep/dynamics analyses take a model or a Dataset)."""
+    pruning_curve, attributions and the sweep/dynamics/importance analyses take a model, a Dataset or the
+    log)."""
     from lrscope import probe
 
     not_array_metrics = {"last_mistake", "pruning_curve", "attributions", "captum_ready", "fit_logistic", "dynamics",
                          "sample_dynamics", "lr_sensitive_samples", "loss_ratio_correlation", "last_snapshot",
-                         "MetricError"}
+                         "importance_trajectory", "epoch_importance", "MetricError"}
     assert set(probe.__all__) - not_array_metrics - {"per_sample_ce"} <= set(CASES)
 
 
