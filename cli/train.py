@@ -212,8 +212,10 @@ def preflight(cfg, out, run_id: str, data=None):
 
     from ..train.data import build_dataset
     from ..train.loop import pick_device, store_path
+    from ..train.placement import check_budgets
     from ..train.restore import build_model
 
+    check_budgets()  # $LRSCOPE_*_BUDGET_BYTES: read by the loop, checked before anything is touched
     path = store_path(out, run_id)
     if (path / "zarr.json").exists():
         return None
