@@ -240,9 +240,14 @@ class Feeder:
         return xb, yb
 
     def invalidate(self) -> None:
+        """Drop the prefetched batch (after letting its gather finish: it reads shared state); an
+        error there is not this caller's (the step that would have used it never runs)."""
         if self._next is not None:
-            self._next[1].result()  # let it finish (it reads shared state); its batch is dropped
-            self._next = None
+            pending, self._next = self._next[1], None
+            try:
+                pending.result()
+            except Exception:
+                pass
 
 
 def spill(x: torch.Tensor, folder: str | os.PathLike | None) -> torch.Tensor:
