@@ -181,3 +181,21 @@ def test_sigkill_then_resume_on_mmap_data(tmp_path, monkeypatch):
     assert placement_of(store) == "mmap"
     assert_same_store(ref, store)
     assert_bitwise_equal(ref, store)
+
+
+def test_sweep_option_overrides_the_spec(tmp_path):
+    spec = tmp_path / "grid.toml"
+    spec.write_text("[base]\ndataset='parity'\nwidths=[16]\nmax_steps=6\nstop='max-steps'\nprobe_size=20\n"
+                    "data_placement='host'\ndata_options={n_train=200, n_test=100, core_bits=3, spurious_bits=1, "
+                    "noise_bits=6}\n[grid]\nlr=[0.1]\n")
+    res = CliRunner().invoke(lrtrain, ["sweep", str(spec), "--out", str(tmp_path / "a"), "--quiet"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(lrtrain, ["sweep", str(spec), "--out", str(tmp_path / "b"), "--quiet",
+                                       "--data-placement", "mmap"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    (a,), (b,) = (tmp_path / "a").glob("*.zarr"), (tmp_path / "b").glob("*.zarr")
+    assert a.name == b.name and placement_of(a) == "host" and placement_of(b) == "mmap"
+    assert_bitwise_equal(a, b)
+    res = CliRunner().invoke(lrtrain, ["sweep", str(spec), "--out", str(tmp_path / "c"), "--data-placement", "gpu"])
+    assert res.exit_code == 2 and "unknown data_placement 'gpu'" in res.output and not (tmp_path / "c").exists()
