@@ -5,7 +5,7 @@
 - ``host``: both splits in host memory (pinned when the device is CUDA; uint8 stays uint8); each
   minibatch is gathered by index on the host and copied to the device asynchronously, the next
   step's batch gathered and copied by a helper thread (on a CUDA side stream) while the current
-  step computes;
+  step computes (training on a CPU, the step's own thread gathers: nothing to overlap);
 - ``mmap``: both splits read from memory-mapped ``.npy`` files (the dataset cache of
   `train/data.py`, or a spill file for datasets that are not cached), gathered per batch in sorted
   order (sequential reads) and copied like ``host``.
@@ -222,6 +222,9 @@ class Feeder:
     def __init__(self, x: HostData, y: torch.Tensor, order: Callable[[int], torch.Tensor], limit: int):
         self.x, self.y, self.order, self.limit = x, y, order, limit
         self._next: tuple[int, Future] | None = None
+        # ahead: a copy to overlap (CUDA) or a file to read (mmap); a CPU run on host data gathers
+        # in its own thread (a thread hop per step costs more than the gather there)
+        self.ahead = x.cuda or x.mapped
 
     def _prepare(self, t: int):
         idx = self.order(t)
@@ -232,11 +235,13 @@ class Feeder:
     def get(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._next is not None and self._next[0] == t:
             (xb, yb), done = self._next[1].result()
+            self._next = None
         else:
             self.invalidate()
             (xb, yb), done = self._prepare(t)
         self.x.ready(done, xb, yb)
-        self._next = (t + 1, self.x.pool().submit(self._prepare, t + 1)) if t + 1 < self.limit else None
+        if self.ahead and t + 1 < self.limit:
+            self._next = (t + 1, self.x.pool().submit(self._prepare, t + 1))
         return xb, yb
 
     def invalidate(self) -> None:
