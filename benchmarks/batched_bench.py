@@ -19,9 +19,10 @@ from lrscope.train.config import RunConfig
 from lrscope.train.loop import train_run
 
 
-def run(steps: int = 3000, k: int = 8) -> dict:
+def run(steps: int = 3000, k: int = 8, **config) -> dict:
+    """`config`: other RunConfig fields shared by the K runs (device, dataset, model, ...)."""
     lrs = [0.01, 0.05, 0.1, 0.5]
-    configs = [RunConfig(lr=lrs[i % len(lrs)], seed=i // len(lrs), max_steps=steps, stop="max-steps")
+    configs = [RunConfig(lr=lrs[i % len(lrs)], seed=i // len(lrs), max_steps=steps, stop="max-steps", **config)
                for i in range(k)]
     tmp = Path(tempfile.mkdtemp(prefix="lrscope-bbench-"))
     try:

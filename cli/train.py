@@ -212,8 +212,10 @@ def preflight(cfg, out, run_id: str, data=None):
 
     from ..train.data import build_dataset
     from ..train.loop import pick_device, store_path
+    from ..train.placement import check_budgets
     from ..train.restore import build_model
 
+    check_budgets()  # $LRSCOPE_*_BUDGET_BYTES: read by the loop, checked before anything is touched
     path = store_path(out, run_id)
     if (path / "zarr.json").exists():
         return None
@@ -272,12 +274,14 @@ def preflight_sweep(configs, out) -> None:
 @click.option("--data-root", default=None, type=click.Path(file_okay=False),
               help="Folder of file-based datasets, for every run (overrides the spec).")
 @click.option("--device", default=None, help="auto | cpu | cuda, for every run (overrides the spec).")
+@click.option("--data-placement", default=None,
+              help="auto | device | host | mmap: where each run's data live, for every run (overrides the spec).")
 @click.option("--batched", is_flag=True,
               help="Train fresh runs that differ only in lr and seed as one stacked model (torch.func; "
                    "fcn and cnn with SGD), each into its own store; the others run as usual.")
 @click.option("--dry-run", is_flag=True, help="List the runs and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def sweep_cmd(spec, out, workers, scheduler, data_root, device, batched, dry_run, quiet):
+def sweep_cmd(spec, out, workers, scheduler, data_root, device, data_placement, batched, dry_run, quiet):
     """Train every run of a TOML grid SPEC (skips finished runs, resumes interrupted ones).
 
     \b
@@ -298,6 +302,8 @@ def sweep_cmd(spec, out, workers, scheduler, data_root, device, batched, dry_run
             c.data_root = data_root
         if device is not None:
             c.device = device
+        if data_placement is not None:
+            c.data_placement = data_placement
         c.validate()
     if dry_run:
         for c in configs:

@@ -36,6 +36,7 @@ ATTR_REASON = "reason"
 ATTR_COMMITTED = "committed"
 ATTR_VERSIONS = "versions"
 ATTR_DEVICE = "device"
+ATTR_DATA_PLACEMENT = "data_placement"  # device | host | mmap: where the run's data lived (train/placement.py)
 ATTR_TIMINGS = "timings"
 ATTR_RUN_ID = "run_id"
 ATTR_DIVERGED_AT = "diverged_at"

@@ -196,6 +196,7 @@ for opt, v in [("--dataset", "nope"), ("--model", "nope"), ("--optimizer", "nope
                ("--schedule", "linear"), ("--train-logits", "sometimes"), ("--early-snapshots", "some"),
                ("--device", "gpu"), ("--precision", "fp16"), ("--log-logits", "compressed")]:
     run(f"{opt[2:]}={v}", opt, v)
+run("data-placement-unknown", "--data-placement", "gpu")
 run("device=cuda-without-cuda", "--device", "cuda",
     marks=[pytest.mark.skipif(CUDA, reason="this machine has CUDA")])
 run("bias-ratio-of-natural-bias-dataset", "--dataset", "cifar10", "--bias-conflicting-ratio", "0.1",

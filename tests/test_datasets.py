@@ -267,8 +267,9 @@ def test_built_datasets_are_cached(data_root, tmp_path, monkeypatch):
 
     monkeypatch.setenv("LRSCOPE_CACHE", str(tmp_path / "cache"))
     first = build_dataset("corrupted_cifar10", data_root=str(data_root), seed=3)
-    files = list((tmp_path / "cache").glob("corrupted_cifar10-*.npz"))
-    assert len(files) == 1
+    (folder,) = (tmp_path / "cache").glob("corrupted_cifar10-*")  # one folder of .npy files, no pickle
+    assert (folder / "meta.json").exists() and (folder / "train_x.npy").exists()
+    assert not list((tmp_path / "cache").glob("*.tmp*"))
     calls = []
 
     def builder(**kw):
@@ -278,7 +279,8 @@ def test_built_datasets_are_cached(data_root, tmp_path, monkeypatch):
     entry = dataclasses.replace(D.DATASETS["corrupted_cifar10"], build=builder)
     monkeypatch.setitem(D.DATASETS, "corrupted_cifar10", entry)
     again = build_dataset("corrupted_cifar10", data_root=str(data_root), seed=3)
-    assert not calls  # served from the cache, same tensors and metadata
+    assert not calls  # served from the cache, same tensors and metadata; the inputs memory-mapped
+    assert D.is_mapped(again.train.x) and not D.is_mapped(first.train.x)
     for sp in ("train", "test"):
         for k in ("x", "y", "b", "index"):
             assert torch.equal(getattr(getattr(first, sp), k), getattr(getattr(again, sp), k))

@@ -13,7 +13,6 @@ or resumes them one by one, and an interrupted batched run resumes that way too.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from .data import as_model_input, build_dataset, probe_subset
 from .loop import RunResult, Trainer, _create_store, _StopFlag, pick_device, store_path
 from .models import MODELS
 from .optim import make_optimizer, per_sample_loss
+from .placement import Placed, choose, dataset_bytes
 from .recorder import Recorder, is_recording_point, recording_errors
 from .restore import build_model
 
@@ -41,7 +41,7 @@ def batch_key(cfg: RunConfig) -> str | None:
         ident.pop(k)
     import json
 
-    return json.dumps(ident, sort_keys=True) + f"|{cfg.device}|{cfg.data_root}"
+    return json.dumps(ident, sort_keys=True) + f"|{cfg.device}|{cfg.data_root}|{cfg.data_placement}"
 
 
 class _Stack:
@@ -134,7 +134,9 @@ def train_batched(configs: list[RunConfig], out: str | os.PathLike, *, progress:
     bundle = build_dataset(cfg0.dataset, seed=cfg0.data_seed, bias_conflicting_ratio=cfg0.bias_conflicting_ratio,
                            data_root=cfg0.data_root, **cfg0.data_options)
     probe_idx = probe_subset(bundle, cfg0.probe_size, cfg0.data_seed)
+    placement = choose(cfg0.data_placement, dataset_bytes(bundle), device)
     locks, writers, models, opts = [], [], [], []
+    placed = None
     try:
         for c in configs:
             path = store_path(out, c.run_id())
@@ -146,15 +148,16 @@ def train_batched(configs: list[RunConfig], out: str | os.PathLike, *, progress:
             torch.manual_seed(c.seed)
             model = build_model(c, bundle.input_shape, bundle.num_classes).to(device)
             opts.append(make_optimizer(c, model.parameters()))
-            writers.append(_create_store(path, c, bundle, model, probe_idx, device, lock))
+            writers.append(_create_store(path, c, bundle, model, probe_idx, device, lock, placement))
             models.append(model)
-        # the data moves to the device once, shared by every run's Trainer
-        on_dev = dataclasses.replace(bundle, train=dataclasses.replace(bundle.train, x=bundle.train.x.to(device)),
-                                     test=dataclasses.replace(bundle.test, x=bundle.test.x.to(device)))
-        trainers = [Trainer(c, on_dev, m, o, w, device, probe_idx)
+        # the data are placed once (on the device, in host memory or mapped), shared by every run's Trainer
+        placed = Placed(bundle, placement, device)
+        trainers = [Trainer(c, bundle, m, o, w, device, probe_idx, placed=placed)
                     for c, m, o, w in zip(configs, models, opts, writers)]
         return _run(configs, trainers, models, opts, device, progress)
     finally:
+        if placed is not None:
+            placed.close()
         for lock in locks:
             lock.release()
 
@@ -179,6 +182,12 @@ def _run(configs, trainers, models, opts, device, progress) -> list[RunResult]:
     block_logits, block_norms = [], []
     row_t0, t = 0, 0
     perms = None
+    feed = None
+    if not tr0.placed.on_device:  # host or mapped data: the stacked batch (runs, batch) gathered a step ahead
+        def order(step):
+            return torch.stack([trainers[k].order(step) for k in active])
+
+        feed = tr0.placed.feeder(order, cfg0.max_steps)
     try:
         with _StopFlag() as stop, recording_errors(lambda: [recs[k] for k in active], f"batched x{K}"):
             for k in active:
@@ -187,8 +196,12 @@ def _run(configs, trainers, models, opts, device, progress) -> list[RunResult]:
                 epoch, pos = divmod(t, spe)
                 if perms is None or pos == 0:
                     perms = torch.stack([trainers[k].epoch_perm(epoch) for k in active])
-                idx = perms[:, pos * bs:(pos + 1) * bs]
-                xb, yb = as_model_input(X[idx]), Y[idx]
+                if feed is None:
+                    idx = perms[:, pos * bs:(pos + 1) * bs]
+                    xb, yb = X[idx], Y[idx]
+                else:
+                    xb, yb = feed.get(t)
+                xb = as_model_input(xb)
                 if scheduled:
                     lrs = torch.tensor([configs[k].lr_at(t) for k in active], device=device, dtype=torch.float32)
                 grads, (_, logits) = stack.step_fn(stack.params, stack.buffers, xb, yb)
@@ -221,12 +234,16 @@ def _run(configs, trainers, models, opts, device, progress) -> list[RunResult]:
                     stack.keep(keep)
                     perms = perms[keep]
                     lrs = lrs[keep]
+                    if feed is not None:  # the next batch was gathered for the old stack
+                        feed.invalidate()
                 if stop.signal and active:
                     for k in active:
                         err = recs[k].interrupt(stop.signal, f"batched runs stopped at iteration {t} (checkpointed); "
                                                 "re-run the sweep to resume them")
                     raise err
     finally:
+        if feed is not None:
+            feed.invalidate()
         if bar is not None:
             bar.close()
     return [recs[k].result() for k in range(K)]

@@ -19,6 +19,7 @@ SCHEDULES = ("constant", "step", "cosine", "wsd")
 STOPS = ("train-acc", "train-loss", "max-steps")
 TRAIN_LOGITS = ("auto", "always", "final")
 DEVICES = ("auto", "cpu", "cuda")
+DATA_PLACEMENTS = ("auto", "device", "host", "mmap")  # train/placement.py
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -227,6 +228,11 @@ class RunConfig:
                                help="NHWC memory format for image models (faster convolutions on GPUs)")
     deterministic: bool = knob(False, execution=True,
                                help="deterministic algorithms only (bitwise-repeatable CUDA runs)")
+    data_placement: str = knob("auto", choices=DATA_PLACEMENTS, execution=True,
+                               help="where the dataset lives while training: device (whole on the device), host "
+                                    "(host memory, each minibatch copied over ahead of its step), mmap (a "
+                                    "memory-mapped .npy cache on disk), or auto (chosen from the dataset's size "
+                                    "and the free device and host memory)")
     data_root: str | None = knob(None, execution=True,
                                  help="folder of the file-based datasets (MNIST IDX files, CIFAR batches, ...)")
 

@@ -27,7 +27,7 @@ RECIPE_MODULES = ("synthetic", "images", "vision")  # every module that register
 for _module in RECIPE_MODULES:
     importlib.import_module(f".{_module}", __package__)
 
-CACHE_VERSION = 1  # bump when a cached recipe's output changes
+CACHE_VERSION = 2  # bump when a cached recipe's output (or the cache's layout) changes
 
 if TYPE_CHECKING:
     import torch
@@ -93,35 +93,63 @@ def _cache_key(name: str, seed: int, rho, options: dict) -> str:
         except OSError:
             stamp = None
     blob = json.dumps([CACHE_VERSION, name, seed, rho, opts, root, stamp], sort_keys=True, default=str)
-    return f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}.npz"
+    return f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}"
+
+
+SPLIT_KEYS = ("x", "y", "b", "index")
 
 
 def _save_cached(path: Path, b: DataBundle) -> None:
-    arrays = {f"{sp}_{k}": getattr(getattr(b, sp), k).numpy() for sp in ("train", "test")
-              for k in ("x", "y", "b", "index")}
+    """Write a built dataset as a folder of `.npy` files (one per array, no pickle) plus meta.json,
+    made under a temporary name and renamed into place, so a reader sees all of it or nothing."""
+    import shutil
+
+    arrays = {f"{sp}_{k}": getattr(getattr(b, sp), k).numpy() for sp in ("train", "test") for k in SPLIT_KEYS}
     arrays.update({f"region_{k}": v for k, v in b.regions.items()})
     meta = {"name": b.name, "num_classes": b.num_classes, "num_bias": b.num_bias,
             "input_shape": list(b.input_shape), "description": b.description, "regions": list(b.regions)}
-    arrays["meta"] = np.array(json.dumps(meta))
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        tmp.mkdir(parents=True, exist_ok=True)
+        for k, v in arrays.items():
+            np.save(tmp / f"{k}.npy", np.ascontiguousarray(v), allow_pickle=False)
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.rename(tmp, path)  # another process may have won the race: keep its copy
     except OSError:  # a read-only or full cache is not an error: the next run rebuilds
         pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def map_npy(file: str | os.PathLike) -> torch.Tensor:
+    """A tensor backed by a memory-mapped `.npy` file (copy-on-write: pages are read from disk when
+    touched, writes stay private), marked as such (`is_mapped`)."""
+    import torch
+
+    t = torch.from_numpy(np.load(file, mmap_mode="c", allow_pickle=False))
+    t.lrscope_mapped = True
+    return t
+
+
+def is_mapped(t: torch.Tensor) -> bool:
+    """Whether `t` reads a memory-mapped file (`map_npy`) rather than memory of its own."""
+    return bool(getattr(t, "lrscope_mapped", False))
 
 
 def _load_cached(path: Path) -> DataBundle | None:
+    """The cached dataset at `path`; inputs memory-mapped (nothing is read until used: a run
+    placed on the device or in host memory copies them once, an `mmap` run reads the batches
+    it gathers), labels read."""
     import torch
 
     try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            sp = {s: Split(*(torch.from_numpy(z[f"{s}_{k}"]) for k in ("x", "y", "b", "index")))
-                  for s in ("train", "test")}
-            regions = {k: z[f"region_{k}"] for k in meta["regions"]}
-    except (OSError, ValueError, KeyError):
+        meta = json.loads((path / "meta.json").read_text())
+        sp = {s: Split(map_npy(path / f"{s}_x.npy"),
+                       *(torch.from_numpy(np.load(path / f"{s}_{k}.npy", allow_pickle=False))
+                         for k in SPLIT_KEYS[1:]))
+              for s in ("train", "test")}
+        regions = {k: np.load(path / f"region_{k}.npy", allow_pickle=False) for k in meta["regions"]}
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     return DataBundle(meta["name"], sp["train"], sp["test"], meta["num_classes"], meta["num_bias"],
                       tuple(meta["input_shape"]), regions, meta["description"])
@@ -145,7 +173,7 @@ def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | N
     folder = cache_dir() if e.cached else None
     if folder is not None:
         path = folder / _cache_key(name, seed, rho, options)
-        if path.exists():
+        if (path / "meta.json").exists():
             cached = _load_cached(path)
             if cached is not None:
                 return cached

@@ -1,4 +1,5 @@
-"""The training loop: data as device tensors, batched by index, recording into a run store.
+"""The training loop: data batched by index (held on the device, in host memory or memory-mapped:
+train/placement.py), recording into a run store.
 
 Per step the loop only keeps references to the minibatch logits and two fused norms
 (``torch._foreach_norm``); sample ids come from the epoch permutation, and losses, accuracy,
@@ -39,6 +40,7 @@ from .optim import (
     sam_perturb,
     training_loss,
 )
+from .placement import PLACED_TEXT, Placed, choose, dataset_bytes
 from .recorder import Recorder, is_recording_point, recording_errors
 from .restore import build_model, state_arrays
 
@@ -123,12 +125,13 @@ def store_path(out: str | os.PathLike, run_id: str) -> Path:
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, features: bool = False, batch: int = EVAL_BATCH):
-    """Logits (and penultimate features) for all of `x`, kept on the device, in big batches."""
+def evaluate(model: torch.nn.Module, x, features: bool = False, batch: int = EVAL_BATCH):
+    """Logits (and penultimate features) for all of `x` (a device tensor, or host or mapped data:
+    `placement.HostData`), kept on the device, in big batches."""
     was_training = model.training
     model.eval()
     logits, feats = [], []
-    for xb in x.split(batch):
+    for xb in (x.split(batch) if isinstance(x, torch.Tensor) else x.chunks(batch)):
         f = model.forward_features(as_model_input(xb))
         logits.append(model.forward_head(f))
         if features:
@@ -229,6 +232,8 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
     model = model.to(device)
     opt = make_optimizer(cfg, model.parameters())
     probe_idx = probe_subset(bundle, cfg.probe_size, cfg.data_seed)
+    nbytes = dataset_bytes(bundle)
+    placement = choose(cfg.data_placement, nbytes, device)
 
     if resume:
         writer = RunWriter.resume(path, lock)
@@ -243,23 +248,31 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
         start = writer.committed["iteration"]
         if progress:
             print(f"{path.name}: resuming from iteration {start} (checkpoint {k})", file=sys.stderr, flush=True)
+        writer.root.attrs.update({S.ATTR_DATA_PLACEMENT: placement})  # this session's
     else:
         try:
-            writer = _create_store(path, cfg, bundle, model, probe_idx, device, lock)
+            writer = _create_store(path, cfg, bundle, model, probe_idx, device, lock, placement)
         except OSError as e:
             raise LrscopeError(f"cannot create {path}: {e.strerror or e}") from None
         start = 0
+    if progress:
+        print(f"{path.name}: training on {device}; data ({nbytes / 2**20:.1f} MiB) {PLACED_TEXT[placement]} "
+              f"(data placement {placement}, asked: {cfg.data_placement})", file=sys.stderr, flush=True)
+    placed = Placed(bundle, placement, device)
     try:
-        trainer = Trainer(cfg, bundle, model, opt, writer, device, probe_idx)
-    except OSError as e:
-        raise LrscopeError(f"{path.name}: could not prepare the store ({e.strerror or e})") from None
-    result = trainer.run(start, progress)
+        try:
+            trainer = Trainer(cfg, bundle, model, opt, writer, device, probe_idx, placed=placed)
+        except OSError as e:
+            raise LrscopeError(f"{path.name}: could not prepare the store ({e.strerror or e})") from None
+        result = trainer.run(start, progress)
+    finally:
+        placed.close()
     if resume:
         result.resumed_from = start
     return result
 
 
-def _create_store(path, cfg, bundle, model, probe_idx, device, lock) -> RunWriter:
+def _create_store(path, cfg, bundle, model, probe_idx, device, lock, placement: str) -> RunWriter:
     labels = {}
     for split_name, split in (("train", bundle.train), ("test", bundle.test)):
         labels[split_name] = _label_arrays(bundle, split, np.arange(len(split)))
@@ -267,12 +280,14 @@ def _create_store(path, cfg, bundle, model, probe_idx, device, lock) -> RunWrite
     model_info = {"input_shape": list(bundle.input_shape), "num_classes": bundle.num_classes,
                   "num_bias": bundle.num_bias, "num_features": int(model.num_features),
                   "dataset_description": bundle.description}
-    return RunWriter.create(
+    w = RunWriter.create(
         path, run_id=path.stem, config=cfg.to_dict(), labels=labels,
         probe_inputs=bundle.test.x[probe_idx].numpy(), probe_test_index=probe_idx,
         regions=bundle.regions, model_info=model_info, params=state_arrays(model),
         batch_size=min(cfg.batch_size, len(bundle.train)), num_classes=bundle.num_classes, device=str(device),
         log_logits=S.resolve_log_logits(cfg.log_logits, bundle.num_classes), lock=lock)
+    w.root.attrs.update({S.ATTR_DATA_PLACEMENT: placement})  # beside `device`: where the data lived
+    return w
 
 
 def _half_created(path: Path) -> bool:
@@ -295,13 +310,13 @@ class Trainer:
     and the two fused norm results; ids come from the epoch permutation, losses and all other
     statistics are derived on the host once per block of steps (an epoch, or MAX_BLOCK_ROWS)."""
 
-    def __init__(self, cfg, bundle, model, opt, writer: RunWriter, device, probe_idx):
+    def __init__(self, cfg, bundle, model, opt, writer: RunWriter, device, probe_idx, placed: Placed | None = None):
         self.cfg, self.model, self.opt, self.writer, self.device = cfg, model, opt, writer, device
         self.bundle = bundle
-        self.X = bundle.train.x.to(device)
-        self.Y = bundle.train.y.to(device)
-        self.Xt = bundle.test.x.to(device)
-        self.Xp = self.Xt[torch.as_tensor(probe_idx, device=device)]
+        # the data: device tensors, or host / mapped data served batch by batch (train/placement.py)
+        self.placed = placed if placed is not None else Placed(bundle, "device", device)
+        self.X, self.Xt, self.Y = self.placed.train, self.placed.test, self.placed.Y
+        self.Xp = self.placed.take_test(probe_idx)
         self.n = len(self.Y)
         self.bs = min(cfg.batch_size, self.n)
         self.steps_per_epoch = math.ceil(self.n / self.bs)
@@ -312,7 +327,7 @@ class Trainer:
         train_pass_steps = self.n / (3 * self.bs)
         self.train_logits_every_snapshot = cfg.train_logits == "always" or (
             cfg.train_logits == "auto" and train_pass_steps <= TRAIN_LOGITS_BUDGET * cfg.snapshot_every)
-        self.channels_last = cfg.channels_last and self.X.ndim == 4
+        self.channels_last = cfg.channels_last and len(bundle.input_shape) == 3
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -323,12 +338,29 @@ class Trainer:
         self._logits: list[torch.Tensor] = []
         self._norms: list[torch.Tensor] = []  # per step: one 0-d norm per grad, then per param
         self.perm_cpu: torch.Tensor | None = None
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def perm(self, epoch: int) -> torch.Tensor:
+        """The minibatch order of an epoch (CPU): a pure function of (seed, epoch), so resumes
+        replay it."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g)
 
     def epoch_perm(self, epoch: int) -> torch.Tensor:
-        """The minibatch order of an epoch: a pure function of (seed, epoch), so resumes replay it."""
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-        self.perm_cpu = torch.randperm(self.n, generator=g)
-        return self.perm_cpu.to(self.device)
+        """The epoch's order on the device; kept on the host for the statistics (`perm_cpu`)."""
+        self.perm_cpu = self.perm(epoch)
+        return self.perm_cpu.to(self.device) if self.placed.on_device else self.perm_cpu
+
+    def order(self, t: int) -> torch.Tensor:
+        """Step t's sample positions (CPU): the host feeder's view of the order, kept apart from
+        `perm_cpu` (it runs a step ahead, into the next epoch)."""
+        epoch, pos = divmod(t, self.steps_per_epoch)
+        cache = self._perms
+        if epoch not in cache:
+            if len(cache) > 1:
+                cache.pop(min(cache))
+            cache[epoch] = self.perm(epoch)
+        return cache[epoch][pos * self.bs:(pos + 1) * self.bs]
 
     # -------------------------------------------------------------------- recording
     def amp(self):
@@ -428,11 +460,12 @@ class Trainer:
         return False, ""
 
     # -------------------------------------------------------------------- main loop
-    def step(self, t: int, idx: torch.Tensor, sam: bool) -> None:
-        """One optimizer step on the minibatch `idx`, keeping references to its logits and the
-        gradient/parameter norms for the recorder (no copies, no host syncs)."""
+    def step(self, t: int, xb: torch.Tensor, yb: torch.Tensor, sam: bool) -> None:
+        """One optimizer step on the minibatch (`xb` raw inputs, `yb` labels, on the device),
+        keeping references to its logits and the gradient/parameter norms for the recorder (no
+        copies, no host syncs)."""
         cfg, opt = self.cfg, self.opt
-        xb, yb = as_model_input(self.X[idx]), self.Y[idx]
+        xb = as_model_input(xb)
         if self.stochastic:
             torch.manual_seed((self.cfg.seed * 1_000_003 + t) % 2**63)
         if self.scheduled:
@@ -470,6 +503,7 @@ class Trainer:
                        dynamic_ncols=True)
         t = row_t0 = start
         epoch_perm = None
+        feed = None if self.placed.on_device else self.placed.feeder(self.order, cfg.max_steps)
         try:
             with _StopFlag() as stop, recording_errors(lambda: [rec], w.path.name):
                 rec.begin(start)
@@ -477,7 +511,12 @@ class Trainer:
                     epoch, pos = divmod(t, self.steps_per_epoch)
                     if epoch_perm is None or pos == 0:
                         epoch_perm = self.epoch_perm(epoch)
-                    self.step(t, epoch_perm[pos * self.bs:(pos + 1) * self.bs], sam)
+                    if feed is None:
+                        idx = epoch_perm[pos * self.bs:(pos + 1) * self.bs]
+                        xb, yb = self.X[idx], self.Y[idx]
+                    else:
+                        xb, yb = feed.get(t)
+                    self.step(t, xb, yb, sam)
                     t += 1
                     if not is_recording_point(t, cfg, self.steps_per_epoch, t - row_t0, stop.signal):
                         continue
@@ -495,6 +534,8 @@ class Trainer:
                     rec.out_of_steps()
                     rec.finish(t)
         finally:
+            if feed is not None:
+                feed.invalidate()
             if bar is not None:
                 bar.close()
         return rec.result()
