@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_reliability_round2 import _arrays, check_finishes_and_resumes
+from test_reliability_round2 import _arrays, check_finishes_and_resumes, tiny_cfg
 
 import lrscope
 from lrscope.errors import ConfigError
@@ -196,3 +196,42 @@ def test_soup_cli_and_bad_input(soup_sweep, tmp_path):
 def test_kron_resumes_bitwise_on_conv_nets(model, tmp_path, monkeypatch):
     """4-d convolution weights (Kronecker factors per dimension), BatchNorm's 1-d scales (diagonal)."""
     check_finishes_and_resumes(model, "kron", tmp_path, monkeypatch)
+
+
+def test_soup_of_batchnorm_nets_recomputes_their_statistics(tmp_path):
+    """ResNet18: the soup's BatchNorm running statistics are re-estimated on the training split
+    (cumulative average over minibatches of the runs' batch size), not the ingredients' mean."""
+    import torch
+
+    from lrscope.probe import model_soup, soup_state
+    from lrscope.probe.metrics import group_accuracy_np
+    from lrscope.train.data import as_model_input, build_dataset
+
+    for lr in (0.01, 0.1):
+        cfg = tiny_cfg("resnet18", "sgd", lr=lr, max_steps=4)
+        assert train_run(cfg, tmp_path, progress=False).status == "completed"
+    sw = lrscope.open_sweep(tmp_path, probes=False)
+    rec, avg = model_soup(sw), model_soup(sw, bn="average")
+    assert rec.attrs["bn_statistics"] == "recomputed on the training split"
+    assert avg.attrs["bn_statistics"] == "averaged over the ingredients"
+    nets = [lrscope.load_model(s) for s in sw.attrs["stores"]]
+    cfg = sw.attrs["configs"][0]
+    data = build_dataset(cfg["dataset"], seed=cfg["data_seed"], **cfg["data_options"])
+    for bn, out in (("average", avg), ("recompute", rec)):
+        soup = lrscope.load_model(sw.attrs["stores"][0])
+        soup.load_state_dict(soup_state([n.state_dict() for n in nets]))
+        if bn == "recompute":
+            for m in soup.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.reset_running_stats()
+                    m.momentum = None
+            soup.train()
+            with torch.no_grad():
+                for i in range(0, len(data.train.x), cfg["batch_size"]):
+                    soup(as_model_input(data.train.x[i:i + cfg["batch_size"]]))
+            soup.eval()
+        with torch.no_grad():
+            logits = soup(as_model_input(data.test.x)).numpy()
+        acc = group_accuracy_np(logits, data.test.y.numpy(), data.test.b.numpy())
+        assert float(out.soup_unbiased_accuracy.sel(seed=0)) == pytest.approx(float(acc["unbiased_accuracy"]))
+        assert float(out.soup_worst_group_accuracy.sel(seed=0)) == pytest.approx(float(acc["worst_group_accuracy"]))
