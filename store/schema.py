@@ -343,6 +343,8 @@ CONFIG_WORDS = {
     "L2 weight decay", "l1": "L1 penalty coefficient", "loss": "training loss (ce or focal)", "focal_gamma":
     "focal-loss γ", "schedule": "learning-rate schedule", "sam_rho": "SAM/ASAM neighbourhood radius", "max_steps":
     "step budget", "stop": "stop criterion", "train_logits": "when train-split logits were recorded",
+    "step_at": "iteration of the step schedule's LR drop (S)", "step_factor": "step schedule's LR multiplier",
+    "kron_beta": "PSGD-Kron momentum", "kron_precond_lr": "PSGD-Kron preconditioner learning rate",
 }
 
 
