@@ -137,6 +137,56 @@ def list_cmd():
         for line in lines:
             click.echo(line)
         click.echo()
+    click.echo("Across the runs of a sweep (lrscope.probe, on lrscope.open_sweep's Dataset):")
+    for line in paragraphs("model_soup (also `lrprobe soup RUNS`): the uniform model soup of the finished runs' "
+                           "final weights across learning rates, one per seed (supplement Fig. 30), its unbiased "
+                           "and worst-group accuracy and parameter compressibility beside each ingredient's; "
+                           "lr_sensitive_samples (Fig. 8's selection); loss_ratio_correlation (Fig. 12).", hang="  "):
+        click.echo(line)
+
+
+@main.command("soup")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--lrs", default=None, help="Comma-separated learning rates to soup (default: every LR with a finished "
+                                          "run).")
+@click.option("--seeds", default=None, help="Comma-separated seeds (default: all; one soup per seed).")
+@click.option("--bn", type=click.Choice(["recompute", "average"]), default="recompute", show_default=True,
+              help="BatchNorm statistics of the soup: re-estimated on the training split, or averaged.")
+@click.option("--data-root", default=None, help="Where file-based datasets live (to rebuild the test split).")
+def soup_cmd(paths, lrs, seeds, bn, data_root):
+    """Model soup (supplement Fig. 30): average the final weights of finished runs across learning
+    rates, one soup per seed (same model, data and seed: the same initialisation), and print its
+    unbiased and worst-group accuracy and parameter compressibility beside each ingredient's."""
+    def numbers(text, kind, opt):
+        if text is None:
+            return None
+        try:
+            vals = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise LrscopeError(f"{opt} {text}: not a comma-separated list of numbers") from None
+        if not vals:
+            raise LrscopeError(f"{opt}: no values in {text!r}")
+        return vals
+
+    lr_list, seed_list = numbers(lrs, float, "--lrs"), numbers(seeds, int, "--seeds")
+    import lrscope
+
+    from ..probe.soup import model_soup
+
+    out = model_soup(lrscope.open_sweep(list(paths), probes=False), lrs=lr_list, seeds=seed_list,
+                     data_root=data_root, bn=bn)
+    click.echo(f"model soup on {out.attrs['eval_split']} split; BatchNorm: {out.attrs['bn_statistics']}")
+    click.echo(f"{'seed':>5} {'model':>12} {'unbiased':>9} {'worst-group':>11} {'param comp':>10}")
+    for s in out.seed.values:
+        row = out.sel(seed=s)
+        for lr in out.lr.values:
+            r = row.sel(lr=lr)
+            if str(r.ingredient_run.values):
+                click.echo(f"{s:>5} {'lr ' + format(lr, 'g'):>12} {float(r.ingredient_unbiased_accuracy):>9.4f} "
+                           f"{float(r.ingredient_worst_group_accuracy):>11.4f} "
+                           f"{float(r.ingredient_param_compressibility):>10.4f}")
+        click.echo(f"{s:>5} {'soup':>12} {float(row.soup_unbiased_accuracy):>9.4f} "
+                   f"{float(row.soup_worst_group_accuracy):>11.4f} {float(row.soup_param_compressibility):>10.4f}")
 
 
 @main.command("ls")

@@ -434,6 +434,8 @@ CONFIG_WORDS = {
     "step budget", "stop": "stop criterion", "train_logits": "when train-split logits were recorded",
     "log_logits": "minibatch-record policy (auto, full logits or a per-sample summary; the store's log_logits "
     "attribute holds the resolved one)",
+    "step_at": "iteration of the step schedule's LR drop (S)", "step_factor": "step schedule's LR multiplier",
+    "kron_beta": "PSGD-Kron momentum", "kron_precond_lr": "PSGD-Kron preconditioner learning rate",
 }
 
 

@@ -70,7 +70,7 @@ def test_run_help_reads_well():
         if name not in NOT_OPTIONS:
             assert flag_of(name) in res.output
     # choices as the metavar, defaults and ranges beside the help, other fields as their options
-    assert "--optimizer [sgd|adam|adamw|sam|asam]" in text
+    assert "--optimizer [sgd|adam|adamw|sam|asam|kron]" in text
     assert "--stop [train-acc|train-loss[=X]|max-steps]" in text
     assert "SGD momentum. [default: 0.0; 0<=x<1]" in text
     assert "Learning rate. [x>0; required]" in text

@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..store.schema import FULL_LOGITS_MAX_CLASSES, LOG_SETTINGS
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "sam", "asam")
+OPTIMIZERS = ("sgd", "adam", "adamw", "sam", "asam", "kron")
 LOSSES = ("ce", "focal")
 SCHEDULES = ("constant", "step", "cosine", "wsd")
 STOPS = ("train-acc", "train-loss", "max-steps")
@@ -168,11 +168,19 @@ class RunConfig:
     batch_size: int = knob(100, lo=1, hi=MAX_COUNT, help="minibatch size")
     optimizer: str = knob("sgd", choices=OPTIMIZERS,
                           help="the optimizer; sam and asam take their base step with SGD, `momentum` and "
-                               "`weight_decay`")
+                               "`weight_decay`; kron is PSGD-Kron (heavyball's PSGDKron: `kron_beta`, "
+                               "`kron_precond_lr`, `kron_max_size_triangular`, `weight_decay`)")
     momentum: float = knob(0.0, lo=0, hi=1, hi_open=True, help="SGD momentum")
     sam_rho: float = knob(0.05, lo=0, lo_open=True,
                           help="SAM/ASAM neighbourhood radius (Foret et al. 2021; Kwon et al. 2021)")
     weight_decay: float = knob(0.0, lo=0, help="L2, as the optimizer's weight decay")
+    kron_beta: float = knob(0.9, lo=0, hi=1, hi_open=True,
+                            help="PSGD-Kron's momentum (the gradient average it preconditions; heavyball's default)")
+    kron_precond_lr: float = knob(0.1, lo=0, lo_open=True,
+                                  help="PSGD-Kron's preconditioner learning rate (heavyball's default)")
+    kron_max_size_triangular: int = knob(2048, lo=1, hi=MAX_COUNT,
+                                         help="PSGD-Kron: a tensor dimension above this size gets a diagonal "
+                                              "preconditioner factor instead of a triangular one (memory)")
     l1: float = knob(0.0, lo=0, help="L1 penalty coefficient added to the loss")
     loss: str = knob("ce", choices=LOSSES, help="cross-entropy, or the focal loss (Lin et al. 2017)")
     focal_gamma: float = knob(2.0, lo=0, help="the focal loss's exponent gamma")
@@ -323,11 +331,15 @@ class RunConfig:
         for k in LATE_FIELDS:  # at their default, fields added later leave earlier run ids as they were
             if ident[k] == _FIELDS[k].default:
                 ident.pop(k)
+        if self.optimizer != "kron":  # the kron knobs do not touch other runs: ids stay as before them
+            for k in KRON_FIELDS:
+                ident.pop(k)
         blob = json.dumps(ident, sort_keys=True).encode()
         return f"{base}-{hashlib.sha1(blob).hexdigest()[:8]}"
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+KRON_FIELDS = tuple(n for n in _FIELDS if n.startswith("kron_"))
 
 
 def _hint(tp) -> tuple[type, bool, type | None]:

@@ -32,6 +32,7 @@ from ..store.writer import RunWriter
 from .config import RunConfig, check_run_id
 from .data import DataBundle, Split, as_model_input, build_dataset, probe_subset
 from .optim import (
+    RANDOM_OPTIMIZERS,
     load_optimizer,
     make_optimizer,
     mean_cross_entropy,
@@ -333,8 +334,9 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         # stochastic layers (Swin-T's stochastic depth, dropout) draw from torch's global RNG: it is
         # reseeded from (seed, iteration) before each such step, so a resumed run draws what an
-        # uninterrupted one would (models without them are untouched)
-        self.stochastic = any(type(m).__name__ in STOCHASTIC_MODULES for m in model.modules())
+        # uninterrupted one would (models without them are untouched); likewise PSGD-Kron's probe vectors
+        self.stochastic = (any(type(m).__name__ in STOCHASTIC_MODULES for m in model.modules())
+                           or cfg.optimizer in RANDOM_OPTIMIZERS)
         self._logits: list[torch.Tensor] = []
         self._norms: list[torch.Tensor] = []  # per step: one 0-d norm per grad, then per param
         self.perm_cpu: torch.Tensor | None = None

@@ -8,6 +8,8 @@ mean cross-entropy taken through `F.cross_entropy` directly (the same number, on
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,7 +43,21 @@ def per_sample_loss(cfg: RunConfig, logits: torch.Tensor, y: torch.Tensor) -> to
 
 def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     """The optimizer; SAM/ASAM use SGD (momentum, weight decay) as their base step, the ascent
-    step is taken by the loop (`sam_perturb`)."""
+    step is taken by the loop (`sam_perturb`). kron: heavyball's PSGDKron (Li's PSGD with a
+    Kronecker-factored preconditioner), run eagerly (no torch.compile: CPU-friendly, and the same
+    kernels on every run), with its default preconditioner-update schedule (a deterministic
+    cumulative-probability counter kept in the param group) and `kron_*` knobs."""
+    if cfg.optimizer == "kron":
+        import heavyball
+        import heavyball.utils
+
+        heavyball.utils.compile_mode = None  # eager: no inductor build on CPU, no compile per shape
+        # the loop sets the LR of every step (cfg.lr_at); heavyball supports that with multi_tensor=True
+        # (its default, used here) and warns once that it is "experimental"
+        warnings.filterwarnings("ignore", message="Learning rate changed between steps", module="heavyball")
+        return heavyball.PSGDKron(params, lr=cfg.lr, betas=(cfg.kron_beta, 0.999), weight_decay=cfg.weight_decay,
+                                  precond_lr=cfg.kron_precond_lr, max_size_triangular=cfg.kron_max_size_triangular,
+                                  compile_step=False)
     if cfg.optimizer in ("sgd", "sam", "asam"):
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
@@ -49,7 +65,22 @@ def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+# Optimizers whose step draws from torch's global RNG (PSGD's random probe vectors): the loop
+# reseeds it from (seed, iteration) before each step, so a resumed run draws what an uninterrupted
+# one would.
+RANDOM_OPTIMIZERS = ("kron",)
+
+TREE_KEY = "tree"  # heavyball's nested state: its structure as JSON (uint8), tensors as arrays a<n>
+
+
 def optimizer_arrays(opt: torch.optim.Optimizer) -> dict[str, np.ndarray]:
+    """The optimizer's state as named arrays, for checkpoints/optimizer/<slot>/ (no pickle).
+    torch's optimizers: `<param index>.<key>` per state tensor (0-d ones included). heavyball's
+    (kron): its nested per-parameter state, the changing entries of its param groups (step
+    counters, the preconditioner-update accumulator) and of its own attributes, as one JSON tree
+    whose tensor leaves point at arrays `a<n>` (`_encode_tree`)."""
+    if _is_heavyball(opt):
+        return _heavyball_arrays(opt)
     out = {}
     for i, st in opt.state_dict()["state"].items():
         for key, v in st.items():
@@ -61,6 +92,10 @@ def optimizer_arrays(opt: torch.optim.Optimizer) -> dict[str, np.ndarray]:
 
 
 def load_optimizer(opt: torch.optim.Optimizer, arrays: dict[str, np.ndarray], device) -> None:
+    if TREE_KEY in arrays:
+        if not _is_heavyball(opt):
+            raise ValueError("the checkpoint holds heavyball optimizer state, the run's optimizer is not heavyball's")
+        return _load_heavyball(opt, arrays, device)
     sd = opt.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, arr in arrays.items():
@@ -69,6 +104,87 @@ def load_optimizer(opt: torch.optim.Optimizer, arrays: dict[str, np.ndarray], de
         state.setdefault(int(i), {})[key] = t if key == "step" else t.to(device)
     sd["state"] = state
     opt.load_state_dict(sd)
+
+
+def _is_heavyball(opt) -> bool:
+    return type(opt).__module__.split(".")[0] == "heavyball"
+
+
+# heavyball keeps in its param groups both the configuration (restored by make_optimizer) and
+# counters that change as it steps; the latter are saved. Its own attributes: only the ones that
+# can change while training (the pickled schedule of its state_dict is rebuilt from the config).
+_HB_ATTRS = ("_fallback_enabled",)
+
+
+def _heavyball_arrays(opt) -> dict[str, np.ndarray]:
+    import json
+
+    index = {id(p): i for i, p in enumerate(p for g in opt.param_groups for p in g["params"])}
+    state = {index[id(p)]: st for p, st in opt.state.items() if id(p) in index}
+    groups = [{k: v for k, v in g.items() if k != "params" and not k.startswith("_")} for g in opt.param_groups]
+    attrs = {k: getattr(opt, k) for k in _HB_ATTRS if hasattr(opt, k)}
+    arrays: list[np.ndarray] = []
+    tree = _encode_tree({"state": state, "groups": groups, "attrs": attrs}, arrays)
+    out = {f"a{n}": a for n, a in enumerate(arrays)}
+    out[TREE_KEY] = np.frombuffer(json.dumps(tree, allow_nan=True).encode(), dtype=np.uint8).copy()
+    return out
+
+
+def _load_heavyball(opt, arrays: dict[str, np.ndarray], device) -> None:
+    """Put the saved state back as it was (dtypes included: heavyball keeps float64 running
+    bounds beside float32 parameters, which torch's load_state_dict would cast)."""
+    import json
+
+    tree = _decode_tree(json.loads(bytes(np.asarray(arrays[TREE_KEY], dtype=np.uint8)).decode()), arrays, device)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    opt.state.clear()
+    for i, st in tree["state"].items():
+        opt.state[params[int(i)]] = st
+    if len(tree["groups"]) != len(opt.param_groups):
+        raise ValueError("the checkpoint's optimizer has a different number of parameter groups")
+    for g, saved in zip(opt.param_groups, tree["groups"]):
+        g.update(saved)
+    for k, v in tree["attrs"].items():
+        setattr(opt, k, v)
+
+
+def _encode_tree(x, arrays: list):
+    """A nested optimizer state as JSON: tensors become {"T": n} (array n, appended to `arrays`),
+    numpy scalars and arrays likewise ({"N": n}); dicts keep their key types, lists, tuples and
+    sets their kind; ints, floats (exact: JSON keeps a float's repr), bools, strings and None stay."""
+    if torch.is_tensor(x):
+        arrays.append(x.detach().cpu().numpy().copy())
+        return {"T": len(arrays) - 1}
+    if isinstance(x, np.ndarray | np.generic):
+        arrays.append(np.asarray(x).copy())
+        return {"N": len(arrays) - 1}
+    if isinstance(x, dict):
+        return {"D": [[_encode_tree(k, arrays), _encode_tree(v, arrays)] for k, v in x.items()]}
+    if isinstance(x, list | tuple | set | frozenset):
+        kind = "U" if isinstance(x, tuple) else "S" if isinstance(x, set | frozenset) else "L"
+        items = sorted(x, key=repr) if kind == "S" else x
+        return {kind: [_encode_tree(v, arrays) for v in items]}
+    if isinstance(x, torch.dtype):
+        return {"dtype": str(x).removeprefix("torch.")}
+    if x is None or isinstance(x, bool | int | float | str):
+        return x
+    raise TypeError(f"cannot store optimizer state of type {type(x).__name__} without pickle")
+
+
+def _decode_tree(x, arrays: dict[str, np.ndarray], device):
+    if isinstance(x, dict):
+        (kind, v), = x.items()
+        if kind == "T":
+            return torch.from_numpy(np.array(arrays[f"a{v}"])).to(device)
+        if kind == "N":
+            return np.array(arrays[f"a{v}"])
+        if kind == "D":
+            return {_decode_tree(k, arrays, device): _decode_tree(val, arrays, device) for k, val in v}
+        if kind == "dtype":
+            return getattr(torch, v)
+        items = [_decode_tree(i, arrays, device) for i in v]
+        return {"L": list, "U": tuple, "S": set}[kind](items)
+    return x
 
 
 @torch.no_grad()
