@@ -88,14 +88,23 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         cost="two small fits per snapshot (~0.04x)"),
     ProbeEntry(
         "pruning", _R + "probe_pruning",
-        "Accuracy of the last checkpoint's network pruned at kappa = 0, 0.1, ..., 0.9 of its weights "
-        "(structured: whole neurons or channels; magnitude; column), on the test split rebuilt from the "
-        "config when its labels match the store, else on the probe subset; kappa-prunability (the mean over "
-        "kappa of Acc(f^kappa) / Acc(f)) per kind, and the mean pruned accuracy.",
-        format=4,  # pruned_accuracy (mean pruned accuracy) added next to the retention-ratio prunability
-        cost="30 forward passes over the test split (~0.05x; the most of a short run's probing); on the GPU "
-             "when there is one",
-        params={"kappas": "the pruned fractions (Python API; default 0, 0.1, ..., 0.9)"},
+        "Accuracy of the last checkpoint's network pruned at kappa = 0, 0.1, ..., 0.9 (structured: whole neurons "
+        "or filters, the head kept; magnitude: single weights, globally; column: input columns), on the test "
+        "split rebuilt from the config when its labels match the store, else on the group-balanced probe "
+        "subset, with the number of samples (pruning_samples) and each accuracy's binomial standard error "
+        "(*_se). kappa-prunability as the paper defines it: the mean over kappa of Acc(f^kappa) / Acc(f), not "
+        "clipped (above 1 when pruning helps). The paper prunes neurons and kernels without saying how they are "
+        "ranked: the default criterion removes the lowest incoming-weight L2 norms of each layer (`incoming`); "
+        "--criterion adds incoming-global, outgoing and in-x-out along a criterion dimension "
+        "(pruning_by_criterion, prunability_by_criterion), the default's prunability staying the headline. "
+        "pruned_accuracy (the mean of Acc(f^kappa)) is an extra view, not the paper's number.",
+        format=5,  # prunability not clipped to [0, 1]; criteria, sample count and standard errors added
+        cost="one pass over the evaluation samples (the test split) for every pruned network: 28 distinct networks "
+             "(+9 per extra criterion), sliced to their kept units on lrscope's FCN and CNN, the first layer's "
+             "outputs shared (~0.05x of a 3000-step Colored MNIST CNN run, benchmarks/RESULTS.md); --device",
+        params={"kappas": "the pruned fractions (Python API; default 0, 0.1, ..., 0.9)",
+                "criterion": "structured-pruning criteria: incoming (default, per layer), incoming-global, outgoing, "
+                             "in-x-out, comma-separated, or all (lrprobe compute --criterion)"},
         headline=(Headline("prunability", "prunability", "prun"),
                   Headline("pruned_accuracy", "mean pruned accuracy"))),
     ProbeEntry(
