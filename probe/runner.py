@@ -378,7 +378,7 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
 
     from ..train.data import as_model_input
     from ..train.restore import load_model
-    from .attribution import METHODS, attribution_entropy, attributions, region_shares
+    from .attribution import METHODS, attribution_entropy, attribution_rule, attributions, region_shares
 
     ds = ctx.ds
     n = min(ds.sizes["probe_sample"], int(ctx.params.get("attr_samples", 256)))
@@ -408,16 +408,18 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
                 for r, name in enumerate(regions.region.values):
                     shares[method].setdefault(str(name), []).append(float(per[r]))
             maps[method] = da_.isel(attr_sample=picks)
+    rule = {method: {"computed_as": attribution_rule(model, method, int(ctx.params.get("ig_steps", 32)))}
+            for method in METHODS}
     for method in METHODS:
         m = short[method]
         out[f"{m}_entropy"] = M._attrs(xr.DataArray(ents[method], dims=["attr_checkpoint"]),
-                                       f"{method} normalised attribution entropy", None)
+                                       f"{method} normalised attribution entropy", None, **rule[method])
         for name, vals in shares[method].items():
             out[f"{m}_{name}_share"] = M._attrs(xr.DataArray(vals, dims=["attr_checkpoint"]),
                                                 f"{method} attribution share on {name} inputs",
                                                 True if name == "core" else None)
         out[f"{m}_maps"] = M._attrs(maps[method].rename(attr_sample="map_sample"),
-                                    f"{method} maps (samples from every group, last checkpoint)", None)
+                                    f"{method} maps (samples from every group, last checkpoint)", None, **rule[method])
     sel = pos[picks]
     out = out.assign_coords(map_sample_index=("map_sample", sel), map_y=("map_sample", ds.probe_y.values[sel]),
                             map_b=("map_sample", ds.probe_b.values[sel]),

@@ -201,3 +201,22 @@ def test_cli_device_cuda_without_gpu_is_one_line(cnn_run):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and "no CUDA GPU" in lines[0]
     assert lines[0].startswith("Error: --device")
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "deeplift"])
+def test_exact_attributions_of_homogeneous_nets_equal_captums(method):
+    """On the bias-free FCN and CNN, Integrated Gradients (any number of steps) and DeepLift from
+    the zero baseline are x ⊙ ∇f(x): the one-pass shortcut equals Captum's computation."""
+    from lrscope.probe.attribution import attribution_rule, attributions_torch, positively_homogeneous
+
+    for net, x in _tiny_nets():
+        t = torch.randint(0, net.head.out_features, (len(x),))[:40]
+        x = x[:40]
+        assert positively_homogeneous(net) and attribution_rule(net, method, 32).startswith("exact")
+        fast = attributions_torch(net, x, t, method=method)
+        ref = attributions_torch(net, x, t, method=method, exact=False, n_steps=32)
+        assert fast.abs().sum() > 0
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+    biased = FCN(6, [8], 3)
+    biased.features[1] = torch.nn.Linear(6, 8)  # a bias: no longer homogeneous, Captum computes it
+    assert not positively_homogeneous(biased) and attribution_rule(biased, method, 32).startswith("Captum")
