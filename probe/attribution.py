@@ -100,12 +100,11 @@ def attributions_torch(model: nn.Module, inputs: torch.Tensor, target: torch.Ten
                        method: str = "integrated_gradients", n_steps: int = 32, batch: int = 256,
                        per_sample_roots: bool = False, exact: bool = True) -> torch.Tensor:
     """The core of :func:`attributions`: the maps as a tensor of the shape of `inputs`, on its device."""
-    from captum.attr import DeepLift, IntegratedGradients
-
     if method not in METHODS:
         raise LrscopeError(f"unknown attribution method {method!r}; valid: {', '.join(METHODS)}")
     if exact and positively_homogeneous(model):
         return _gradient_x_input(model, inputs, target, batch)
+    from captum.attr import DeepLift, IntegratedGradients  # ~2 s to import: only where it is used
     net = _Forward(captum_ready(model, inputs)).eval()
     algo = IntegratedGradients(net) if method == "integrated_gradients" else DeepLift(net)
     if not per_sample_roots:
