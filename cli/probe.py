@@ -134,8 +134,8 @@ def _check_checkpoint_range(runs, text: str, wanted: list) -> None:
 
 @main.command("list")
 def list_cmd():
-    """List the probes `compute` knows: what each computes, what it costs, its parameters and its
-    headline variables."""
+    """List the probes `compute` knows: what each computes, what it costs, on which samples, its
+    parameters and its headline variables."""
     from ..probe.registry import PROBES
     from .common import paragraphs
 
@@ -144,6 +144,8 @@ def list_cmd():
         lines = paragraphs(e.description)
         if e.cost:
             lines += paragraphs(f"cost: {e.cost}", hang="  ")
+        if e.samples:
+            lines += paragraphs(f"samples: {e.samples}", hang="  ")
         for p, what in e.params.items():
             lines += paragraphs(f"parameter {p}: {what}", hang="  ")
         if e.headline:

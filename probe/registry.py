@@ -35,6 +35,7 @@ class ProbeEntry:
     description: str
     format: int = PROBE_FORMAT
     cost: str = ""  # what it reads or runs, and what it costs next to training
+    samples: str = ""  # which samples it is evaluated on (lrprobe list)
     params: Mapping[str, str] = field(default_factory=dict)  # parameter -> what it is (lrprobe compute's options)
     headline: tuple[Headline, ...] = ()
 
@@ -54,6 +55,8 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "accuracy per snapshot: on the test split at full snapshots, on the group-balanced probe subset at "
         "every snapshot; train accuracy where train logits were recorded. *_final: the last snapshot's.",
         cost="reads the stored logits (~0.01x of training on the demo sweep)",
+        samples="the whole test split (full snapshots), the group-balanced probe subset (every snapshot), the "
+                "training split (where train logits were recorded)",
         headline=(Headline("unbiased_accuracy_final", "unbiased test accuracy", "unb.acc"),
                   Headline("worst_group_accuracy_final", "worst-group accuracy", "worst"))),
     ProbeEntry(
@@ -68,6 +71,7 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "(q, kappa)-compressibility, sparsity and PQ-index of the probe subset's penultimate activations per "
         "snapshot, and of the last checkpoint's parameters (all weights together, and per layer).",
         cost="reads the stored activations and the last checkpoint (~0.03x)",
+        samples="the probe subset (group-balanced test samples, --probe-size at training, default 1000)",
         params={"kappa": "kappa of the (q, kappa)-compressibility (lrprobe compute --kappa; default 0.1)",
                 "q": "q of the (q, kappa)-compressibility (Python API; default 2)"},
         headline=(Headline("activation_compressibility_final", "activation compressibility"),)),
@@ -77,6 +81,7 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "averages, class separation R² of the activations, and neuron survival (Fig. 18: the share of "
         "class- and bias-dominant neurons that keep their role until the end), per snapshot.",
         cost="reads the stored activations (~0.01x)",
+        samples="the probe subset",
         headline=(Headline("csi_mean_final", "average CSI", "CSI"),
                   Headline("class_separation_final", "class separation R²"))),
     ProbeEntry(
@@ -85,7 +90,8 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "for the bias label (spurious) on the probe subset's penultimate activations, every snapshot "
         "(fitting and held-out halves stratified by group).",
         format=4,  # two-label probes fit scikit-learn's binary objective (was the 2-class multinomial)
-        cost="two small fits per snapshot (~0.04x)"),
+        cost="two small fits per snapshot (~0.04x)",
+        samples="the probe subset: fitted on one half, the error measured on the other (halves stratified by group)"),
     ProbeEntry(
         "pruning", _R + "probe_pruning",
         "Accuracy of the last checkpoint's network pruned at kappa = 0, 0.1, ..., 0.9 (structured: whole neurons "
@@ -102,6 +108,8 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         cost="one pass over the evaluation samples (the test split) for every pruned network: 28 distinct networks "
              "(+9 per extra criterion), sliced to their kept units on lrscope's FCN and CNN, the first layer's "
              "outputs shared (~0.05x of a 3000-step Colored MNIST CNN run, benchmarks/RESULTS.md); --device",
+        samples="the whole test split rebuilt from the config (its size: pruning_samples; each accuracy's standard "
+                "error: *_se), else the probe subset",
         params={"kappas": "the pruned fractions (Python API; default 0, 0.1, ..., 0.9)",
                 "criterion": "structured-pruning criteria: incoming (default, per layer), incoming-global, outgoing, "
                              "in-x-out, comma-separated, or all (lrprobe compute --criterion)"},
@@ -120,7 +128,9 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "normalised entropy, and the maps of up to 16 samples taken in turn from every (y, b) group, with "
         "their labels, at the last chosen checkpoint.",
         format=4,  # maps of samples from every (y, b) group, with their labels (were the first 16)
-        cost="runs the network at each chosen checkpoint (~0.02x at two); on the GPU when there is one",
+        cost="one backward pass per checkpoint on the bias-free FCN and CNN (exact: x * grad f(x)); elsewhere "
+             "Captum, ig_steps passes for IG (~0.02x at two checkpoints); --device",
+        samples="up to 256 probe-subset samples, evenly spaced through it (maps: 16, taken in turn from every group)",
         params={"checkpoints": "first,last | all | comma-separated positions (lrprobe compute --checkpoints)",
                 "attr_samples": "probe inputs attributed (Python API; default 256)",
                 "ig_steps": "Integrated Gradients steps (Python API; default 32)"}),
