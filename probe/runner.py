@@ -41,10 +41,17 @@ class Context:
     data_root: str | None = None
     params: dict = field(default_factory=dict)
     device: str = "auto"  # where the probes that run the network run: cpu | cuda | auto (check_device)
+    used_device: bool = False  # whether the probe being computed asked for torch_device
 
     @cached_property
-    def torch_device(self):
+    def _device(self):
         return probe_device(self.device)
+
+    @property
+    def torch_device(self):
+        """The torch device of the probes that run the network (its use is recorded in the result)."""
+        self.used_device = True
+        return self._device
 
     @property
     def config(self) -> dict:
@@ -211,8 +218,10 @@ def load_aware_threads():
     1-minute load average, this process's own thread counted as free), at least one. Measured on
     the 2-core machine with other jobs running: the Colored MNIST CNN's pruning took 63 s with 2
     threads and 9 s with 1 (its operations are small; a thread that loses its core stalls every
-    parallel region), which is how probing became 17 min in issue #20."""
+    parallel region), which is how probing became 17 min in issue #20. The same for numpy's BLAS
+    threads: the linear probes' L-BFGS fits took 28 s instead of ~3 s."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
     try:
@@ -222,7 +231,8 @@ def load_aware_threads():
     n = max(1, min(before, int(free)))
     torch.set_num_threads(n)
     try:
-        yield n
+        with threadpool_limits(n):  # numpy's BLAS too (scipy's L-BFGS in the linear probes)
+            yield n
     finally:
         torch.set_num_threads(before)
 
@@ -585,6 +595,7 @@ def _compute_locked(path: Path, names, force, data_root, params, log, device="au
                     tell(run, name, True)
                     continue
                 tell(run, name, False)
+                ctx.used_device = False
                 t0 = time.perf_counter()
                 try:
                     with load_aware_threads() as threads:
@@ -606,7 +617,8 @@ def _compute_locked(path: Path, names, force, data_root, params, log, device="au
                                      "corrupted or truncated store? (LRSCOPE_DEBUG=1 shows the traceback)") from None
                 res.attrs.update(prov)
                 res.attrs["seconds"] = round(time.perf_counter() - t0, 4)
-                res.attrs["device"] = str(ctx.torch_device) if "torch_device" in ctx.__dict__ else "none"
+                if ctx.used_device:
+                    res.attrs["device"] = str(ctx.torch_device)
                 res.attrs["cpu_threads"] = threads
                 writes.append(writer.submit(written, name, res))
                 tell(run, name, True)

@@ -190,6 +190,8 @@ def test_cli_device_cpu_and_progress_names_run_and_probe(cnn_run, tmp_path):
     from lrscope.store.reader import read_probe
 
     assert read_probe(store, "pruning").attrs["device"] == "cpu"
+    assert read_probe(store, "attributions").attrs["device"] == "cpu"
+    assert "device" not in read_probe(store, "accuracy").attrs  # it runs no network
     res = CliRunner().invoke(lrprobe, ["compute", str(store), "--only", "pruning", "--force", "--quiet"],
                              catch_exceptions=False)
     assert res.exit_code == 0 and "probes |" not in res.output and res.output.startswith("1 runs: 1 probes computed")
