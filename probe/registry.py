@@ -90,7 +90,7 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "for the bias label (spurious) on the probe subset's penultimate activations, every snapshot "
         "(fitting and held-out halves stratified by group).",
         format=4,  # two-label probes fit scikit-learn's binary objective (was the 2-class multinomial)
-        cost="two small fits per snapshot (~0.04x)",
+        cost="two small fits per snapshot (~0.04x on the demo sweep, ~0.013x of the CNN run)",
         samples="the probe subset: fitted on one half, the error measured on the other (halves stratified by group)"),
     ProbeEntry(
         "pruning", _R + "probe_pruning",
@@ -107,7 +107,7 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         format=5,  # prunability not clipped to [0, 1]; criteria, sample count and standard errors added
         cost="one pass over the evaluation samples (the test split) for every pruned network: 28 distinct networks "
              "(+9 per extra criterion), sliced to their kept units on lrscope's FCN and CNN, the first layer's "
-             "outputs shared (~0.05x of a 3000-step Colored MNIST CNN run, benchmarks/RESULTS.md); --device",
+             "outputs shared (~0.04x of a 3000-step Colored MNIST CNN run, benchmarks/RESULTS.md); --device",
         samples="the whole test split rebuilt from the config (its size: pruning_samples; each accuracy's standard "
                 "error: *_se), else the probe subset",
         params={"kappas": "the pruned fractions (Python API; default 0, 0.1, ..., 0.9)",
@@ -128,8 +128,8 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "normalised entropy, and the maps of up to 16 samples taken in turn from every (y, b) group, with "
         "their labels, at the last chosen checkpoint.",
         format=4,  # maps of samples from every (y, b) group, with their labels (were the first 16)
-        cost="one backward pass per checkpoint on the bias-free FCN and CNN (exact: x * grad f(x)); elsewhere "
-             "Captum, ig_steps passes for IG (~0.02x at two checkpoints); --device",
+        cost="one backward pass per checkpoint on the bias-free FCN and CNN (exact: x * grad f(x); ~0.004x of the "
+             "CNN run at two checkpoints); elsewhere Captum, ig_steps passes for IG; --device",
         samples="up to 256 probe-subset samples, evenly spaced through it (maps: 16, taken in turn from every group)",
         params={"checkpoints": "first,last | all | comma-separated positions (lrprobe compute --checkpoints)",
                 "attr_samples": "probe inputs attributed (Python API; default 256)",
