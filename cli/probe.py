@@ -39,11 +39,15 @@ def main():
 @click.option("--criterion", default="incoming", show_default=True,
               help="Structured-pruning criteria: incoming (per layer, the headline), incoming-global, outgoing, "
                    "in-x-out; comma-separated, or all (computed along a criterion dimension).")
+@click.option("--pruning-samples", type=int, default=None,
+              help="Pruning: evaluate on a group-balanced subset of at most N test samples (default: all of the "
+                   "test split; the pruning_*_se variables give each accuracy's standard error).")
 @click.option("--device", default="auto", show_default=True,
               help="Where the probes that run the network (pruning, attributions) run: cpu, cuda, or auto "
                    "(cuda when torch sees a GPU, else cpu); recorded in each result's attrs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def compute_cmd(paths, only, force, data_root, kappa, checkpoints, criterion, device, workers, scheduler, quiet):
+def compute_cmd(paths, only, force, data_root, kappa, checkpoints, criterion, pruning_samples, device, workers,
+                scheduler, quiet):
     """Compute probes for run stores (a store, a folder of stores, or a glob) into probes/<name>.
 
     Up-to-date probes are skipped; a probe whose run has trained on since, or whose definition
@@ -60,6 +64,8 @@ def compute_cmd(paths, only, force, data_root, kappa, checkpoints, criterion, de
             check(value)
         except LrscopeError as e:
             raise LrscopeError(f"{option}: {e}") from None
+    if pruning_samples is not None and not 1 <= pruning_samples <= 1 << 31:
+        raise LrscopeError(f"--pruning-samples must be a positive number of samples, got {pruning_samples}")
     check_workers(workers)
     check_scheduler(scheduler)
     names = None
@@ -80,6 +86,8 @@ def compute_cmd(paths, only, force, data_root, kappa, checkpoints, criterion, de
         params["checkpoints"] = checkpoints
     if criterion != DEFAULT_CRITERION:
         params["criterion"] = criterion
+    if pruning_samples is not None:
+        params["eval_samples"] = pruning_samples
     res = compute_paths(paths, names, force=force, data_root=data_root, progress=not quiet, params=params,
                         workers=workers, scheduler=scheduler, device=device)
     n_done = sum(1 for r in res.values() for o in r.values() if o.startswith("computed"))

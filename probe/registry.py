@@ -112,7 +112,9 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
                 "error: *_se), else the probe subset",
         params={"kappas": "the pruned fractions (Python API; default 0, 0.1, ..., 0.9)",
                 "criterion": "structured-pruning criteria: incoming (default, per layer), incoming-global, outgoing, "
-                             "in-x-out, comma-separated, or all (lrprobe compute --criterion)"},
+                             "in-x-out, comma-separated, or all (lrprobe compute --criterion)",
+                "eval_samples": "evaluate on a group-balanced subset of at most this many samples (lrprobe compute "
+                                "--pruning-samples; default: all); the standard errors say what it costs"},
         headline=(Headline("prunability", "prunability", "prun"),
                   Headline("pruned_accuracy", "mean pruned accuracy"))),
     ProbeEntry(

@@ -277,6 +277,8 @@ def probe_pruning(ctx: Context) -> xr.Dataset:
     the default first; magnitude; column), their κ-prunabilities, the mean pruned accuracy, and the
     number of evaluation samples with each accuracy's binomial standard error. Every pruned network
     is evaluated in one pass over the samples (probe/pruning.py:pruned_correct)."""
+    import torch
+
     from .pruning import (
         CRITERION_WORDS,
         DEFAULT_CRITERION,
@@ -287,6 +289,11 @@ def probe_pruning(ctx: Context) -> xr.Dataset:
     )
 
     x, y, where = ctx.eval_set
+    cap = ctx.params.get("eval_samples")
+    if cap and len(y) > cap:  # a group-balanced subset: the accuracies' SEs grow as 1/sqrt(n)
+        b = (ctx.ds.test_b if where == "test" else ctx.ds.probe_b).values
+        pos = torch.from_numpy(balanced_subset(y.numpy(), b, cap))
+        x, y, where = x[pos], y[pos], f"{where} (group-balanced subset)"
     dev = ctx.torch_device
     model, x, y = ctx.model.to(dev), x.to(dev), y.to(dev)
     kappas = [float(k) for k in ctx.params.get("kappas", KAPPAS)]
@@ -345,6 +352,20 @@ def probe_pruning(ctx: Context) -> xr.Dataset:
     out["pruning_samples"] = M._attrs(xr.DataArray(n), "pruning evaluation samples", None, evaluated_on=where)
     out.attrs["evaluated_on"] = where
     return out
+
+
+def balanced_subset(y: np.ndarray, b: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Up to `n` sorted positions taken in turn from each (y, b) group, each group in a fixed random
+    order: as group-balanced as the groups' sizes allow."""
+    gen = np.random.default_rng([seed, 2020])
+    groups = [gen.permutation(np.flatnonzero((y == yy) & (b == bb)))
+              for yy, bb in sorted(set(zip(y.tolist(), b.tolist())))]
+    out: list[int] = []
+    for k in range(max((len(g) for g in groups), default=0)):
+        for g in groups:
+            if k < len(g) and len(out) < n:
+                out.append(int(g[k]))
+    return np.array(sorted(out), dtype=int)
 
 
 def probe_importance(ctx: Context) -> xr.Dataset:
@@ -519,7 +540,7 @@ def check_params(params) -> dict:
         raise LrscopeError(f"kappa must be in [0, 1], got {params['kappa']}")
     if "q" in params and not params["q"] > 1:
         raise LrscopeError(f"q must be > 1, got {params['q']}")
-    for key, lo, hi in (("attr_samples", 1, 1 << 16), ("ig_steps", 1, 4096)):
+    for key, lo, hi in (("attr_samples", 1, 1 << 16), ("ig_steps", 1, 4096), ("eval_samples", 1, 1 << 31)):
         if key in params:
             v = params[key]
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:

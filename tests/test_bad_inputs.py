@@ -357,6 +357,8 @@ for v in ["bogus", "tcp://host", "tcp://host:x"]:
     probe(f"compute-scheduler={v}", "compute", "@S", "--scheduler", v)
 for v in ["bogus", "", "incoming,nope", "ALL"]:
     probe(f"compute-criterion={v or 'empty'}", "compute", "@S", "--criterion", v)
+for v in ["0", "-5", "abc", str(2**40)]:
+    probe(f"compute-pruning-samples={v}", "compute", "@S", "--pruning-samples", v)
 for v in ["gpu", "", "tpu"] + ([] if CUDA else ["cuda"]):
     probe(f"compute-device={v or 'empty'}", "compute", "@S", "--device", v)
 probe("report-to-dev-full", "report", "@S", "-o", "/dev/full", "--no-compute", store="probed")

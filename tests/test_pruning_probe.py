@@ -222,3 +222,23 @@ def test_exact_attributions_of_homogeneous_nets_equal_captums(method):
     biased = FCN(6, [8], 3)
     biased.features[1] = torch.nn.Linear(6, 8)  # a bias: no longer homogeneous, Captum computes it
     assert not positively_homogeneous(biased) and attribution_rule(biased, method, 32).startswith("Captum")
+
+
+def test_group_balanced_evaluation_subset(cnn_run, tmp_path):
+    import shutil
+
+    from lrscope.probe.runner import balanced_subset, compute_run
+
+    y = np.array([0] * 10 + [1] * 3 + [0] * 5 + [1] * 6)
+    b = np.array([0] * 10 + [1] * 3 + [1] * 5 + [0] * 6)
+    pos = balanced_subset(y, b, 10)
+    groups = y[pos] * 2 + b[pos]
+    assert len(pos) == 10 and sorted(np.bincount(groups, minlength=4)) == [2, 2, 3, 3]  # (1,1) has 3 only
+    assert np.array_equal(pos, np.sort(pos)) and len(set(pos)) == 10
+    store = tmp_path / cnn_run.name
+    shutil.copytree(cnn_run, store)
+    compute_run(store, ["pruning"], params={"eval_samples": 40})
+    ds = lrscope.open_run(store)
+    assert int(ds.pruning_samples) == 40 and "group-balanced subset" in ds.pruning_structured.attrs["evaluated_on"]
+    a = ds.pruning_column.values
+    np.testing.assert_allclose(ds.pruning_column_se.values, np.sqrt(a * (1 - a) / 40))
