@@ -36,18 +36,36 @@ def main():
 @click.option("--scheduler", default=None,
               help="Probe on dask.distributed, one task per run: 'local' starts a LocalCluster, or a scheduler "
                    "address (tcp://host:8786); the stores must be on storage the workers share.")
-@click.option("--quiet", is_flag=True)
-def compute_cmd(paths, only, force, data_root, kappa, checkpoints, workers, scheduler, quiet):
+@click.option("--criterion", default="incoming", show_default=True,
+              help="Structured-pruning criteria: incoming (per layer, the headline), incoming-global, outgoing, "
+                   "in-x-out; comma-separated, or all (computed along a criterion dimension).")
+@click.option("--pruning-samples", type=int, default=None,
+              help="Pruning: evaluate on a group-balanced subset of at most N test samples (default: all of the "
+                   "test split; the pruning_*_se variables give each accuracy's standard error).")
+@click.option("--device", default="auto", show_default=True,
+              help="Where the probes that run the network (pruning, attributions) run: cpu, cuda, or auto "
+                   "(cuda when torch sees a GPU, else cpu); recorded in each result's attrs.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def compute_cmd(paths, only, force, data_root, kappa, checkpoints, criterion, pruning_samples, device, workers,
+                scheduler, quiet):
     """Compute probes for run stores (a store, a folder of stores, or a glob) into probes/<name>.
 
     Up-to-date probes are skipped; a probe whose run has trained on since, or whose definition
     changed, is recomputed."""
-    from ..probe.runner import PROBES, compute_paths
+    from ..probe.pruning import DEFAULT_CRITERION, check_criteria
+    from ..probe.runner import PROBES, check_device, compute_paths
     from ..store.reader import find_runs
     from .common import check_scheduler, check_workers
 
     if not 0 <= kappa <= 1:
         raise LrscopeError(f"--kappa must be in [0, 1], got {kappa}")
+    for option, check, value in (("--criterion", check_criteria, criterion), ("--device", check_device, device)):
+        try:
+            check(value)
+        except LrscopeError as e:
+            raise LrscopeError(f"{option}: {e}") from None
+    if pruning_samples is not None and not 1 <= pruning_samples <= 1 << 31:
+        raise LrscopeError(f"--pruning-samples must be a positive number of samples, got {pruning_samples}")
     check_workers(workers)
     check_scheduler(scheduler)
     names = None
@@ -66,8 +84,12 @@ def compute_cmd(paths, only, force, data_root, kappa, checkpoints, workers, sche
         params["kappa"] = kappa
     if checkpoints != "first,last":
         params["checkpoints"] = checkpoints
+    if criterion != DEFAULT_CRITERION:
+        params["criterion"] = criterion
+    if pruning_samples is not None:
+        params["eval_samples"] = pruning_samples
     res = compute_paths(paths, names, force=force, data_root=data_root, progress=not quiet, params=params,
-                       workers=workers, scheduler=scheduler)
+                        workers=workers, scheduler=scheduler, device=device)
     n_done = sum(1 for r in res.values() for o in r.values() if o.startswith("computed"))
     n_fresh = sum(1 for r in res.values() for o in r.values() if o == "up to date")
     click.echo(f"{len(res)} runs: {n_done} probes computed, {n_fresh} up to date")
@@ -120,8 +142,8 @@ def _check_checkpoint_range(runs, text: str, wanted: list) -> None:
 
 @main.command("list")
 def list_cmd():
-    """List the probes `compute` knows: what each computes, what it costs, its parameters and its
-    headline variables."""
+    """List the probes `compute` knows: what each computes, what it costs, on which samples, its
+    parameters and its headline variables."""
     from ..probe.registry import PROBES
     from .common import paragraphs
 
@@ -130,6 +152,8 @@ def list_cmd():
         lines = paragraphs(e.description)
         if e.cost:
             lines += paragraphs(f"cost: {e.cost}", hang="  ")
+        if e.samples:
+            lines += paragraphs(f"samples: {e.samples}", hang="  ")
         for p, what in e.params.items():
             lines += paragraphs(f"parameter {p}: {what}", hang="  ")
         if e.headline:

@@ -1,21 +1,37 @@
 """Pruning curves and κ-prunability (Barsbey et al. §3.2, supplement Figs. 21–22).
 
-Pruning is done with masks on a copy of the weights, one κ at a time, never by rebuilding
-the network: a structured mask zeroes whole output units (rows of a Linear weight, filters of a
-Conv weight), and a forward hook zeroes the unit's output — after the BatchNorm that follows a
-conv when there is one (its shift would otherwise revive the channel), so a pruned unit outputs
-exactly zero downstream.
+κ-prunability is the paper's: the mean over κ = 0, 0.1, …, 0.9 of the retention ratio
+Acc(f^κ)/Acc(f) of the structurally pruned network, not clipped (a pruned network may beat the
+unpruned one: the paper's own Table 1 reaches 1.029).
 
-lrscope's FCN (Linear/ReLU pairs and a linear head) takes a shortcut for the structured and
-column kinds: the pruned network is evaluated with the kept rows and columns sliced out of the
-weights, which computes the same logits with the zeros left out (a pruned unit's output, or a
-pruned column's input, contributes exactly nothing either way) at a fraction of the FLOPs.
+Structured pruning removes whole units (neurons of Linear layers, filters of Conv layers; the
+output head is kept). The paper says which units (neurons, nodes/kernels) but not how they are
+ranked; the default criterion ranks each layer's units by the L2 norm of their incoming weights
+and removes the ⌊κ·n⌋ lowest of every layer (``incoming``). The others (``CRITERIA``): the same
+norms ranked over all layers together (``incoming-global``), the L2 norm of each unit's outgoing
+weights (the next layer's column, or the head's) per layer (``outgoing``), and the product of the
+two (``in-x-out``). The outgoing criteria need a network whose layers form a chain (lrscope's FCN
+and VGG-like CNN); elsewhere they are not defined.
+
+Two ways to evaluate a pruned network, the same logits:
+- masks on a copy of the weights: a structured mask zeroes whole output units, and a forward hook
+  zeroes the unit's output — after the BatchNorm that follows a conv when there is one (its shift
+  would otherwise revive the channel), so a pruned unit outputs exactly zero downstream;
+- for a chain of Linear/Conv layers with channel-wise operations between them (ReLU, max/average
+  pooling, Flatten at the input or after a global average pool: lrscope's FCN and CNN), the kept
+  rows and columns sliced out of the weights: a pruned unit's output, or a pruned column's input,
+  contributes exactly nothing either way, and the pruned network costs fewer FLOPs. The first
+  layer's input is never pruned by structured pruning, so its units' outputs (after the
+  channel-wise operations that follow it) are computed once per batch of samples and every pruned
+  network starts from the kept ones; every κ, kind and criterion is evaluated on that batch before
+  the next one is read (one pass over the evaluation samples).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -24,10 +40,36 @@ import xarray as xr
 from torch import nn
 
 from ..errors import LrscopeError
-from .metrics import _attrs, _input, _plain_names, _renamed, _resolve
+from .metrics import MetricError, _attrs, _input, _plain_names, _renamed, _resolve
 
 KAPPAS = tuple(round(0.1 * i, 1) for i in range(10))
 KINDS = ("structured", "magnitude", "column")
+CRITERIA = ("incoming", "incoming-global", "outgoing", "in-x-out")
+DEFAULT_CRITERION = "incoming"
+CRITERION_WORDS = {
+    "incoming": "lowest L2 norm of the incoming weights, per layer",
+    "incoming-global": "lowest L2 norm of the incoming weights, over all layers together",
+    "outgoing": "lowest L2 norm of the outgoing weights, per layer",
+    "in-x-out": "lowest product of the incoming and outgoing L2 norms, per layer",
+}
+EVAL_BATCH = 256  # samples per forward pass (larger batches were slower on CPU: cache misses)
+CACHE_BYTES = 256 << 20  # the first layer's outputs held at once (samples are taken in chunks below this)
+
+
+def check_criteria(criteria) -> list[str]:
+    """`criteria` (a name, comma-separated names, ``all``, or a list) as a list of known criteria,
+    the default first (its prunability is the headline); LrscopeError naming the valid ones."""
+    if isinstance(criteria, str):
+        items = list(CRITERIA) if criteria.strip() == "all" else [c.strip() for c in criteria.split(",")]
+    elif isinstance(criteria, (list, tuple)) and all(isinstance(c, str) for c in criteria):
+        items = [c.strip() for c in criteria]
+    else:
+        raise LrscopeError(f"pruning criterion must be a name or a list of names, got {criteria!r}")
+    bad = [c for c in items if c not in CRITERIA]
+    if bad or not items:
+        raise LrscopeError(f"unknown pruning criterion {', '.join(map(repr, bad)) or repr(criteria)}; "
+                           f"valid: {', '.join(CRITERIA)} (or all)")
+    return [DEFAULT_CRITERION] + [c for c in CRITERIA if c in items and c != DEFAULT_CRITERION]
 
 
 def _prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -69,141 +111,324 @@ def _kept(norms: torch.Tensor, kappa: float) -> torch.Tensor:
     return keep
 
 
-@torch.inference_mode()
-def _accuracy(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-              batch: int = 4096) -> float:
-    from ..train.data import as_model_input
-
-    correct = 0
-    for xb, yb in zip(x.split(batch), y.split(batch)):
-        correct += (model(as_model_input(xb)).argmax(1) == yb).sum().item()
-    return correct / len(y)
+# ------------------------------------------------------------------------------- chains
+_CHANNELWISE = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d)
 
 
-def _apply_masks(model: nn.Module, kind: str, kappa: float, originals: dict[str, torch.Tensor]):
-    """Set the prunable weights to their masked originals for this κ; returns hook handles."""
+def _chain(model: nn.Module) -> list[nn.Module] | None:
+    """The modules of lrscope's FCN or VGG-like CNN in order, head last, when they form a chain of
+    Linear/Conv layers with only channel-wise operations between them (each unit of a layer feeds
+    only the matching input of the next); None otherwise."""
+    from ..train.nets import FCN, VGGLike
+
+    if type(model) not in (FCN, VGGLike) or not isinstance(getattr(model, "features", None), nn.Sequential) \
+            or type(getattr(model, "head", None)) is not nn.Linear:
+        return None
+    mods = list(model.features)
+    seen_layer, spatial = False, False
+    for i, m in enumerate(mods):
+        if type(m) is nn.Conv2d:
+            if m.groups != 1 or m.padding_mode != "zeros":
+                return None
+            seen_layer = spatial = True
+        elif type(m) is nn.Linear:
+            if spatial:
+                return None
+            seen_layer = True
+        elif type(m) is nn.Flatten:
+            # at the input, or after a global average pool (channels map 1:1 to features)
+            pooled = i > 0 and type(mods[i - 1]) is nn.AdaptiveAvgPool2d and mods[i - 1].output_size in (1, (1, 1))
+            if seen_layer and not pooled:
+                return None
+            spatial = False
+        elif type(m) is nn.AdaptiveAvgPool2d:
+            if m.output_size not in (1, (1, 1)):
+                return None
+        elif type(m) not in _CHANNELWISE:
+            return None
+    if spatial:
+        return None
+    return mods + [model.head]
+
+
+def _outgoing_norms(model: nn.Module, layers: list[tuple[str, nn.Module]],
+                    weights: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Per prunable layer of a chain, the L2 norm of each unit's outgoing weights (the next layer's
+    input column for that unit, or the head's)."""
+    if _chain(model) is None:
+        raise MetricError(f"outgoing-weight pruning criteria need a network whose layers form a chain "
+                          f"(lrscope's fcn or cnn); {type(model).__name__} is not one")
+    nxt = [weights[n] for n, _ in layers[1:]] + [model.head.weight.detach()]
+    return [_column_norms(w) for w in nxt]
+
+
+def structured_keep(model: nn.Module, kappa: float, criterion: str = DEFAULT_CRITERION,
+                    weights: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """The units structured pruning keeps at κ under `criterion`: one boolean mask per prunable
+    layer (in `_prunable_layers` order). `weights`: the layers' weights by name (default: the
+    model's own)."""
     layers = _prunable_layers(model)
-    hooks = []
-    if kind == "magnitude":  # global unstructured: the κ smallest |w| over all prunable layers
-        allw = torch.cat([originals[n].abs().flatten() for n, _ in layers])
-        k = int(math.floor(kappa * allw.numel()))
-        thr = allw.kthvalue(k).values if k > 0 else None
-        for n, m in layers:
-            w = originals[n]
-            m.weight.copy_(w if thr is None else torch.where(w.abs() <= thr, torch.zeros_like(w), w))
-        return hooks
-    outputs = _output_module(model)
-    for n, m in layers:
-        w = originals[n]
-        if kind == "structured":
-            keep = _kept(_unit_norms(w), kappa)
-            shape = (-1,) + (1,) * (w.dim() - 1)
-            m.weight.copy_(w * keep.view(shape).to(w.dtype))
-            if outputs[n] is m and getattr(m, "bias", None) is None:
-                continue  # a zeroed unit of a bias-free layer already outputs exactly zero
-            ch_mask = keep.to(w.dtype)
+    if weights is None:
+        weights = {n: m.weight.detach() for n, m in layers}
+    if criterion not in CRITERIA:
+        raise LrscopeError(f"unknown pruning criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
+    incoming = [_unit_norms(weights[n]) for n, _ in layers]
+    if criterion == "incoming":
+        return [_kept(s, kappa) for s in incoming]
+    if criterion == "incoming-global":
+        keep = _kept(torch.cat(incoming), kappa)
+        return list(keep.split([len(s) for s in incoming]))
+    out = _outgoing_norms(model, layers, weights)
+    scores = out if criterion == "outgoing" else [a * b for a, b in zip(incoming, out)]
+    return [_kept(s, kappa) for s in scores]
 
-            def hook(mod, inp, out, mask=ch_mask):
-                view = (1, -1) + (1,) * (out.dim() - 2)
-                return out * mask.view(view)
 
-            hooks.append(outputs[n].register_forward_hook(hook))
-        else:  # column: the κ input columns with the smallest norm, per layer
+@dataclass
+class _Cut:
+    """One pruned network: the kept input features/channels of the first layer (None: all), the
+    kept output units of each prunable layer (None: all), and replacement weights (None: the
+    originals). A chain evaluates it by slicing; other networks by masking."""
+
+    in0: torch.Tensor | None
+    rows: list
+    reweigh: tuple[str, float] | None = None  # ("magnitude" | "column", κ): weights masked in place
+
+    def key(self):
+        idx = lambda t: None if t is None else tuple(t.tolist())  # noqa: E731
+        return (idx(self.in0), tuple(idx(r) for r in self.rows), self.reweigh)
+
+    def weights(self, originals: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """The masked weights of a magnitude (or masked column) cut, made when evaluated (not held
+        for every κ at once); None: the original weights, sliced by in0 and rows."""
+        if self.reweigh is None:
+            return None
+        kind, kappa = self.reweigh
+        if kind == "magnitude":
+            return _magnitude_weights(originals, kappa)
+        out = []
+        for w in originals:  # column pruning by masks (any network): each layer's lowest-norm input columns
             keep = _kept(_column_norms(w), kappa)
-            shape = (1, -1) + (1,) * (w.dim() - 2)
-            m.weight.copy_(w * keep.view(shape).to(w.dtype))
+            out.append(w * keep.view((1, -1) + (1,) * (w.dim() - 2)).to(w.dtype))
+        return out
+
+    def empty(self) -> bool:
+        return any(r is not None and len(r) == 0 for r in [self.in0, *self.rows])
+
+
+def _idx(keep: torch.Tensor):
+    return None if bool(keep.all()) else keep.nonzero().squeeze(1)
+
+
+def _magnitude_weights(originals: list[torch.Tensor], kappa: float) -> list[torch.Tensor]:
+    """The weights with the ⌊κ·N⌋ smallest |w| over all prunable layers set to zero."""
+    allw = torch.cat([w.abs().flatten() for w in originals])
+    k = int(math.floor(kappa * allw.numel()))
+    if k == 0:
+        return list(originals)
+    thr = allw.kthvalue(k).values
+    # a layer left whole keeps its tensor (the chain then reuses the first layer's outputs)
+    return [torch.where(w.abs() <= thr, torch.zeros_like(w), w) if bool((w.abs() <= thr).any()) else w
+            for w in originals]
+
+
+def _cut(model: nn.Module, kind: str, kappa: float, criterion: str, originals: list[torch.Tensor],
+         chain: bool) -> _Cut:
+    layers = _prunable_layers(model)
+    n = len(layers)
+    if kind == "magnitude" or (kind == "column" and not chain):
+        k = int(math.floor(kappa * (sum(w.numel() for w in originals) if kind == "magnitude" else 1)))
+        return _Cut(None, [None] * n, (kind, kappa) if k > 0 or kind == "column" else None)
+    if kind == "structured":
+        keep = structured_keep(model, kappa, criterion, {nm: w for (nm, _), w in zip(layers, originals)})
+        return _Cut(None, [_idx(k) for k in keep])
+    # column pruning of a chain: layer l's kept input columns are the only units layer l-1 computes
+    cols = [_idx(_kept(_column_norms(w), kappa)) for w in originals]
+    return _Cut(cols[0], cols[1:] + [None])
+
+
+class _ChainEval:
+    """Evaluates cuts of a chain network by slicing (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, chain: list[nn.Module]):
+        self.mods = chain[:-1]
+        self.head = chain[-1]
+        self.layer_at = [i for i, m in enumerate(self.mods) if isinstance(m, (nn.Linear, nn.Conv2d))]
+        # the prefix computed once per batch: up to (not including) the second prunable layer
+        self.split = self.layer_at[1] if len(self.layer_at) > 1 else len(self.mods)
+
+    @staticmethod
+    def _layer(m: nn.Module, h, w, b):
+        if isinstance(m, nn.Conv2d):
+            return nn.functional.conv2d(h, w, b, m.stride, m.padding, m.dilation)
+        return nn.functional.linear(h, w, b)
+
+    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """The unpruned first layer's outputs (all units) after the channel-wise ops that follow it."""
+        h = x
+        for m in self.mods[: self.split]:
+            h = m(h)
+        return h
+
+    def logits(self, cut: _Cut, x: torch.Tensor, pre: torch.Tensor | None, weights=None,
+               first_whole: bool = True) -> torch.Tensor:
+        """`weights`: the cut's masked weights, if it has them (`_Cut.weights`); `first_whole`: the
+        first layer's weights are the originals (its outputs `pre` can be reused)."""
+        weights = weights or [self.mods[i].weight for i in self.layer_at]
+        if pre is not None and cut.in0 is None and first_whole:
+            r0 = cut.rows[0]
+            h, cur, start, li = (pre if r0 is None else pre.index_select(1, r0)), r0, self.split, 1
+        else:
+            h, cur, start, li = x, None, 0, 0
+        for i in range(start, len(self.mods)):
+            m = self.mods[i]
+            if i in self.layer_at:
+                if li == 0 and cut.in0 is not None:
+                    h = h.index_select(1, cut.in0)
+                    cur = cut.in0
+                w, b, r = weights[li], m.bias, cut.rows[li]
+                if cur is not None:
+                    w = w.index_select(1, cur)
+                if r is not None:
+                    w = w.index_select(0, r)
+                    b = None if b is None else b.index_select(0, r)
+                h, cur, li = self._layer(m, h, w, b), r, li + 1
+            else:
+                h = m(h)
+        wh = self.head.weight if cur is None else self.head.weight.index_select(1, cur)
+        return nn.functional.linear(h, wh, self.head.bias)
+
+
+def _masked(model: nn.Module, cut: _Cut, originals: list[torch.Tensor]) -> list:
+    """Set the prunable weights to the cut's masked weights; returns the output hooks to remove."""
+    layers = _prunable_layers(model)
+    masked = cut.weights(originals)
+    if masked is not None:
+        for (_, m), w in zip(layers, masked):
+            m.weight.copy_(w)
+        return []
+    outputs = _output_module(model)
+    hooks = []
+    for li, ((name, m), w) in enumerate(zip(layers, originals)):
+        w = w.clone()
+        if li == 0 and cut.in0 is not None:  # column pruning of the first layer's inputs
+            keep = torch.zeros(w.shape[1], dtype=torch.bool, device=w.device)
+            keep[cut.in0] = True
+            w *= keep.view((1, -1) + (1,) * (w.dim() - 2)).to(w.dtype)
+        r = cut.rows[li]
+        if r is not None:
+            keep = torch.zeros(w.shape[0], dtype=torch.bool, device=w.device)
+            keep[r] = True
+            w *= keep.view((-1,) + (1,) * (w.dim() - 1)).to(w.dtype)
+            if not (outputs[name] is m and getattr(m, "bias", None) is None):
+                mask = keep.to(w.dtype)
+
+                def hook(mod, inp, out, mask=mask):
+                    return out * mask.view((1, -1) + (1,) * (out.dim() - 2))
+
+                hooks.append(outputs[name].register_forward_hook(hook))
+        m.weight.copy_(w)
     return hooks
 
 
-def _is_relu_chain(model: nn.Module) -> bool:
-    """True for lrscope's FCN built of Flatten, then Linear/ReLU pairs, then the linear head: its
-    prunable layers, in order, are then the chain of hidden layers."""
-    from ..train.models import FCN
-
-    if type(model) is not FCN:
-        return False
-    mods = list(model.features)
-    if isinstance(mods[0], nn.Flatten):
-        mods = mods[1:]
-    lin, act = mods[0::2], mods[1::2]
-    return len(lin) == len(act) and all(type(m) is nn.Linear for m in lin) and \
-        all(type(a) is nn.ReLU for a in act)
+def _fast_layout(x: torch.Tensor) -> torch.Tensor:
+    """Images in channels-last layout: the convolutions and poolings of the pruned networks ran
+    ~1.5× faster so on CPU (measured on the Colored MNIST CNN)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
-def _sliced_forward(model: nn.Module, layers: list[tuple[str, nn.Module]], kind: str, kappa: float,
-                    originals: dict[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The logits of the FCN pruned by `kind` ("structured" or "column") at κ, computed on the kept
-    rows and columns only. Structured: layer l computes its kept units from the previous layer's
-    kept units. Column: layer l reads its kept input columns, so the layer before need compute
-    only those units (the last hidden layer computes all: the head is not pruned)."""
-    ws = [originals[n] for n, _ in layers]
-    if kind == "structured":
-        rows = [_kept(_unit_norms(w), kappa).nonzero().squeeze(1) for w in ws]
-        cols = [None] + rows[:-1]
-    else:
-        cols = [_kept(_column_norms(w), kappa).nonzero().squeeze(1) for w in ws]
-        rows = cols[1:] + [None]
-    sliced = []
-    for (_, m), w, r, c in zip(layers, ws, rows, cols):
-        w = w if r is None else w[r]
-        sliced.append((w if c is None else w[:, c], m.bias if m.bias is None or r is None else m.bias[r]))
-    head_w = model.head.weight if rows[-1] is None else model.head.weight[:, rows[-1]]
+def pruned_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, specs, kappas=KAPPAS, *,
+                   sliced: bool = True, batch: int = EVAL_BATCH,
+                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Correct predictions of the pruned network for each (kind, criterion) of `specs` and each κ:
+    an integer array (spec, kappa). Each distinct pruned network is evaluated once; a chain
+    network (``sliced``) is evaluated by slicing, all networks on one batch of samples before the
+    next. `x` holds raw stored inputs (uint8 images are scaled); the model is restored afterwards."""
+    from ..train.data import as_model_input
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        h = x.flatten(1)
-        if cols[0] is not None:
-            h = h[:, cols[0]]
-        for w, b in sliced:
-            h = torch.relu(nn.functional.linear(h, w, b))
-        return nn.functional.linear(h, head_w, model.head.bias)
-
-    return forward
-
-
-def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: str = "structured",
-                  kappas=KAPPAS, unpruned: float | None = None, sliced: bool = True) -> xr.DataArray:
-    """Accuracy of the pruned network for each κ (fraction of units / weights / columns removed).
-
-    ``kind``: ``structured`` (lowest-L2 neurons of each Linear layer and filters of each Conv
-    layer, output layer kept), ``magnitude`` (global unstructured, smallest |w|), ``column``
-    (lowest-norm input columns of each layer). The model is restored afterwards. ``unpruned``:
-    the model's accuracy on (x, y) when already known (κ = 0 prunes nothing, whatever the kind).
-    ``sliced``: evaluate lrscope's FCN on its kept rows and columns (structured and column kinds;
-    the same accuracies as masking, with fewer FLOPs); False always masks.
-    """
-    if kind not in KINDS:
-        raise LrscopeError(f"unknown pruning kind {kind!r}; valid: {', '.join(KINDS)}")
-    kappas = [float(k) for k in kappas]
-    if any(not 0 <= k <= 1 for k in kappas):
-        raise LrscopeError(f"kappa values must be in [0, 1], got {kappas}")
     layers = _prunable_layers(model)
     if not layers:
         raise LrscopeError("model has no prunable Linear/Conv layers besides its head")
-    originals = {n: m.weight.detach().clone() for n, m in layers}
-    chain = sliced and _is_relu_chain(model)
-    accs = []
+    originals = [m.weight.detach().clone() for _, m in layers]
+    chain = _chain(model) if sliced else None
+    cuts, where = {}, np.zeros((len(specs), len(kappas)), dtype=np.int64)
+    order = []
+    for s, (kind, criterion) in enumerate(specs):
+        for j, kappa in enumerate(kappas):
+            cut = _cut(model, kind, kappa, criterion, originals, chain is not None)
+            key = cut.key()
+            if key not in cuts:
+                cuts[key] = len(order)
+                order.append(cut)
+            where[s, j] = cuts[key]
+    ev = _ChainEval(model, chain) if chain is not None else None
+    correct = np.zeros(len(order), dtype=np.int64)
     model.eval()
+    n = len(y)
     try:
-        with torch.no_grad():
-            for kappa in kappas:
-                if kappa == 0 and unpruned is not None:
-                    accs.append(float(unpruned))
-                    continue
-                if chain and kind != "magnitude":
-                    accs.append(_accuracy(_sliced_forward(model, layers, kind, kappa, originals), x, y))
-                    continue
-                hooks = _apply_masks(model, kind, kappa, originals)
-                try:
-                    accs.append(_accuracy(model, x, y))
-                finally:
-                    for h in hooks:
-                        h.remove()
+        with torch.inference_mode():
+            per_sample = 1
+            if ev is not None:
+                per_sample = max(1, ev.prefix(as_model_input(x[:1])).numel() * 4)
+            chunk = max(batch, min(n, CACHE_BYTES // per_sample) // batch * batch)
+            done = 0
+            for c0 in range(0, n, chunk):
+                xs = [_fast_layout(as_model_input(xb)) for xb in x[c0:c0 + chunk].split(batch)]
+                ys = y[c0:c0 + chunk].split(batch)
+                pres = [ev.prefix(xb) for xb in xs] if ev is not None else [None] * len(xs)
+                for k, cut in enumerate(order):
+                    if ev is not None and not cut.empty():
+                        ws = cut.weights(originals)
+                        whole = ws is None or ws[0] is originals[0]
+                        for xb, yb, pre in zip(xs, ys, pres):
+                            correct[k] += int((ev.logits(cut, xb, pre, ws, whole).argmax(1) == yb).sum())
+                    else:
+                        hooks = _masked(model, cut, originals)
+                        try:
+                            for xb, yb in zip(xs, ys):
+                                correct[k] += int((model(xb).argmax(1) == yb).sum())
+                        finally:
+                            for h in hooks:
+                                h.remove()
+                            for (_, m), w in zip(layers, originals):
+                                m.weight.copy_(w)
+                    done += 1
+                    if progress is not None:
+                        progress(done, len(order) * -(-n // chunk))
     finally:
         with torch.no_grad():
-            for n, m in layers:
-                m.weight.copy_(originals[n])
-    da = xr.DataArray(np.array(accs, dtype=np.float64), dims=["kappa"], coords={"kappa": kappas})
-    return _attrs(da, f"accuracy after {kind} pruning", True, kind=kind)
+            for (_, m), w in zip(layers, originals):
+                m.weight.copy_(w)
+    return correct[where]
+
+
+def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: str = "structured",
+                  criterion: str = DEFAULT_CRITERION, kappas=KAPPAS, sliced: bool = True,
+                  unpruned: float | None = None) -> xr.DataArray:
+    """Accuracy of the pruned network for each κ (fraction of units / weights / columns removed).
+
+    ``kind``: ``structured`` (whole units: neurons of each Linear layer, filters of each Conv layer,
+    output layer kept, ranked by ``criterion``: see :data:`CRITERIA`), ``magnitude`` (global
+    unstructured, smallest |w|), ``column`` (lowest-norm input columns of each layer). The model
+    is restored afterwards. ``sliced``: evaluate lrscope's FCN and CNN on their kept rows and
+    columns (the same accuracies as masking, with fewer FLOPs); False always masks. ``unpruned``
+    is accepted for compatibility and ignored (κ = 0 is evaluated with the others).
+    """
+    if kind not in KINDS:
+        raise LrscopeError(f"unknown pruning kind {kind!r}; valid: {', '.join(KINDS)}")
+    if criterion not in CRITERIA:
+        raise LrscopeError(f"unknown pruning criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
+    kappas = [float(k) for k in kappas]
+    if any(not 0 <= k <= 1 for k in kappas):
+        raise LrscopeError(f"kappa values must be in [0, 1], got {kappas}")
+    correct = pruned_correct(model, x, y, [(kind, criterion)], kappas, sliced=sliced)[0]
+    da = xr.DataArray(correct / len(y), dims=["kappa"], coords={"kappa": kappas})
+    extra = {"criterion": criterion} if kind == "structured" else {}
+    return _attrs(da, f"accuracy after {kind} pruning", True, kind=kind, evaluated_samples=len(y), **extra)
+
+
+def accuracy_se(acc, n: int):
+    """Binomial standard error of an accuracy measured on n samples: sqrt(a (1 − a) / n)."""
+    return np.sqrt(np.asarray(acc) * (1 - np.asarray(acc)) / max(n, 1))
 
 
 # a pruning curve's attrs (kind, evaluated_on) stay on the measures made from it
@@ -219,22 +444,25 @@ def prunability_np(acc, kappas=None) -> np.ndarray:
     acc = np.asarray(acc)
     at0 = np.flatnonzero(np.asarray(kappas) == 0.0) if kappas is not None else []
     base = acc[..., at0[0] if len(at0) else 0]
-    ratio = np.clip(acc / np.where(base > 0, base, np.nan)[..., None], 0, 1)
+    ratio = acc / np.where(base > 0, base, np.nan)[..., None]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
         return np.nanmean(ratio, -1)
 
 
 def prunability(curve, *, kappa_dim: str | None = None, dim: str | None = None) -> xr.DataArray:
-    """κ-prunability: the mean over κ of the retention ratio Acc(f^κ)/Acc(f), clipped to [0, 1]
-    (Barsbey et al. Table 1 scale). NaN when the unpruned accuracy is 0. `kappa_dim` (``dim``:
-    its deprecated name) is ``kappa`` when unambiguous.
+    """κ-prunability (Barsbey et al. §3.2): the mean over κ of the retention ratio Acc(f^κ)/Acc(f),
+    not clipped: above 1 when pruning raised the accuracy (the paper's Table 1 reaches 1.029). NaN
+    when the unpruned accuracy is 0. `kappa_dim` (``dim``: its deprecated name) is ``kappa`` when
+    unambiguous.
 
     Examples
     --------
     >>> curve = xr.DataArray([0.99, 0.60], dims=["kappa"], coords={"kappa": [0.0, 0.5]})
     >>> round(float(prunability(curve)), 4)   # (1 + 0.60 / 0.99) / 2
     0.803
+    >>> float(prunability(xr.DataArray([0.5, 0.6], dims=["kappa"], coords={"kappa": [0.0, 0.5]})))
+    1.1
     """
     curve, k = _kappa_curve("prunability", curve, kappa_dim, dim)
     kappas = curve[k].values if k in curve.coords else None
@@ -250,14 +478,9 @@ def pruned_accuracy_np(acc) -> np.ndarray:
 
 
 def pruned_accuracy(curve, *, kappa_dim: str | None = None, dim: str | None = None) -> xr.DataArray:
-    """Mean pruned accuracy: the mean over κ of Acc(f^κ) itself, not divided by Acc(f).
-
-    The paper defines prunability as the retention ratio (:func:`prunability`), but its parity row
-    of Table 1 (0.56 at LR 0.01, where the unpruned accuracy is 55.3 %) cannot be a mean retention
-    ratio on a balanced binary test set: that would need pruned accuracies near 31 %, far below
-    chance. It is where the mean pruned accuracy lands (our parity sweeps: 0.56 → 0.77 on the demo,
-    0.62 → 0.76 on the replication sweep, against the paper's 0.56 → 0.78). Reported next to the
-    ratio so the two readings can be compared; on models near chance they disagree in direction.
+    """Mean pruned accuracy: the mean over κ of Acc(f^κ) itself, not divided by Acc(f). An extra
+    view of the pruning curve, not the paper's prunability (:func:`prunability` is): it mixes how
+    accurate the network is with how much pruning costs it.
 
     Examples
     --------

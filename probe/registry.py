@@ -35,6 +35,7 @@ class ProbeEntry:
     description: str
     format: int = PROBE_FORMAT
     cost: str = ""  # what it reads or runs, and what it costs next to training
+    samples: str = ""  # which samples it is evaluated on (lrprobe list)
     params: Mapping[str, str] = field(default_factory=dict)  # parameter -> what it is (lrprobe compute's options)
     headline: tuple[Headline, ...] = ()
 
@@ -57,6 +58,8 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "train logits were recorded. *_final: the last snapshot's.",
         format=4,  # average_accuracy added
         cost="reads the stored logits (~0.01x of training on the demo sweep)",
+        samples="the whole test split (full snapshots), the group-balanced probe subset (every snapshot), the "
+                "training split (where train logits were recorded)",
         headline=(Headline("unbiased_accuracy_final", "unbiased test accuracy", "unb.acc"),
                   Headline("worst_group_accuracy_final", "worst-group accuracy", "worst"),
                   Headline("average_accuracy_final", "average accuracy (training-group weighted)"))),
@@ -75,6 +78,7 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "compute the PQ-index; biases and normalisation parameters left out), together and per tensor.",
         format=4,  # parameters: weight tensors with > 1 dimension only; sparsity on the non-negative representation
         cost="reads the stored activations and the last checkpoint (~0.03x)",
+        samples="the probe subset (group-balanced test samples, --probe-size at training, default 1000)",
         params={"kappa": "kappa of the (q, kappa)-compressibility (lrprobe compute --kappa; default 0.1)",
                 "q": "q of the (q, kappa)-compressibility (Python API; default 2)"},
         headline=(Headline("activation_compressibility_final", "activation compressibility"),)),
@@ -86,6 +90,7 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "(Fig. 18: the share of class- and bias-dominant neurons that keep their role until the end), per snapshot.",
         format=4,  # CSI/BSI on max(0, h) for models with signed features (Swin-T)
         cost="reads the stored activations (~0.01x)",
+        samples="the probe subset",
         headline=(Headline("csi_mean_final", "average CSI", "CSI"),
                   Headline("class_separation_final", "class separation R²"))),
     ProbeEntry(
@@ -94,17 +99,31 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "for the bias label (spurious) on the probe subset's penultimate activations, every snapshot "
         "(fitting and held-out halves stratified by group).",
         format=4,  # two-label probes fit scikit-learn's binary objective (was the 2-class multinomial)
-        cost="two small fits per snapshot (~0.04x)"),
+        cost="two small fits per snapshot (~0.04x on the demo sweep, ~0.013x of the CNN run)",
+        samples="the probe subset: fitted on one half, the error measured on the other (halves stratified by group)"),
     ProbeEntry(
         "pruning", _R + "probe_pruning",
-        "Accuracy of the last checkpoint's network pruned at kappa = 0, 0.1, ..., 0.9 of its weights "
-        "(structured: whole neurons or channels; magnitude; column), on the test split rebuilt from the "
-        "config when its labels match the store, else on the probe subset; kappa-prunability (the mean over "
-        "kappa of Acc(f^kappa) / Acc(f)) per kind, and the mean pruned accuracy.",
-        format=4,  # pruned_accuracy (mean pruned accuracy) added next to the retention-ratio prunability
-        cost="30 forward passes over the test split (~0.05x; the most of a short run's probing); on the GPU "
-             "when there is one",
-        params={"kappas": "the pruned fractions (Python API; default 0, 0.1, ..., 0.9)"},
+        "Accuracy of the last checkpoint's network pruned at kappa = 0, 0.1, ..., 0.9 (structured: whole neurons "
+        "or filters, the head kept; magnitude: single weights, globally; column: input columns), on the test "
+        "split rebuilt from the config when its labels match the store, else on the group-balanced probe "
+        "subset, with the number of samples (pruning_samples) and each accuracy's binomial standard error "
+        "(*_se). kappa-prunability as the paper defines it: the mean over kappa of Acc(f^kappa) / Acc(f), not "
+        "clipped (above 1 when pruning helps). The paper prunes neurons and kernels without saying how they are "
+        "ranked: the default criterion removes the lowest incoming-weight L2 norms of each layer (`incoming`); "
+        "--criterion adds incoming-global, outgoing and in-x-out along a criterion dimension "
+        "(pruning_by_criterion, prunability_by_criterion), the default's prunability staying the headline. "
+        "pruned_accuracy (the mean of Acc(f^kappa)) is an extra view, not the paper's number.",
+        format=5,  # prunability not clipped to [0, 1]; criteria, sample count and standard errors added
+        cost="one pass over the evaluation samples (the test split) for every pruned network: 28 distinct networks "
+             "(+9 per extra criterion), sliced to their kept units on lrscope's FCN and CNN, the first layer's "
+             "outputs shared (~0.04x of a 3000-step Colored MNIST CNN run, benchmarks/RESULTS.md); --device",
+        samples="the whole test split rebuilt from the config (its size: pruning_samples; each accuracy's standard "
+                "error: *_se), else the probe subset",
+        params={"kappas": "the pruned fractions (Python API; default 0, 0.1, ..., 0.9)",
+                "criterion": "structured-pruning criteria: incoming (default, per layer), incoming-global, outgoing, "
+                             "in-x-out, comma-separated, or all (lrprobe compute --criterion)",
+                "eval_samples": "evaluate on a group-balanced subset of at most this many samples (lrprobe compute "
+                                "--pruning-samples; default: all); the standard errors say what it costs"},
         headline=(Headline("prunability", "prunability", "prun"),
                   Headline("pruned_accuracy", "mean pruned accuracy"))),
     ProbeEntry(
@@ -124,7 +143,9 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "normalised entropy, and the maps of up to 16 samples taken in turn from every (y, b) group, with "
         "their labels, at the last chosen checkpoint.",
         format=5,  # attr_checkpoint counts the attributed checkpoints (was their positions: sweeps misaligned)
-        cost="runs the network at each chosen checkpoint (~0.02x at two); on the GPU when there is one",
+        cost="one backward pass per checkpoint on the bias-free FCN and CNN (exact: x * grad f(x); ~0.004x of the "
+             "CNN run at two checkpoints); elsewhere Captum, ig_steps passes for IG; --device",
+        samples="up to 256 probe-subset samples, evenly spaced through it (maps: 16, taken in turn from every group)",
         params={"checkpoints": "first,last | all | comma-separated positions (lrprobe compute --checkpoints)",
                 "attr_samples": "probe inputs attributed (Python API; default 256)",
                 "ig_steps": "Integrated Gradients steps (Python API; default 32)"}),

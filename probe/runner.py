@@ -28,7 +28,7 @@ from ..store.probes import stored_provenance, write_probe
 from ..store.reader import open_run, open_store
 from . import metrics as M
 from .linear import feature_probe
-from .pruning import KAPPAS, KINDS, prunability, pruned_accuracy, pruning_curve
+from .pruning import KAPPAS, KINDS, prunability, pruned_accuracy
 from .registry import PARAMS, PROBES  # the probes' entries: function, format, params, headline variables
 
 
@@ -40,6 +40,18 @@ class Context:
     ds: xr.Dataset
     data_root: str | None = None
     params: dict = field(default_factory=dict)
+    device: str = "auto"  # where the probes that run the network run: cpu | cuda | auto (check_device)
+    used_device: bool = False  # whether the probe being computed asked for torch_device
+
+    @cached_property
+    def _device(self):
+        return probe_device(self.device)
+
+    @property
+    def torch_device(self):
+        """The torch device of the probes that run the network (its use is recorded in the result)."""
+        self.used_device = True
+        return self._device
 
     @property
     def config(self) -> dict:
@@ -229,11 +241,55 @@ def probe_compressibility(ctx: Context) -> xr.Dataset:
     return out.drop_vars([c for c in out.coords if c not in ("snapshot",)])
 
 
-def probe_device():
-    """Probes that run the network (pruning, attributions) use the GPU when there is one."""
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def check_device(device: str) -> str:
+    """`device` checked before any probe runs: cpu, cuda (LrscopeError where torch sees no GPU) or
+    auto (cuda when there is one, else cpu); returns the one probes will run on."""
+    if device not in DEVICES:
+        raise LrscopeError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    if device == "cpu":
+        return "cpu"
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise LrscopeError("cuda asked for, but torch sees no CUDA GPU on this machine (use cpu or auto)")
+    return "cpu"
+
+
+@contextlib.contextmanager
+def load_aware_threads():
+    """Torch's CPU threads for one probe: no more than the cores other processes leave free (the
+    1-minute load average, this process's own thread counted as free), at least one. Measured on
+    the 2-core machine with other jobs running: the Colored MNIST CNN's pruning took 63 s with 2
+    threads and 9 s with 1 (its operations are small; a thread that loses its core stalls every
+    parallel region), which is how probing became 17 min in issue #20. The same for numpy's BLAS
+    threads: the linear probes' L-BFGS fits took 28 s instead of ~3 s."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    try:
+        free = (os.cpu_count() or 1) - os.getloadavg()[0] + 1
+    except OSError:  # no load average on this platform
+        free = before
+    n = max(1, min(before, int(free)))
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(n):  # numpy's BLAS too (scipy's L-BFGS in the linear probes)
+            yield n
+    finally:
+        torch.set_num_threads(before)
+
+
+def probe_device(device: str = "auto"):
+    """The torch device of the probes that run the network (pruning, attributions)."""
+    import torch
+
+    return torch.device(check_device(device))
 
 
 def probe_representation(ctx: Context) -> xr.Dataset:
@@ -268,26 +324,99 @@ def probe_feature_quality(ctx: Context) -> xr.Dataset:
 
 
 def probe_pruning(ctx: Context) -> xr.Dataset:
+    """Pruning curves of the last checkpoint for each kind (structured under each asked criterion,
+    the default first; magnitude; column), their κ-prunabilities, the mean pruned accuracy, and the
+    number of evaluation samples with each accuracy's binomial standard error. Every pruned network
+    is evaluated in one pass over the samples (probe/pruning.py:pruned_correct)."""
+    import torch
+
+    from .pruning import (
+        CRITERION_WORDS,
+        DEFAULT_CRITERION,
+        accuracy_se,
+        check_criteria,
+        pruned_correct,
+        structured_keep,
+    )
+
     x, y, where = ctx.eval_set
-    dev = probe_device()
+    cap = ctx.params.get("eval_samples")
+    if cap and len(y) > cap:  # a group-balanced subset: the accuracies' SEs grow as 1/sqrt(n)
+        b = (ctx.ds.test_b if where == "test" else ctx.ds.probe_b).values
+        pos = torch.from_numpy(balanced_subset(y.numpy(), b, cap))
+        x, y, where = x[pos], y[pos], f"{where} (group-balanced subset)"
+    dev = ctx.torch_device
     model, x, y = ctx.model.to(dev), x.to(dev), y.to(dev)
-    kappas = ctx.params.get("kappas", KAPPAS)
+    kappas = [float(k) for k in ctx.params.get("kappas", KAPPAS)]
+    criteria = check_criteria(ctx.params.get("criterion", DEFAULT_CRITERION))
+    defined = []
+    for c in criteria:
+        try:
+            structured_keep(model, 0.5, c)
+            defined.append(c)
+        except M.MetricError:
+            pass
+    specs = [("structured", c) for c in defined] + [("magnitude", None), ("column", None)]
+    try:
+        correct = pruned_correct(model, x, y, specs, kappas)
+    finally:
+        ctx.model.cpu()
+    n = len(y)
+    acc = correct / n
+    se = accuracy_se(acc, n)
+    coords = {"kappa": kappas}
+    where_attrs = {"evaluated_on": where, "evaluated_samples": n}
     out = xr.Dataset()
-    unpruned = None
     for kind in KINDS:
-        curve = pruning_curve(model, x, y, kind=kind, kappas=kappas, unpruned=unpruned)
-        if 0.0 in curve.kappa.values:
-            unpruned = float(curve.sel(kappa=0.0))  # the same for every kind
-        curve.attrs["evaluated_on"] = where
+        crit = DEFAULT_CRITERION if kind == "structured" else None
+        i = specs.index((kind, crit))
+        words = f", {crit} criterion" if crit else ""
+        curve = M._attrs(xr.DataArray(acc[i], dims=["kappa"], coords=coords),
+                         f"accuracy after {kind} pruning{words}", True, kind=kind, **where_attrs,
+                         **({"criterion": crit} if crit else {}))
         out[f"pruning_{kind}"] = curve
+        out[f"pruning_{kind}_se"] = M._attrs(xr.DataArray(se[i], dims=["kappa"], coords=coords),
+                                             f"standard error of the {kind} pruning curve", None, **where_attrs)
         p = prunability(curve)
-        p.attrs["long_name"] = f"κ-prunability ({kind})"
+        p.attrs["long_name"] = f"κ-prunability ({kind}{words})"
         out["prunability" if kind == "structured" else f"prunability_{kind}"] = p
         if kind == "structured":
             out["pruned_accuracy"] = pruned_accuracy(curve)
+    # every asked criterion along `criterion` (NaN where the network does not define it)
+    by = np.full((len(criteria), len(kappas)), np.nan)
+    for j, c in enumerate(criteria):
+        if c in defined:
+            by[j] = acc[specs.index(("structured", c))]
+    ccoords = {"criterion": criteria, "kappa": kappas}
+    undefined = [c for c in criteria if c not in defined]
+    crit_attrs = {**where_attrs, "criteria": "; ".join(f"{c}: {CRITERION_WORDS[c]}" for c in criteria),
+                  **({"undefined": ", ".join(undefined)} if undefined else {})}
+    curves = M._attrs(xr.DataArray(by, dims=["criterion", "kappa"], coords=ccoords),
+                      "accuracy after structured pruning, per criterion", True, kind="structured", **crit_attrs)
+    out["pruning_by_criterion"] = curves
+    out["pruning_by_criterion_se"] = M._attrs(xr.DataArray(accuracy_se(by, n), dims=["criterion", "kappa"],
+                                                           coords=ccoords),
+                                              "standard error of the structured pruning curves", None, **where_attrs)
+    pc = prunability(curves)
+    pc.attrs["long_name"] = "κ-prunability (structured), per criterion"
+    out["prunability_by_criterion"] = pc
+    out["pruning_samples"] = M._attrs(xr.DataArray(n), "pruning evaluation samples", None, evaluated_on=where)
     out.attrs["evaluated_on"] = where
-    ctx.model.cpu()
     return out
+
+
+def balanced_subset(y: np.ndarray, b: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Up to `n` sorted positions taken in turn from each (y, b) group, each group in a fixed random
+    order: as group-balanced as the groups' sizes allow."""
+    gen = np.random.default_rng([seed, 2020])
+    groups = [gen.permutation(np.flatnonzero((y == yy) & (b == bb)))
+              for yy, bb in sorted(set(zip(y.tolist(), b.tolist())))]
+    out: list[int] = []
+    for k in range(max((len(g) for g in groups), default=0)):
+        for g in groups:
+            if k < len(g) and len(out) < n:
+                out.append(int(g[k]))
+    return np.array(sorted(out), dtype=int)
 
 
 def probe_importance(ctx: Context) -> xr.Dataset:
@@ -342,7 +471,7 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
 
     from ..train.data import as_model_input
     from ..train.restore import load_model
-    from .attribution import METHODS, attribution_entropy, attributions, region_shares
+    from .attribution import METHODS, attribution_entropy, attribution_rule, attributions, region_shares
 
     ds = ctx.ds
     n = min(ds.sizes["probe_sample"], int(ctx.params.get("attr_samples", 256)))
@@ -363,7 +492,7 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
     shares = {method: {} for method in METHODS}
     ents = {method: [] for method in METHODS}
     regions = ds.regions.load() if "regions" in ds else None
-    dev = probe_device()
+    dev = ctx.torch_device
     x, y = x.to(dev), y.to(dev)
     for k in cks:
         model = load_model(ds, checkpoint=k).to(dev)  # once per checkpoint, for both methods
@@ -376,10 +505,12 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
                 for r, name in enumerate(regions.region.values):
                     shares[method].setdefault(str(name), []).append(float(per[r]))
             maps[method] = da_.isel(attr_sample=picks)
+    rule = {method: {"computed_as": attribution_rule(model, method, int(ctx.params.get("ig_steps", 32)))}
+            for method in METHODS}
     for method in METHODS:
         m = short[method]
         out[f"{m}_entropy"] = M._attrs(xr.DataArray(ents[method], dims=["attr_checkpoint"]),
-                                       f"{method} normalised attribution entropy", None)
+                                       f"{method} normalised attribution entropy", None, **rule[method])
         for name, vals in shares[method].items():
             out[f"{m}_{name}_share"] = M._attrs(xr.DataArray(vals, dims=["attr_checkpoint"]),
                                                 f"{method} attribution share on {name} inputs",
@@ -400,7 +531,7 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
                                 f"values sum to 1): {int(size[r])} inputs; independent of how many inputs each "
                                 "region has")
         out[f"{m}_maps"] = M._attrs(maps[method].rename(attr_sample="map_sample"),
-                                    f"{method} maps (samples from every group, last checkpoint)", None)
+                                    f"{method} maps (samples from every group, last checkpoint)", None, **rule[method])
     sel = pos[picks]
     out = out.assign_coords(map_sample_index=("map_sample", sel), map_y=("map_sample", ds.probe_y.values[sel]),
                             map_b=("map_sample", ds.probe_b.values[sel]),
@@ -440,17 +571,23 @@ def check_names(names) -> list[str]:
 
 
 def compute_run(path, names=None, *, force: bool = False, data_root: str | None = None, params=None,
-                log: Callable[[str], None] | None = None) -> dict[str, str]:
+                log: Callable[[str], None] | None = None, device: str = "auto",
+                progress: Callable[[str, str, bool], None] | None = None) -> dict[str, str]:
     """Compute the named probes (default: all) for one run store; returns name -> outcome.
 
     Each result is written by a background thread while the next probe computes (one writer,
     in order; every pending write has finished when this returns or raises). Dask arrays of the
-    run are computed on local threads (also inside a dask.distributed task: the run is the task)."""
+    run are computed on local threads (also inside a dask.distributed task: the run is the task).
+    `device`: where the probes that run the network run (cpu | cuda | auto: cuda when there is
+    one), recorded in each result's `device` attribute (not part of its provenance: a result
+    computed on either is up to date). `progress(run, probe, done)` is called as each probe
+    starts (done False) and ends (done True, also when skipped)."""
     path = Path(path)
     names = check_names(names)
     params = check_params(params)
+    device = check_device(device)
     with _probe_lock(path):  # one lrprobe at a time per run: concurrent rewrites would race
-        return _compute_locked(path, names, force, data_root, params, log)
+        return _compute_locked(path, names, force, data_root, params, log, device, progress)
 
 
 @contextlib.contextmanager
@@ -484,14 +621,18 @@ def check_params(params) -> dict:
         raise LrscopeError(f"kappa must be in [0, 1], got {params['kappa']}")
     if "q" in params and not params["q"] > 1:
         raise LrscopeError(f"q must be > 1, got {params['q']}")
-    for key, lo, hi in (("attr_samples", 1, 1 << 16), ("ig_steps", 1, 4096), ("reset_checkpoints", 2, 4096),
-                        ("reset_neurons", 1, 1 << 16)):
+    for key, lo, hi in (("attr_samples", 1, 1 << 16), ("ig_steps", 1, 4096), ("eval_samples", 1, 1 << 31),
+                        ("reset_checkpoints", 2, 4096), ("reset_neurons", 1, 1 << 16)):
         if key in params:
             v = params[key]
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise LrscopeError(f"probe parameter {key} must be an integer in [{lo}, {hi}], got {v!r}")
     if "checkpoints" in params:
         parse_checkpoints(params["checkpoints"])
+    if "criterion" in params:
+        from .pruning import check_criteria
+
+        check_criteria(params["criterion"])
     if "kappas" in params:
         ks = params["kappas"]
         if not isinstance(ks, (list, tuple)) or not ks or not all(
@@ -520,7 +661,7 @@ def parse_checkpoints(spec) -> list[str | int]:
     return out
 
 
-def _compute_locked(path: Path, names, force, data_root, params, log) -> dict[str, str]:
+def _compute_locked(path: Path, names, force, data_root, params, log, device="auto", progress=None) -> dict[str, str]:
     from concurrent.futures import ThreadPoolExecutor
 
     import dask
@@ -528,9 +669,13 @@ def _compute_locked(path: Path, names, force, data_root, params, log) -> dict[st
 
     root = open_store(path)
     ds = open_run(path, probes=False)  # one view of the run: every probe is computed from it
-    ctx = Context(path, ds, data_root, params)
+    ctx = Context(path, ds, data_root, params, device)
     outcomes: dict[str, str] = {}
+    run = ds.attrs.get("run_id", path.name)
+    tell = progress or (lambda *a: None)
     if ds.sizes.get("snapshot", 0) == 0:
+        for n in names:
+            tell(run, n, True)
         return {n: "skipped (no snapshots yet)" for n in names}
     diverged = ds.attrs["status"] == S.STATUS_DIVERGED
     writes: list = []
@@ -550,12 +695,17 @@ def _compute_locked(path: Path, names, force, data_root, params, log) -> dict[st
                 old = stored_provenance(root, name)
                 if not force and old is not None and all(old.get(k) == v for k, v in prov.items()):
                     outcomes[name] = "up to date"
+                    tell(run, name, True)
                     continue
+                tell(run, name, False)
+                ctx.used_device = False
                 t0 = time.perf_counter()
                 try:
-                    res = PROBES[name](ctx).compute()  # read everything here, where errors are caught
+                    with load_aware_threads() as threads:
+                        res = PROBES[name](ctx).compute()  # read everything here, where errors are caught
                 except M.MetricError as e:
                     outcomes[name] = f"not defined: {e}"
+                    tell(run, name, True)
                     continue
                 except LrscopeError:
                     raise
@@ -564,12 +714,17 @@ def _compute_locked(path: Path, names, force, data_root, params, log) -> dict[st
                         raise
                     if diverged:  # non-finite weights and logits: a result, not a damaged store
                         outcomes[name] = f"not defined: the run diverged ({type(e).__name__}: {e})"
+                        tell(run, name, True)
                         continue
                     raise StoreError(f"{path}: probe {name!r} failed reading the store ({type(e).__name__}: {e}); "
                                      "corrupted or truncated store? (LRSCOPE_DEBUG=1 shows the traceback)") from None
                 res.attrs.update(prov)
                 res.attrs["seconds"] = round(time.perf_counter() - t0, 4)
+                if ctx.used_device:
+                    res.attrs["device"] = str(ctx.torch_device)
+                res.attrs["cpu_threads"] = threads
                 writes.append(writer.submit(written, name, res))
+                tell(run, name, True)
         finally:
             try:
                 for w in writes:  # the results computed so far are stored, whatever stopped the loop
@@ -580,12 +735,12 @@ def _compute_locked(path: Path, names, force, data_root, params, log) -> dict[st
     return {n: outcomes[n] for n in names}  # in the order asked (writes finish out of it)
 
 
-def _probe_worker(path: str, names, force: bool, data_root, params, threads: int) -> tuple[str, dict[str, str]]:
+def _probe_worker(path: str, names, force: bool, data_root, params, device, threads: int) -> tuple[str, dict[str, str]]:
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    return path, compute_run(path, names, force=force, data_root=data_root, params=params)
+    return path, compute_run(path, names, force=force, data_root=data_root, params=params, device=device)
 
 
 def _ignore_sigint() -> None:
@@ -595,24 +750,41 @@ def _ignore_sigint() -> None:
 
 
 def compute_paths(paths, names=None, *, force=False, data_root=None, progress=True, params=None,
-                  log=None, workers: int = 1, scheduler=None) -> dict[str, dict[str, str]]:
+                  log=None, workers: int = 1, scheduler=None, device: str = "auto") -> dict[str, dict[str, str]]:
     """Probe every run store under `paths`: one after another, on `workers` local processes, or
     with `scheduler` one dask.distributed task per run ("local" or an address; see
-    `lrscope.parallel.dask_client`). Returns path -> probe name -> outcome."""
+    `lrscope.parallel.dask_client`). Returns path -> probe name -> outcome.
+
+    `progress`: a bar on stderr counting (run, probe) pairs, with the rate and an ETA; probing in
+    turn, it names the run and the probe being computed, and moves as each probe ends; with
+    workers or a scheduler it moves as each run ends."""
     from ..store.reader import find_runs
 
     runs = find_runs(paths)
     names = check_names(names)
     params = check_params(params)
+    device = check_device(device)
     if workers < 1:
         raise LrscopeError(f"workers must be >= 1, got {workers}")
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(runs), desc="probing", unit="run")
+        bar = tqdm(total=len(runs) * len(names), desc="probing", unit="probe", mininterval=0,
+                   bar_format="{desc}: {n_fmt}/{total_fmt} probes |{bar:20}| {elapsed}<{remaining} ETA")
     results: dict[str, dict[str, str]] = {}
-    args = [(str(p), names, force, data_root, params) for p in runs]
+    args = [(str(p), names, force, data_root, params, device) for p in runs]
+    position = {}
+
+    def tell(run: str, name: str, done: bool) -> None:
+        if bar is None:
+            return
+        k = position.setdefault(run, len(position) + 1)
+        if done:
+            bar.update()
+        else:
+            bar.set_description_str(f"run {k}/{len(runs)} {run}: {name}")
+
     try:
         if scheduler is not None:
             threads = worker_threads(workers, scheduler)
@@ -621,12 +793,15 @@ def compute_paths(paths, names=None, *, force=False, data_root=None, progress=Tr
         elif workers > 1 and len(runs) > 1:
             done = _pool_map(args, workers)
         else:
-            done = ((p, compute_run(p, names, force=force, data_root=data_root, params=params, log=log))
+            done = ((p, compute_run(p, names, force=force, data_root=data_root, params=params, log=log,
+                                    device=device, progress=tell))
                     for p, *_ in args)
+        sequential = scheduler is None and not (workers > 1 and len(runs) > 1)
         for path, outcome in done:
             results[path] = outcome
-            if bar is not None:
-                bar.update()
+            if bar is not None and not sequential:
+                bar.set_description_str(f"{len(results)}/{len(runs)} runs, last {Path(path).name}")
+                bar.update(len(names))
     finally:
         if bar is not None:
             bar.close()

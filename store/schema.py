@@ -355,9 +355,21 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                                "label b on the penultimate activations", "fraction"),
     # pruning
     "prunability": _d("κ-prunability", "mean over κ of the retention ratio Acc(f^κ) / Acc(f) after structured "
-                      "pruning at the last checkpoint (the paper's definition)"),
-    "pruned_accuracy": _d("mean pruned accuracy", "mean over κ of the accuracy after structured pruning, Acc(f^κ)",
-                          "fraction"),
+                      "pruning (lowest incoming-weight L2 norms per layer) at the last checkpoint, not clipped "
+                      "(the paper's definition)"),
+    "pruned_accuracy": _d("mean pruned accuracy", "mean over κ of the accuracy after structured pruning, Acc(f^κ) "
+                          "(an extra view, not the paper's prunability)", "fraction"),
+    "criterion": _d("pruning criterion", "how structured pruning ranks the units it removes (incoming: lowest "
+                    "incoming-weight L2 norm per layer, the default; incoming-global; outgoing; in-x-out)"),
+    "pruning_by_criterion": _d("structured pruning curve per criterion", "accuracy after structured pruning of a "
+                               "fraction κ of the units, ranked by each criterion, at the last checkpoint", "fraction"),
+    "pruning_by_criterion_se": _d("standard error (pruning per criterion)", "binomial standard error "
+                                  "sqrt(a(1 − a)/n) of pruning_by_criterion over the n = pruning_samples samples",
+                                  "fraction"),
+    "prunability_by_criterion": _d("κ-prunability per criterion", "mean over κ of Acc(f^κ) / Acc(f) after "
+                                   "structured pruning ranked by each criterion (not clipped)"),
+    "pruning_samples": _d("pruning evaluation samples", "number of samples every pruned network was evaluated on",
+                          "count"),
     # importance
     "importance_gini": _d("importance Gini (snapshot train logits)", "Gini coefficient of the per-sample importance "
                           "weights 1 − p(y|x) on the training split, from the train logits stored at snapshots where "
@@ -381,7 +393,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     "lorenz_epoch_at": _d("per-epoch Lorenz curve", "position of a per-epoch Lorenz curve (0: the first epoch, the "
                           "last: the last complete epoch; which epochs: importance_lorenz_epoch)"),
 }
-_PRUNING_KINDS = {"structured": "whole penultimate units (channels) by norm", "magnitude": "single weights by "
+_PRUNING_KINDS = {"structured": "whole units of every hidden layer (neurons, filters) by incoming-weight L2 norm",
+                  "magnitude": "single weights by "
                   "magnitude", "column": "input columns of each layer by norm"}
 _ATTR_METHODS = {"ig": "Integrated Gradients", "deeplift": "DeepLift"}
 
@@ -406,8 +419,11 @@ def describe(name: str) -> dict[str, str] | None:
         if name == f"pruning_{kind}":
             return _d(f"{kind} pruning curve", f"accuracy after pruning a fraction κ ({how}) at the last checkpoint",
                       "fraction")
+        if name == f"pruning_{kind}_se":
+            return _d(f"standard error ({kind} pruning)", f"binomial standard error sqrt(a(1 − a)/n) of pruning_{kind} "
+                      "over the n = pruning_samples samples", "fraction")
         if name == f"prunability_{kind}":
-            return _d(f"κ-prunability ({kind})", f"mean over κ of Acc(f^κ) / Acc(f), pruning {how}")
+            return _d(f"κ-prunability ({kind})", f"mean over κ of Acc(f^κ) / Acc(f), pruning {how} (not clipped)")
     method, _, rest = name.partition("_")
     if method in _ATTR_METHODS:
         full = _ATTR_METHODS[method]

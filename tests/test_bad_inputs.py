@@ -356,6 +356,12 @@ for v in ["0", "-1", "5000"]:
     probe(f"compute-workers={v}", "compute", "@S", "--workers", v)
 for v in ["bogus", "tcp://host", "tcp://host:x"]:
     probe(f"compute-scheduler={v}", "compute", "@S", "--scheduler", v)
+for v in ["bogus", "", "incoming,nope", "ALL"]:
+    probe(f"compute-criterion={v or 'empty'}", "compute", "@S", "--criterion", v)
+for v in ["0", "-5", "abc", str(2**40)]:
+    probe(f"compute-pruning-samples={v}", "compute", "@S", "--pruning-samples", v)
+for v in ["gpu", "", "tpu"] + ([] if CUDA else ["cuda"]):
+    probe(f"compute-device={v or 'empty'}", "compute", "@S", "--device", v)
 probe("report-to-dev-full", "report", "@S", "-o", "/dev/full", "--no-compute", store="probed")
 probe("report-to-a-folder", "report", "@S", "-o", "@W/d", setup=make_dir("d"))
 probe("report-under-a-file", "report", "@S", "-o", "@W/f/r.html", setup=write_file("f"))

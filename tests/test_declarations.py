@@ -174,8 +174,8 @@ def test_probe_and_figure_entries():
     assert len(vars_) == len(set(vars_))
     assert F.HEADLINE == [(h.var, h.label) for h in headlines()]
     assert HEAD == [(h.var, h.short) for h in headlines() if h.short]
-    assert PARAMS == {"kappa", "q", "checkpoints", "attr_samples", "ig_steps", "kappas", "reset_checkpoints",
-                      "reset_neurons"}
+    assert PARAMS == {"kappa", "q", "checkpoints", "attr_samples", "ig_steps", "kappas", "criterion", "eval_samples",
+                      "reset_checkpoints", "reset_neurons"}
     for name, e in F.FIGURES.items():
         assert e.name == name and e.title and callable(e.build)
 

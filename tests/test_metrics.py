@@ -244,7 +244,8 @@ def test_pruned_accuracy_is_the_mean_pruned_accuracy_not_the_ratio():
     assert float(probe.pruned_accuracy(chance)) == pytest.approx(0.555)
     assert float(probe.pruned_accuracy(good)) == pytest.approx(0.795)
     # the two readings disagree in direction on such a pair: the ratio favours the chance model
-    assert float(probe.prunability(chance)) == pytest.approx(1.0)  # clipped: pruning helped
+    # not clipped (the paper's definition): pruning that helps gives a retention ratio above 1
+    assert float(probe.prunability(chance)) == pytest.approx((1 + 0.56 / 0.55) / 2)
     assert float(probe.prunability(good)) == pytest.approx((1 + 0.60 / 0.99) / 2)
     assert probe.pruned_accuracy(good).attrs["higher_is_better"] == 1
 
@@ -488,7 +489,7 @@ def test_structured_pruning_zeroes_channels_after_batchnorm():
     """torchvision ResNet: a pruned conv filter's channel is zero after its BatchNorm too."""
     import torchvision
 
-    from lrscope.probe.pruning import _apply_masks, _prunable_layers
+    from lrscope.probe.pruning import _cut, _masked, _prunable_layers
 
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=3).eval()
@@ -496,10 +497,11 @@ def test_structured_pruning_zeroes_channels_after_batchnorm():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.bias.uniform_(0.5, 1.0)
-    originals = {n: m.weight.detach().clone() for n, m in _prunable_layers(net)}
-    pruned = originals["conv1"].flatten(1).norm(dim=1).argsort()[:32]
+    originals = [m.weight.detach().clone() for _, m in _prunable_layers(net)]
+    assert _prunable_layers(net)[0][0] == "conv1"
+    pruned = originals[0].flatten(1).norm(dim=1).argsort()[:32]
     with torch.no_grad():
-        hooks = _apply_masks(net, "structured", 0.5, originals)
+        hooks = _masked(net, _cut(net, "structured", 0.5, "incoming", originals, chain=False), originals)
         out = net.maxpool(net.relu(net.bn1(net.conv1(torch.randn(2, 3, 32, 32)))))
     for hk in hooks:
         hk.remove()
