@@ -69,7 +69,8 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "maximum over training (max_loss_ratio, over single minibatches as in the paper's Fig. 12) and the "
         "maximum of its epoch running mean; the BA/BC loss ratio of the stored train logits per snapshot.",
         format=4,  # max_loss_ratio is the per-minibatch maximum (was the epoch running mean's)
-        cost="reads the log (~0.01x)"),
+        cost="reads the log (~0.01x)",
+        samples="every training minibatch (the log), and the whole training split at snapshots with train logits"),
     ProbeEntry(
         "compressibility", _R + "probe_compressibility",
         "(q, kappa)-compressibility, sparsity and PQ-index of the probe subset's penultimate activations per "
@@ -135,7 +136,9 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "per snapshot from the stored train logits where the train split was evaluated (Gini, and Lorenz "
         "curves at the first and the last such snapshot).",
         format=4,  # the per-epoch trajectory from the minibatch log (was the snapshot train logits only)
-        cost="streams the log's record once and reads the stored train logits (~0.05x)"),
+        cost="streams the log's record once and reads the stored train logits (~0.05x)",
+        samples="every training sample, at its presentation in each epoch's minibatches (and the whole training "
+                "split at snapshots with train logits)"),
     ProbeEntry(
         "attributions", _R + "probe_attributions",
         "Integrated Gradients and DeepLift (Captum) on up to 256 group-balanced probe inputs at the chosen "
@@ -156,7 +159,8 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "(CSI <= BSI) and the class-dominant (CSI > BSI) penultimate neurons at each snapshot; exact from the "
         "stored probe logits and activations (||grad|| = ||softmax - onehot|| * ||h_S||), on all and on the "
         "bias-conflicting probe samples.",
-        cost="reads the stored probe logits and activations (~0.01x)"),
+        cost="reads the stored probe logits and activations (~0.01x)",
+        samples="the probe subset, every snapshot (all of it, and its bias-conflicting samples)"),
     ProbeEntry(
         "neuron_resets", "lrscope.probe.resets:probe_neuron_resets",
         "Per-neuron attribution resets (supplement Fig. 18, bottom): for the most bias-selective penultimate "
@@ -165,6 +169,7 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "resets (falls of the share by >= 0.2) and the rank correlation of update size and fall. Needs input "
         "regions (parity, moon-star, the MNIST-style sets); resolution: the checkpoint interval.",
         cost="one backward pass per chosen neuron and checkpoint over the probe inputs (~0.02x for 8 neurons)",
+        samples="up to 256 probe-subset samples, evenly spaced through it (neurons chosen by BSI on the whole subset)",
         params={"reset_checkpoints": "checkpoints examined, evenly spaced (Python API; default 24)",
                 "reset_neurons": "neurons followed, the highest final BSI first (Python API; default 8)",
                 "attr_samples": "probe inputs attributed (Python API; default 256)"}),
@@ -174,7 +179,8 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "correctness (Swayamdipta et al. 2020), forgetting events (Toneva et al. 2019), first-learned and "
         "last-mistake iterations; their summaries over bias-aligned and bias-conflicting samples and over "
         "(y, b) groups, and per-epoch curves. Defined on diverged runs.",
-        cost="streams the log chunk by chunk in O(n_train) memory (~0.03x)"),
+        cost="streams the log chunk by chunk in O(n_train) memory (~0.03x)",
+        samples="every training sample, at each of its presentations in the minibatch log"),
 ]}
 
 PARAMS = {p for e in PROBES.values() for p in e.params}  # what `compute_run(params=...)` accepts
