@@ -150,8 +150,11 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
     heading(2, "Summary")
     body.append("<p class=note>Seed means at the smallest and largest learning rate that did not diverge; with "
                 "the LR: Spearman's ρ between the learning rate and the seed means (a sweep of one learning rate "
-                "has no direction). Prunability is the paper's retention ratio, mean over κ of Acc(f^κ)/Acc(f); "
-                "mean pruned accuracy is the mean of Acc(f^κ) itself.</p>")
+                "has no direction). Prunability is the paper's κ-prunability: the mean over κ of the retention ratio "
+                "Acc(f^κ)/Acc(f), not clipped (it exceeds 1 where pruning helps). Mean pruned accuracy, the mean of "
+                "Acc(f^κ) itself, is a view of ours, not the paper's quantity. Average accuracy weights the test "
+                "groups by the training groups' sizes (Waterbirds/CelebA papers' convention); unbiased accuracy is "
+                "the paper's.</p>")
     body.append(_table_html(SUMMARY_COLUMNS, summary_rows(sweeps)))
     heading(3, "Runs")
     run_list = [(r["run_id"], r["status"], r["lr"], r["seed"], r["iterations"],
