@@ -671,7 +671,8 @@ def open_sweep(paths, *, probes: bool = True) -> xr.Dataset:
         d.attrs["status"] == S.STATUS_COMPLETED and d.attrs.get("stop_criterion_met", True) for d in dsets]))
     # per-run coordinates (snapshot/checkpoint iterations) travel as data variables through the
     # concat so they gain the `run` dim; shared label coordinates are kept once
-    per_run = ["snapshot_iteration", "checkpoint_iteration", "attr_iteration", "attr_checkpoint_position"]
+    per_run = ["snapshot_iteration", "checkpoint_iteration", "attr_iteration", "attr_checkpoint_position",
+               "reset_iteration", "reset_checkpoint_position", "reset_neuron_index"]
     stripped = []
     sizes = {}
     for d, p in zip(dsets, runs):

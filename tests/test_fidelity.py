@@ -292,3 +292,18 @@ def test_neuron_resets_follow_the_checkpoints(tmp_path, tiny):
     falls = np.vstack([np.zeros((1, 3), bool), (s[:-1] - s[1:]) >= RESET_DROP])
     np.testing.assert_array_equal(ds.neuron_resets.values, falls)
     assert int(ds.reset_count) == int(falls.sum())
+
+
+def test_per_run_coordinates_of_neuron_resets_stay_per_run(tiny_sweep):
+    """Each run keeps its own examined iterations and followed neurons in open_sweep (they were
+    coordinates shared across runs: the figure drew one run against another's iterations)."""
+    import lrscope
+
+    sw = lrscope.open_sweep(tiny_sweep)
+    for name in ("reset_iteration", "reset_neuron_index", "attr_iteration"):
+        assert "run" in sw[name].dims, name
+    for i, store in enumerate(sw.attrs["stores"]):
+        ds = lrscope.open_run(store)
+        n = ds.sizes["reset_checkpoint"]
+        np.testing.assert_array_equal(sw.reset_iteration.isel(run=i).values[:n], ds.reset_iteration.values)
+        np.testing.assert_array_equal(sw.reset_neuron_index.isel(run=i).values, ds.reset_neuron_index.values)

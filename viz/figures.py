@@ -158,7 +158,7 @@ def dynamics(sw: xr.Dataset, var: str = "unbiased_accuracy", label: str | None =
         keep = np.isfinite(v) & np.isfinite(it)
         curves.append(hv.Curve((it[keep] + 1, v[keep]), "iteration + 1", label or var, label=f"lr={lr:g}")
                       .opts(color=c, logx=True))
-    return _lr_overlay(curves, f"{label or var} through training")
+    return _lr_overlay(curves, f"{label or var} through training").opts(responsive=True, min_width=420, height=300)
 
 
 def subnetwork_gradients(sw: xr.Dataset) -> hv.Layout:
@@ -182,7 +182,10 @@ def neuron_resets(sw: xr.Dataset, n: int = 4) -> hv.Layout:
     done = [i for i in np.flatnonzero(_ok(sw)) if np.isfinite(sw.neuron_spurious_share.isel(run=i).values).any()]
     if not done:
         return none
-    run = max(done, key=lambda i: float(sw.lr.values[i]))
+    # the highest LR among runs with at least 4 examined checkpoints (else the run with the most)
+    n_ck = {i: int(np.isfinite(sw.reset_iteration.isel(run=i).values).sum()) for i in done}
+    dense = [i for i in done if n_ck[i] >= 4]
+    run = max(dense, key=lambda i: float(sw.lr.values[i])) if dense else max(done, key=lambda i: n_ck[i])
     r = sw.isel(run=run)
     it = r.reset_iteration.values
     keep = np.isfinite(it)
@@ -195,7 +198,7 @@ def neuron_resets(sw: xr.Dataset, n: int = 4) -> hv.Layout:
         rs = r.neuron_resets.isel(reset_neuron=j).values.astype(bool) & keep
         if rs.any():
             lines.append(hv.Scatter((it[rs], share[rs]), "iteration", "spurious share").opts(
-                color=c, marker="triangle_down", size=11))
+                color=c, marker="inverted_triangle", size=11))
         upd = r.neuron_update_norm.isel(reset_neuron=j).values
         bars.append(hv.Curve((it[keep], upd[keep]), "iteration", "update norm", label=name).opts(
             color=c, interpolation="steps-pre"))
@@ -561,7 +564,7 @@ def representation_dynamics(sw: xr.Dataset) -> hv.Layout:
              ("activation_compressibility", "activation compressibility"),
              ("core_probe_error", "linear probe error, class label"),
              ("spurious_probe_error", "linear probe error, bias label")]
-    panels = [dynamics(sw, var, label) for var, label in views if var in sw]
+    panels = [dynamics(sw, var, label).opts(min_width=300) for var, label in views if var in sw]
     return hv.Layout(panels).cols(3) if panels else hv.Layout([hv.Curve([]).opts(title="no probe results")])
 
 
