@@ -111,6 +111,19 @@ def main(out: Path = Path("examples/paper")) -> None:
     write(out / "fig9-colored_mnist-lr_focal_gamma.toml",
           "Fig. 9: training loss, unbiased accuracy and spurious utilisation over LR x focal gamma (resnet18)", base,
           {"lr": TABLE2["lr"][0], "focal_gamma": TABLE2["focal_gamma"][0], "seed": [0, 1, 2]})
+    # Fig. 18 (supplement): neuron survival on ResNet18 / Colored MNIST at a low and a high LR (top), and
+    # Proposition 2's gradient-norm ratio through training (the subnetwork_gradients probe) on the same runs
+    base = {"dataset": "colored_mnist", "model": "resnet18", "max_steps": 50000, "batch_size": 100}
+    write(out / "fig18-colored_mnist-resnet18-survival.toml",
+          "Fig. 18 (top) and Prop. 2: neuron survival and the spurious/core gradient ratio, resnet18, LR 0.001 vs 0.1",
+          base, {"lr": [0.001, 0.1], "seed": [0, 1, 2]})
+    # Fig. 18 (bottom): attribution resets on FCN / Colored MNIST at LR 0.1; checkpoints every 100 steps so the
+    # neuron_resets probe sees the updates (lrprobe compute RUNS --only neuron_resets)
+    base = {"dataset": "colored_mnist", "model": "fcn", "widths": [1024, 1024], "max_steps": 50000,
+            "batch_size": 100, "checkpoint_every": 100}
+    write(out / "fig18-colored_mnist-fcn-resets.toml",
+          "Fig. 18 (bottom): per-neuron attribution resets, fcn 2x1024, LR 0.1, a checkpoint every 100 steps",
+          base, {"lr": [0.1], "seed": [0, 1, 2]})
     supplement_specs(out)
 
 
