@@ -5,7 +5,6 @@ and a miniature of the Fig. 10 specs."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -179,12 +178,16 @@ def test_bad_segmenter_options_exit_2_and_touch_nothing(cifar_run, seg_file, tmp
     assert _files(cifar_run) == before
 
 
-def test_fig10_specs_and_their_miniature(cifar_run, seg_file, tmp_path):
+def test_fig10_specs_and_their_miniature(seg_file, tmp_path):
     """The specs: ResNet18, low vs high LR, 10 seeds, on CIFAR-10 and CIFAR-100. The miniature: both
     LRs of the CIFAR-100 spec on a fabricated CIFAR-100 (a CNN of width 0.125, 10 steps), probed
     with the segmenter and drawn by the background_share figure."""
+    import holoviews as hv
+
     from lrscope.probe.runner import compute_paths
     from lrscope.viz.figures import FIGURES
+
+    hv.extension("bokeh", logo=False)
 
     for dataset in ("cifar10", "cifar100"):
         configs = load_spec(PAPER / f"fig10-{dataset}-resnet18.toml")
@@ -202,10 +205,14 @@ def test_fig10_specs_and_their_miniature(cifar_run, seg_file, tmp_path):
     compute_paths(runs, ["accuracy", "attributions"], progress=False,
                   params={"segmenter_weights": seg_file, "segmenter": ARCH, "attr_samples": 8})
     sweep = lrscope.open_sweep(runs)
-    share = sweep["attributions/ig_background_share"] if "attributions/ig_background_share" in sweep \
-        else sweep["ig_background_share"]
-    assert np.isfinite(share.values).all() and ((share.values >= 0) & (share.values <= 1)).all()
-    fig = {f.name: f for f in FIGURES}["background_share"]
-    assert fig.applies(sweep)
-    assert fig.build(sweep) is not None
-    assert os.path.exists(seg_file)
+    share = sweep.ig_background_share
+    assert share.sizes["run"] == 4 and np.isfinite(share.values).all()
+    assert ((share.values >= 0) & (share.values <= 1)).all()
+    fig = FIGURES["background_share"]
+    assert fig.applies(sweep) and not fig.applies(sweep.drop_vars(["ig_background_share",
+                                                                   "deeplift_background_share"]))
+    layout = fig(sweep)
+    assert len(layout) == 2  # background share and entropy panels, each with both methods
+    hv_curves = layout.traverse(lambda e: e, [hv.Curve])
+    assert len(hv_curves) == 4 and all(len(c.data) == 2 for c in hv_curves)  # 2 LRs per line
+    assert hv.render(layout, backend="bokeh") is not None
