@@ -216,3 +216,17 @@ def test_fig10_specs_and_their_miniature(seg_file, tmp_path):
     hv_curves = layout.traverse(lambda e: e, [hv.Curve])
     assert len(hv_curves) == 4 and all(len(c.data) == 2 for c in hv_curves)  # 2 LRs per line
     assert hv.render(layout, backend="bokeh") is not None
+
+
+def test_non_image_inputs_get_a_note_not_a_share(seg_file, tmp_path, tiny):
+    """Parity's vector inputs cannot be segmented: the rest of the probe is computed, the result
+    says why the background share is missing."""
+    from lrscope.probe.runner import compute_run
+
+    r = train_run(tiny(max_steps=40, stop="max-steps"), tmp_path, progress=False)
+    out = compute_run(r.path, ["attributions"], params={"segmenter_weights": seg_file, "segmenter": ARCH,
+                                                        "attr_samples": 8})
+    assert out["attributions"].startswith("computed"), out
+    res = read_probe(r.path, "attributions")
+    assert "ig_entropy" in res and "ig_background_share" not in res and "foreground_masks" not in res
+    assert res.attrs["background_share"].startswith("not computed: the inputs")
