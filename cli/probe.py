@@ -101,7 +101,7 @@ def compute_cmd(paths, only, force, data_root, kappa, checkpoints, criterion, pr
     if pruning_samples is not None:
         params["eval_samples"] = pruning_samples
     if segmenter_weights is not None:
-        params["segmenter_weights"] = segmenter_weights
+        params["segmenter_weights"] = str(Path(segmenter_weights).resolve())  # workers elsewhere: an absolute path
     if segmenter is not None and segmenter != "deeplabv3_resnet50":
         params["segmenter"] = segmenter
     res = compute_paths(paths, names, force=force, data_root=data_root, progress=not quiet, params=params,
