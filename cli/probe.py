@@ -45,9 +45,15 @@ def main():
 @click.option("--device", default="auto", show_default=True,
               help="Where the probes that run the network (pruning, attributions) run: cpu, cuda, or auto "
                    "(cuda when torch sees a GPU, else cpu); recorded in each result's attrs.")
+@click.option("--segmenter-weights", default=None, metavar="FILE",
+              help="Attributions: a local torchvision DeepLabV3 state dict (e.g. deeplabv3_resnet50_coco-cd0a2569.pth; "
+                   "never downloaded) whose background masks give the background attribution share (Fig. 10).")
+@click.option("--segmenter", default=None,
+              help="The architecture of --segmenter-weights: deeplabv3_resnet50 (default), deeplabv3_resnet101, "
+                   "deeplabv3_mobilenet_v3_large.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def compute_cmd(paths, only, force, data_root, kappa, checkpoints, criterion, pruning_samples, device, workers,
-                scheduler, quiet):
+                scheduler, segmenter_weights, segmenter, quiet):
     """Compute probes for run stores (a store, a folder of stores, or a glob) into probes/<name>.
 
     Up-to-date probes are skipped; a probe whose run has trained on since, or whose definition
@@ -66,6 +72,12 @@ def compute_cmd(paths, only, force, data_root, kappa, checkpoints, criterion, pr
             raise LrscopeError(f"{option}: {e}") from None
     if pruning_samples is not None and not 1 <= pruning_samples <= 1 << 31:
         raise LrscopeError(f"--pruning-samples must be a positive number of samples, got {pruning_samples}")
+    if segmenter is not None and segmenter_weights is None:
+        raise LrscopeError("--segmenter needs --segmenter-weights FILE (a local state dict; never downloaded)")
+    if segmenter_weights is not None:
+        from ..probe.segment import DEFAULT_SEGMENTER, check_segmenter_weights
+
+        check_segmenter_weights(segmenter_weights, segmenter or DEFAULT_SEGMENTER)
     check_workers(workers)
     check_scheduler(scheduler)
     names = None
@@ -88,6 +100,10 @@ def compute_cmd(paths, only, force, data_root, kappa, checkpoints, criterion, pr
         params["criterion"] = criterion
     if pruning_samples is not None:
         params["eval_samples"] = pruning_samples
+    if segmenter_weights is not None:
+        params["segmenter_weights"] = str(Path(segmenter_weights).resolve())  # workers elsewhere: an absolute path
+    if segmenter is not None and segmenter != "deeplabv3_resnet50":
+        params["segmenter"] = segmenter
     res = compute_paths(paths, names, force=force, data_root=data_root, progress=not quiet, params=params,
                         workers=workers, scheduler=scheduler, device=device)
     n_done = sum(1 for r in res.values() for o in r.values() if o.startswith("computed"))

@@ -143,15 +143,24 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "attributions", _R + "probe_attributions",
         "Integrated Gradients and DeepLift (Captum) on up to 256 group-balanced probe inputs at the chosen "
         "checkpoints: each method's attribution share per input region (core, spurious, noise) and "
-        "normalised entropy, and the maps of up to 16 samples taken in turn from every (y, b) group, with "
-        "their labels, at the last chosen checkpoint.",
-        format=5,  # attr_checkpoint counts the attributed checkpoints (was their positions: sweeps misaligned)
+        "normalised entropy (Fig. 10's attribution entropy), and the maps of up to 16 samples taken in turn from "
+        "every (y, b) group, with their labels, at the last chosen checkpoint. With --segmenter-weights FILE (a "
+        "local torchvision DeepLabV3 state dict, never downloaded): Fig. 10's background attribution percentage "
+        "as each method's share of |attribution| on the pixels the segmenter calls background "
+        "(<m>_background_share), the mean foreground fraction and the map samples' foreground masks.",
+        format=6,  # segmenter background share (only with segmenter_weights; the other variables unchanged)
         cost="one backward pass per checkpoint on the bias-free FCN and CNN (exact: x * grad f(x); ~0.004x of the "
-             "CNN run at two checkpoints); elsewhere Captum, ig_steps passes for IG; --device",
+             "CNN run at two checkpoints); elsewhere Captum, ig_steps passes for IG; with a segmenter, one "
+             "segmenter forward per attributed input at 224x224, once per run; --device",
         samples="up to 256 probe-subset samples, evenly spaced through it (maps: 16, taken in turn from every group)",
         params={"checkpoints": "first,last | all | comma-separated positions (lrprobe compute --checkpoints)",
                 "attr_samples": "probe inputs attributed (Python API; default 256)",
-                "ig_steps": "Integrated Gradients steps (Python API; default 32)"}),
+                "ig_steps": "Integrated Gradients steps (Python API; default 32)",
+                "segmenter_weights": "a local state dict of the segmenter (lrprobe compute --segmenter-weights FILE, "
+                                     "e.g. torchvision's deeplabv3_resnet50_coco-cd0a2569.pth); recorded by its "
+                                     "sha256; absent: no background share",
+                "segmenter": "deeplabv3_resnet50 (default), deeplabv3_resnet101 or deeplabv3_mobilenet_v3_large "
+                             "(lrprobe compute --segmenter)"}),
     ProbeEntry(
         "subnetwork_gradients", "lrscope.probe.subnetworks:probe_subnetwork_gradients",
         "Proposition 2 (supplement D.2) measured through training: the ratio of the summed per-sample gradient "

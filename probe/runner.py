@@ -471,7 +471,14 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
 
     from ..train.data import as_model_input
     from ..train.restore import load_model
-    from .attribution import METHODS, attribution_entropy, attribution_rule, attributions, region_shares
+    from .attribution import (
+        METHODS,
+        attribution_entropy,
+        attribution_rule,
+        attributions,
+        background_share,
+        region_shares,
+    )
 
     ds = ctx.ds
     n = min(ds.sizes["probe_sample"], int(ctx.params.get("attr_samples", 256)))
@@ -494,12 +501,16 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
     regions = ds.regions.load() if "regions" in ds else None
     dev = ctx.torch_device
     x, y = x.to(dev), y.to(dev)
+    masks, seg_note = _foreground_masks(ctx, x, in_dims, dev)
+    bg = {method: [] for method in METHODS}
     for k in cks:
         model = load_model(ds, checkpoint=k).to(dev)  # once per checkpoint, for both methods
         for method in METHODS:
             da_ = attributions(model, x, y, method=method, n_steps=int(ctx.params.get("ig_steps", 32)),
                                sample_dim="attr_sample", input_dims=in_dims)
             ents[method].append(float(attribution_entropy(da_, sample_dim="attr_sample")))
+            if masks is not None:
+                bg[method].append(float(background_share(da_, masks, sample_dim="attr_sample")))
             if regions is not None:
                 per = region_shares(da_, regions, sample_dim="attr_sample").values
                 for r, name in enumerate(regions.region.values):
@@ -530,13 +541,49 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
                     description=f"mean absolute attribution per {name} input over the regions' means (the regions' "
                                 f"values sum to 1): {int(size[r])} inputs; independent of how many inputs each "
                                 "region has")
+        if masks is not None:
+            out[f"{m}_background_share"] = M._attrs(
+                xr.DataArray(bg[method], dims=["attr_checkpoint"]), f"{method} attribution share on background",
+                False, description="the paper's background attribution percentage (Fig. 10) as a fraction: share of "
+                                   "the absolute attribution mass on the pixels the segmenter calls background "
+                                   "(all channels), per input, mean over the attributed inputs",
+                units="fraction", **seg_note)
         out[f"{m}_maps"] = M._attrs(maps[method].rename(attr_sample="map_sample"),
                                     f"{method} maps (samples from every group, last checkpoint)", None, **rule[method])
     sel = pos[picks]
     out = out.assign_coords(map_sample_index=("map_sample", sel), map_y=("map_sample", ds.probe_y.values[sel]),
                             map_b=("map_sample", ds.probe_b.values[sel]),
                             map_bias_conflicting=("map_sample", ds.probe_y.values[sel] != ds.probe_b.values[sel]))
+    if masks is not None:
+        out["foreground_fraction"] = M._attrs(xr.DataArray(float(masks.mean())), "foreground fraction", None,
+                                              description="share of the attributed inputs' pixels the segmenter "
+                                                          "calls foreground (any VOC class but background), mean "
+                                                          "over the inputs", units="fraction", **seg_note)
+        out["foreground_masks"] = M._attrs(masks.isel(attr_sample=picks).rename(attr_sample="map_sample"),
+                                           "foreground masks of the map samples", None,
+                                           description="True = foreground (the segmenter's class is not background)",
+                                           units="boolean", **seg_note)
+    elif seg_note:
+        out.attrs.update(seg_note)
     return out
+
+
+def _foreground_masks(ctx: Context, x, in_dims: list[str], dev) -> tuple[xr.DataArray | None, dict]:
+    """The segmenter's foreground masks (attr_sample, height, width) of the attributed inputs, when
+    the probe has segmenter_weights and the inputs are images (else None, and a note saying why
+    when weights were given), and the attrs that say how they were made."""
+    path = ctx.params.get("segmenter_weights")
+    if path is None:
+        return None, {}
+    from .segment import DEFAULT_SEGMENTER, RULE, file_digest, foreground_masks_torch, load_segmenter
+
+    arch = ctx.params.get("segmenter", DEFAULT_SEGMENTER)
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        return None, {"background_share": f"not computed: the inputs (shape {tuple(x.shape[1:])}) are not images"}
+    seg = load_segmenter(path, arch).to(dev)
+    m = foreground_masks_torch(seg, x).cpu().numpy()
+    note = {"segmenter": arch, "segmenter_sha256": file_digest(path), "segmented_as": RULE.format(arch=arch)}
+    return xr.DataArray(m, dims=["attr_sample", *in_dims[1:]]), note
 
 
 def _map_picks(y: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
@@ -557,9 +604,23 @@ def _provenance(ctx: Context, name: str) -> dict:
     lengths and status when it was opened; a run still training goes on past them), the
     parameters and the probe's definition."""
     return {"probe": name, "probe_format": PROBES[name].format, "lrscope_version": __version__,
-            "params": json.dumps(ctx.params, sort_keys=True),
+            "params": json.dumps(_provenance_params(ctx.params, name), sort_keys=True),
             "source_committed": json.dumps(ctx.ds.attrs["committed"], sort_keys=True),
             "source_status": ctx.ds.attrs["status"]}
+
+
+SEGMENTER_PARAMS = ("segmenter_weights", "segmenter")
+
+
+def _provenance_params(params: dict, name: str) -> dict:
+    """The parameters a result is computed from: the segmenter's only for the probes that take
+    them, and its weights file by its content (sha256), not its path."""
+    out = {k: v for k, v in params.items() if k not in SEGMENTER_PARAMS or k in PROBES[name].params}
+    if "segmenter_weights" in out:
+        from .segment import file_digest
+
+        out["segmenter_weights"] = "sha256:" + file_digest(out["segmenter_weights"])
+    return out
 
 
 def check_names(names) -> list[str]:
@@ -633,6 +694,12 @@ def check_params(params) -> dict:
         from .pruning import check_criteria
 
         check_criteria(params["criterion"])
+    if "segmenter" in params and "segmenter_weights" not in params:
+        raise LrscopeError("--segmenter needs --segmenter-weights FILE (a local state dict; never downloaded)")
+    if "segmenter_weights" in params:
+        from .segment import DEFAULT_SEGMENTER, check_segmenter_weights
+
+        check_segmenter_weights(params["segmenter_weights"], params.get("segmenter", DEFAULT_SEGMENTER))
     if "kappas" in params:
         ks = params["kappas"]
         if not isinstance(ks, (list, tuple)) or not ks or not all(

@@ -125,6 +125,7 @@ def main(out: Path = Path("examples/paper")) -> None:
           "Fig. 18 (bottom): per-neuron attribution resets, fcn 2x1024, LR 0.1, a checkpoint every 100 steps",
           base, {"lr": [0.1], "seed": [0, 1, 2]})
     supplement_specs(out)
+    fig10_specs(out)
 
 
 # Supplement §D, Figs. 29-30. The supplement names the setting of each experiment but not every
@@ -159,6 +160,31 @@ def supplement_specs(out: Path) -> None:
           "(then: lrprobe soup runs/ [--lrs 0.001,0.15])",
           {"dataset": "colored_mnist", "model": "resnet18", "batch_size": 100, "max_steps": 50000},
           {"lr": TABLE2["lr"][0], "seed": [0, 1, 2]})
+
+
+FIG10_LRS = [0.001, 0.1]  # low vs high: the constant LRs the supplement compares on CIFAR-10 (Fig. 30's lines)
+FIG10_SEEDS = list(range(10))  # "a low vs. high LR with 10 different seeds" (supplement, Fig. 8's runs)
+
+
+def fig10_specs(out: Path) -> None:
+    """Fig. 10 (and Fig. 8's runs): ResNet18 on CIFAR-10 and CIFAR-100 at a low vs a high LR with
+    10 seeds (supplement: "We train a ResNet18 model using a low vs. high LR with 10 different seeds
+    on CIFAR-10 and CIFAR-100"). The paper names no LR values for this figure: ours are 0.001 and
+    0.1, the constant LRs of its CIFAR-10 LR-drop figure (Fig. 30). Batch 100 and the step budget
+    as Table 1. Attribution entropy comes with the attributions probe; the background attribution
+    share needs a local DeepLabV3 file (--segmenter-weights)."""
+    for dataset in ("cifar10", "cifar100"):
+        path = out / f"fig10-{dataset}-resnet18.toml"
+        write(path, f"Fig. 10: {dataset} + resnet18, low vs high LR (ours: 0.001, 0.1), 10 seeds; attribution "
+                    "entropy and background attribution share",
+              {"dataset": dataset, "model": "resnet18", "max_steps": 50000, "batch_size": 100},
+              {"lr": FIG10_LRS, "seed": FIG10_SEEDS})
+        text = path.read_text().splitlines()
+        text[2:2] = ["# then: lrprobe compute runs/ --segmenter-weights deeplabv3_resnet50_coco-cd0a2569.pth",
+                     "#   (torchvision's DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1 file, downloaded "
+                     "beforehand; never fetched by lrscope)",
+                     "#   gives ig_/deeplift_background_share and *_entropy; lrprobe figures --only background_share"]
+        path.write_text("\n".join(text) + "\n")
 
 
 if __name__ == "__main__":

@@ -362,6 +362,13 @@ for v in ["0", "-5", "abc", str(2**40)]:
     probe(f"compute-pruning-samples={v}", "compute", "@S", "--pruning-samples", v)
 for v in ["gpu", "", "tpu"] + ([] if CUDA else ["cuda"]):
     probe(f"compute-device={v or 'empty'}", "compute", "@S", "--device", v)
+probe("compute-segmenter-weights-missing", "compute", "@S", "--segmenter-weights", "@W/none.pth")
+probe("compute-segmenter-weights-not-torch", "compute", "@S", "--segmenter-weights", "@W/f.pth",
+      setup=write_file("f.pth"))
+probe("compute-segmenter-weights-a-folder", "compute", "@S", "--segmenter-weights", "@W/d", setup=make_dir("d"))
+probe("compute-segmenter-without-weights", "compute", "@S", "--segmenter", "deeplabv3_resnet50")
+probe("compute-segmenter-unknown", "compute", "@S", "--segmenter-weights", "@W/f.pth", "--segmenter", "unet",
+      setup=write_file("f.pth"))
 probe("report-to-dev-full", "report", "@S", "-o", "/dev/full", "--no-compute", store="probed")
 probe("report-to-a-folder", "report", "@S", "-o", "@W/d", setup=make_dir("d"))
 probe("report-under-a-file", "report", "@S", "-o", "@W/f/r.html", setup=write_file("f"))

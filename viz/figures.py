@@ -619,6 +619,36 @@ def dynamics_summary(sw: xr.Dataset) -> hv.Layout:
     return hv.Layout(panels).cols(2) if panels else hv.Layout([hv.Curve([]).opts(title="no dynamics probe")])
 
 
+def background_share(sw: xr.Dataset) -> hv.Layout:
+    """Fig. 10's two attribution measures against the LR, at each run's last attributed checkpoint,
+    seed mean ± sd, Integrated Gradients and DeepLift as two lines: the background attribution
+    share (share of |attribution| on the pixels a DeepLabV3 segmenter calls background; the
+    paper's "background attribution percentage" as a fraction) and the normalised attribution
+    entropy."""
+    panels = []
+    for suffix, title in (("background_share", "background attribution share"),
+                          ("entropy", "normalised attribution entropy")):
+        items = []
+        for (m, label), c in zip((("ig", "Integrated Gradients"), ("deeplift", "DeepLift")), _palette(2)):
+            var = f"{m}_{suffix}"
+            if var not in sw or "attr_checkpoint" not in sw[var].dims:
+                continue
+            tmp = xr.Dataset({"v": sw[var].isel(attr_checkpoint=-1)}, coords={"lr": sw.lr, "status": sw.status})
+            lrs, mean, sd = per_lr(tmp, "v")
+            items += [hv.Curve((lrs, mean), "learning rate", suffix, label=label).opts(color=c),
+                      hv.ErrorBars((lrs, mean, sd), "learning rate", [suffix, "sd"]).opts(color=c),
+                      hv.Scatter((lrs, mean), "learning rate", suffix, label=label).opts(color=c, size=6)]
+        if items:
+            panels.append(hv.Overlay(items).opts(hv.opts.Curve(logx=True), hv.opts.Scatter(logx=True)).opts(
+                title=title, legend_position="right", responsive=True, min_width=380, height=300))
+    return hv.Layout(panels).cols(2) if panels else hv.Layout([hv.Curve([]).opts(title="no background share")])
+
+
+def has_background_share(sw: xr.Dataset) -> bool:
+    """Whether the sweep has two or more LRs and the segmenter's background share (--segmenter-weights)."""
+    return several_lrs(sw) and any(v in sw for v in ("ig_background_share", "deeplift_background_share"))
+
+
 def several_lrs(sw: xr.Dataset) -> bool:
     """Whether the sweep has two or more learning rates (figures against the LR need them)."""
     return len(lr_values(sw)) > 1
@@ -688,4 +718,7 @@ FIGURES: dict[str, FigureEntry] = {e.name: e for e in [
                 section=_ATTR, applies=several_lrs),
     FigureEntry("attribution_grid", attribution_grid,
                 "Attribution maps, lowest vs highest LR (Fig. 8; stored by the attributions probe)", section=_ATTR),
+    FigureEntry("background_share", background_share,
+                "Background attribution share and attribution entropy against the LR (Fig. 10; last attributed "
+                "checkpoint)", section=_ATTR, applies=has_background_share),
 ]}
