@@ -10,6 +10,7 @@ when the buffer passes 256 MB. Divergence (a non-finite loss) is a result: statu
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -332,8 +333,11 @@ class Trainer:
 
     # -------------------------------------------------------------------- recording
     def amp(self):
-        """bf16 autocast for forward passes when asked for (weights, grads, optimizer stay fp32)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+        """bf16 autocast for forward passes when asked for (weights, grads, optimizer stay fp32);
+        fp32 gets a no-op context (a disabled torch.autocast still costs a few µs per step)."""
+        if self.cfg.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def snapshot(self, t: int, final: bool = False) -> None:
         """Evaluate and buffer a snapshot. Light snapshots (the early log-spaced ones, by default)
