@@ -6,7 +6,7 @@ and process-CPU time, on the same number of torch threads (default 1), best of `
 interleaved. Torch's one-off lazy imports (the first optimizer built in a process imports
 torch._dynamo, ~1.5 s) are paid before either is timed. Beside it, the steps alone: K bare
 sequential steps against one stacked step (`_Stack`'s step and SGD update, no recording), the most
-stacking can give on these cores.
+stacking can give on these cores (on `threads` and on 2 threads).
 
     python benchmarks/batched_bench.py [--steps N] [--repeats R] [--threads T]
 """
@@ -97,6 +97,8 @@ def run(steps: int = 3000, k: int = 8, repeats: int = 1, threads: int = 1) -> di
             shutil.rmtree(tmp / f"seq{r}", ignore_errors=True)
             shutil.rmtree(tmp / f"batched{r}", ignore_errors=True)
         only = steps_only(configs)
+        torch.set_num_threads(2)
+        only.update({f"{k}_2threads": v for k, v in steps_only(configs).items()})
     finally:
         torch.set_num_threads(old)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -116,7 +118,9 @@ def main():
     print(f"K={r['k']} parity FCN runs x {r['steps']} steps, {r['threads']} thread(s): sequential "
           f"{r['sequential_s']:.1f} s, batched {r['batched_s']:.1f} s, speedup {r['speedup']:.2f}x (CPU time "
           f"{r['cpu_speedup']:.2f}x; target 2.5x) | steps alone: {r['k']} bare steps {r['k_bare_steps_us']:.0f} µs, "
-          f"one stacked step {r['stacked_step_us']:.0f} µs ({r['steps_speedup']:.2f}x)")
+          f"one stacked step {r['stacked_step_us']:.0f} µs ({r['steps_speedup']:.2f}x; on 2 threads "
+          f"{r['k_bare_steps_us_2threads']:.0f} vs {r['stacked_step_us_2threads']:.0f} µs, "
+          f"{r['steps_speedup_2threads']:.2f}x)")
 
 
 if __name__ == "__main__":

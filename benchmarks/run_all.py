@@ -117,8 +117,8 @@ def overhead_section() -> list[str]:
                      f"{r['ratio_lrtrain']:.3f} | {r['ratio_lrtrain_cpu']:.3f} | {r['record_seconds']:.2f} | "
                      f"{r['dataloader_steps_per_s']:.0f} | {r['ratio_dataloader']:.3f} |")
         print(lines[-1], flush=True)
-    lines += ["", "Where the time goes (`train_overhead.py --breakdown`; CPU µs per step, best of 9 interleaved "
-              "chunks of 100 steps, 1 thread):", ""]
+    lines += ["", "Where the time goes (`train_overhead.py --breakdown`; wall µs per step: the steps best of 9 "
+              "interleaved chunks of 100 steps, the recording and setup from the faster of 2 runs; 1 thread):", ""]
     for steps in (3000, 10000):
         lines.append("- " + train_overhead.format_breakdown(
             train_overhead.breakdown("parity_fcn", steps, repeats=9, chunk=100)))
@@ -165,7 +165,8 @@ def batched_section() -> list[str]:
             f"{b['batched_s']:.1f} s: **{b['speedup']:.2f}×** (CPU time {b['cpu_speedup']:.2f}×). The steps alone "
             f"(CPU, best of 5 chunks of 50 steps): {b['k']} bare sequential steps {b['k_bare_steps_us']:.0f} µs, one "
             f"stacked step {b['stacked_step_us']:.0f} µs: {b['steps_speedup']:.2f}×, the most stacking can give "
-            "here."]
+            f"here (on 2 threads: {b['k_bare_steps_us_2threads']:.0f} vs {b['stacked_step_us_2threads']:.0f} µs, "
+            f"{b['steps_speedup_2threads']:.2f}×)."]
 
 
 def app_section() -> list[str]:

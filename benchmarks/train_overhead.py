@@ -115,13 +115,13 @@ def lrtrain_loop(cfg: RunConfig, bundle, steps: int) -> tuple[tuple[float, float
 
 
 def breakdown(case: str, steps: int, repeats: int = 5, threads: int = 1, chunk: int = 300) -> dict:
-    """Where lrtrain's extra time goes, in CPU µs per step (best of `repeats`, interleaved):
+    """Where lrtrain's extra time goes, in wall µs per step (best of `repeats`, interleaved):
     the bare loop's step; lrtrain's `Trainer.step` plus its per-step recording-point check, run
     without a store (the logits and norm references it keeps are dropped every epoch, as the
-    recorder does); the fused norms alone; and, from full `train_run`s of `steps` steps, the rest
-    of the run's CPU time (recording: log statistics, snapshots, checkpoints, Zarr writes, and
-    setup: store creation, model, data to the device) spread over its steps, with the wall seconds
-    of each. For a model of Linear layers only, also the step's arithmetic rate (6 FLOPs per
+    recorder does); the fused norms alone; and, from the faster of two full `train_run`s of
+    `steps` steps, the recording (the Recorder's own clock: log statistics, snapshots,
+    checkpoints, Zarr writes) and the setup (store creation, model, data to the device) spread
+    over its steps. For a model of Linear layers only, also the step's arithmetic rate (6 FLOPs per
     weight per sample: forward, input and weight gradients) beside a large float32 matmul's on
     the same threads: how close the bare step already is to what the cores can do."""
     from lrscope.train.data import probe_subset
@@ -177,19 +177,18 @@ def breakdown(case: str, steps: int, repeats: int = 5, threads: int = 1, chunk: 
         best = {k: math.inf for k in parts}
         for _ in range(repeats):
             for k, f in parts.items():
-                c = time.process_time()
+                c = time.perf_counter()
                 f()
-                best[k] = min(best[k], (time.process_time() - c) / chunk * 1e6)
-        runs = [lrtrain_loop(cfg, bundle, steps) for _ in range(max(1, repeats // 2))]
+                best[k] = min(best[k], (time.perf_counter() - c) / chunk * 1e6)
+        runs = [lrtrain_loop(cfg, bundle, steps) for _ in range(2)]
     finally:
         torch.set_num_threads(old)
     out = {f"{k}_us": v for k, v in best.items() if k != "matmul"}
     out.update(case=case, steps=steps, threads=threads)
     out["step_extra_us"] = out["lrtrain_step_us"] - out["bare_step_us"]
-    (wall, cpu), tim = min(runs, key=lambda r: r[0][1])
-    out["rest_us"] = (cpu - steps * out["lrtrain_step_us"] * 1e-6) / steps * 1e6
-    out["record_wall_s"] = tim["record_seconds"]
-    out["setup_wall_s"] = wall - tim["wall_seconds"]
+    (wall, _), tim = min(runs, key=lambda r: r[0][0])
+    out["record_us"] = tim["record_seconds"] / steps * 1e6
+    out["setup_us"] = (wall - tim["wall_seconds"]) / steps * 1e6
     out["peak_gflops"] = 2 * 1024**3 * max(1, chunk // 30) / (best["matmul"] * chunk) * 1e-3
     linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if all(isinstance(m, (torch.nn.Linear, torch.nn.ReLU, torch.nn.Sequential, torch.nn.Flatten)) or m is model
@@ -250,14 +249,13 @@ def main():
 
 
 def format_breakdown(b: dict) -> str:
-    total = b["lrtrain_step_us"] + b["rest_us"]
+    total = b["lrtrain_step_us"] + b["record_us"] + b["setup_us"]
     rate = (f"; the bare step computes at {b['step_gflops']:.0f} GFLOP/s, a 1024² matmul at "
             f"{b['peak_gflops']:.0f}" if "step_gflops" in b else "")
-    return (f"{b['case']}, {b['steps']} steps, {b['threads']} thread(s), CPU µs/step: bare step "
+    return (f"{b['case']}, {b['steps']} steps, {b['threads']} thread(s), µs/step: bare step "
             f"{b['bare_step_us']:.0f}; lrtrain step {b['lrtrain_step_us']:.0f} ({b['step_extra_us']:+.0f}; the fused "
-            f"norms alone {b['fused_norms_us']:.0f}); recording and setup {b['rest_us']:.0f} (wall: recording "
-            f"{b['record_wall_s']:.2f} s, setup {b['setup_wall_s']:.2f} s); so a CPU-time ratio of "
-            f"{b['bare_step_us'] / total:.3f}{rate}")
+            f"norms alone {b['fused_norms_us']:.0f}); recording {b['record_us']:.0f}; setup {b['setup_us']:.0f}; "
+            f"so a ratio of {b['bare_step_us'] / total:.3f}{rate}")
 
 
 if __name__ == "__main__":

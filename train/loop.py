@@ -322,7 +322,7 @@ class Trainer:
         # uninterrupted one would (models without them are untouched)
         self.stochastic = any(type(m).__name__ in STOCHASTIC_MODULES for m in model.modules())
         self._logits: list[torch.Tensor] = []
-        self._norms: list[torch.Tensor] = []  # per step: one 0-d norm per grad, then per param
+        self._norms: list[torch.Tensor] = []  # per step: a vector of the grads' norms, then the params'
         self.perm_cpu: torch.Tensor | None = None
 
     def epoch_perm(self, epoch: int) -> torch.Tensor:
@@ -448,8 +448,11 @@ class Trainer:
         loss.backward()
         with torch.no_grad():
             self._logits.append(logits.detach())
-            self._norms.extend(torch._foreach_norm(  # grads and params in one fused call
-                [p.grad for p in self.params if p.grad is not None] + self.params))
+            # grads and params in one fused call, stacked: one kept tensor a step, not one per
+            # tensor (holding 16 0-d tensors a step cost a parity FCN step ~30-60 µs, most of it
+            # the garbage collector walking them; benchmarks/RESULTS.md)
+            self._norms.append(torch.stack(torch._foreach_norm(
+                [p.grad for p in self.params if p.grad is not None] + self.params)))
         if sam:  # second gradient at the perturbed weights, then back to w for the step
             ps, e = sam_perturb(self.params, cfg.sam_rho, cfg.optimizer == "asam")
             opt.zero_grad(set_to_none=True)
