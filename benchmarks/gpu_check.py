@@ -145,7 +145,7 @@ def overhead_rows(t: Table, steps: int, tmp: Path) -> None:
             cfg = RunConfig(model="cnn", lr=0.05, model_options={"width": 0.25}, max_steps=n, stop="max-steps",
                             device=device, **IMAGES).validate()
             bundle = build_dataset(cfg.dataset, seed=cfg.data_seed, **cfg.data_options)
-            bare = n / bare_loop(cfg, bundle, n, device=device)
+            bare = n / bare_loop(cfg, bundle, n, device=device)[0]
             t0 = time.perf_counter()
             r = train_run(cfg, tmp / f"overhead-{device}", progress=False, data=bundle)
             if device == "cuda":

@@ -1,10 +1,16 @@
 """Run every benchmark and regenerate benchmarks/RESULTS.md with the machine's description.
 
-    python benchmarks/run_all.py        (or: make bench)
+    python benchmarks/run_all.py                          (or: make bench)
+    python benchmarks/run_all.py --only overhead,batched  (those sections only; the rest of
+                                                           RESULTS.md is kept as it is)
+
+Sections: overhead, store, record, probes, batched, app.
 """
 
 from __future__ import annotations
 
+import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,12 +26,28 @@ import train_overhead  # noqa: E402
 NOTES = """
 ## Reading these numbers
 
-- The ≥ 0.95 target is **not met** on parity/FCN (0.67–0.76 on a 3000-step run, 0.8–0.9 on a
-  10000-step one; low-LR runs take ~20000 steps): the fixed costs (store creation, the log-spaced
-  early snapshots, the final full snapshot) amortise with run length; what remains is ~0.1 ms
-  per step for keeping the minibatch logits and the fused gradient/parameter norms that the
-  per-iteration log needs, on steps that take ~1.2 ms. The DataLoader loop researchers write is
-  slower than lrtrain with its recording.
+- The ≥ 0.95 target is **not met** on parity/FCN (~0.75–0.8 on a 3000-step run, ~0.8–0.85 on a
+  10000-step one; low-LR runs take ~20000 steps). The breakdown above is the profile: a bare
+  3×200 FCN step at batch 100 is ~0.77 ms on one thread; lrtrain's step adds ~40 µs (~5%): the
+  fused gradient and parameter norms that the log's `grad_norm`/`param_norm` need (~23 µs: 16
+  tensors read once more) and ~15 µs of Python (the recording-point check, the references kept
+  to the logits and norms). The rest of the gap is the recording itself, ~0.1–0.15 ms per step
+  spread over the run: a store's content (the per-epoch host statistics, the snapshots' forward
+  passes over the probe subset and the 10000 test samples, the final train-set pass, checkpoints,
+  and zstd + Zarr writes of all of it; the iteration-0 snapshot and checkpoint count here), and
+  the setup before the first step (creating the store: labels, probe inputs; ~0.15–0.2 s).
+  Removed this round without changing a stored byte (deterministic stores compared array for
+  array): a disabled `torch.autocast` entered every step (now a null context in
+  fp32), an import on every step's recording-point check, and the 16 0-d norm tensors kept per step
+  (now one stacked vector: they cost ~30–60 µs a step, mostly the garbage collector). What is left
+  cannot be removed on 2 cores: the bare step already runs at ~2/3 of a large matmul's FLOP rate
+  on its core, so there is no per-step slack to hide work in; with other processes on both cores
+  (load average 2–7 here) there is no idle core to overlap the recording with training (Zarr's
+  writes already run on its own I/O thread); and the recording is the product. The ratio rises
+  with run length (the setup and early log-spaced snapshots amortise) towards ~0.85: ~40 µs of
+  step overhead plus ~0.1 ms a step of recording at the default `snapshot_every=1000`. The
+  DataLoader loop researchers write (per-sample `__getitem__`) is timed over 300 steps and scaled
+  (noisy): from well below lrtrain's throughput to about it.
 - The CNN case (Colored MNIST on Fashion-MNIST, VGG-like ×0.25, 5000 samples) is 600 steps and
   one repeat, to keep `make bench` short (so its DataLoader ratio is noisy): its recording is
   mostly the fixed snapshots (10 light + 2 full with train logits) of a run far shorter than a
@@ -55,11 +77,18 @@ NOTES = """
   after, the same accuracies); Integrated Gradients and DeepLift computed exactly as x ⊙ ∇f(x) on
   the bias-free FCN and CNN (positively homogeneous networks, zero baseline), one backward pass
   instead of 32 IG steps and Captum's max-pool rule (3.2 → 0.4 CPU s), and Captum not imported.
-- Batched sweeps miss 3× on this CPU: a 3×200 FCN step at batch 100 is already compute-bound here
-  (~23 GFLOP/s per run), so stacking 8 runs into batched matmuls removes only the per-step
-  Python/dispatch overhead (bare loops: 8 sequential steps ≈ 11 ms, one stacked step ≈ 5.5 ms);
-  recording and store creation are per run either way. On a GPU, where small steps are
-  launch-bound, the gain should be larger (not measured: no GPU here).
+- Batched sweeps miss 2.5× on this CPU, and the steps-alone line says why: one stacked step of 8
+  runs saves only ~10–25% against 8 sequential bare steps, because each 3×200 FCN step at batch 100
+  is already compute-bound here (~2/3 of a 1024² matmul's FLOP rate on one thread), so stacking 8
+  runs into batched matmuls removes only the per-step Python/dispatch overhead; recording and
+  store creation are per run either way, so the whole-sweep ratio sits near the steps-alone one
+  (1.0–1.3× between runs of this benchmark on the loaded machine). On 2 threads stacking gains
+  more relative to sequential steps (bigger matmuls split better), but with other processes on
+  both cores every 2-thread step is several times slower than a 1-thread one (OpenMP's threads
+  wait for each other), so that is no way to a faster sweep here. The 1.55× measured before had
+  the sequential runs pay torch's one-off lazy imports (the first optimizer built in a process
+  imports torch._dynamo) and ran on 2 threads; both are now out of the comparison. On a GPU,
+  where small steps are launch-bound, the gain should be larger (not measured: no GPU here).
 """
 
 
@@ -102,45 +131,53 @@ def record_section(b: dict) -> list[str]:
     return out
 
 
-def main():
-    lines = ["# Benchmark results", "",
-             f"Regenerated by `python benchmarks/run_all.py` on {time.strftime('%Y-%m-%d')}.", "",
-             f"Machine: {machine()}", "",
-             "Best of 3 interleaved repeats; this machine's throughput varies by ±15% between runs, so "
-             "ratios are measured side by side in one process.", "",
-             "## Training overhead (target: lrtrain ≥ 0.95× a bare loop)", "",
-             "| case | steps | bare loop steps/s | lrtrain steps/s | ratio | recording s "
+SECTIONS = ("overhead", "store", "record", "probes", "probes_cnn", "batched", "app")
+
+
+def overhead_section() -> list[str]:
+    """lrtrain vs a bare loop (benchmarks/train_overhead.py), on 1 torch thread for every loop."""
+    lines = ["## Training overhead (target: lrtrain ≥ 0.95× a bare loop)", "",
+             "Every loop on 1 torch thread (the fairest on this shared 2-core machine), interleaved, best of the "
+             "repeats; the wall-time ratio is the issue's steps/s ratio, the CPU-time ratio (the process's CPU "
+             "seconds, all threads) is the steadier one while other processes share the cores.", "",
+             "| case | steps | bare loop steps/s | lrtrain steps/s | ratio | CPU-time ratio | recording s "
              "| DataLoader per-sample steps/s | ratio |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for case, steps, reps in (("parity_fcn", 3000, 3), ("parity_fcn", 10000, 3), ("colored_fashion_cnn", None, 1)):
-        r = train_overhead.run(case, steps, repeats=reps)
+        r = train_overhead.run(case, steps, repeats=reps, threads=1)
         lines.append(f"| {case} | {r['steps']} | {r['bare_steps_per_s']:.0f} | {r['lrtrain_steps_per_s']:.0f} | "
-                     f"{r['ratio_lrtrain']:.3f} | {r['record_seconds']:.2f} | {r['dataloader_steps_per_s']:.0f} | "
-                     f"{r['ratio_dataloader']:.3f} |")
+                     f"{r['ratio_lrtrain']:.3f} | {r['ratio_lrtrain_cpu']:.3f} | {r['record_seconds']:.2f} | "
+                     f"{r['dataloader_steps_per_s']:.0f} | {r['ratio_dataloader']:.3f} |")
         print(lines[-1], flush=True)
+    lines += ["", "Where the time goes (`train_overhead.py --breakdown`; wall µs per step: the steps best of 9 "
+              "interleaved chunks of 100 steps, the recording and setup from the faster of 2 runs; 1 thread):", ""]
+    for steps in (3000, 10000):
+        lines.append("- " + train_overhead.format_breakdown(
+            train_overhead.breakdown("parity_fcn", steps, repeats=9, chunk=100)))
+        print(lines[-1], flush=True)
+    return lines
+
+
+def store_section() -> list[str]:
     s = store_bench.run(100)
-    lines += ["", "## Store", "",
-              f"- one parity run (3000 steps): {s['disk_mb']:.1f} MB on disk vs {s['raw_mb']:.1f} MB raw "
-              f"(×{s['raw_mb'] / s['disk_mb']:.1f} by Zarr's default zstd); recording {s['record_seconds']:.2f} s "
-              f"of a {s['train_seconds']:.1f} s run",
-              f"- `open_sweep` over {s['open_sweep_runs']} runs: {s['open_sweep_seconds']:.2f} s (target < 2 s)",
-              f"- one sample's test logits across {s['snapshots']} snapshots: "
-              f"{s['read_one_sample_all_snapshots_ms']:.0f} ms; one snapshot across {s['samples']} samples: "
-              f"{s['read_one_snapshot_all_samples_ms']:.0f} ms (chunks are one snapshot each)"]
-    print("\n".join(lines[-4:]), flush=True)
-    lines += record_section(store_bench.record_bench())
-    print("\n".join(lines[-12:]), flush=True)
-    c = probe_bench.run_cnn()
-    lines += ["", "## Probes on a CNN replication run (target: pruning curves, linear probes and attributions "
-              "≤ 0.25× training)", ""] + probe_bench.cnn_lines(c)
-    print("\n".join(lines[-(len(c["probes"]) + 4):]), flush=True)
+    return ["## Store", "",
+            f"- one parity run (3000 steps): {s['disk_mb']:.1f} MB on disk vs {s['raw_mb']:.1f} MB raw "
+            f"(×{s['raw_mb'] / s['disk_mb']:.1f} by Zarr's default zstd); recording {s['record_seconds']:.2f} s "
+            f"of a {s['train_seconds']:.1f} s run",
+            f"- `open_sweep` over {s['open_sweep_runs']} runs: {s['open_sweep_seconds']:.2f} s (target < 2 s)",
+            f"- one sample's test logits across {s['snapshots']} snapshots: "
+            f"{s['read_one_sample_all_snapshots_ms']:.0f} ms; one snapshot across {s['samples']} samples: "
+            f"{s['read_one_snapshot_all_samples_ms']:.0f} ms (chunks are one snapshot each)"]
+
+
+def probes_section() -> list[str]:
     p = probe_bench.run()
     total = sum(x["probe_seconds"] for x in p["runs"])
-    lines += ["", "## Probes (target: a small fraction of training)", "",
-              "Every probe on the embedded demo's runs (examples/demo.toml: parity + FCN 3×200, its six "
-              "learning rates, one seed, each trained to 100% training accuracy or 20000 steps), probed in "
-              f"one process (Captum's import, {p['import_seconds']:.1f} s once per process, not charged). "
-              "Probing is the wall time of `compute_run`: reading the run, computing and writing every probe:", ""]
+    lines = ["## Probes (target: a small fraction of training)", "",
+             "Every probe on the embedded demo's runs (examples/demo.toml: parity + FCN 3×200, its six "
+             "learning rates, one seed, each trained to 100% training accuracy or 20000 steps), probed in "
+             f"one process (Captum's import, {p['import_seconds']:.1f} s once per process, not charged). "
+             "Probing is the wall time of `compute_run`: reading the run, computing and writing every probe:", ""]
     lines += [f"- lr {x['lr']:g}: {x['iterations']} steps, {x['snapshots']} snapshots, training "
               f"{x['train_seconds']:.1f} s, probing {x['probe_seconds']:.1f} s "
               f"({x['probe_seconds'] / x['train_seconds']:.2f}× training)" for x in p["runs"]]
@@ -149,26 +186,104 @@ def main():
               "needs, not writing; the writes overlap the next probe):", "",
               "| probe | seconds | × training |", "|---|---|---|"]
     lines += [f"| {k} | {v:.2f} | {v / p['train_seconds']:.3f} |" for k, v in p["probes"].items()]
-    b = batched_bench.run(3000)
-    lines += ["", "## Batched sweeps (target: ≥ 3× running the runs one after another)", "",
-              f"{b['k']} parity FCN 3×200 runs × {b['steps']} steps, default recording: sequential "
-              f"{b['sequential_s']:.1f} s, `train_batched` {b['batched_s']:.1f} s: **{b['speedup']:.2f}×**"]
-    print(lines[-1], flush=True)
+    return lines
+
+
+def probes_cnn_section() -> list[str]:
+    """The probe cost of one Colored MNIST CNN replication run (benchmarks/probe_bench.py:run_cnn)."""
+    c = probe_bench.run_cnn()
+    return (["## Probes on a CNN replication run (target: pruning curves, linear probes and attributions "
+             "≤ 0.25× training)", ""] + probe_bench.cnn_lines(c))
+
+
+def batched_section() -> list[str]:
+    b = batched_bench.run(3000, repeats=2, threads=1)
+    return ["## Batched sweeps (target: ≥ 2.5× running the runs one after another)", "",
+            f"{b['k']} parity FCN 3×200 runs × {b['steps']} steps, default recording, 1 torch thread, in one "
+            f"process after torch's lazy imports: sequential {b['sequential_s']:.1f} s, `train_batched` "
+            f"{b['batched_s']:.1f} s: **{b['speedup']:.2f}×** (CPU time {b['cpu_speedup']:.2f}×; best of 2 "
+            f"interleaved). The steps alone (wall, best of 5 interleaved chunks of 50 steps): {b['k']} bare "
+            f"sequential steps {b['k_bare_steps_us']:.0f} µs, one stacked step {b['stacked_step_us']:.0f} µs: "
+            f"{b['steps_speedup']:.2f}×, the most stacking can give "
+            f"here (on 2 threads: {b['k_bare_steps_us_2threads']:.0f} vs {b['stacked_step_us_2threads']:.0f} µs, "
+            f"{b['steps_speedup_2threads']:.2f}×)."]
+
+
+def app_section() -> list[str]:
     a = app_bench.run((12, 100))
-    if "skipped" not in a:
-        lines += ["", "## The explorer (`lrprobe serve`; targets: first paint < 3 s for the demo sweep, < 10 s for "
-                  "100 runs, a slider move < 0.5 s)", "",
-                  "Measured in Debian's headless Chromium through Playwright (benchmarks/app_bench.py, the "
-                  "driver of tests/test_app_browser.py): from `goto` to the plots drawn; from a widget change "
-                  "to the server's answer on the page.", "",
-                  "| runs | first paint s | metric change s | slider move s | sample selection s |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {t['runs']} | {t['first_paint_s']:.2f} | {t['metric_change_s']:.2f} | {t['slider_s']:.2f} | "
-                  f"{t['sample_select_s']:.2f} |" for t in a.values()]
-        print("\n".join(lines[-3:]), flush=True)
-    lines += NOTES.splitlines()
+    if "skipped" in a:
+        return []
+    return (["## The explorer (`lrprobe serve`; targets: first paint < 3 s for the demo sweep, < 10 s for "
+             "100 runs, a slider move < 0.5 s)", "",
+             "Measured in Debian's headless Chromium through Playwright (benchmarks/app_bench.py, the "
+             "driver of tests/test_app_browser.py): from `goto` to the plots drawn; from a widget change "
+             "to the server's answer on the page.", "",
+             "| runs | first paint s | metric change s | slider move s | sample selection s |",
+             "|---|---|---|---|---|"]
+            + [f"| {t['runs']} | {t['first_paint_s']:.2f} | {t['metric_change_s']:.2f} | {t['slider_s']:.2f} | "
+               f"{t['sample_select_s']:.2f} |" for t in a.values()])
+
+
+BUILDERS = {"overhead": overhead_section, "store": store_section,
+            "record": lambda: record_section(store_bench.record_bench())[1:], "probes": probes_section,
+            "probes_cnn": probes_cnn_section, "batched": batched_section, "app": app_section}
+HEADINGS = {"overhead": "## Training overhead", "store": "## Store", "record": "## The minibatch record",
+            "probes": "## Probes (", "probes_cnn": "## Probes on a CNN", "batched": "## Batched sweeps",
+            "app": "## The explorer"}
+
+
+def replace_sections(text: str, new: dict[str, list[str]]) -> str:
+    """`text` (RESULTS.md) with the `## ` sections named in `new` replaced (appended before the
+    notes when missing) and the notes rewritten from NOTES; everything else as it was."""
+    parts = re.split(r"(?m)^(?=## )", text)
+    head, body = parts[0], parts[1:]
+    done = set()
+    out = [head]
+    for part in body:
+        name = next((k for k, h in HEADINGS.items() if part.startswith(h)), None)
+        if part.startswith("## Reading these numbers"):
+            for k in new:
+                if k not in done:
+                    out.append("\n".join(new[k]) + "\n\n")
+                    done.add(k)
+            out.append(NOTES.lstrip("\n"))
+        elif name in new:
+            out.append("\n".join(new[name]) + "\n\n")
+            done.add(name)
+        else:
+            out.append(part)
+    return "".join(out).rstrip("\n") + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections to regenerate ({', '.join(SECTIONS)}); default all")
+    a = ap.parse_args()
+    only = [x.strip() for x in a.only.split(",") if x.strip()]
+    bad = [x for x in only if x not in SECTIONS]
+    if bad or not only:
+        ap.error(f"--only: unknown section(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(SECTIONS)}")
     out = Path(__file__).with_name("RESULTS.md")
-    out.write_text("\n".join(lines) + "\n")
+    new = {}
+    for name in only:
+        new[name] = BUILDERS[name]()
+        print("\n".join(new[name]), flush=True)
+    if set(only) == set(SECTIONS) or not out.exists():
+        lines = ["# Benchmark results", "",
+                 f"Regenerated by `python benchmarks/run_all.py` on {time.strftime('%Y-%m-%d')}.", "",
+                 f"Machine: {machine()}", "",
+                 "Best of 3 interleaved repeats; this machine's throughput varies by ±15% between runs, so "
+                 "ratios are measured side by side in one process.", ""]
+        for name in SECTIONS:
+            if new.get(name):
+                lines += new[name] + [""]
+        text = "\n".join(lines) + NOTES.lstrip("\n")
+    else:  # each regenerated section says when and where
+        stamp = (f"Regenerated on {time.strftime('%Y-%m-%d')} by `python benchmarks/run_all.py --only "
+                 f"{','.join(only)}`; machine: {machine()}.")
+        text = replace_sections(out.read_text(), {k: v[:1] + ["", stamp] + v[1:] for k, v in new.items() if v})
+    out.write_text(text)
     print(f"wrote {out}")
 
 

@@ -11,6 +11,7 @@ when the buffer passes 256 MB. Divergence (a non-finite loss) is a result: statu
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -338,7 +339,7 @@ class Trainer:
         self.stochastic = (any(type(m).__name__ in STOCHASTIC_MODULES for m in model.modules())
                            or cfg.optimizer in RANDOM_OPTIMIZERS)
         self._logits: list[torch.Tensor] = []
-        self._norms: list[torch.Tensor] = []  # per step: one 0-d norm per grad, then per param
+        self._norms: list[torch.Tensor] = []  # per step: a vector of the grads' norms, then the params'
         self.perm_cpu: torch.Tensor | None = None
         self._perms: dict[int, torch.Tensor] = {}
 
@@ -366,8 +367,11 @@ class Trainer:
 
     # -------------------------------------------------------------------- recording
     def amp(self):
-        """bf16 autocast for forward passes when asked for (weights, grads, optimizer stay fp32)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+        """bf16 autocast for forward passes when asked for (weights, grads, optimizer stay fp32);
+        fp32 gets a no-op context (a disabled torch.autocast still costs a few µs per step)."""
+        if self.cfg.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def snapshot(self, t: int, final: bool = False) -> None:
         """Evaluate and buffer a snapshot. Light snapshots (the early log-spaced ones, by default)
@@ -479,8 +483,11 @@ class Trainer:
         loss.backward()
         with torch.no_grad():
             self._logits.append(logits.detach())
-            self._norms.extend(torch._foreach_norm(  # grads and params in one fused call
-                [p.grad for p in self.params if p.grad is not None] + self.params))
+            # grads and params in one fused call, stacked: one kept tensor a step, not one per
+            # tensor (holding 16 0-d tensors a step cost a parity FCN step ~30-60 µs, most of it
+            # the garbage collector walking them; benchmarks/RESULTS.md)
+            self._norms.append(torch.stack(torch._foreach_norm(
+                [p.grad for p in self.params if p.grad is not None] + self.params)))
         if sam:  # second gradient at the perturbed weights, then back to w for the step
             ps, e = sam_perturb(self.params, cfg.sam_rho, cfg.optimizer == "asam")
             opt.zero_grad(set_to_none=True)

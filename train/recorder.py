@@ -53,10 +53,9 @@ def may_have_converged(cfg, epoch: int, correct: int, count: int, loss_sum: floa
 def is_recording_point(t: int, cfg, steps_per_epoch: int, rows: int, stop_signal=None) -> bool:
     """Whether `rows` steps ending at iteration `t` (the steps taken so far) end a block: the end
     of an epoch, a snapshot or checkpoint iteration, the last step, a stop signal, or a full block."""
-    from .loop import is_snapshot
-
-    return (t % steps_per_epoch == 0 or is_snapshot(t, cfg.snapshot_every) or t % cfg.checkpoint_every == 0
-            or t == cfg.max_steps or bool(stop_signal) or rows >= MAX_BLOCK_ROWS)
+    every = cfg.snapshot_every  # is_snapshot (train/loop.py) inlined: this runs after every step
+    return (t % steps_per_epoch == 0 or t % every == 0 or (t < every and (t & (t - 1)) == 0)
+            or t % cfg.checkpoint_every == 0 or t == cfg.max_steps or bool(stop_signal) or rows >= MAX_BLOCK_ROWS)
 
 
 class Recorder:
