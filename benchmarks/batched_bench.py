@@ -53,11 +53,12 @@ def steps_only(configs: list[RunConfig], chunk: int = 50, repeats: int = 5) -> d
     lrs = torch.tensor([c.lr for c in configs])
     X, Y, bs, k = bundle.train.x, bundle.train.y, min(cfg0.batch_size, len(bundle.train)), len(configs)
     perms = torch.stack([torch.randperm(len(Y), generator=torch.Generator().manual_seed(i)) for i in range(k)])
+    nb = max(1, len(Y) // bs)  # whole minibatches in an epoch
 
     def sequential():
         for t in range(chunk):
             for j, (m, o) in enumerate(zip(models, opts)):
-                idx = perms[j, (t % 100) * bs:(t % 100 + 1) * bs]
+                idx = perms[j, (t % nb) * bs:(t % nb + 1) * bs]
                 loss = F.cross_entropy(m(as_model_input(X[idx])), Y[idx])
                 o.zero_grad(set_to_none=True)
                 loss.backward()
@@ -65,7 +66,7 @@ def steps_only(configs: list[RunConfig], chunk: int = 50, repeats: int = 5) -> d
 
     def stacked():
         for t in range(chunk):
-            idx = perms[:, (t % 100) * bs:(t % 100 + 1) * bs]
+            idx = perms[:, (t % nb) * bs:(t % nb + 1) * bs]
             grads, _ = stack.step_fn(stack.params, stack.buffers, as_model_input(X[idx]), Y[idx])
             stack.sgd(grads, lrs)
 
