@@ -233,22 +233,9 @@ def test_importance_of_a_hand_made_log():
 
 # ------------------------------------------------------------------------------ resume, old stores
 def _interrupt_after_first_checkpoint(monkeypatch):
-    import os
-    import signal
+    from test_reliability_round2 import interrupt_after_first_checkpoint
 
-    from lrscope.train import loop
-
-    real = loop.Trainer.checkpoint
-    fired = []
-
-    def checkpoint(self, t):
-        real(self, t)
-        if t > 0 and not fired:
-            fired.append(t)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(loop.Trainer, "checkpoint", checkpoint)
-    return fired
+    return interrupt_after_first_checkpoint(monkeypatch)
 
 
 def _arrays(path) -> dict[str, np.ndarray]:
