@@ -159,7 +159,8 @@ def breakdown(case: str, steps: int, repeats: int = 5, threads: int = 1, chunk: 
         def lrtrain_step():
             r0 = 0
             for t in range(chunk):
-                tr.step(t, perm[(t % spe) * bs:(t % spe + 1) * bs], False)
+                idx = perm[(t % spe) * bs:(t % spe + 1) * bs]
+                tr.step(t, X[idx], Y[idx], False)
                 if is_recording_point(t + 1, cfg, spe, t + 1 - r0, None):
                     tr._logits, tr._norms = [], []
                     r0 = t + 1
