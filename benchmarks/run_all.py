@@ -279,6 +279,11 @@ def main():
             if new.get(name):
                 lines += new[name] + [""]
         text = "\n".join(lines) + NOTES.lstrip("\n")
+        if out.exists():  # sections other scripts write (placement_bench.py's) stay, after the notes
+            kept = [part for part in re.split(r"(?m)^(?=## )", out.read_text())[1:]
+                    if not part.startswith("## Reading these numbers")
+                    and not any(part.startswith(h) for h in HEADINGS.values())]
+            text = text.rstrip("\n") + "\n\n" + "".join(kept).rstrip("\n") + "\n" if kept else text
     else:  # each regenerated section says when and where
         stamp = (f"Regenerated on {time.strftime('%Y-%m-%d')} by `python benchmarks/run_all.py --only "
                  f"{','.join(only)}`; machine: {machine()}.")
