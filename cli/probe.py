@@ -25,7 +25,8 @@ def main():
 
 @main.command("compute")
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--only", default=None, help="Comma-separated probe names (default: all; see `lrprobe list`).")
+@click.option("--only", default=None, help="Comma-separated probe names (default: every probe but the specialist "
+              "ones, marked 'asked by name' in `lrprobe list`).")
 @click.option("--force", is_flag=True, help="Recompute probes that are up to date.")
 @click.option("--data-root", default=None, help="Where file-based datasets live (for full-test-set pruning).")
 @click.option("--kappa", type=float, default=0.1, show_default=True, help="κ of the (q, κ)-compressibility.")
@@ -164,7 +165,7 @@ def list_cmd():
     from .common import paragraphs
 
     for name, e in PROBES.items():
-        click.echo(f"{name}  (format {e.format})")
+        click.echo(f"{name}  (format {e.format}{'' if e.default else '; asked by name: --only ' + name})")
         lines = paragraphs(e.description)
         if e.cost:
             lines += paragraphs(f"cost: {e.cost}", hang="  ")

@@ -36,6 +36,7 @@ class ProbeEntry:
     format: int = PROBE_FORMAT
     cost: str = ""  # what it reads or runs, and what it costs next to training
     samples: str = ""  # which samples it is evaluated on (lrprobe list)
+    default: bool = True  # computed by `lrprobe compute` without --only (False: a specialist probe, asked by name)
     params: Mapping[str, str] = field(default_factory=dict)  # parameter -> what it is (lrprobe compute's options)
     headline: tuple[Headline, ...] = ()
 
@@ -177,7 +178,9 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "up to 24 evenly spaced checkpoints, the norm of its incoming weights' update since the previous one, the "
         "resets (falls of the share by >= 0.2) and the rank correlation of update size and fall. Needs input "
         "regions (parity, moon-star, the MNIST-style sets); resolution: the checkpoint interval.",
-        cost="one backward pass per chosen neuron and checkpoint over the probe inputs (~0.02x for 8 neurons)",
+        cost="one backward pass per chosen neuron and checkpoint over the probe inputs (~0.3 s a parity run "
+             "for 8 neurons; asked by name: lrprobe compute --only neuron_resets)",
+        default=False,
         samples="up to 256 probe-subset samples, evenly spaced through it (neurons chosen by BSI on the whole subset)",
         params={"reset_checkpoints": "checkpoints examined, evenly spaced (Python API; default 24)",
                 "reset_neurons": "neurons followed, the highest final BSI first (Python API; default 8)",
@@ -193,6 +196,7 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
 ]}
 
 PARAMS = {p for e in PROBES.values() for p in e.params}  # what `compute_run(params=...)` accepts
+DEFAULT_PROBES = [name for name, e in PROBES.items() if e.default]  # what `lrprobe compute` runs unasked
 
 
 def headlines() -> list[Headline]:

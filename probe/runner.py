@@ -624,7 +624,11 @@ def _provenance_params(params: dict, name: str) -> dict:
 
 
 def check_names(names) -> list[str]:
-    names = list(PROBES) if names is None else list(names)
+    """The probes to compute: `names`, or every default probe (specialist ones, such as
+    neuron_resets, are computed only when asked for by name)."""
+    from .registry import DEFAULT_PROBES
+
+    names = list(DEFAULT_PROBES) if names is None else list(names)
     unknown = [n for n in names if n not in PROBES]
     if unknown:
         raise LrscopeError(f"unknown probe(s) {', '.join(unknown)}; valid: {', '.join(PROBES)}")
@@ -634,7 +638,7 @@ def check_names(names) -> list[str]:
 def compute_run(path, names=None, *, force: bool = False, data_root: str | None = None, params=None,
                 log: Callable[[str], None] | None = None, device: str = "auto",
                 progress: Callable[[str, str, bool], None] | None = None) -> dict[str, str]:
-    """Compute the named probes (default: all) for one run store; returns name -> outcome.
+    """Compute the named probes (default: every default probe) for one run store; returns name -> outcome.
 
     Each result is written by a background thread while the next probe computes (one writer,
     in order; every pending write has finished when this returns or raises). Dask arrays of the

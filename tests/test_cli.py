@@ -46,7 +46,7 @@ def test_train_probe_ls_report(tmp_path):
     import dataclasses
 
     from lrscope.probe.registry import PROBES
-    n = len(PROBES)
+    n = sum(e.default for e in PROBES.values())
     res = run(lrprobe, ["compute", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
     assert f"{n} probes computed" in res.output

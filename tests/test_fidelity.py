@@ -294,11 +294,19 @@ def test_neuron_resets_follow_the_checkpoints(tmp_path, tiny):
     assert int(ds.reset_count) == int(falls.sum())
 
 
-def test_per_run_coordinates_of_neuron_resets_stay_per_run(tiny_sweep):
+def test_per_run_coordinates_of_neuron_resets_stay_per_run(tiny_sweep, tmp_path):
     """Each run keeps its own examined iterations and followed neurons in open_sweep (they were
-    coordinates shared across runs: the figure drew one run against another's iterations)."""
-    import lrscope
+    coordinates shared across runs: the figure drew one run against another's iterations).
+    neuron_resets is a specialist probe: `compute` leaves it out unless asked by name."""
+    import shutil
 
+    import lrscope
+    from lrscope.probe.runner import compute_paths
+
+    assert "neuron_spurious_share" not in lrscope.open_sweep(tiny_sweep)  # not a default probe
+    shutil.copytree(tiny_sweep, tmp_path / "sw")
+    tiny_sweep = tmp_path / "sw"
+    compute_paths(tiny_sweep, ["neuron_resets"], progress=False)
     sw = lrscope.open_sweep(tiny_sweep)
     for name in ("reset_iteration", "reset_neuron_index", "attr_iteration"):
         assert "run" in sw[name].dims, name

@@ -696,7 +696,7 @@ FIGURES: dict[str, FigureEntry] = {e.name: e for e in [
                 "The representation through training (Figs. 13, 15–16)", section=_TRAIN),
     FigureEntry("neuron_survival", neuron_survival, "Neuron survival (Fig. 18)", section=_TRAIN),
     FigureEntry("neuron_resets", neuron_resets, "Attribution resets of single neurons (Fig. 18, bottom)",
-                section=_TRAIN),
+                section=_TRAIN, applies=lambda sw: "neuron_spurious_share" in sw),
     FigureEntry("subnetwork_gradients", subnetwork_gradients,
                 "Spurious vs core subnetwork gradient norms (Proposition 2)", section=_TRAIN),
     FigureEntry("data_maps", data_maps, "Data maps: confidence against variability of every training sample",
