@@ -76,6 +76,18 @@ class Context:
         return selective_representation(self.features, self.config.get("model"))
 
     @cached_property
+    def selectivity(self) -> tuple[xr.DataArray, xr.DataArray]:
+        """(CSI, BSI) of every neuron at every snapshot on the non-negative representation, computed
+        once for the probes that use them (representation, subnetwork_gradients)."""
+        sel = self.selective_features
+        kw = dict(sample_dim="probe_sample", feature_dim="neuron")
+        csi = M.selectivity(sel, self.ds.probe_y.values, name="class", **kw)
+        bsi = M.selectivity(sel, self.ds.probe_b.values, name="bias", **kw)
+        for v in (csi, bsi):
+            v.attrs["representation"] = sel.attrs["representation"]
+        return csi, bsi
+
+    @cached_property
     def eval_set(self):
         """(inputs, labels, where): the full test split rebuilt from the config when the rebuilt
         labels match the stored ones, else the stored probe subset (group-balanced)."""
@@ -110,9 +122,7 @@ def selective_representation(features: xr.DataArray, model: str | None) -> xr.Da
         out = features.clip(min=0)
         out.attrs = dict(features.attrs, representation="max(0, penultimate activations)")
         return out
-    out = features.copy()
-    out.attrs["representation"] = "penultimate activations (post-ReLU)"
-    return out
+    return features.assign_attrs(representation="penultimate activations (post-ReLU)")  # data shared, not copied
 
 
 def _final(da: xr.DataArray, name: str) -> xr.DataArray:
@@ -296,11 +306,7 @@ def probe_representation(ctx: Context) -> xr.Dataset:
     ds = ctx.ds
     f = ctx.features
     kw = dict(sample_dim="probe_sample", feature_dim="neuron")
-    sel = ctx.selective_features  # selectivity needs non-negative activations
-    csi = M.selectivity(sel, ds.probe_y.values, name="class", **kw)
-    bsi = M.selectivity(sel, ds.probe_b.values, name="bias", **kw)
-    for v in (csi, bsi):
-        v.attrs["representation"] = sel.attrs["representation"]
+    csi, bsi = ctx.selectivity  # on the non-negative representation
     out = xr.Dataset({
         "csi": csi,
         "bsi": bsi,

@@ -46,10 +46,7 @@ def probe_subnetwork_gradients(ctx) -> xr.Dataset:
 
     ds = ctx.ds
     y, b = ds.probe_y.values, ds.probe_b.values
-    sel = ctx.selective_features
-    kw = dict(sample_dim="probe_sample", feature_dim="neuron")
-    csi = M.selectivity(sel, y, name="class", **kw).transpose("snapshot", "neuron").values
-    bsi = M.selectivity(sel, b, name="bias", **kw).transpose("snapshot", "neuron").values
+    csi, bsi = (v.transpose("snapshot", "neuron").values for v in ctx.selectivity)
     spurious = ~(csi > bsi)  # bias-dominant: CSI <= BSI (NaN at a diverged snapshot: not class-dominant)
     logits = ds.probe_logits.transpose("snapshot", "probe_sample", "class").values
     feats = ctx.features.transpose("snapshot", "probe_sample", "neuron").values
