@@ -61,6 +61,9 @@ class DataBundle:
     input_shape: tuple[int, ...]
     regions: dict[str, np.ndarray] = field(default_factory=dict)  # name -> bool mask of input_shape
     description: str = ""
+    # False: the data has no bias attribute (b = y is stored as a placeholder); the probes that
+    # need one (group accuracies, BC/BA loss ratios, BSI, ...) are then "not defined"
+    has_bias: bool = True
 
     def group(self, split: Split) -> torch.Tensor:
         return split.y * self.num_bias + split.b
