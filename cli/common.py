@@ -25,13 +25,13 @@ class OneLineErrors(click.Group):
         except click.exceptions.ClickException as e:
             ctx = getattr(e, "ctx", None)
             where = f"{ctx.command_path}: " if ctx is not None else ""
-            click.echo(f"Error: {where}{_flat(e.format_message())}", err=True)
+            echo(f"Error: {where}{_flat(e.format_message())}", err=True)
             sys.exit(2)
         except RunInterrupted as e:
-            click.echo(_flat(str(e)), err=True)
+            echo(_flat(str(e)), err=True)
             sys.exit(128 + int(e.signum))
         except LrscopeError as e:
-            click.echo(f"Error: {_flat(str(e))}", err=True)
+            echo(f"Error: {_flat(str(e))}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("Interrupted; re-run the same command to resume.", err=True)
@@ -43,6 +43,21 @@ class OneLineErrors(click.Group):
 
 def _flat(msg: str) -> str:
     return " ".join(msg.split())
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal: every character that is not printable (control characters such
+    as ESC, BEL, CR and newline, C1 controls, Unicode separators and bidi overrides) is shown as its
+    escape (``\\x1b``, ``\\n``, ``\\u202e``). Strings read from a store are data: printed through
+    this they can neither drive the terminal nor start a line of their own."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def echo(line: str = "", err: bool = False) -> None:
+    """click.echo of one line made `printable` (call it once per line of a table)."""
+    click.echo(printable(str(line)), err=err)
 
 
 def paragraphs(text: str, indent: str = "    ", width: int = 100, hang: str = "") -> list[str]:
@@ -102,12 +117,15 @@ MAX_WORKERS = 1024
 def check_out_dir(path, name: str = "--out") -> Path:
     """An output folder that exists, or whose nearest existing ancestor is a folder we may write
     in. Only looks: creates nothing (the command creates it once its inputs were checked)."""
+    from ..store.nesting import check_not_in_store
+
     text = str(path)
     if not text.strip():
         raise LrscopeError(f"{name}: empty path")
     p = Path(text)
     if os.path.lexists(p) and not p.exists():
         raise LrscopeError(f"{name} {text}: a broken symbolic link")
+    check_not_in_store(p, name)
     if p.exists():
         if not p.is_dir():
             raise LrscopeError(f"{name} {text}: exists and is not a folder")
@@ -133,6 +151,9 @@ def check_out_file(path, name: str = "--output") -> Path:
     if not text.strip():
         raise LrscopeError(f"{name}: empty path")
     p = Path(text)
+    from ..store.nesting import check_not_in_store
+
+    check_not_in_store(p, name)
     if p.is_dir():
         raise LrscopeError(f"{name} {text}: is a folder")
     if p.exists():

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import LrscopeError
-from .common import OneLineErrors
+from .common import OneLineErrors, echo
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,11 +109,11 @@ def compute_cmd(paths, only, force, data_root, kappa, checkpoints, criterion, pr
                         workers=workers, scheduler=scheduler, device=device)
     n_done = sum(1 for r in res.values() for o in r.values() if o.startswith("computed"))
     n_fresh = sum(1 for r in res.values() for o in r.values() if o == "up to date")
-    click.echo(f"{len(res)} runs: {n_done} probes computed, {n_fresh} up to date")
+    echo(f"{len(res)} runs: {n_done} probes computed, {n_fresh} up to date")
     for path, r in res.items():
         for name, o in r.items():
             if not (o.startswith("computed") or o == "up to date"):
-                click.echo(f"  {Path(path).name}: {name}: {o}")
+                echo(f"  {Path(path).name}: {name}: {o}")
 
 
 def _parse_checkpoints(text: str) -> list:
@@ -165,7 +165,7 @@ def list_cmd():
     from .common import paragraphs
 
     for name, e in PROBES.items():
-        click.echo(f"{name}  (format {e.format}{'' if e.default else '; asked by name: --only ' + name})")
+        echo(f"{name}  (format {e.format}{'' if e.default else '; asked by name: --only ' + name})")
         lines = paragraphs(e.description)
         if e.cost:
             lines += paragraphs(f"cost: {e.cost}", hang="  ")
@@ -176,14 +176,14 @@ def list_cmd():
         if e.headline:
             lines += paragraphs("headline: " + ", ".join(f"{h.var} ({h.label})" for h in e.headline), hang="  ")
         for line in lines:
-            click.echo(line)
-        click.echo()
-    click.echo("Across the runs of a sweep (lrscope.probe, on lrscope.open_sweep's Dataset):")
+            echo(line)
+        echo()
+    echo("Across the runs of a sweep (lrscope.probe, on lrscope.open_sweep's Dataset):")
     for line in paragraphs("model_soup (also `lrprobe soup RUNS`): the uniform model soup of the finished runs' "
                            "final weights across learning rates, one per seed (supplement Fig. 30), its unbiased "
                            "and worst-group accuracy and parameter compressibility beside each ingredient's; "
                            "lr_sensitive_samples (Fig. 8's selection); loss_ratio_correlation (Fig. 12).", hang="  "):
-        click.echo(line)
+        echo(line)
 
 
 @main.command("soup")
@@ -216,17 +216,17 @@ def soup_cmd(paths, lrs, seeds, bn, data_root):
 
     out = model_soup(lrscope.open_sweep(list(paths), probes=False), lrs=lr_list, seeds=seed_list,
                      data_root=data_root, bn=bn)
-    click.echo(f"model soup on {out.attrs['eval_split']} split; BatchNorm: {out.attrs['bn_statistics']}")
-    click.echo(f"{'seed':>5} {'model':>12} {'unbiased':>9} {'worst-group':>11} {'param comp':>10}")
+    echo(f"model soup on {out.attrs['eval_split']} split; BatchNorm: {out.attrs['bn_statistics']}")
+    echo(f"{'seed':>5} {'model':>12} {'unbiased':>9} {'worst-group':>11} {'param comp':>10}")
     for s in out.seed.values:
         row = out.sel(seed=s)
         for lr in out.lr.values:
             r = row.sel(lr=lr)
             if str(r.ingredient_run.values):
-                click.echo(f"{s:>5} {'lr ' + format(lr, 'g'):>12} {float(r.ingredient_unbiased_accuracy):>9.4f} "
+                echo(f"{s:>5} {'lr ' + format(lr, 'g'):>12} {float(r.ingredient_unbiased_accuracy):>9.4f} "
                            f"{float(r.ingredient_worst_group_accuracy):>11.4f} "
                            f"{float(r.ingredient_param_compressibility):>10.4f}")
-        click.echo(f"{s:>5} {'soup':>12} {float(row.soup_unbiased_accuracy):>9.4f} "
+        echo(f"{s:>5} {'soup':>12} {float(row.soup_unbiased_accuracy):>9.4f} "
                    f"{float(row.soup_worst_group_accuracy):>11.4f} {float(row.soup_param_compressibility):>10.4f}")
 
 
@@ -237,7 +237,7 @@ def ls_cmd(paths):
     from ..viz.summary import run_table
 
     for line in run_table(paths):
-        click.echo(line)
+        echo(line)
 
 
 @main.command("figures")
@@ -255,7 +255,7 @@ def figures_cmd(paths, outdir, fmt, only):
         raise LrscopeError(f"--only: no figure names in {only!r}")
     check_out_dir(outdir, "--output")
     for path in write_figures(paths, outdir, fmt=fmt, names=names):
-        click.echo(str(path))
+        echo(str(path))
 
 
 @main.command("report")
@@ -277,7 +277,7 @@ def report_cmd(paths, output, title, compute):
 
         compute_paths(paths, progress=False)
     out = write_report(paths, output, title=title)
-    click.echo(f"report written: {out.resolve()}")
+    echo(f"report written: {out.resolve()}")
 
 
 @main.command("serve")

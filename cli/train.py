@@ -7,7 +7,7 @@ import json
 import click
 
 from ..errors import ConfigError, StoreError
-from .common import OneLineErrors
+from .common import OneLineErrors, echo
 
 OPTIONAL = object()
 
@@ -197,8 +197,8 @@ def run_cmd(out, name, quiet, **kw):
     check_out_dir(out)
     data = preflight(cfg, out, run_id)
     r = train_run(cfg, out, run_id=name, progress=not quiet, data=data)
-    click.echo(r.message)
-    click.echo(str(r.path))
+    echo(r.message)
+    echo(str(r.path))
 
 
 def preflight(cfg, out, run_id: str, data=None):
@@ -307,7 +307,7 @@ def sweep_cmd(spec, out, workers, scheduler, data_root, device, data_placement, 
         c.validate()
     if dry_run:
         for c in configs:
-            click.echo(c.run_id())
+            echo(c.run_id())
         return
     check_out_dir(out)
     if scheduler in (None, "local"):  # the data are on this machine: check each recipe once
@@ -323,7 +323,7 @@ def sweep_cmd(spec, out, workers, scheduler, data_root, device, data_placement, 
     counts = {}
     for _, status, _ in results:
         counts[status] = counts.get(status, 0) + 1
-    click.echo(f"{len(results)} runs in {out}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    echo(f"{len(results)} runs in {out}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
                + f" ({results.summary()})")
     if failed:
         distinct = list(dict.fromkeys(failed))  # the same message for every run of a recipe: once
@@ -375,10 +375,10 @@ def _echo_entry(head: str, e, flag: str) -> None:
     its full description, and its options with their defaults and ranges."""
     from .common import paragraphs
 
-    click.echo(head)
+    echo(head)
     for line in paragraphs(e.description):
-        click.echo(line)
-    click.echo(f"    {flag}:" if e.options else f"    {flag}: none")
+        echo(line)
+    echo(f"    {flag}:" if e.options else f"    {flag}: none")
     for line in options_lines(e.options, e.defaults):
-        click.echo(line)
-    click.echo()
+        echo(line)
+    echo()

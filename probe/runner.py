@@ -194,6 +194,8 @@ def _train_weighted(group_acc: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
 
 def probe_loss_ratio(ctx: Context) -> xr.Dataset:
     ds = ctx.ds
+    if ds.sizes.get("iteration", 0) == 0:
+        raise M.MetricError("no training step is committed yet")
     r = M.loss_ratio(ds.bc_loss_sum, ds.ba_loss_sum).compute()
     out = xr.Dataset({"loss_ratio": r})
     # the headline maximum is the paper's: over single minibatches (Fig. 12). The maximum of the

@@ -109,6 +109,12 @@ def _bad_config_values(cfg: dict) -> str:
     return ""
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """A store's value in an error message: its repr (control characters escaped), cut short."""
+    text = ascii(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def check_attrs(attrs: dict[str, Any], path: Any) -> None:
     """The root attributes of a run store, type- and range-checked before anything uses them."""
     if attrs.get(S.ATTR_KIND) != "run":
@@ -126,12 +132,21 @@ def check_attrs(attrs: dict[str, Any], path: Any) -> None:
     cfg = attrs[S.ATTR_CONFIG]
     if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), str) for k in ("dataset", "model")):
         raise StoreError(f"{path}: the store's config attribute is not a run config (corrupted store)")
+    for key in ("dataset", "model"):
+        if not S.NAME_RE.match(cfg[key]):
+            raise StoreError(f"{path}: the store's {key} name {_shown(cfg[key])} is not one lrscope writes "
+                             "(corrupted or hostile store)")
+    run_id = attrs.get(S.ATTR_RUN_ID)
+    if run_id is not None and not (isinstance(run_id, str) and S.RUN_ID_RE.match(run_id) and ".." not in run_id):
+        raise StoreError(f"{path}: the store's run_id {_shown(run_id)} is not one lrscope writes (letters, digits "
+                         "and . _ = + -; corrupted or hostile store)")
     bad = _bad_config_values(cfg)
     if bad:
         raise StoreError(f"{path}: the store's config has impossible values ({bad}; corrupted store)")
     status = attrs[S.ATTR_STATUS]
     if status not in S.STATUSES:
-        raise StoreError(f"{path}: unknown run status {status!r} (valid: {', '.join(S.STATUSES)}; corrupted store)")
+        raise StoreError(f"{path}: unknown run status {_shown(status)} (valid: {', '.join(S.STATUSES)}; "
+                         "corrupted store)")
     com = attrs[S.ATTR_COMMITTED]
     if not isinstance(com, dict) or set(com) != set(S.APPEND_DIMS.values()) or not all(
             isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_ROWS for x in com.values()):

@@ -16,6 +16,8 @@ metadata atomically: temp file + rename); readers trim every appendable array to
 
 from __future__ import annotations
 
+import re
+
 # 1: the first stores. 2: every array ends its codecs with a crc32c checksum, every chunk is written
 # (even one equal to the fill value), and snapshots/{test,train}_evaluated say which logits rows
 # were evaluated; readers of schema-2 stores treat a missing or failing chunk as damage. Stores of
@@ -39,6 +41,11 @@ ATTR_DEVICE = "device"
 ATTR_DATA_PLACEMENT = "data_placement"  # device | host | mmap: where the run's data lived (train/placement.py)
 ATTR_TIMINGS = "timings"
 ATTR_RUN_ID = "run_id"
+# What lrscope writes as a run id (a folder name: no separators) and as a dataset or model name (a
+# registry name, or a plugin's import path `pkg.module:function`). Readers refuse anything else in a
+# store's root attributes: these strings are shown in terminals and web pages.
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,199}(:[A-Za-z_][A-Za-z0-9_.]{0,199})?$")
 ATTR_DIVERGED_AT = "diverged_at"
 # bool on a completed run: its stop criterion held (False: it ran out of max_steps first)
 ATTR_STOP_MET = "stop_criterion_met"

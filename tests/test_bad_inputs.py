@@ -253,6 +253,12 @@ run("out-is-a-file", "--out", "@W/f", setup=write_file("f"))
 run("out-under-a-file", "--out", "@W/f/sub", setup=write_file("f"))
 run("out-empty", "--out", "")
 run("out-broken-link", "--out", "@W/link", setup=lambda w, s: os.symlink(w / "nowhere", w / "link"))
+# a run written inside another run makes the existing one unreadable: never inside a store or any Zarr node
+run("out-is-a-run-store", "--out", "@S")
+run("out-in-a-stores-probes-group", "--out", "@S/probes")
+run("out-deep-inside-a-store", "--out", "@S/log/new/deeper")
+run("out-link-into-a-store", "--out", "@W/link", setup=lambda w, s: os.symlink(s / "log", w / "link"))
+run("out-inside-a-zarr-v2-group", "--out", "@W/v2.zarr/sub", setup=write_file("v2.zarr/.zgroup", '{"zarr_format": 2}'))
 run("store-with-another-config", "--out", "@RUNS", "--name", "@ID", "--lr", "0.2")
 run("store-path-holds-other-files", "--out", "@W/o", "--name", "x", setup=write_file("o/x.zarr/notes.txt"))
 run("store-path-is-a-file", "--out", "@W/o", "--name", "x", setup=write_file("o/x.zarr"))
@@ -319,6 +325,7 @@ sweep("workers=0", OK + "[grid]\nlr = [0.1]\n", "--workers", "0")
 sweep("workers=2^20", OK + "[grid]\nlr = [0.1]\n", "--workers", str(2**20))
 sweep("out=/dev/null", OK + "[grid]\nlr = [0.1]\n", "--out", "/dev/null")
 sweep("out-is-a-file", OK + "[grid]\nlr = [0.1]\n", "--out", "@W/f", setup=write_file("f"))
+sweep("out-inside-a-run-store", OK + "[grid]\nlr = [0.1]\n", "--out", "@S/probes", store=True)
 sweep("device-override-gpu", OK + "[grid]\nlr = [0.1]\n", "--device", "gpu")
 sweep("data-root-missing", OK.replace("data_options", "#") + 'dataset = "colored_mnist"\n[grid]\nlr = [0.1, 0.2]\n',
       "--data-root", "@W/nonexistent")
@@ -344,6 +351,14 @@ for cmd in ("compute", "ls", "report", "figures"):
     probe(f"{cmd}-no-paths", cmd)
 probe("figures-nonexistent-relative-out", "figures", "/nonexistent", "-o", "new")
 probe("report-nonexistent-relative-out", "report", "/nonexistent", "-o", "new/r.html")
+probe("report-out-inside-a-store", "report", "@S", "-o", "@S/report.html", "--no-compute")
+probe("figures-out-inside-a-store", "figures", "@S", "-o", "@S/probes/figs")
+# identifying strings a store carries are lrscope's own, or the store is refused (they reach terminals and pages)
+for _key, _bad in [("run_id", "r1<img src=x onerror=alert(1)>"), ("run_id", "\x1b[2J\x1b]0;pwned\x07"),
+                   ("run_id", "x\ncompleted 99999 1.000"), ("run_id", 7)]:
+    probe(f"ls-hostile-{_key}-{len(CASES)}", "ls", "@S", setup=put(_key, _bad))
+probe("ls-hostile-dataset-name", "ls", "@S", setup=set_config("dataset", "parity<script>alert(1)</script>"))
+probe("ls-hostile-model-name", "ls", "@S", setup=set_config("model", "fcn\x1b[31m"))
 probe("ls-plain-zarr-group", "ls", "@W/g.zarr",
       setup=lambda w, s: __import__("zarr").open_group(str(w / "g.zarr"), mode="w"))
 for v in ["nope", ",", "accuracy,nope"]:
@@ -545,6 +560,7 @@ def test_bad_input(kind, payload, setup, needs_store, sources, tmp_path, monkeyp
         assert res.exit_code == 2, res.output
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
+        assert lines[0].isprintable(), lines[0]  # what a store says cannot drive the terminal
         assert "Traceback" not in res.output
     assert diff(before, snapshot(w)) == []
 

@@ -6,12 +6,11 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..store.schema import FULL_LOGITS_MAX_CLASSES, LOG_SETTINGS
+from ..store.schema import FULL_LOGITS_MAX_CLASSES, LOG_SETTINGS, RUN_ID_RE
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "sam", "asam", "kron")
 LOSSES = ("ce", "focal")
@@ -23,7 +22,6 @@ DATA_PLACEMENTS = ("auto", "device", "host", "mmap")  # train/placement.py
 
 PRECISIONS = ("fp32", "bf16")
 
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
 
 # Upper bounds: far above any real run, low enough that a typo (10^12) is refused before it
 # allocates terabytes or overflows an int64/int32 somewhere downstream.

@@ -28,6 +28,7 @@ import zarr
 from ..errors import ConfigError, LrscopeError, StoreError
 from ..store import schema as S
 from ..store.lock import RunLock
+from ..store.nesting import check_not_in_store
 from ..store.reader import open_store
 from ..store.writer import RunWriter
 from .config import RunConfig, check_run_id
@@ -173,6 +174,7 @@ def train_run(cfg: RunConfig, out: str | os.PathLike, *, run_id: str | None = No
               data: DataBundle | None = None) -> RunResult:
     """Train one run into ``<out>/<run_id>.zarr``; resume it if interrupted; no-op if finished."""
     cfg.validate()
+    check_not_in_store(out)
     path = store_path(out, run_id or cfg.run_id())
     try:
         Path(out).mkdir(parents=True, exist_ok=True)

@@ -318,6 +318,9 @@ def run_sweep(configs: list[RunConfig], out: str | os.PathLike, *, workers: int 
 
     Runs another process is training (its lock is held) are deferred and waited for, so several
     sweep processes can share one output folder and each returns once the whole grid is done."""
+    from ..store.nesting import check_not_in_store
+
+    check_not_in_store(out)
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as e:

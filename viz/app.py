@@ -25,6 +25,7 @@ hold the sample's presentations.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,18 @@ TRAJECTORY_METRICS = {  # per-snapshot probe variables the slider moves through
 }
 MAX_CURVE_POINTS = 1500
 MAX_MAP_POINTS = 4000  # points drawn in a data map (the browser's cost grows with them)
+
+
+def md_text(value) -> str:
+    """A string read from a store, for a Markdown pane: shown as the text it is. Every ASCII
+    punctuation character is backslash-escaped (CommonMark: then it is a literal character, never
+    markup, an HTML tag or a link) and control characters are shown as their escapes, so what a
+    store carries cannot add elements or run script in the explorer."""
+    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(value))
+    return "".join("\\" + ch if ch in _MD_PUNCT else ch for ch in text)
+
+
+_MD_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 
 
 # ------------------------------------------------------------------------------- data
@@ -456,7 +469,7 @@ class Explorer:
         run = next(r for r in d.runs if r.run_id == run_id)
         ds = d.dataset(run_id)
         if ds is None or sample >= ds.sizes.get("train_sample", 0):
-            return pn.pane.Markdown(f"sample {sample} is not a training sample of {run_id}")
+            return pn.pane.Markdown(f"sample {sample} is not a training sample of {md_text(run_id)}")
         seed = run.seed
         same_seed = [i for i, r in enumerate(d.runs) if r.seed == seed]
         colors = _palette(len(same_seed))
@@ -470,7 +483,7 @@ class Explorer:
                         .opts(color=c, tools=["hover"]))
         y, b = int(ds.train_y.values[sample]), int(ds.train_b.values[sample])
         head = (f"**sample {sample}** — y = {y}, b = {b}, "
-                f"{'bias-conflicting' if y != b else 'bias-aligned'}; in {run_id}: confidence "
+                f"{'bias-conflicting' if y != b else 'bias-aligned'}; in {md_text(run_id)}: confidence "
                 f"{float(ds.dyn_confidence.values[sample]):.3f}, forgetting events "
                 f"{int(ds.dyn_forgetting_events.values[sample])}" if "dyn_confidence" in ds else f"**sample {sample}**")
         trajectory = hv.Overlay(traj or [hv.Curve([], "iteration", "p(true class)")]).opts(
@@ -597,7 +610,53 @@ def serve(paths, *, port: int = 5006, address: str = "127.0.0.1", live: bool = F
 
 
 def _make_server(paths, port, address, live, show):
-    """A Bokeh server (not started) whose every session gets its own `Explorer`."""
-    return pn.serve({"/": lambda: Explorer(paths, live=live).layout()}, port=port, address=address, show=show,
-                    start=False, title="lrscope explorer",
-                    websocket_origin=[f"{address}:{port}", f"localhost:{port}"])
+    """A Bokeh server (not started) whose every session gets its own `Explorer`, answering only
+    the routes the explorer's page uses (`guard_routes`)."""
+    server = pn.serve({"/": lambda: Explorer(paths, live=live).layout()}, port=port, address=address, show=show,
+                      start=False, title="lrscope explorer",
+                      websocket_origin=[f"{address}:{port}", f"localhost:{port}"])
+    guard_routes(server, address)
+    return server
+
+
+# What the explorer's page requests (seen in Chromium): the document, Bokeh's and Panel's static
+# files, and the websocket. Anything else Bokeh/Panel would answer is closed: Panel's
+# /components/<module>/... imports the module named in the URL (panel 1.9.4, the newest release, still
+# does: importlib.import_module on the first path segment), /autoload.js and /metadata let another
+# site embed the app.
+OPEN_ROUTES = re.compile(r"^/(|ws|favicon\.ico|static/.*)$")
+
+
+def allowed_hosts(address: str, port: int) -> set[str] | None:
+    """The Host headers the server answers (None: any, for a wildcard bind such as 0.0.0.0)."""
+    if address in ("0.0.0.0", "::", ""):
+        return None
+    names = {address, f"[{address}]"} if ":" in address else {address}
+    if address in ("127.0.0.1", "localhost", "::1"):
+        names |= {"127.0.0.1", "localhost", "[::1]"}
+    return {f"{n}:{port}" for n in names}
+
+
+def guard_routes(server, address: str) -> None:
+    """Every HTTP request to `server` (a bokeh Server, before it starts) passes two checks before
+    any handler runs: its Host is this server's (DNS rebinding: a page of another site resolving its
+    name to 127.0.0.1) and its Origin, when sent, is the same host (cross-site requests); and its path
+    is one of `OPEN_ROUTES` (404 otherwise: no handler, so no module is ever imported from a URL)."""
+    from urllib.parse import urlsplit
+
+    from tornado.web import ErrorHandler
+
+    app = server._tornado  # the tornado Application behind bokeh's Server (bokeh has no public accessor)
+    hosts = allowed_hosts(address, server.port)
+    find = app.find_handler
+
+    def find_handler(request, **kw):
+        host = request.host or ""
+        origin = request.headers.get("Origin")
+        if (hosts is not None and host not in hosts) or (origin is not None and urlsplit(origin).netloc != host):
+            return app.get_handler_delegate(request, ErrorHandler, {"status_code": 403})
+        if not OPEN_ROUTES.match(request.path):
+            return app.get_handler_delegate(request, ErrorHandler, {"status_code": 404})
+        return find(request, **kw)
+
+    app.find_handler = find_handler
