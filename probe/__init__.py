@@ -8,7 +8,7 @@ _EXPORTS = {
     "metrics": ("MetricError", "ba_bc_loss_ratio", "bias_selectivity", "class_selectivity", "class_separation",
                 "compressibility", "gini", "group_accuracy", "importance_weights", "last_mistake", "lorenz_curve",
                 "loss_ratio", "neuron_survival", "pq_index", "selectivity", "sparsity"),
-    "pruning": ("prunability", "pruned_accuracy", "pruning_curve"),
+    "pruning": ("prunability", "prunability_sum", "pruned_accuracy", "pruning_curve"),
     "soup": ("model_soup", "soup_state"),
     "sweep": ("last_snapshot", "loss_ratio_correlation", "lr_sensitive_samples"),
 }
@@ -28,7 +28,7 @@ def __getattr__(name):
 __all__ = ["group_accuracy", "loss_ratio", "ba_bc_loss_ratio", "compressibility", "sparsity", "pq_index",
            "class_separation", "selectivity", "class_selectivity", "bias_selectivity", "neuron_survival",
            "importance_weights", "lorenz_curve", "gini", "feature_probe", "fit_logistic", "pruning_curve",
-           "prunability", "pruned_accuracy", "MetricError", "attributions",
+           "prunability", "prunability_sum", "pruned_accuracy", "MetricError", "attributions",
            "captum_ready", "region_shares", "attribution_entropy",
            "background_share", "lr_sensitive_samples", "loss_ratio_correlation", "last_snapshot", "last_mistake",
            "dynamics", "sample_dynamics", "importance_trajectory", "epoch_importance", "model_soup",

@@ -451,8 +451,11 @@ def prunability_np(acc, kappas=None) -> np.ndarray:
 
 
 def prunability(curve, *, kappa_dim: str | None = None, dim: str | None = None) -> xr.DataArray:
-    """κ-prunability (Barsbey et al. §3.2): the mean over κ of the retention ratio Acc(f^κ)/Acc(f),
-    not clipped: above 1 when pruning raised the accuracy (the paper's Table 1 reaches 1.029). NaN
+    """κ-prunability (Barsbey et al. 2025, §3.2): the mean over κ of the retention ratio
+    Acc(f^κ)/Acc(f), not clipped: above 1 when pruning raised the accuracy (the paper's Table 1
+    reaches 1.029). The paper's text says *sum* of the ratios over κ ∈ [0, 0.9]; its Table 1 values
+    (all near 1) are only on the scale of the mean, so the mean is what lrscope calls prunability,
+    and the sum (:func:`prunability_sum`: the mean times the number of κ) is stored beside it. NaN
     when the unpruned accuracy is 0. `kappa_dim` (``dim``: its deprecated name) is ``kappa`` when
     unambiguous.
 
@@ -468,6 +471,29 @@ def prunability(curve, *, kappa_dim: str | None = None, dim: str | None = None) 
     kappas = curve[k].values if k in curve.coords else None
     p = xr.apply_ufunc(prunability_np, curve, input_core_dims=[[k]], kwargs={"kappas": kappas}, keep_attrs=True)
     return _attrs(p, "κ-prunability (mean accuracy retention)", True)
+
+
+def prunability_sum_np(acc, kappas=None) -> np.ndarray:
+    """Numpy core of :func:`prunability_sum`: the mean retention ratio times its number of terms."""
+    acc = np.asarray(acc)
+    return prunability_np(acc, kappas) * np.isfinite(acc).sum(-1)
+
+
+def prunability_sum(curve, *, kappa_dim: str | None = None) -> xr.DataArray:
+    """The sum over κ of the retention ratios Acc(f^κ)/Acc(f) — the reading of Barsbey et al.'s
+    §3.2 text ("the sum of these retention ratios over a range of κ"); :func:`prunability` is the
+    mean, the scale of their Table 1.
+
+    Examples
+    --------
+    >>> curve = xr.DataArray([0.99, 0.60], dims=["kappa"], coords={"kappa": [0.0, 0.5]})
+    >>> round(float(prunability_sum(curve)), 4)   # 1 + 0.60 / 0.99
+    1.6061
+    """
+    curve, k = _kappa_curve("prunability_sum", curve, kappa_dim, None)
+    kappas = curve[k].values if k in curve.coords else None
+    p = xr.apply_ufunc(prunability_sum_np, curve, input_core_dims=[[k]], kwargs={"kappas": kappas}, keep_attrs=True)
+    return _attrs(p, "κ-prunability as a sum over κ (the paper's text)", True)
 
 
 def pruned_accuracy_np(acc) -> np.ndarray:

@@ -109,13 +109,14 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "or filters, the head kept; magnitude: single weights, globally; column: input columns), on the test "
         "split rebuilt from the config when its labels match the store, else on the group-balanced probe "
         "subset, with the number of samples (pruning_samples) and each accuracy's binomial standard error "
-        "(*_se). kappa-prunability as the paper defines it: the mean over kappa of Acc(f^kappa) / Acc(f), not "
-        "clipped (above 1 when pruning helps). The paper prunes neurons and kernels without saying how they are "
+        "(*_se). kappa-prunability: the mean over kappa of Acc(f^kappa) / Acc(f), not clipped (above 1 when "
+        "pruning helps) - the paper's text says the sum of the ratios, its Table 1 is on the mean's scale; the "
+        "sum is stored beside it (prunability_sum). The paper prunes neurons and kernels without saying how they are "
         "ranked: the default criterion removes the lowest incoming-weight L2 norms of each layer (`incoming`); "
         "--criterion adds incoming-global, outgoing and in-x-out along a criterion dimension "
         "(pruning_by_criterion, prunability_by_criterion), the default's prunability staying the headline. "
         "pruned_accuracy (the mean of Acc(f^kappa)) is an extra view, not the paper's number.",
-        format=5,  # prunability not clipped to [0, 1]; criteria, sample count and standard errors added
+        format=6,  # 5: prunability not clipped to [0, 1], criteria, sample count, standard errors; 6: the sum
         cost="one pass over the evaluation samples (the test split) for every pruned network: 28 distinct networks "
              "(+9 per extra criterion), sliced to their kept units on lrscope's FCN and CNN, the first layer's "
              "outputs shared (~0.04x of a 3000-step Colored MNIST CNN run, benchmarks/RESULTS.md); --device",
@@ -163,12 +164,24 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
                 "segmenter": "deeplabv3_resnet50 (default), deeplabv3_resnet101 or deeplabv3_mobilenet_v3_large "
                              "(lrprobe compute --segmenter)"}),
     ProbeEntry(
+        "prop2_gradients", "lrscope.probe.subnetworks:probe_prop2_gradients",
+        "Proposition 2 (Barsbey et al. 2025, supplement D.2, Eq. 8) as stated: on the training minibatch of the "
+        "step taken from each of up to 12 evenly spaced checkpoints, recomputed from that checkpoint, the summed "
+        "per-sample gradient norms of the loss with respect to the spurious (bias-dominant, BSI >= CSI), core "
+        "(class-dominant, CSI > BSI) and dead (CSI = BSI = 0) subnetworks - each unit's incoming weights and the "
+        "head column reading it - for bias-aligned and bias-conflicting samples apart, their ratio, and the "
+        "minibatch's logit norm (the scale the ratio grows with). Needs the training inputs (the dataset rebuilt).",
+        cost="one per-sample backward pass (torch.func vmap) over a minibatch per checkpoint (~0.01x)",
+        samples="the recorded training minibatch at each chosen checkpoint (BA and BC apart)",
+        params={"prop2_checkpoints": "checkpoints evaluated, evenly spaced (Python API; default 12)"},
+        headline=(Headline("prop2_grad_ratio_final", "spurious / core gradient-norm ratio (Prop. 2, final)"),)),
+    ProbeEntry(
         "subnetwork_gradients", "lrscope.probe.subnetworks:probe_subnetwork_gradients",
-        "Proposition 2 (supplement D.2) measured through training: the ratio of the summed per-sample gradient "
-        "norms of the spurious and the core subnetwork, taken as the head's columns reading the bias-dominant "
-        "(CSI <= BSI) and the class-dominant (CSI > BSI) penultimate neurons at each snapshot; exact from the "
-        "stored probe logits and activations (||grad|| = ||softmax - onehot|| * ||h_S||), on all and on the "
-        "bias-conflicting probe samples.",
+        "The head-column ratio (a cheap view, not Proposition 2's quantity): the summed per-sample gradient "
+        "norms of the head's columns reading the bias-dominant (CSI <= BSI) over those reading the "
+        "class-dominant (CSI > BSI) penultimate neurons at each snapshot, on the probe subset of the test split; "
+        "exact from the stored probe logits and activations (||grad|| = ||softmax - onehot|| * ||h_S||, so per "
+        "sample it is the activation-norm ratio ||h_S||/||h_C||).", format=PROBE_FORMAT + 1,
         cost="reads the stored probe logits and activations (~0.01x)",
         samples="the probe subset, every snapshot (all of it, and its bias-conflicting samples)"),
     ProbeEntry(

@@ -27,9 +27,11 @@ RESET_DROP = 0.2  # a fall of the spurious share by this much (absolute) between
 def incoming_weights(model, n_features: int) -> str:
     """Name of the parameter whose rows are the penultimate neurons' incoming weights: the last
     weight tensor with more than one dimension, other than the head's, with `n_features` rows."""
+    head = getattr(model, "head", None)
+    skip = {id(p) for p in head.parameters()} if head is not None else set()
     names = [n for n, p in model.named_parameters()
-             if p.ndim > 1 and p.shape[0] == n_features and not n.startswith("head.") and not n.endswith("fc.weight")
-             and not n.endswith("head.weight")]
+             if p.ndim > 1 and p.shape[0] == n_features and id(p) not in skip and not n.startswith("head.")
+             and not n.endswith("fc.weight") and not n.endswith("head.weight")]
     if not names:
         raise M.MetricError("no weight tensor with one row per penultimate neuron")
     return names[-1]

@@ -28,7 +28,7 @@ from ..store.probes import stored_provenance, write_probe
 from ..store.reader import open_run, open_store
 from . import metrics as M
 from .linear import feature_probe
-from .pruning import KAPPAS, KINDS, prunability, pruned_accuracy
+from .pruning import KAPPAS, KINDS, prunability, prunability_sum, pruned_accuracy
 from .registry import PARAMS, PROBES  # the probes' entries: function, format, params, headline variables
 
 
@@ -88,11 +88,9 @@ class Context:
         return csi, bsi
 
     @cached_property
-    def eval_set(self):
-        """(inputs, labels, where): the full test split rebuilt from the config when the rebuilt
-        labels match the stored ones, else the stored probe subset (group-balanced)."""
-        import torch
-
+    def bundle(self):
+        """The run's dataset rebuilt from its config (both splits), or None when it cannot be
+        rebuilt here (no data root) or its labels differ from the stored ones."""
         from ..train.data import build_dataset
 
         cfg = self.config
@@ -100,11 +98,20 @@ class Context:
             bundle = build_dataset(cfg["dataset"], seed=cfg["data_seed"],
                                    bias_conflicting_ratio=cfg["bias_conflicting_ratio"],
                                    data_root=self.data_root or cfg.get("data_root"), **cfg["data_options"])
-            if np.array_equal(bundle.test.y.numpy(), self.ds.test_y.values) and \
-                    np.array_equal(bundle.test.b.numpy(), self.ds.test_b.values):
-                return bundle.test.x, bundle.test.y, "test"
         except LrscopeError:
-            pass
+            return None
+        same = all(np.array_equal(getattr(getattr(bundle, split), v).numpy(), self.ds[f"{split}_{v}"].values)
+                   for split in ("train", "test") for v in ("y", "b"))
+        return bundle if same else None
+
+    @cached_property
+    def eval_set(self):
+        """(inputs, labels, where): the full test split rebuilt from the config when the rebuilt
+        labels match the stored ones, else the stored probe subset (group-balanced)."""
+        import torch
+
+        if self.bundle is not None:
+            return self.bundle.test.x, self.bundle.test.y, "test"
         x = torch.from_numpy(np.asarray(self.ds.probe_inputs.values))
         return x, torch.from_numpy(self.ds.probe_y.values), "probe subset"
 
@@ -390,6 +397,7 @@ def probe_pruning(ctx: Context) -> xr.Dataset:
         out["prunability" if kind == "structured" else f"prunability_{kind}"] = p
         if kind == "structured":
             out["pruned_accuracy"] = pruned_accuracy(curve)
+            out["prunability_sum"] = prunability_sum(curve)
     # every asked criterion along `criterion` (NaN where the network does not define it)
     by = np.full((len(criteria), len(kappas)), np.nan)
     for j, c in enumerate(criteria):

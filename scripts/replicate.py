@@ -284,7 +284,8 @@ def main(argv=None) -> None:
         head.append("")
     head += [
         "## Where we disagree with the paper, and why we think so", "",
-        "- **Prunability as the paper defines it falls with the LR on parity, under every pruning criterion we "
+        "- **Prunability (the mean retention ratio; the paper's text sums the ratios, Table 1 is on the mean's "
+        "scale) falls with the LR on parity, under every pruning criterion we "
         "tried, and stays flat on moon-star.** Our κ-prunability is the paper's stated definition: the mean over "
         "κ = 0 … 0.9 of the retention ratio Acc(f^κ)/Acc(f), not clipped (a pruned network may beat the unpruned "
         "one; the paper's own Double MNIST FCN row reaches 1.029), structured (whole neurons), on the unbiased "

@@ -285,6 +285,18 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     "reset_checkpoint_position": _d("examined checkpoint's position", "position of the examined checkpoint along "
                                     "the run's checkpoint dimension"),
     "reset_iteration": _d("examined iteration", "iteration of the examined checkpoint", "iteration"),
+    "prop2_checkpoint": _d("Prop. 2 checkpoint", "the n-th checkpoint the prop2_gradients probe evaluated (evenly "
+                           "spaced through the run's checkpoints)"),
+    "prop2_iteration": _d("Prop. 2 checkpoint's iteration", "iteration of the evaluated checkpoint", "iteration"),
+    "prop2_minibatch_iteration": _d("Prop. 2 minibatch's iteration", "the step whose recorded training minibatch "
+                                    "was evaluated (the step taken from the checkpoint; the last one at the end)",
+                                    "iteration"),
+    "prop2_split_iteration": _d("Prop. 2 unit split's iteration", "iteration of the snapshot whose CSI/BSI split "
+                                "the units into core, spurious and dead", "iteration"),
+    "subnetwork": _d("subnetwork", "penultimate units and their own parameters: core (CSI > BSI), spurious "
+                     "(BSI >= CSI), dead (CSI = BSI = 0)"),
+    "minibatch_part": _d("minibatch part", "bias-aligned (y = b) or bias-conflicting (y != b) samples of the "
+                         "minibatch"),
     "reset_neuron": _d("followed neuron", "the n-th neuron the neuron_resets probe follows (highest final BSI "
                        "first)"),
     "reset_neuron_index": _d("neuron index", "index of the followed neuron along the run's neuron dimension"),
@@ -362,8 +374,12 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                                "label b on the penultimate activations", "fraction"),
     # pruning
     "prunability": _d("κ-prunability", "mean over κ of the retention ratio Acc(f^κ) / Acc(f) after structured "
-                      "pruning (lowest incoming-weight L2 norms per layer) at the last checkpoint, not clipped "
-                      "(the paper's definition)"),
+                      "pruning (lowest incoming-weight L2 norms per layer) at the last checkpoint, not clipped; "
+                      "the paper's text sums the ratios over κ, its Table 1 is on the scale of the mean "
+                      "(prunability_sum holds the sum)"),
+    "prunability_sum": _d("κ-prunability as a sum", "sum over κ of the retention ratio Acc(f^κ) / Acc(f) after "
+                          "structured pruning: the reading of the paper's text (Barsbey et al. 2025, §3.2); "
+                          "prunability is the mean"),
     "pruned_accuracy": _d("mean pruned accuracy", "mean over κ of the accuracy after structured pruning, Acc(f^κ) "
                           "(an extra view, not the paper's prunability)", "fraction"),
     "criterion": _d("pruning criterion", "how structured pruning ranks the units it removes (incoming: lowest "

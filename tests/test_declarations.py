@@ -175,7 +175,7 @@ def test_probe_and_figure_entries():
     assert F.HEADLINE == [(h.var, h.label) for h in headlines()]
     assert HEAD == [(h.var, h.short) for h in headlines() if h.short]
     assert PARAMS == {"kappa", "q", "checkpoints", "attr_samples", "ig_steps", "kappas", "criterion", "eval_samples",
-                      "reset_checkpoints", "reset_neurons", "segmenter_weights", "segmenter"}
+                      "reset_checkpoints", "reset_neurons", "segmenter_weights", "segmenter", "prop2_checkpoints"}
     for name, e in F.FIGURES.items():
         assert e.name == name and e.title and callable(e.build)
 

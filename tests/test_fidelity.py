@@ -233,7 +233,7 @@ def test_prop2_gradient_ratio_equals_autograd_on_the_head(tmp_path, tiny):
     path = train_run(tiny(lr=0.2, max_steps=80, stop="max-steps"), tmp_path, progress=False).path
     compute_run(path, ["subnetwork_gradients", "representation"])
     ds = open_run(path)
-    assert ds.spurious_core_grad_ratio.sizes["snapshot"] == ds.sizes["snapshot"]
+    assert ds.head_column_grad_ratio.sizes["snapshot"] == ds.sizes["snapshot"]
     model = load_model(ds, checkpoint=-1).double()
     x = as_model_input(torch.from_numpy(ds.probe_inputs.values)).double()
     y = torch.from_numpy(ds.probe_y.values).long()
@@ -246,9 +246,9 @@ def test_prop2_gradient_ratio_equals_autograd_on_the_head(tmp_path, tiny):
         gw = model.head.weight.grad
         gs += float(gw[:, torch.from_numpy(spurious)].norm())
         gc += float(gw[:, torch.from_numpy(~spurious)].norm())
-    assert float(ds.spurious_core_grad_ratio_final) == pytest.approx(gs / gc, rel=1e-3)
+    assert float(ds.head_column_grad_ratio_final) == pytest.approx(gs / gc, rel=1e-3)
     bc = ds.probe_y.values != ds.probe_b.values
-    assert np.isfinite(ds.spurious_core_grad_ratio_bc.values).any() and bc.any()
+    assert np.isfinite(ds.head_column_grad_ratio_bc.values).any() and bc.any()
 
 
 def test_neuron_resets_follow_the_checkpoints(tmp_path, tiny):

@@ -109,6 +109,8 @@ CASES = {
                           values=lambda r: [r.core_probe_error.values, r.spurious_probe_error.values], core_out=list),
     "prunability": Case(PR.prunability, lambda a: PR.prunability_np(a, CURVE.kappa.values), (CURVE,),
                         {"kappa_dim": "kappa"}, (("run", "kappa"),), keeps=("lr",)),
+    "prunability_sum": Case(PR.prunability_sum, lambda a: PR.prunability_sum_np(a, CURVE.kappa.values), (CURVE,),
+                            {"kappa_dim": "kappa"}, (("run", "kappa"),), keeps=("lr",)),
     "pruned_accuracy": Case(PR.pruned_accuracy, PR.pruned_accuracy_np, (CURVE,), {"kappa_dim": "kappa"},
                             (("run", "kappa"),), keeps=("lr",)),
     "region_shares": Case(A.region_shares, A.region_shares_np, (ATTR, REGIONS), {"sample_dim": "attr_sample"},

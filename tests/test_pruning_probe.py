@@ -242,3 +242,17 @@ def test_group_balanced_evaluation_subset(cnn_run, tmp_path):
     assert int(ds.pruning_samples) == 40 and "group-balanced subset" in ds.pruning_structured.attrs["evaluated_on"]
     a = ds.pruning_column.values
     np.testing.assert_allclose(ds.pruning_column_se.values, np.sqrt(a * (1 - a) / 40))
+
+
+def test_prunability_sum_is_the_sum_the_papers_text_names():
+    """Barsbey et al. (2025, §3.2) say "the sum of these retention ratios over a range of κ"; lrscope's
+    prunability is their mean (Table 1's scale) and prunability_sum the sum, by hand here."""
+    import xarray as xr
+
+    from lrscope.probe import prunability, prunability_sum
+
+    acc = np.array([0.8, 0.8, 0.84, 0.6, 0.4])
+    curve = xr.DataArray(acc, dims=["kappa"], coords={"kappa": [0.0, 0.1, 0.2, 0.3, 0.4]})
+    ratios = acc / acc[0]
+    assert float(prunability_sum(curve)) == pytest.approx(ratios.sum())
+    assert float(prunability(curve)) == pytest.approx(ratios.mean())

@@ -162,14 +162,39 @@ def dynamics(sw: xr.Dataset, var: str = "unbiased_accuracy", label: str | None =
 
 
 def subnetwork_gradients(sw: xr.Dataset) -> hv.Layout:
-    """Proposition 2 through training: the spurious / core subnetwork gradient-norm ratio on all
-    probe samples and on the bias-conflicting ones, per learning rate (log scale)."""
+    """Proposition 2 through training, as stated (the `prop2_gradients` probe): the spurious / core
+    subnetwork gradient-norm ratio over each checkpoint's training minibatch, all of it and its
+    bias-conflicting samples, and the minibatch's logit norm, per learning rate (seed means; log
+    scale). Without that probe, the head-column ratio on the probe subset, titled as such."""
     panels = []
-    for var, label in (("spurious_core_grad_ratio", "spurious / core gradient norm"),
-                       ("spurious_core_grad_ratio_bc", "spurious / core gradient norm (BC samples)")):
-        if var in sw:
-            panels.append(dynamics(sw, var, label).opts(hv.opts.Curve(logy=True)))
-    return hv.Layout(panels).cols(2) if panels else hv.Layout([hv.Curve([]).opts(title="no subnetwork_gradients")])
+    if "prop2_grad_ratio" in sw:
+        it = sw.prop2_iteration
+        for var, label in (("prop2_grad_ratio", "spurious / core gradient norm, minibatch (Prop. 2)"),
+                           ("prop2_grad_ratio_bc", "spurious / core gradient norm, BC samples")):
+            if var in sw:
+                panels.append(_per_lr_curves(sw, sw[var], it, label).opts(hv.opts.Curve(logy=True)))
+        zn = sw.prop2_logit_norm.mean("minibatch_part")
+        panels.append(_per_lr_curves(sw, zn, it, "mean logit norm of the minibatch"))
+    else:
+        for var, label in (("head_column_grad_ratio", "head-column gradient norm ratio (probe subset)"),
+                           ("head_column_grad_ratio_bc", "head-column gradient norm ratio (BC probe samples)")):
+            if var in sw:
+                panels.append(dynamics(sw, var, label).opts(hv.opts.Curve(logy=True)))
+    return hv.Layout(panels).cols(2) if panels else hv.Layout([hv.Curve([]).opts(title="no prop2_gradients")])
+
+
+def _per_lr_curves(sw: xr.Dataset, v: xr.DataArray, it: xr.DataArray, label: str):
+    """`v` (run, ·) against the iterations `it` (run, ·), seed means per learning rate."""
+    lrs = lr_values(sw)
+    curves = []
+    for lr, c in zip(lrs, _palette(len(lrs))):
+        runs = np.flatnonzero(_ok(sw) & (sw.lr.values == lr))
+        x = (it.isel(run=runs).max("run") if "run" in it.dims else it).values  # shared by the runs: no run dim
+        y = v.isel(run=runs).mean("run").values
+        keep = np.isfinite(y) & np.isfinite(x) & (y > 0)
+        curves.append(hv.Curve((x[keep] + 1, y[keep]), "iteration + 1", label, label=f"lr={lr:g}")
+                      .opts(color=c, logx=True))
+    return _lr_overlay(curves, f"{label} through training").opts(responsive=True, min_width=420, height=300)
 
 
 def neuron_resets(sw: xr.Dataset, n: int = 4) -> hv.Layout:
