@@ -120,7 +120,7 @@ SMALL = {
     "celeba": {"size": 32},
     "waterbirds": {"size": 32},
     "imagenet": {"size": 32},
-    "image_folder": {"size": 16, "metadata": "groups.csv"},
+    "image_folder": {"size": 32, "metadata": "groups.csv"},
 }
 QUICK_PAIR = {"resnet18": "double_mnist", "resnet50": "colored_mnist"}  # a heavy model's pair in the default suite
 
