@@ -482,6 +482,13 @@ def test_image_folder_without_bias_trains_probes_reports(tmp_path):
     res = CliRunner().invoke(lrprobe, ["report", str(path), "-o", str(tmp_path / "r.html"), "--no-compute"])
     assert res.exit_code == 0, res.output
     assert "data have no bias attribute" in (tmp_path / "r.html").read_text()
+    # a model soup across two LRs: its accuracy, no worst group
+    from lrscope.probe import model_soup
+
+    train_run(dataclasses.replace(cfg, lr=0.02), tmp_path / "runs", progress=False)
+    soup = model_soup(lrscope.open_sweep(tmp_path / "runs", probes=False))
+    assert np.isfinite(soup.soup_unbiased_accuracy).all() and np.isnan(soup.soup_worst_group_accuracy).all()
+    assert np.isnan(soup.ingredient_worst_group_accuracy).all() and "no bias attribute" in soup.attrs["not_defined"]
     # a store written before has_bias existed reads as having one
     meta = json.loads((path / "zarr.json").read_text())
     del meta["attributes"][S.ATTR_HAS_BIAS]
