@@ -523,11 +523,11 @@ def image_folder(*, seed: int, rho_train: float | None, data_root, metadata: str
     bias-conflicting where its bias number differs from its class number, so order the values so
     that the k-th bias value goes with the k-th class. No bias column (the default name absent, or
     bias: null): no bias attribute, and the probes that need one are not defined. Splits: train,
-    val, test or 0, 1, 2; lrscope has no validation split, so val rows are left out of both the
-    training and the test split. Images are decoded with Pillow as RGB, centre-cropped and resized
+    val (or valid, validation), test, or 0, 1, 2; lrscope has no validation split, so val rows are
+    left out of both the training and the test split. Images are decoded with Pillow as RGB, centre-cropped and resized
     to size×size, held as uint8 and scaled to [0, 1] for the model, as the other image sets;
-    n_train / n_test subsample (seeded). Cached: an edited table, or files added under the root,
-    rebuild it; an image replaced under the same name does not (LRSCOPE_CACHE=off)."""
+    n_train / n_test subsample (seeded). Cached, keyed also by the table's mtime and size: an
+    edited table rebuilds it; an image replaced under the same name does not (touch the table)."""
     check_sizes(n_train=n_train, n_test=n_test, size=size)
     root = _root("image_folder", data_root)
     file = root / metadata
