@@ -112,7 +112,7 @@ def compute_cmd(paths, only, force, data_root, kappa, checkpoints, criterion, pr
     echo(f"{len(res)} runs: {n_done} probes computed, {n_fresh} up to date")
     for path, r in res.items():
         for name, o in r.items():
-            if not (o.startswith("computed") or o == "up to date"):
+            if not (o.startswith("computed") or o == "up to date") or "not defined" in o:
                 echo(f"  {Path(path).name}: {name}: {o}")
 
 

@@ -44,8 +44,10 @@ def probe_neuron_resets(ctx) -> xr.Dataset:
     from ..train.data import as_model_input
     from ..train.restore import load_model
     from .attribution import region_shares
+    from .runner import require_bias
 
     ds = ctx.ds
+    require_bias(ds)  # the neurons are chosen by BSI
     if "regions" not in ds or "spurious" not in [str(r) for r in ds.region.values]:
         raise M.MetricError("the dataset has no spurious input region to attribute to")
     n_ck = ds.sizes["checkpoint"]

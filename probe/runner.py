@@ -132,6 +132,33 @@ def selective_representation(features: xr.DataArray, model: str | None) -> xr.Da
     return features.assign_attrs(representation="penultimate activations (post-ReLU)")  # data shared, not copied
 
 
+NO_BIAS = "the data has no bias attribute"  # why a bias-dependent probe or variable is not defined
+
+
+def has_bias(ds: xr.Dataset) -> bool:
+    """Whether the run's data has a bias attribute (the store's `has_bias`; absent: True). Without
+    one, the stored b = y is a placeholder: group, worst-group, BA/BC quantities and BSI are not
+    defined."""
+    return bool(ds.attrs.get(S.ATTR_HAS_BIAS, True))
+
+
+def require_bias(ds: xr.Dataset) -> None:
+    """MetricError (the probe is recorded as not defined) where the data has no bias attribute."""
+    if not has_bias(ds):
+        raise M.MetricError(NO_BIAS)
+
+
+def without_bias(out: xr.Dataset, ds: xr.Dataset, names) -> xr.Dataset:
+    """`out` less the variables `names` (and their `_final`) where the data has no bias attribute,
+    named in its `not_defined` attribute; `out` as it is otherwise."""
+    if has_bias(ds):
+        return out
+    named = [v for v in names if v in out or f"{v}_final" in out]  # *_final go with their variable, unsaid
+    out = out.drop_vars([n for v in named for n in (v, f"{v}_final") if n in out])
+    out.attrs["not_defined"] = f"{', '.join(named)}: {NO_BIAS}"
+    return out
+
+
 def _final(da: xr.DataArray, name: str) -> xr.DataArray:
     out = da.isel(snapshot=-1, drop=True) if "snapshot" in da.dims else da
     out.attrs = dict(da.attrs)
@@ -181,7 +208,14 @@ def probe_accuracy(ctx: Context) -> xr.Dataset:
               "train_accuracy", "train_loss"):
         if v in out:
             out[f"{v}_final"] = _final(out[v], v)
-    return out.drop_vars([c for c in out.coords if c not in ("snapshot", "group")])
+    out = out.drop_vars([c for c in out.coords if c not in ("snapshot", "group")])
+    if not has_bias(ds):  # the test accuracy stands; groups of a placeholder b do not
+        out = without_bias(out, ds, ("group_accuracy", "worst_group_accuracy", "average_accuracy", "bc_accuracy",
+                                     "ba_accuracy", "probe_worst_group_accuracy"))
+        out = out.drop_dims("group", errors="ignore")
+        for v in ("unbiased_accuracy", "unbiased_accuracy_final"):
+            out[v].attrs["note"] = f"{NO_BIAS}: the plain accuracy on the test split"
+    return out
 
 
 def _train_weighted(group_acc: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
@@ -201,6 +235,7 @@ def _train_weighted(group_acc: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
 
 def probe_loss_ratio(ctx: Context) -> xr.Dataset:
     ds = ctx.ds
+    require_bias(ds)  # bias-conflicting over bias-aligned: nothing conflicts with a placeholder b = y
     if ds.sizes.get("iteration", 0) == 0:
         raise M.MetricError("no training step is committed yet")
     r = M.loss_ratio(ds.bc_loss_sum, ds.ba_loss_sum).compute()
@@ -326,7 +361,10 @@ def probe_representation(ctx: Context) -> xr.Dataset:
     out = out.merge(M.neuron_survival(csi, bsi))
     for v in ("csi_mean", "bsi_mean", "class_separation"):
         out[f"{v}_final"] = _final(out[v], v)
-    return out.drop_vars([c for c in out.coords if c not in ("snapshot",)])
+    out = out.drop_vars([c for c in out.coords if c not in ("snapshot",)])
+    # BSI and what compares CSI with it (class- vs bias-dominant neurons): not without a bias attribute
+    return without_bias(out, ds, ("bsi", "bsi_mean", "class_dominant_fraction", "class_neuron_survival",
+                                  "bias_neuron_survival"))
 
 
 def probe_feature_quality(ctx: Context) -> xr.Dataset:
@@ -335,7 +373,8 @@ def probe_feature_quality(ctx: Context) -> xr.Dataset:
                         sample_dim="probe_sample", feature_dim="neuron")
     for v in ("core_probe_error", "spurious_probe_error"):
         out[f"{v}_final"] = _final(out[v], v)
-    return out.drop_vars([c for c in out.coords if c not in ("snapshot",)])
+    out = out.drop_vars([c for c in out.coords if c not in ("snapshot",)])
+    return without_bias(out, ds, ("spurious_probe_error",))
 
 
 def probe_pruning(ctx: Context) -> xr.Dataset:
@@ -461,7 +500,11 @@ def probe_importance(ctx: Context) -> xr.Dataset:
     for v in ("importance_gini", "importance_lorenz"):  # labelled with what they are computed from
         if v in out:
             out[v].attrs = dict(S.DESCRIPTIONS[v])
-    return out.merge(epoch_importance(ds), combine_attrs="override")
+    out = out.merge(epoch_importance(ds), combine_attrs="override")
+    if not has_bias(ds):  # the subsets' bias-aligned is every sample, bias-conflicting none
+        out = without_bias(out, ds, ("importance_epoch_bc_share",))
+        out.attrs["not_defined"] += " (subset: bias-aligned is every sample, bias-conflicting none)"
+    return out
 
 
 def _checkpoints(ctx: Context) -> list[int]:
@@ -770,6 +813,8 @@ def _compute_locked(path: Path, names, force, data_root, params, log, device="au
     def written(name: str, res: xr.Dataset) -> None:
         write_probe(path, name, res)
         outcomes[name] = f"computed in {res.attrs['seconds']:.2f}s"
+        if res.attrs.get("not_defined"):  # the rest computed; these variables are not
+            outcomes[name] += f"; not defined: {res.attrs['not_defined']}"
         if log:
             log(f"{path.name}: {name} {outcomes[name]}")
 

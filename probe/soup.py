@@ -94,7 +94,7 @@ def model_soup(sw: xr.Dataset, *, lrs=None, seeds=None, data_root: str | None = 
     from ..train.loop import evaluate
     from ..train.restore import load_model
     from .metrics import compressibility
-    from .runner import Context
+    from .runner import NO_BIAS, Context, has_bias
 
     if bn not in BN_MODES:
         raise MetricError(f"bn must be one of {', '.join(BN_MODES)}, got {bn!r}")
@@ -152,6 +152,7 @@ def model_soup(sw: xr.Dataset, *, lrs=None, seeds=None, data_root: str | None = 
     x, y, where = Context(Path(stores[runs[0]]), ds0, data_root).eval_set
     b = ds0.test_b.values if where == "test" else ds0.probe_b.values
     yv = y.numpy()
+    biased = has_bias(ds0)
 
     def scores(model):
         with torch.no_grad():
@@ -159,7 +160,8 @@ def model_soup(sw: xr.Dataset, *, lrs=None, seeds=None, data_root: str | None = 
         acc = group_accuracy_np(logits, yv, b)
         w = np.concatenate([p.detach().cpu().flatten().numpy() for p in model.parameters() if p.ndim > 1])
         comp = float(compressibility(xr.DataArray(w, dims=["weight"]), feature_dim="weight", q=2, kappa=0.1))
-        return float(acc["unbiased_accuracy"]), float(acc["worst_group_accuracy"]), comp
+        worst = float(acc["worst_group_accuracy"]) if biased else float("nan")  # groups of a placeholder b
+        return float(acc["unbiased_accuracy"]), worst, comp
 
     bn_used = "none (no BatchNorm)"
     for si, s in enumerate(seed_vals):
@@ -225,6 +227,8 @@ def model_soup(sw: xr.Dataset, *, lrs=None, seeds=None, data_root: str | None = 
                                                                          "ingredient_run") else f" ({split})"))
         if units:
             v.attrs["units"] = units
+    if not biased:
+        out.attrs["not_defined"] = f"soup_worst_group_accuracy, ingredient_worst_group_accuracy (NaN): {NO_BIAS}"
     out.attrs.update(eval_split=where, bn_statistics=bn_used,
                      description="uniform model soup of the final weights across learning rates, per seed "
                                  "(Barsbey et al. supplement Fig. 30 right; Wortsman et al. 2022)")

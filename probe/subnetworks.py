@@ -66,9 +66,10 @@ def subnetwork_grad_norms_np(logits, feats, y, spurious) -> tuple[np.ndarray, np
 
 
 def probe_subnetwork_gradients(ctx) -> xr.Dataset:
-    from .runner import _final
+    from .runner import _final, require_bias
 
     ds = ctx.ds
+    require_bias(ds)  # the subnetworks are split by CSI against BSI
     y, b = ds.probe_y.values, ds.probe_b.values
     csi, bsi = (v.transpose("snapshot", "neuron").values for v in ctx.selectivity)
     spurious = ~(csi > bsi)  # bias-dominant: CSI <= BSI (NaN at a diverged snapshot: not class-dominant)

@@ -391,6 +391,7 @@ def _finish_dataset(path, root, attrs, variables, coords, probes, describe=True)
         "committed": dict(attrs[S.ATTR_COMMITTED]),  # the view this Dataset shows (a live run goes on)
         "config": attrs[S.ATTR_CONFIG],
         "model_info": attrs.get(S.ATTR_MODEL_INFO, {}),
+        S.ATTR_HAS_BIAS: bool(attrs.get(S.ATTR_HAS_BIAS, True)),  # absent (older stores): True
         "timings": attrs.get(S.ATTR_TIMINGS, {}),
         "versions": attrs.get(S.ATTR_VERSIONS, {}),
     })

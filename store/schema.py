@@ -51,6 +51,9 @@ ATTR_DIVERGED_AT = "diverged_at"
 ATTR_STOP_MET = "stop_criterion_met"
 ATTR_MODEL_INFO = "model_info"  # input shape, classes, penultimate width, param names
 ATTR_REGIONS = "regions"  # input regions (core/spurious/noise) for attribution shares
+# bool: the data has a bias attribute (False: b = y is only a placeholder, the probes that need a
+# bias attribute are not defined); absent (stores written before it): True
+ATTR_HAS_BIAS = "has_bias"
 ATTR_KIND = "lrscope"  # marker: value "run" on every run store
 ATTR_LOG_LOGITS = "log_logits"  # the resolved minibatch-record policy: "full" or "summary" (absent: full)
 

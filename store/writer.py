@@ -106,10 +106,12 @@ class RunWriter:
         device: str,
         log_logits: str = S.LOG_FULL,
         lock: RunLock | None = None,
+        has_bias: bool = True,
     ) -> "RunWriter":
         """A new store. `log_logits` is the resolved minibatch-record policy (full or summary,
         schema.resolve_log_logits); a full store is written as schema 2 (the layout an older
-        lrscope reads), a summary store as schema 3."""
+        lrscope reads), a summary store as schema 3. `has_bias`: whether the labels' b is a bias
+        attribute (False: a placeholder, b = y; the root attribute `has_bias`)."""
         path = Path(path)
         if log_logits not in S.LOG_POLICIES:
             raise StoreError(f"log_logits must be one of {', '.join(S.LOG_POLICIES)} here, got {log_logits!r}")
@@ -128,6 +130,7 @@ class RunWriter:
             S.ATTR_TIMINGS: {},
             S.ATTR_MODEL_INFO: model_info,
             S.ATTR_REGIONS: sorted(regions),
+            S.ATTR_HAS_BIAS: bool(has_bias),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
         data = root.create_group(S.G_DATA)

@@ -141,3 +141,37 @@ def imagenet(root: Path, classes=3, per_class=4) -> Path:
                 else:
                     write_jpeg(_image(k, 40, 50), str(d / f"img{j}.JPEG"), quality=95)
     return root
+
+
+IMAGE_FOLDER_CLASSES = ("cat", "dog", "fox")
+
+
+def image_folder(root: Path, n=36, *, bias=True, names=True, codes=False, columns=None, fmt="csv",
+                 metadata="metadata.csv") -> Path:
+    """<root>/images/<class>/*.png|jpg + a metadata table (your own data, README): n images, the
+    class drawn as the top half's colour; split rows 0..n/2 train, then val, then test. `names`:
+    string classes and bias values (cat/dog/fox, indoor/outdoor), else ints; `codes`: splits as
+    0/1/2, else train/val/test; `columns` renames path/target/bias/split; `fmt`: csv or parquet."""
+    cols = {"path": "path", "target": "target", "bias": "bias", "split": "split", **(columns or {})}
+    rows = []
+    for i in range(n):
+        y, place = i % 3, (i // 3) % 2
+        sp = 0 if i < n // 2 else (1 if i < 2 * n // 3 else 2)
+        rel = f"images/{IMAGE_FOLDER_CLASSES[y]}/img{i:03d}.{'png' if i % 4 == 0 else 'jpg'}"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        img = _image(y, 30 + i % 5, 40)
+        write_png(img, str(root / rel)) if rel.endswith(".png") else write_jpeg(img, str(root / rel))
+        row = {cols["path"]: rel, cols["target"]: IMAGE_FOLDER_CLASSES[y] if names else y,
+               cols["split"]: sp if codes else ("train", "val", "test")[sp]}
+        if bias:
+            row[cols["bias"]] = ("indoor", "outdoor")[place] if names else place
+        rows.append(row)
+    if fmt == "parquet":
+        import pandas as pd
+
+        pd.DataFrame(rows).to_parquet(root / metadata)
+    else:
+        keys = list(rows[0])
+        lines = [",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in rows]
+        (root / metadata).write_text("\n".join(lines) + "\n")
+    return root

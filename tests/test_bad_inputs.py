@@ -231,6 +231,47 @@ run("data-root-empty-folder", "--dataset", "celeba", "--data-root", "@W/empty", 
 run("data-root-is-a-file", "--dataset", "cifar10", "--data-root", "@W/f", "--data-options", "{}",
     setup=write_file("f"))
 run("data-root-none-for-files", "--dataset", "imagenet", "--data-options", "{}")
+
+
+# --- your own data (image_folder): a fabricated folder of images + metadata.csv, then spoiled ----------
+def folder(spoil=None):
+    def setup(w, s):
+        import fabricate
+
+        fabricate.image_folder(w / "d", n=12)
+        if spoil is not None:
+            spoil(w / "d")
+    return setup
+
+
+def _table(old, new):
+    def spoil(d):
+        t = d / "metadata.csv"
+        t.write_text(t.read_text().replace(old, new))
+    return spoil
+
+
+for id_, spoil, opts in [
+    ("no-metadata-file", None, {"metadata": "nope.csv"}),
+    ("no-such-column", None, {"target": "label"}),
+    ("no-such-bias-column", None, {"bias": "place"}),
+    ("image-missing", lambda d: (d / "images/dog/img001.jpg").unlink(), {}),
+    ("image-unreadable", lambda d: (d / "images/dog/img001.jpg").write_bytes(b"not a jpeg"), {}),
+    ("unknown-split-value", _table(",test,", ",holdout,"), {}),
+    ("split-without-rows", _table(",test,", ",val,"), {}),
+    ("one-class", lambda d: [_table(f",{k},", ",cat,")(d) for k in ("dog", "fox")], {}),
+    ("empty-target", _table(",dog,", ",,"), {}),
+    ("empty-table", lambda d: (d / "metadata.csv").write_text(""), {}),
+    ("header-only", lambda d: (d / "metadata.csv").write_text("path,target,split\n"), {}),
+    ("parquet-unreadable", lambda d: (d / "m.parquet").write_bytes(b"PAR1 not really"), {"metadata": "m.parquet"}),
+    ("same-column-twice", None, {"path": "target"}),
+    ("empty-column-name", None, {"split": ""}),
+    ("bias-not-a-string", None, {"bias": 3}),
+    ("size-0", None, {"size": 0}),
+]:
+    run(f"image-folder-{id_}", "--dataset", "image_folder", "--data-root", "@W/d", "--data-options",
+        json.dumps({"size": 8, **opts}), setup=folder(spoil))
+run("image-folder-no-data-root", "--dataset", "image_folder", "--data-options", "{}")
 # --- model options -------------------------------------------------------------------------------
 for i, (model, v) in enumerate([("fcn", '{"width":"abc"}'), ("fcn", '{"width":0.5}'), ("fcn", '{"widht":1}'),
                                 ("fcn", '{"widths":[0]}'), ("cnn", '{"width":"abc"}'), ("cnn", '{"width":0}'),

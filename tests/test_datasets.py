@@ -2,6 +2,7 @@
 digits, and on Debian's Fashion-MNIST when installed; plus every dataset x model pair."""
 
 import dataclasses
+import json
 import struct
 
 import numpy as np
@@ -37,6 +38,8 @@ def data_root(tmp_path_factory):
     for make in (fabricate.mnist, fabricate.cifar10, fabricate.cifar100, fabricate.celeba, fabricate.waterbirds,
                  fabricate.imagenet):
         make(root)
+    # your own data beside them; not metadata.csv, which Waterbirds would find at the root
+    fabricate.image_folder(root, metadata="groups.csv")
     return root
 
 
@@ -117,6 +120,7 @@ SMALL = {
     "celeba": {"size": 32},
     "waterbirds": {"size": 32},
     "imagenet": {"size": 32},
+    "image_folder": {"size": 32, "metadata": "groups.csv"},
 }
 QUICK_PAIR = {"resnet18": "double_mnist", "resnet50": "colored_mnist"}  # a heavy model's pair in the default suite
 
@@ -156,7 +160,7 @@ def test_every_dataset_model_pair(tmp_path, data_root, dataset, model):
 def test_cifar_loaders(data_root):
     b = build_dataset("cifar10", data_root=str(data_root))
     assert b.train.x.shape == (100, 3, 32, 32) and len(b.test) == 40 and b.num_classes == 10
-    assert (b.train.y == b.train.b).all()  # no bias attribute: everything bias-aligned
+    assert (b.train.y == b.train.b).all() and not b.has_bias  # no bias attribute: b = y, a placeholder
     for i in range(10):  # the class's column block is red
         k = int(b.train.y[i])
         assert (b.train.x[i, 0, :, 3 * k:3 * k + 3] == 250).all()
@@ -248,13 +252,13 @@ def test_waterbirds_loader(data_root):
 def test_imagenet_loader(data_root):
     b = build_dataset("imagenet", data_root=str(data_root), size=16)
     assert b.num_classes == 3 and b.train.x.shape == (12, 3, 16, 16) and len(b.test) == 6
-    assert (b.train.y == b.train.b).all()
+    assert (b.train.y == b.train.b).all() and not b.has_bias
     tiny = build_dataset("imagenet", data_root=str(data_root), size=16, classes=2, per_class_train=1)
     assert tiny.train.x.shape[0] == 2
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "mnist_cifar", "corrupted_cifar10", "celeba", "waterbirds",
-                                  "imagenet"])
+                                  "imagenet", "image_folder"])
 def test_missing_files_say_where_to_get_them(tmp_path, name):
     with pytest.raises(DataError, match="to get"):
         build_dataset(name, data_root=str(tmp_path))
@@ -316,3 +320,177 @@ def test_local_weights(tmp_path):
     root = zarr.open_group(str(path), mode="r")
     np.testing.assert_allclose(root[S.G_PARAMS]["net.layer1.0.conv1.weight"][0],
                                src.layer1[0].conv1.weight.detach().numpy())
+
+
+# ------------------------------------------------------------------------------- your own data (image_folder)
+def _folder(tmp_path, name="d", **kw):
+    return fabricate.image_folder(tmp_path / name, **kw)
+
+
+def test_image_folder_string_labels(tmp_path):
+    root = _folder(tmp_path)  # cat/dog/fox, indoor/outdoor, train/val/test; 36 rows: 18 train, 6 val, 12 test
+    b = build_dataset("image_folder", data_root=str(root), size=16)
+    assert b.has_bias and b.num_classes == 3 and b.num_bias == 2 and b.input_shape == (3, 16, 16)
+    assert b.train.x.shape == (18, 3, 16, 16) and b.train.x.dtype == torch.uint8 and len(b.test) == 12
+    # index: the table's row; val rows (18..23) are in neither split
+    np.testing.assert_array_equal(b.train.index.numpy(), np.arange(18))
+    np.testing.assert_array_equal(b.test.index.numpy(), np.arange(24, 36))
+    rows = np.concatenate([np.arange(18), np.arange(24, 36)])
+    y = np.concatenate([b.train.y.numpy(), b.test.y.numpy()])
+    bb = np.concatenate([b.train.b.numpy(), b.test.b.numpy()])
+    np.testing.assert_array_equal(y, rows % 3)  # cat < dog < fox: 0, 1, 2 (sorted)
+    np.testing.assert_array_equal(bb, (rows // 3) % 2)  # indoor < outdoor
+    assert "cat, dog, fox" in b.description and "indoor, outdoor" in b.description and "6 val rows" in b.description
+    # decoded, centre-cropped, resized: the class colours the top half's channel k
+    top = b.train.x[:, :, :4].float().mean((2, 3))
+    assert (top.argmax(1) == b.train.y).all()
+    sub = build_dataset("image_folder", data_root=str(root), size=8, n_train=6, n_test=4, seed=2)
+    assert len(sub.train) == 6 and len(sub.test) == 4 and set(sub.train.index.tolist()) <= set(range(18))
+    assert build_dataset("image_folder", data_root=str(root), size=16, bias=None).has_bias is False
+
+
+def test_image_folder_ints_codes_and_columns(tmp_path):
+    cols = {"path": "img_filename", "target": "y", "bias": "place", "split": "fold"}
+    root = _folder(tmp_path, names=False, codes=True, columns=cols)  # Waterbirds-like: 0/1/2 splits, int labels
+    opts = dict(path="img_filename", target="y", bias="place", split="fold", size=8)
+    b = build_dataset("image_folder", data_root=str(root), **opts)
+    ref = build_dataset("image_folder", data_root=str(_folder(tmp_path, "ref")), size=8)
+    for sp in ("train", "test"):
+        for k in ("x", "y", "b", "index"):
+            assert torch.equal(getattr(getattr(b, sp), k), getattr(getattr(ref, sp), k)), (sp, k)
+    assert "(0, 1, 2)" in b.description
+    # integers sort as numbers (2 before 10), strings as text
+    lines = [ln.split(",") for ln in (root / "metadata.csv").read_text().splitlines()]
+    k = lines[0].index("y")
+    (root / "metadata.csv").write_text("\n".join(",".join(c[:k] + ["10" if c[k] == "2" else c[k]] + c[k + 1:])
+                                                for c in lines) + "\n")
+    c = build_dataset("image_folder", data_root=str(root), **opts)
+    np.testing.assert_array_equal(c.train.y.numpy(), b.train.y.numpy())
+    assert "(0, 1, 10)" in c.description
+    with pytest.raises(DataError, match=r"no column 'path' \(option path\); columns present: img_filename, y, fold, "
+                                        r"place$"):
+        build_dataset("image_folder", data_root=str(root), size=8)
+
+
+def test_image_folder_without_bias(tmp_path):
+    b = build_dataset("image_folder", data_root=str(_folder(tmp_path, bias=False)), size=8)
+    assert not b.has_bias and (b.train.b == b.train.y).all() and b.num_bias == b.num_classes == 3
+    assert "no bias attribute" in b.description
+    with pytest.raises(DataError, match="no column 'place'"):  # a bias column named and missing: an error
+        build_dataset("image_folder", data_root=str(_folder(tmp_path, "e", bias=False)), size=8, bias="place")
+
+
+def test_image_folder_parquet(tmp_path):
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        root = _folder(tmp_path)
+        (root / "metadata.parquet").write_bytes(b"PAR1 not really")
+        with pytest.raises(DataError, match=r"needs pyarrow \(pip install pyarrow\)"):
+            build_dataset("image_folder", data_root=str(root), metadata="metadata.parquet", size=8)
+        return
+    pq = build_dataset("image_folder", data_root=str(_folder(tmp_path, fmt="parquet", metadata="m.parquet")),
+                       metadata="m.parquet", size=8)
+    csv = build_dataset("image_folder", data_root=str(_folder(tmp_path, "c")), size=8)
+    assert torch.equal(pq.train.x, csv.train.x) and torch.equal(pq.test.b, csv.test.b)
+
+
+def test_image_folder_cache_follows_the_table(tmp_path, monkeypatch):
+    from lrscope.train import data as D
+
+    monkeypatch.setenv("LRSCOPE_CACHE", str(tmp_path / "cache"))
+    root = _folder(tmp_path)
+    first = build_dataset("image_folder", data_root=str(root), size=8)
+    again = build_dataset("image_folder", data_root=str(root), size=8)
+    assert D.is_mapped(again.train.x) and again.has_bias and torch.equal(first.train.y, again.train.y)
+    # the table edited in place (its folder's mtime stays): the cache is rebuilt
+    mtime = (root).stat().st_mtime_ns
+    table = root / "metadata.csv"
+    table.write_text(table.read_text().replace("images/cat/img000.png,cat,", "images/cat/img000.png,fox,"))
+    assert root.stat().st_mtime_ns == mtime
+    edited = build_dataset("image_folder", data_root=str(root), size=8)
+    assert not D.is_mapped(edited.train.x) and int(edited.train.y[0]) == 2 and int(first.train.y[0]) == 0
+    assert len(list((tmp_path / "cache").glob("image_folder-*"))) == 2
+    # has_bias survives the cache
+    nb = _folder(tmp_path, "nb", bias=False)
+    build_dataset("image_folder", data_root=str(nb), size=8)
+    cached = build_dataset("image_folder", data_root=str(nb), size=8)
+    assert D.is_mapped(cached.train.x) and cached.has_bias is False
+
+
+def _edit(root, old, new):
+    t = root / "metadata.csv"
+    t.write_text(t.read_text().replace(old, new))
+
+
+@pytest.mark.parametrize("edit,opts,message", [
+    (None, {"metadata": "nope.csv"}, r"no metadata table .*nope\.csv .*to get it"),
+    (None, {"target": "label"}, r"no column 'label' \(option target\); columns present: path, target, split, bias"),
+    (lambda r: (r / "images/dog/img001.jpg").unlink(), {}, r"1 listed image file\(s\) not found, the first .*img001"),
+    (lambda r: (r / "images/dog/img001.jpg").write_bytes(b"not an image"), {}, r"cannot decode image .*img001"),
+    (lambda r: _edit(r, ",test,", ",holdout,"), {}, r"unknown split value\(s\) 'holdout' in column 'split'"),
+    (lambda r: _edit(r, ",test,", ",val,"), {}, r"no rows in the test split \(column 'split' holds train, val only"),
+    (lambda r: [_edit(r, f",{k}," , ",cat,") for k in ("dog", "fox")], {}, r"holds one class \('cat'\)"),
+    (lambda r: _edit(r, ",dog,", ",,"), {}, r"row\(s\) with an empty target"),
+    (lambda r: (r / "metadata.csv").write_text(""), {}, r"not a readable CSV table"),
+    (None, {"path": "target"}, r"options path, target name the same column"),
+    (None, {"split": " "}, r"option split must not be empty"),
+])
+def test_image_folder_bad_inputs(tmp_path, edit, opts, message):
+    root = _folder(tmp_path)
+    if edit is not None:
+        edit(root)
+    with pytest.raises((DataError, ConfigError), match=message) as e:
+        build_dataset("image_folder", data_root=str(root), size=8, **opts)
+    assert "\n" not in str(e.value)
+
+
+def test_image_folder_without_bias_trains_probes_reports(tmp_path):
+    """A run on your own data without a bias column: trains, its store says so, the probes that
+    need a bias attribute are not defined and the rest compute, and ls and the report say so."""
+    from click.testing import CliRunner
+
+    from lrscope.cli.probe import main as lrprobe
+    from lrscope.probe.runner import compute_paths
+
+    root = _folder(tmp_path, bias=False)
+    cfg = tiny_config(dataset="image_folder", model="fcn", widths=[16], data_options={"size": 8}, max_steps=6,
+                      snapshot_every=2, checkpoint_every=3, probe_size=12, batch_size=8, data_root=str(root),
+                      stop="max-steps")
+    path = train_run(cfg, tmp_path / "runs", progress=False).path
+    assert zarr.open_group(str(path), mode="r").attrs[S.ATTR_HAS_BIAS] is False
+    out = compute_paths(path, progress=False)[str(path)]
+    for name in ("loss_ratio", "subnetwork_gradients"):
+        assert out[name] == "not defined: the data has no bias attribute", out
+    for name in ("accuracy", "representation", "feature_quality", "importance", "dynamics"):
+        assert out[name].startswith("computed") and "not defined" in out[name], out
+    assert out["compressibility"].startswith("computed") and "not defined" not in out["compressibility"]
+    ds = lrscope.open_run(path)
+    assert ds.attrs["has_bias"] is False
+    acc = (ds.test_logits.isel(snapshot=-1).argmax("class") == ds.test_y).mean()
+    assert float(ds.unbiased_accuracy_final) == pytest.approx(float(acc))  # the plain test accuracy
+    for v in ("csi_mean_final", "class_separation_final", "core_probe_error_final", "prunability"):
+        assert v in ds, v
+    for v in ("worst_group_accuracy_final", "average_accuracy_final", "bc_accuracy", "group_accuracy", "bsi",
+              "class_neuron_survival", "spurious_probe_error", "max_loss_ratio", "importance_epoch_bc_share"):
+        assert v not in ds, v
+    res = CliRunner().invoke(lrprobe, ["ls", str(path)])
+    assert res.exit_code == 0 and path.stem in res.output, res.output
+    assert res.output.splitlines()[1].split()[4] == "-"  # worst-group: not defined
+    res = CliRunner().invoke(lrprobe, ["compute", str(path), "--quiet"])
+    assert res.exit_code == 0 and "loss_ratio: not defined: the data has no bias attribute" in res.output
+    res = CliRunner().invoke(lrprobe, ["report", str(path), "-o", str(tmp_path / "r.html"), "--no-compute"])
+    assert res.exit_code == 0, res.output
+    assert "data have no bias attribute" in (tmp_path / "r.html").read_text()
+    # a model soup across two LRs: its accuracy, no worst group
+    from lrscope.probe import model_soup
+
+    train_run(dataclasses.replace(cfg, lr=0.02), tmp_path / "runs", progress=False)
+    soup = model_soup(lrscope.open_sweep(tmp_path / "runs", probes=False))
+    assert np.isfinite(soup.soup_unbiased_accuracy).all() and np.isnan(soup.soup_worst_group_accuracy).all()
+    assert np.isnan(soup.ingredient_worst_group_accuracy).all() and "no bias attribute" in soup.attrs["not_defined"]
+    # a store written before has_bias existed reads as having one
+    meta = json.loads((path / "zarr.json").read_text())
+    del meta["attributes"][S.ATTR_HAS_BIAS]
+    (path / "zarr.json").write_text(json.dumps(meta))
+    assert lrscope.open_run(path, probes=False).attrs["has_bias"] is True

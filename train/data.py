@@ -27,7 +27,7 @@ RECIPE_MODULES = ("synthetic", "images", "vision")  # every module that register
 for _module in RECIPE_MODULES:
     importlib.import_module(f".{_module}", __package__)
 
-CACHE_VERSION = 2  # bump when a cached recipe's output (or the cache's layout) changes
+CACHE_VERSION = 3  # bump when a cached recipe's output (or the cache's layout) changes
 
 if TYPE_CHECKING:
     import torch
@@ -82,17 +82,28 @@ def cache_dir() -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lrscope" / "datasets"
 
 
-def _cache_key(name: str, seed: int, rho, options: dict) -> str:
+def _file_stamp(path) -> list | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size]
+
+
+def _cache_key(name: str, seed: int, rho, options: dict, files=()) -> str:
+    """The cache folder's name: the recipe, seed, ratio and options, the data root with its mtime
+    (files added or removed under it: rebuild), and the mtime and size of `files` (the entry's
+    `stamp`: a metadata table edited in place leaves its folder's mtime alone)."""
     opts = dict(options)
     root = opts.pop("data_root", None)
     stamp = None
     if root is not None:
         root = str(Path(root).resolve())
-        try:
-            stamp = os.stat(root).st_mtime_ns  # files added or removed under the root: rebuild
-        except OSError:
-            stamp = None
-    blob = json.dumps([CACHE_VERSION, name, seed, rho, opts, root, stamp], sort_keys=True, default=str)
+        stamp = _file_stamp(root)
+        stamp = None if stamp is None else stamp[0]
+    files = [[str(f), _file_stamp(f)] for f in files]
+    blob = json.dumps([CACHE_VERSION, name, seed, rho, opts, root, stamp] + ([files] if files else []),
+                      sort_keys=True, default=str)
     return f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}"
 
 
@@ -107,7 +118,8 @@ def _save_cached(path: Path, b: DataBundle) -> None:
     arrays = {f"{sp}_{k}": getattr(getattr(b, sp), k).numpy() for sp in ("train", "test") for k in SPLIT_KEYS}
     arrays.update({f"region_{k}": v for k, v in b.regions.items()})
     meta = {"name": b.name, "num_classes": b.num_classes, "num_bias": b.num_bias,
-            "input_shape": list(b.input_shape), "description": b.description, "regions": list(b.regions)}
+            "input_shape": list(b.input_shape), "description": b.description, "regions": list(b.regions),
+            "has_bias": bool(b.has_bias)}
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         tmp.mkdir(parents=True, exist_ok=True)
@@ -152,7 +164,7 @@ def _load_cached(path: Path) -> DataBundle | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return DataBundle(meta["name"], sp["train"], sp["test"], meta["num_classes"], meta["num_bias"],
-                      tuple(meta["input_shape"]), regions, meta["description"])
+                      tuple(meta["input_shape"]), regions, meta["description"], bool(meta.get("has_bias", True)))
 
 
 def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | None = None,
@@ -172,7 +184,8 @@ def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | N
         options["data_root"] = data_root
     folder = cache_dir() if e.cached else None
     if folder is not None:
-        path = folder / _cache_key(name, seed, rho, options)
+        files = e.stamp({**e.defaults, **options}) if e.stamp is not None else ()
+        path = folder / _cache_key(name, seed, rho, options, files)
         if (path / "meta.json").exists():
             cached = _load_cached(path)
             if cached is not None:

@@ -289,7 +289,7 @@ def _create_store(path, cfg, bundle, model, probe_idx, device, lock, placement: 
         probe_inputs=bundle.test.x[probe_idx].numpy(), probe_test_index=probe_idx,
         regions=bundle.regions, model_info=model_info, params=state_arrays(model),
         batch_size=min(cfg.batch_size, len(bundle.train)), num_classes=bundle.num_classes, device=str(device),
-        log_logits=S.resolve_log_logits(cfg.log_logits, bundle.num_classes), lock=lock)
+        log_logits=S.resolve_log_logits(cfg.log_logits, bundle.num_classes), lock=lock, has_bias=bundle.has_bias)
     w.root.attrs.update({S.ATTR_DATA_PLACEMENT: placement})  # beside `device`: where the data lived
     return w
 

@@ -99,17 +99,21 @@ class DatasetEntry:
     cached: bool = False  # built splits are kept on disk (slow builds)
     check: Callable[[dict], None] | None = None  # a check of the options together (over the defaults)
     reads_files: bool = False  # takes --data-root
+    # files whose (mtime, size) join the cache key besides the data root's: (options with data_root)
+    # -> paths, e.g. a metadata table edited in place (which leaves its folder's mtime alone)
+    stamp: Callable[[dict], list] | None = None
 
 
 DATASETS: dict[str, DatasetEntry] = {}
 
 
 def register_dataset(name: str, *, rho_train: float | None, options: dict[str, dict], cached: bool = False,
-                     check: Callable[[dict], None] | None = None):
+                     check: Callable[[dict], None] | None = None, stamp: Callable[[dict], list] | None = None):
     """Register a dataset builder under `name`. `options` declares every keyword the builder
     takes besides seed, rho_train and data_root (type and range; the default is the builder's),
     so that data options are checked before anything is built; `check` checks them together;
-    `cached`: built splits are kept on disk."""
+    `cached`: built splits are kept on disk, keyed by the options, the data root and its mtime,
+    and the mtime and size of the files `stamp(options)` names (files edited in place)."""
     def deco(fn):
         params = inspect.signature(fn).parameters
         taken = [p for p in params if p not in RESERVED]
@@ -119,7 +123,7 @@ def register_dataset(name: str, *, rho_train: float | None, options: dict[str, d
             raise TypeError(f"dataset {name!r} registered twice")
         defaults = {k: params[k].default for k in options if params[k].default is not inspect.Parameter.empty}
         DATASETS[name] = DatasetEntry(name, fn, inspect.cleandoc(fn.__doc__ or ""), rho_train, dict(options),
-                                      defaults, cached, check, "data_root" in params)
+                                      defaults, cached, check, "data_root" in params, stamp)
         return fn
 
     return deco

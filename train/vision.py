@@ -2,13 +2,16 @@
 ImageNet. Each reads the layout the field already uses (DATA.md) from ``--data-root`` and returns
 whole uint8 splits; the corruptions of Corrupted CIFAR-10 are implemented here with torch/numpy/
 scipy (no ImageMagick; torch is imported inside the functions, as in every recipe module).
-Datasets without a bias attribute (CIFAR, ImageNet) set b = y, so every sample is bias-aligned
-and the test split is the usual one.
+Datasets without a bias attribute (CIFAR, ImageNet, an image folder without a bias column) say so
+(`DataBundle.has_bias` False) and store b = y as a placeholder: every sample is bias-aligned, the
+test split is the usual one, and the probes that need a bias attribute are not defined.
+``image_folder`` reads your own data: a folder of images and a metadata table (CSV or Parquet).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,6 +50,8 @@ HOW_TO_GET = {
                   "metadata.csv: img_filename, y, split, place; give it or its parent as --data-root)",
     "imagenet": "the ILSVRC-2012 images from image-net.org, in ImageFolder layout "
                 "(<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG)",
+    "image_folder": "your own data: a folder of images and a metadata table naming each image's file, target, "
+                    "bias (optional) and split (README: Your own data)",
 }
 
 
@@ -123,7 +128,7 @@ def _plain(name: str, n_classes: int, data_root, seed, n_train, n_test) -> DataB
     xtr, ytr, itr = subsample(xtr, ytr, n_train, gen)
     xte, yte, ite = subsample(xte, yte, n_test, gen)
     return DataBundle(name, Split.from_numpy(xtr, ytr, ytr, itr), Split.from_numpy(xte, yte, yte, ite), n_classes,
-                      n_classes, (3, 32, 32), {}, f"{name} (no bias attribute: b = y)")
+                      n_classes, (3, 32, 32), {}, f"{name} (no bias attribute: b = y)", has_bias=False)
 
 
 @register_dataset("cifar10", rho_train=None, cached=True, options={"n_train": N_SAMPLES, "n_test": N_SAMPLES})
@@ -406,6 +411,186 @@ def waterbirds(*, seed: int, rho_train: float | None, data_root, size: int = 64,
                       2, 2, (3, size, size), {}, f"Waterbirds ({size}px)")
 
 
+# ------------------------------------------------------------------------------- your own data
+SPLIT_CODES = {"train": 0, "0": 0, "val": 1, "valid": 1, "validation": 1, "1": 1, "test": 2, "2": 2}
+COLUMN_OPTIONS = ("path", "target", "bias", "split")
+SHOW_NAMES = 12  # class / bias names spelled out in the description, at most
+
+
+def _check_image_folder(opts: dict) -> None:
+    for k in ("metadata", *COLUMN_OPTIONS):
+        if opts[k] is not None and not opts[k].strip():
+            raise ConfigError(f"image_folder option {k} must not be empty")
+    named = [(k, opts[k]) for k in COLUMN_OPTIONS if opts[k] is not None]
+    cols = [c for _, c in named]
+    if len(set(cols)) != len(cols):
+        twice = sorted({c for c in cols if cols.count(c) > 1})
+        raise ConfigError(f"image_folder options {', '.join(k for k, c in named if c in twice)} name the same "
+                          f"column ({', '.join(map(repr, twice))}); each must be its own")
+
+
+def _image_folder_files(opts: dict) -> list:
+    """What the cache key stamps besides the data root: the metadata table (edited in place, its
+    folder's mtime stays)."""
+    root = opts.get("data_root")
+    return [] if root is None else [Path(root) / opts["metadata"]]
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def read_metadata(file: Path):
+    """The metadata table (pandas DataFrame): CSV (every value read as text) or Parquet (.parquet,
+    .pq; needs pyarrow). DataError where it is missing or unreadable."""
+    import pandas as pd
+
+    if not file.is_file():
+        raise DataError(f"image_folder: no metadata table {file} (option metadata, relative to --data-root); "
+                        f"to get it: {HOW_TO_GET['image_folder']}")
+    if file.suffix.lower() in (".parquet", ".pq"):
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise DataError(f"{file}: reading a Parquet table needs pyarrow (pip install pyarrow), or give the "
+                            f"table as CSV") from None
+        try:
+            return pd.read_parquet(file, engine="pyarrow")
+        except Exception as e:  # pyarrow's ArrowInvalid and friends: a damaged or foreign file
+            raise DataError(f"{file}: not a readable Parquet table ({_one_line(e)})") from None
+    try:
+        return pd.read_csv(file, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
+        raise DataError(f"{file}: not a readable CSV table ({_one_line(e)})") from None
+
+
+def _as_name(v) -> str | None:
+    """A table value as the label's name: text stripped, ints (and integral floats, as Parquet
+    stores an int column with gaps) as their digits; None where empty."""
+    if v is None or isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)) or isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    v = str(v).strip()
+    return v or None
+
+
+def _is_int(s: str) -> bool:
+    return s.lstrip("-").isdigit()
+
+
+def encode_labels(values, file: Path, column: str, what: str) -> tuple[np.ndarray, list[str]]:
+    """Values of a label column -> codes 0..K-1 in sorted order (numeric when every value is an
+    integer, else by text) and the K names."""
+    names = [_as_name(v) for v in values]
+    empty = [i for i, v in enumerate(names) if v is None]
+    if empty:
+        raise DataError(f"{file}: {len(empty)} row(s) with an empty {what} (column {column!r}), the first "
+                        f"is data row {empty[0] + 1}")
+    distinct = set(names)
+    order = sorted(distinct, key=int) if all(_is_int(v) for v in distinct) else sorted(distinct)
+    code = {v: k for k, v in enumerate(order)}
+    return np.array([code[v] for v in names], dtype=np.int64), order
+
+
+def _show_names(names: list[str]) -> str:
+    shown = ", ".join(names[:SHOW_NAMES])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > SHOW_NAMES else "")
+
+
+@register_dataset("image_folder", rho_train=None, cached=True, check=_check_image_folder, stamp=_image_folder_files,
+                  options={
+    "metadata": option(str, help="the metadata table, relative to --data-root: CSV, or Parquet (.parquet, needs "
+                                 "pyarrow)"),
+    "path": option(str, help="column: the image file, relative to --data-root"),
+    "target": option(str, help="column: the class (strings or ints)"),
+    "bias": option(str, nullable=True, help="column: the bias attribute (strings or ints); null, or no column of "
+                                            "the default name: no bias attribute"),
+    "split": option(str, help="column: train / val / test, or 0 / 1 / 2 (val rows are left out)"),
+    "size": IMAGE_SIZE, "n_train": N_SAMPLES, "n_test": N_SAMPLES,
+})
+def image_folder(*, seed: int, rho_train: float | None, data_root, metadata: str = "metadata.csv",
+                 path: str = "path", target: str = "target", bias: str | None = "bias", split: str = "split",
+                 size: int = 64, n_train: int | None = None, n_test: int | None = None) -> DataBundle:
+    """Your own data: a folder of images (--data-root) and a metadata table naming, per image, its
+    file (relative to the root), class, bias attribute and split; the usual shipping format of
+    spurious-correlation data (Waterbirds' and WILDS' metadata.csv). The table is CSV, or Parquet
+    with pyarrow installed; `metadata` names it, `path`, `target`, `bias`, `split` its columns.
+    Classes and bias values may be strings or ints: each is numbered 0..K-1 in sorted order (by
+    value when all are integers) and its names are kept in the description. A sample is
+    bias-conflicting where its bias number differs from its class number, so order the values so
+    that the k-th bias value goes with the k-th class. No bias column (the default name absent, or
+    bias: null): no bias attribute, and the probes that need one are not defined. Splits: train,
+    val (or valid, validation), test, or 0, 1, 2; lrscope has no validation split, so val rows are
+    left out of both the training and the test split. Images are decoded with Pillow as RGB, centre-cropped and resized
+    to size×size, held as uint8 and scaled to [0, 1] for the model, as the other image sets;
+    n_train / n_test subsample (seeded). Cached, keyed also by the table's mtime and size: an
+    edited table rebuilds it; an image replaced under the same name does not (touch the table)."""
+    check_sizes(n_train=n_train, n_test=n_test, size=size)
+    root = _root("image_folder", data_root)
+    file = root / metadata
+    df = read_metadata(file)
+    wanted = {"path": path, "target": target, "split": split}
+    if bias is not None and (bias in df.columns or bias != "bias"):
+        wanted["bias"] = bias
+    for opt, col in wanted.items():
+        if col not in df.columns:
+            raise DataError(f"{file}: no column {col!r} (option {opt}); columns present: "
+                            f"{', '.join(map(str, df.columns)) or 'none'}")
+    if len(df) == 0:
+        raise DataError(f"{file}: the table holds no rows")
+    codes = []
+    for v in df[split].tolist():
+        name = _as_name(v)
+        codes.append(SPLIT_CODES.get(name.lower(), -1) if name is not None else -1)
+    sp = np.array(codes)
+    if (sp < 0).any():
+        bad = sorted({str(_as_name(v)) for v, c in zip(df[split].tolist(), codes) if c < 0})
+        raise DataError(f"{file}: unknown split value(s) {', '.join(map(repr, bad[:5]))} in column {split!r} "
+                        f"({int((sp < 0).sum())} rows); valid: train, val, test or 0, 1, 2")
+    for code, word in ((0, "train"), (2, "test")):
+        if not (sp == code).any():
+            found = ", ".join(w for c, w in ((0, "train"), (1, "val"), (2, "test")) if (sp == c).any())
+            raise DataError(f"{file}: no rows in the {word} split (column {split!r} holds {found} only)")
+    y, classes = encode_labels(df[target].tolist(), file, target, "target")
+    if len(classes) < 2:
+        raise DataError(f"{file}: the target column {target!r} holds one class ({classes[0]!r}); "
+                        f"a classifier needs two or more")
+    if len(np.unique(y[sp == 0])) < 2:
+        raise DataError(f"{file}: the train split holds one class of column {target!r} "
+                        f"({classes[int(y[sp == 0][0])]!r}); a classifier needs two or more")
+    has_bias = "bias" in wanted
+    if has_bias:
+        b, bias_names = encode_labels(df[bias].tolist(), file, bias, "bias value")
+        if len(bias_names) < 2:
+            raise DataError(f"{file}: the bias column {bias!r} holds one value ({bias_names[0]!r}); for data without "
+                            f"a bias attribute give bias: null")
+    else:
+        b, bias_names = y, []
+    rel = [_as_name(v) for v in df[path].tolist()]
+    used = np.flatnonzero(sp != 1)
+    if any(rel[i] is None for i in used):
+        first = next(i for i in used if rel[i] is None)
+        raise DataError(f"{file}: empty image path (column {path!r}) in data row {first + 1}")
+    paths = [root / r if r is not None else root for r in rel]
+    missing = [i for i in used if not paths[i].is_file()]
+    if missing:
+        raise DataError(f"{file}: {len(missing)} listed image file(s) not found, the first {paths[missing[0]]} "
+                        f"(data row {missing[0] + 1}; paths are relative to --data-root)")
+    gen = np.random.default_rng([seed, 8100])
+    n_classes = len(classes)
+    num_bias = len(bias_names) if has_bias else n_classes
+    train = _file_split("image_folder", paths, y, b, sp, 0, n_train, size, gen)
+    test = _file_split("image_folder", paths, y, b, sp, 2, n_test, size, gen)
+    where = f"{root.name}/{metadata}"
+    desc = (f"image folder {where}: {n_classes} classes of {target!r} ({_show_names(classes)}); "
+            + (f"bias {bias!r}: {_show_names(bias_names)}" if has_bias else "no bias attribute (b = y)")
+            + f"; {size}px" + (f"; {int((sp == 1).sum())} val rows left out" if (sp == 1).any() else ""))
+    return DataBundle("image_folder", train, test, n_classes, num_bias, (3, size, size), {}, desc, has_bias=has_bias)
+
+
 # ------------------------------------------------------------------------------- ImageNet
 IMG_EXT = (".jpeg", ".jpg", ".png")
 
@@ -446,4 +631,4 @@ def imagenet(*, seed: int, rho_train: float | None, data_root, size: int = 64,
         return Split.from_numpy(decode_images(paths, size, f"imagenet/{sub}"), y, y, np.arange(len(y)))
 
     return DataBundle("imagenet", split("train", per_class_train), split("val", per_class_test), len(wnids),
-                      len(wnids), (3, size, size), {}, f"ImageNet {len(wnids)} classes ({size}px)")
+                      len(wnids), (3, size, size), {}, f"ImageNet {len(wnids)} classes ({size}px)", has_bias=False)

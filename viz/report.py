@@ -167,6 +167,13 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
         body.append(f"<p class=note>{sw.sizes['run']} runs, {n_lr} learning rate(s)"
                     + ("" if n_lr > 1 else ": the figures against the LR need two; what follows shows the run(s) "
                        "through training") + ".</p>")
+        no_bias = [r for r in rows if (r["dataset"], r["model"]) == (dname, model) and not r["has_bias"]]
+        if no_bias:
+            body.append(f"<p class=note>{len(no_bias)} of these runs' data have no bias attribute"
+                        + (f" ({html.escape(no_bias[0]['data'])})" if no_bias[0]["data"] else "")
+                        + ": the probes that need one (worst-group, average and bias-aligned/-conflicting accuracy, "
+                        "the BC loss ratio, BSI and neuron survival, the spurious linear probe, the subnetwork "
+                        "gradients) are not defined for them, and unbiased accuracy is the plain test accuracy.</p>")
         section = None
         for entry in F.FIGURES.values():  # titles, sections and conditions declared in viz/figures.py
             if entry.applies is not None and not entry.applies(sw):

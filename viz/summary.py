@@ -23,7 +23,9 @@ def run_rows(paths) -> list[dict]:
             status = "max_steps"  # completed, but its stop criterion never held (the reason says how far)
         row = {"run_id": ds.attrs["run_id"], "status": status, "reason": ds.attrs["reason"],
                "dataset": cfg["dataset"], "model": cfg["model"], "lr": cfg["lr"], "seed": cfg["seed"],
-               "iterations": int(ds.sizes.get("iteration", 0)), "path": str(p)}
+               "iterations": int(ds.sizes.get("iteration", 0)), "path": str(p),
+               "has_bias": bool(ds.attrs.get(S.ATTR_HAS_BIAS, True)),
+               "data": ds.attrs.get("model_info", {}).get("dataset_description", "")}
         for var, _ in HEAD:
             row[var] = float(ds[var]) if var in ds and ds[var].ndim == 0 else math.nan
         rows.append(row)
