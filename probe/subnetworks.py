@@ -200,9 +200,10 @@ def probe_prop2_gradients(ctx) -> xr.Dataset:
 
     from ..train.data import as_model_input
     from ..train.restore import load_model
-    from .runner import _final
+    from .runner import _final, require_bias
 
     ds = ctx.ds
+    require_bias(ds)  # the units are split by CSI against BSI; BA/BC need a bias label
     n_it = ds.sizes.get("iteration", 0)
     if n_it == 0:
         raise M.MetricError("no training step is committed yet")
