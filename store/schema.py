@@ -45,6 +45,9 @@ ATTR_STOP_MET = "stop_criterion_met"
 ATTR_MODEL_INFO = "model_info"  # input shape, classes, penultimate width, param names
 ATTR_REGIONS = "regions"  # input regions (core/spurious/noise) for attribution shares
 ATTR_KIND = "lrscope"  # marker: value "run" on every run store
+# the run's plugins (a model or dataset from outside lrscope, train/plugins.py): kind -> {import_path,
+# distribution, version, sha256 of the module file, source (its file name)}; absent: built-ins only
+ATTR_PLUGINS = "plugins"
 ATTR_LOG_LOGITS = "log_logits"  # the resolved minibatch-record policy: "full" or "summary" (absent: full)
 
 STATUS_RUNNING = "running"

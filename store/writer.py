@@ -106,6 +106,7 @@ class RunWriter:
         device: str,
         log_logits: str = S.LOG_FULL,
         lock: RunLock | None = None,
+        plugins: dict[str, dict] | None = None,
     ) -> "RunWriter":
         """A new store. `log_logits` is the resolved minibatch-record policy (full or summary,
         schema.resolve_log_logits); a full store is written as schema 2 (the layout an older
@@ -129,6 +130,7 @@ class RunWriter:
             S.ATTR_MODEL_INFO: model_info,
             S.ATTR_REGIONS: sorted(regions),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **({S.ATTR_PLUGINS: plugins} if plugins else {}),
         })
         data = root.create_group(S.G_DATA)
         for split, arrays in labels.items():
