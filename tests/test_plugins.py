@@ -1,0 +1,231 @@
+"""Plugins (issue 24): examples/own_model installed into a temporary folder (pip --target, offline) and
+put on the PYTHONPATH of subprocesses, which list, train and probe with it; processes without it
+probe what the stored arrays allow; an edited plugin is refused until the override. The import-path
+form (a module on PYTHONPATH, no entry point) too. This test process never imports the plugin."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lrscope
+from lrscope.errors import PluginChanged, PluginMissing
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--lr", "0.1", "--max-steps", "30", "--snapshot-every", "10", "--checkpoint-every", "10", "--probe-size",
+        "40", "--batch-size", "40", "--quiet"]
+
+
+def _env(*paths) -> dict:
+    """This process's environment with `paths` first on PYTHONPATH, and the lrscope being tested after."""
+    here = str(Path(lrscope.__file__).parent.parent)
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, paths), here, *rest]), "OMP_NUM_THREADS": "1"}
+
+
+def cli(tool: str, *args, paths=(), cwd=None) -> subprocess.CompletedProcess:
+    code = f"from lrscope.cli.{tool} import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          env=_env(*paths), cwd=cwd, timeout=300)
+
+
+def one_line_error(r: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("Error: "), (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+def tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """examples/own_model installed into a temporary folder (the source copied first: pip builds in it)."""
+    tmp = tmp_path_factory.mktemp("plugin")
+    src = tmp / "own_model_src"
+    shutil.copytree(REPO / "examples" / "own_model", src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    target = tmp / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--target", str(target), str(src)], check=True, capture_output=True, timeout=300)
+    assert (target / "own_model" / "nets.py").exists()
+    return target
+
+
+@pytest.fixture(scope="module")
+def trained(site, tmp_path_factory) -> Path:
+    """One run of the plugin's CNN on the plugin's dataset, named by their entry points, probed in
+    another process (pruning and the plugin probe included)."""
+    out = tmp_path_factory.mktemp("runs")
+    r = cli("train", "run", "--dataset", "corner_stripes", "--model", "own_cnn", "--features-at", "fc",
+            "--data-options", '{"n_train": 120, "n_test": 120}', "--model-options", '{"width": 4}', "--out", out,
+            *TINY, paths=[site])
+    assert r.returncode == 0, r.stderr
+    (store,) = out.glob("*.zarr")
+    r = cli("probe", "compute", store, "--quiet", paths=[site])
+    assert r.returncode == 0, r.stderr
+    return store
+
+
+def test_listings_show_the_plugins_without_torch(site):
+    code = """
+import contextlib, io, json, sys
+from lrscope.cli.probe import main as lrprobe
+from lrscope.cli.train import main as lrtrain
+out = {}
+for name, cli, args in (("datasets", lrtrain, ["datasets"]), ("models", lrtrain, ["models"]),
+                        ("probes", lrprobe, ["list"])):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        try:
+            cli(args)
+        except SystemExit as e:
+            assert e.code == 0, e.code
+    out[name] = buf.getvalue()
+out["loaded"] = [m for m in ("torch", "xarray") if m in sys.modules]
+print(json.dumps(out))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(site), timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["loaded"] == []  # the example imports torch inside its builders
+    assert "own_cnn  (plugin from own-model 0.1.0; own_model.nets:small_cnn; image inputs" in out["models"]
+    assert "own_mlp  (plugin from own-model 0.1.0; own_model.nets:mlp" in out["models"]
+    assert "width = 8: an integer in [1, 256]; channels of the first convolution" in out["models"]
+    assert "fcn  (--widths; --batched)" in out["models"]  # the built-ins stay first, as they were
+    assert "corner_stripes  (plugin from own-model 0.1.0; own_model.data:corner_stripes; rho_train=0.1)" \
+        in out["datasets"]
+    assert "noise = 0.3: a finite number in [0, 10]" in out["datasets"]
+    assert "logit_margin  (format 3; plugin from own-model 0.1.0; own_model.probes:probe_logit_margin)" \
+        in out["probes"]
+    assert "pruning  (format 5; runs the network)" in out["probes"]
+    assert "Runs of plugin models" in out["probes"]
+
+
+@pytest.mark.integration  # subprocesses that train and probe (~70 s on the 2-core machine)
+def test_a_plugin_run_records_its_provenance_and_probes(trained, site, tmp_path):
+    attrs = json.loads((trained / "zarr.json").read_text())["attributes"]
+    assert attrs["config"]["model"] == "own_model.nets:small_cnn"  # the entry point's name, resolved
+    assert attrs["config"]["dataset"] == "own_model.data:corner_stripes"
+    assert attrs["config"]["features_at"] == "fc"
+    rec = attrs["plugins"]["model"]
+    assert rec["import_path"] == "own_model.nets:small_cnn"
+    assert (rec["distribution"], rec["version"], rec["source"]) == ("own-model", "0.1.0", "nets.py")
+    assert rec["sha256"] == hashlib.sha256((site / "own_model" / "nets.py").read_bytes()).hexdigest()
+    assert attrs["plugins"]["dataset"]["sha256"] == \
+        hashlib.sha256((site / "own_model" / "data.py").read_bytes()).hexdigest()
+    assert attrs["model_info"]["parameter_names"] == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
+                                                      "fc.weight", "fc.bias"]
+    assert trained.name.startswith("own_model.data.corner_stripes-own_model.nets.small_cnn-lr0.1-s0-")
+    # opened here, without the plugin: every probe's variables, the plugin probe's included
+    ds = lrscope.open_run(trained)
+    assert ds.sizes["neuron"] == 8  # fc's input: 2 x width pooled channels
+    for v in ("unbiased_accuracy_final", "prunability", "pruning_structured", "ig_entropy", "csi_mean_final",
+              "activation_compressibility_final", "logit_margin", "logit_margin_final"):
+        assert v in ds, v
+    assert ds.prunability.attrs.get("long_name")
+    assert json.loads(ds.layer_param_compressibility.attrs["layers"]) == ["conv1.weight", "conv2.weight",
+                                                                          "fc.weight"]
+    assert ds.logit_margin.attrs["long_name"] == "mean logit margin (probe subset)"
+    # the report, in another process with the plugin
+    r = cli("probe", "report", trained, "-o", tmp_path / "report.html", "--no-compute", paths=[site])
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "report.html").stat().st_size > 10_000
+    # load_model in a process with the plugin rebuilds the user's own module and weights
+    code = ("import sys, lrscope; m = lrscope.load_model(sys.argv[1]); "
+            "print(type(m.net).__name__, sorted(m.state_dict())[0], m.features_at)")
+    r = subprocess.run([sys.executable, "-c", code, str(trained)], capture_output=True, text=True, env=_env(site),
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.split() == ["Sequential", "conv1.bias", "fc"], r.stderr
+
+
+@pytest.mark.integration  # subprocesses that train and probe (~70 s on the 2-core machine)
+def test_without_the_plugin_the_array_probes_are_computed(trained, tmp_path):
+    store = tmp_path / trained.name
+    shutil.copytree(trained, store)
+    r = cli("probe", "compute", store, "--force", "--quiet")  # no plugin on this process's path
+    assert r.returncode == 0, r.stderr
+    reason = "not defined: plugin model own_model.nets:small_cnn: cannot import own_model.nets (ModuleNotFoundError"
+    for probe in ("pruning", "attributions"):
+        assert f"{probe}: {reason}" in r.stdout, r.stdout
+    assert "1 runs: 8 probes computed" in r.stdout, r.stdout  # accuracy, compressibility, representation, ...
+    with pytest.raises(PluginMissing, match="own_model.nets:small_cnn: cannot import own_model.nets"):
+        lrscope.load_model(store)
+    # the array-only probe results computed here equal those computed with the plugin
+    a, b = lrscope.open_run(trained), lrscope.open_run(store)
+    for v in ("unbiased_accuracy_final", "param_compressibility", "csi_mean_final"):
+        assert float(a[v]) == float(b[v]), v
+
+
+@pytest.mark.integration  # subprocesses that train and probe (~70 s on the 2-core machine)
+def test_an_edited_plugin_is_refused_until_allowed(trained, site, tmp_path):
+    edited = tmp_path / "site"
+    shutil.copytree(site, edited)
+    nets = edited / "own_model" / "nets.py"
+    nets.write_text(nets.read_text() + "\n# edited after training\n")
+    store = tmp_path / "runs" / trained.name
+    shutil.copytree(trained, store)
+    before = tree(tmp_path / "runs")
+    line = one_line_error(cli("probe", "compute", store, "--quiet", "--force", paths=[edited]))
+    was = json.loads((trained / "zarr.json").read_text())["attributes"]["plugins"]["model"]["sha256"]
+    now = hashlib.sha256(nets.read_bytes()).hexdigest()
+    assert "plugin model own_model.nets:small_cnn changed since the run was trained" in line
+    assert f"{now[:16]} now, {was[:16]} at training" in line and "--allow-changed-plugins" in line
+    assert tree(tmp_path / "runs") == before
+    r = cli("probe", "compute", store, "--quiet", "--force", "--only", "pruning", "--allow-changed-plugins",
+            paths=[edited])
+    assert r.returncode == 0 and "1 probes computed" in r.stdout, r.stderr
+    # the array-only probes need no check
+    r = cli("probe", "compute", store, "--quiet", "--force", "--only", "accuracy", paths=[edited])
+    assert r.returncode == 0, r.stderr
+    code = ("import sys, lrscope\ntry:\n    lrscope.load_model(sys.argv[1])\nexcept lrscope.LrscopeError as e:\n"
+            "    print(type(e).__name__)\nm = lrscope.load_model(sys.argv[1], allow_changed_plugins=True)\n"
+            "print(type(m).__name__)")
+    r = subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True, env=_env(edited),
+                       timeout=120)
+    assert r.stdout.split() == ["PluginChanged", "TappedNet"], r.stderr
+    assert issubclass(PluginChanged, lrscope.LrscopeError)
+
+
+@pytest.mark.integration  # subprocesses that train and probe (~70 s on the 2-core machine)
+def test_an_import_path_without_entry_point(tmp_path):
+    """--model mymod:build with mymod on PYTHONPATH (no distribution, no declaration): trains,
+    records distribution None, and probes; pruning of a net whose classifier is not a Linear is
+    not defined, with the reason."""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "mymod.py").write_text(
+        "import math\nfrom collections import OrderedDict\n\n"
+        "def build(*, input_shape, num_classes):\n"
+        "    from torch import nn\n"
+        "    return nn.Sequential(OrderedDict([('flat', nn.Flatten()), ('h', nn.Linear(math.prod(input_shape), 16)),\n"
+        "                                      ('relu', nn.ReLU()), ('fc', nn.Linear(16, num_classes))]))\n\n"
+        "def boxed(*, input_shape, num_classes):\n"
+        "    from torch import nn\n"
+        "    return nn.Sequential(OrderedDict([('flat', nn.Flatten()), ('h', nn.Linear(math.prod(input_shape), 16)),\n"
+        "                                      ('relu', nn.ReLU()),\n"
+        "                                      ('head', nn.Sequential(nn.Linear(16, num_classes)))]))\n")
+    data = ["--data-options", '{"n_train": 120, "n_test": 120, "core_bits": 3, "spurious_bits": 1, "noise_bits": 4}']
+    out = tmp_path / "runs"
+    for model, at in (("mymod:build", "fc"), ("mymod:boxed", "head")):
+        r = cli("train", "run", "--model", model, "--features-at", at, *data, "--out", out, *TINY, paths=[mods])
+        assert r.returncode == 0, r.stderr
+    (plain,) = out.glob("parity-mymod.build-*.zarr")
+    (boxed,) = out.glob("parity-mymod.boxed-*.zarr")
+    rec = json.loads((plain / "zarr.json").read_text())["attributes"]["plugins"]["model"]
+    assert rec["distribution"] is None and rec["version"] is None and rec["source"] == "mymod.py"
+    r = cli("probe", "compute", out, "--quiet", "--only", "pruning,compressibility,accuracy", paths=[mods])
+    assert r.returncode == 0, r.stderr
+    assert "boxed" in r.stdout and "pruning: not defined: plugin model with features_at 'head': that module is a " \
+                                   "Sequential, not a torch.nn.Linear" in r.stdout, r.stdout
+    assert "1 probes computed" not in r.stdout and "5 probes computed" in r.stdout, r.stdout
+    ds = lrscope.open_run(plain)
+    assert 0 <= float(ds.prunability) and ds.pruning_structured.sizes["kappa"] == 10
