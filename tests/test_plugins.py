@@ -159,6 +159,10 @@ def test_without_the_plugin_the_array_probes_are_computed(trained, tmp_path):
     assert "1 runs: 8 probes computed" in r.stdout, r.stdout  # accuracy, compressibility, representation, ...
     with pytest.raises(PluginMissing, match="own_model.nets:small_cnn: cannot import own_model.nets"):
         lrscope.load_model(store)
+    r = cli("probe", "ls", store)  # says which probes are not defined here, and why
+    assert r.returncode == 0, r.stderr
+    assert ("plugin model own_model.nets:small_cnn (own-model, 0.1.0, features at fc): not importable here: the "
+            "probes that run the network are not defined") in r.stdout, r.stdout
     # the array-only probe results computed here equal those computed with the plugin
     a, b = lrscope.open_run(trained), lrscope.open_run(store)
     for v in ("unbiased_accuracy_final", "param_compressibility", "csi_mean_final"):
