@@ -318,7 +318,9 @@ def report_cmd(paths, output, title, compute, allow_changed_plugins):
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--live", is_flag=True, help="Re-read runs that are still training every 5 s.")
 @click.option("--show", is_flag=True, help="Open the page in the default browser.")
-def serve_cmd(paths, port, address, live, show):
+@click.option("--allow-changed-plugins", is_flag=True,
+              help="Per-sample attributions rebuild a plugin model whose source changed since training.")
+def serve_cmd(paths, port, address, live, show, allow_changed_plugins):
     """Explore sweeps interactively in the browser (Panel/Bokeh server): metrics against the LR,
     the representation through training, training curves, data maps and per-sample trajectories.
 
@@ -337,4 +339,4 @@ def serve_cmd(paths, port, address, live, show):
         with socket.socket() as s:
             s.bind((address, 0))
             port = s.getsockname()[1]
-    serve(list(paths), port=port, address=address, live=live, show=show)
+    serve(list(paths), port=port, address=address, live=live, show=show, allow_changed_plugins=allow_changed_plugins)

@@ -233,3 +233,62 @@ def test_an_import_path_without_entry_point(tmp_path):
     assert "1 probes computed" not in r.stdout and "5 probes computed" in r.stdout, r.stdout
     ds = lrscope.open_run(plain)
     assert 0 <= float(ds.prunability) and ds.pruning_structured.sizes["kappa"] == 10
+
+
+# ----------------------------------------------------------------------------- in this process
+def test_a_plugin_run_records_what_its_network_computes(tmp_path, tiny):
+    """A plugin model (tests/plugin_toy.py) trained in this process: the stored final probe
+    features and logits are the rebuilt network's (the tapped fc input and the output), its
+    checkpoint holds the user's own state-dict names, and pruning of a net whose classifier is not
+    a Linear is not defined, with the reason."""
+    import numpy as np
+    import torch
+
+    from lrscope.probe.runner import compute_run
+    from lrscope.train.data import as_model_input
+    from lrscope.train.loop import train_run
+
+    r = train_run(tiny(model="plugin_toy:mlp", features_at="fc", model_options={"hidden": 12}, widths=None,
+                       stop="max-steps"), tmp_path, progress=False)
+    assert r.status == "completed" and r.path.name.startswith("parity-plugin_toy.mlp-lr0.1-s0-")
+    ds = lrscope.open_run(r.path)
+    assert ds.attrs["plugins"]["model"]["distribution"] is None  # a module on the tests' path
+    model = lrscope.load_model(ds)
+    assert sorted(model.state_dict()) == ["fc.bias", "fc.weight", "hidden.bias", "hidden.weight"]
+    x = as_model_input(torch.from_numpy(ds.probe_inputs.values))
+    with torch.no_grad():
+        feats, logits = model.features_and_logits(x)
+    np.testing.assert_allclose(ds.probe_features.isel(snapshot=-1).values, feats.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ds.probe_logits.isel(snapshot=-1).values, logits.numpy(), rtol=1e-5, atol=1e-6)
+    assert ds.sizes["neuron"] == 12
+    out = compute_run(r.path, ["pruning", "compressibility"])
+    assert out["pruning"].startswith("computed") and out["compressibility"].startswith("computed"), out
+
+    r2 = train_run(tiny(model="plugin_toy:plain", features_at="classifier", widths=None), tmp_path, progress=False)
+    out = compute_run(r2.path, ["pruning", "accuracy"])
+    assert out["pruning"] == ("not defined: plugin model with features_at 'classifier': that module is a Sequential, "
+                              "not a torch.nn.Linear; structured pruning keeps the classifier whole and needs it to be "
+                              "one"), out
+    assert out["accuracy"].startswith("computed")
+
+
+def test_weights_read_from_the_store_are_the_models(tmp_path, tiny):
+    """compressibility reads the weights through model_info.parameter_names, without rebuilding the
+    model (so a plugin model's run needs no plugin): the same tensors, in the same order, as the
+    rebuilt model's parameters with more than one dimension (what it read before)."""
+    import numpy as np
+
+    from lrscope.probe.runner import Context
+    from lrscope.train.loop import train_run
+
+    r = train_run(tiny(max_steps=40), tmp_path, progress=False)
+    ds = lrscope.open_run(r.path, probes=False)
+    assert ds.attrs["model_info"]["parameter_names"] == ["features.1.weight", "features.3.weight", "head.weight"]
+    stored = Context(r.path, ds).weights
+    old = ds.copy()
+    old.attrs = {**ds.attrs, "model_info": {k: v for k, v in ds.attrs["model_info"].items()
+                                            if k != "parameter_names"}}
+    rebuilt = Context(r.path, old).weights  # a store written before the list: the rebuilt model's
+    assert [n for n, _ in stored] == [n for n, _ in rebuilt] and len(stored) == 3
+    for (_, a), (_, b) in zip(stored, rebuilt):
+        np.testing.assert_array_equal(a, b)
