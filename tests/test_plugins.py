@@ -292,3 +292,25 @@ def test_weights_read_from_the_store_are_the_models(tmp_path, tiny):
     assert [n for n, _ in stored] == [n for n, _ in rebuilt] and len(stored) == 3
     for (_, a), (_, b) in zip(stored, rebuilt):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_is_not_resumed_with_an_edited_plugin(tmp_path, tiny, monkeypatch):
+    """An interrupted run of a plugin model whose source was edited since is refused in one line
+    (both hashes); restored, it resumes."""
+    from lrscope.train.loop import train_run
+
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    src = (Path(__file__).parent / "plugin_toy.py").read_text()
+    (mods / "resumed_toy.py").write_text(src)
+    monkeypatch.syspath_prepend(str(mods))
+    cfg = dict(model="resumed_toy:mlp", features_at="fc", widths=None, max_steps=40, stop="max-steps")
+    r = train_run(tiny(**cfg), tmp_path / "runs", progress=False)
+    meta = json.loads((r.path / "zarr.json").read_text())
+    meta["attributes"]["status"] = "running"  # as if it had been killed after its last checkpoint
+    (r.path / "zarr.json").write_text(json.dumps(meta))
+    (mods / "resumed_toy.py").write_text(src + "\n# edited\n")
+    with pytest.raises(PluginChanged, match="resumed_toy:mlp changed since the run was trained: .* restore it"):
+        train_run(tiny(**cfg), tmp_path / "runs", progress=False)
+    (mods / "resumed_toy.py").write_text(src)
+    assert train_run(tiny(**cfg), tmp_path / "runs", progress=False).status == "completed"

@@ -43,7 +43,7 @@ from .optim import (
     training_loss,
 )
 from .placement import PLACED_TEXT, Placed, choose, dataset_bytes
-from .plugins import is_import_path, run_provenance
+from .plugins import check_run, is_import_path, run_provenance
 from .recorder import Recorder, is_recording_point, recording_errors
 from .restore import build_model, check_on_data, parameter_names, state_arrays
 
@@ -222,6 +222,8 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
             status, reason = attrs[S.ATTR_STATUS], attrs.get(S.ATTR_REASON, "")
             return RunResult(path, status, f"{path.name}: already {status} ({reason}); nothing to do",
                              attrs[S.ATTR_COMMITTED]["iteration"], skipped=True)
+        for kind in ("model", "dataset"):  # a plugin edited since the run started: not resumed with it
+            check_run(attrs, kind, hint="restore it to resume this run, or train a new one (--name or --out)")
         if attrs[S.ATTR_COMMITTED]["checkpoint"] < 1:  # crashed before its first checkpoint
             resume = False
     elif path.exists() and any(path.iterdir()):

@@ -268,7 +268,7 @@ def run_provenance(config: dict) -> dict:
     return out
 
 
-def verify(record: dict, kind: str, allow_changed: bool = False):
+def verify(record: dict, kind: str, allow_changed: bool = False, hint: str = OVERRIDE):
     """The plugin object a store's provenance `record` names, imported and compared with the
     recorded source hash: PluginMissing when it cannot be imported here, PluginChanged when its
     module file's sha256 differs (unless `allow_changed`)."""
@@ -277,14 +277,14 @@ def verify(record: dict, kind: str, allow_changed: bool = False):
     was, now = record.get("sha256"), source_sha256(obj)
     if was is not None and now != was and not allow_changed:
         raise PluginChanged(f"plugin {kind} {path} changed since the run was trained: its source sha256 is "
-                            f"{(now or 'unreadable')[:16]} now, {was[:16]} at training; {OVERRIDE}")
+                            f"{(now or 'unreadable')[:16]} now, {was[:16]} at training; {hint}")
     return obj
 
 
-def check_run(attrs: dict, kind: str, allow_changed: bool = False) -> None:
+def check_run(attrs: dict, kind: str, allow_changed: bool = False, hint: str = OVERRIDE) -> None:
     """Verify the plugin of `kind` a run's root attributes name (nothing when it has none)."""
     record = (attrs.get("plugins") or {}).get(kind)
     if isinstance(record, dict):
-        verify(record, kind, allow_changed)
+        verify(record, kind, allow_changed, hint)
     elif is_import_path((attrs.get("config") or {}).get(kind)):  # no record (a store of the recording API)
         load_object(attrs["config"][kind], f"plugin {kind}")
