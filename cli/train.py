@@ -388,7 +388,8 @@ def _echo_plugins(kind: str, notes, flag: str) -> None:
     that fails to load is listed with its one-line error)."""
     from ..train.plugins import GROUPS, distribution_of, listed
 
-    for ep, e, error in listed(kind):
+    plugins = listed(kind)
+    for ep, e, error in plugins:
         dist, version = distribution_of(ep)
         mark = f"plugin from {dist or 'an unknown distribution'} {version or ''}".rstrip()
         path = ep.value.replace(" ", "")
@@ -398,7 +399,7 @@ def _echo_plugins(kind: str, notes, flag: str) -> None:
             click.echo()
             continue
         _echo_entry(f"{ep.name}  ({'; '.join([mark, path] + notes(e))})", e, flag)
-    if not listed(kind):
+    if not plugins:
         return
     click.echo(f"(plugins: entry points in the group {GROUPS[kind]}; --{kind} takes the name or the import path)")
     click.echo()
