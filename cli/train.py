@@ -222,7 +222,7 @@ def preflight(cfg, out, run_id: str, data=None):
         return None
     if path.exists() and not path.is_dir():
         raise StoreError(f"{path} exists and is not a run store; refusing to overwrite it")
-    pick_device(cfg.device)
+    device = pick_device(cfg.device)
     bundle = data
     if bundle is None:
         bundle = build_dataset(cfg.dataset, seed=cfg.data_seed, bias_conflicting_ratio=cfg.bias_conflicting_ratio,
@@ -230,7 +230,7 @@ def preflight(cfg, out, run_id: str, data=None):
     with torch.device("meta"):
         model = build_model(cfg, bundle.input_shape, bundle.num_classes)
     if is_import_path(cfg.model):  # a plugin model: built for real and checked on a batch of the data
-        check_on_data(build_model(cfg, bundle.input_shape, bundle.num_classes), cfg,
+        check_on_data(build_model(cfg, bundle.input_shape, bundle.num_classes).to(device), cfg,
                       bundle.train.x[:CHECK_SAMPLES], bundle.num_classes)
     if cfg.weights:
         import warnings

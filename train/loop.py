@@ -236,12 +236,12 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
     n_classes = bundle.num_classes
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, bundle.input_shape, n_classes)
-    check_on_data(model, cfg, bundle.train.x[:CHECK_SAMPLES], n_classes)  # a plugin model: before any write
     if cfg.weights and not resume:
         from .models import load_weights
 
         load_weights(model, cfg.weights)
     model = model.to(device)
+    check_on_data(model, cfg, bundle.train.x[:CHECK_SAMPLES], n_classes)  # a plugin model: before any write
     opt = make_optimizer(cfg, model.parameters())
     probe_idx = probe_subset(bundle, cfg.probe_size, cfg.data_seed)
     nbytes = dataset_bytes(bundle)

@@ -44,16 +44,18 @@ def build_model(cfg: RunConfig, input_shape, num_classes: int) -> nn.Module:
 
 
 def check_on_data(model: nn.Module, cfg: RunConfig, x: torch.Tensor, num_classes: int) -> None:
-    """For a plugin model: one forward pass on `x` (a few raw inputs of the run's data) checks that
-    the module named by features_at is the network's last step and reads a (N, d) representation,
-    and that the network outputs (N, num_classes) logits (TappedNet.check); a failing forward pass
-    is a one-line PluginError. Nothing is written before this passes."""
+    """For a plugin model: one forward pass on `x` (a few raw inputs of the run's data), on the
+    device the model is on (the run's: a CUDA-only network is checked on CUDA), checks that the
+    module named by features_at is the network's last step and reads a (N, d) representation, and
+    that the network outputs (N, num_classes) logits (TappedNet.check); a failing forward pass is a
+    one-line PluginError. Nothing is written before this passes."""
     from .data import as_model_input
 
     if not isinstance(model, TappedNet):
         return
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))  # on the run's device
     try:
-        model.check(as_model_input(x), num_classes)
+        model.check(as_model_input(x.to(device)), num_classes)
     except ConfigError as e:
         raise PluginError(f"plugin model {cfg.model}: {e}") from None
     except Exception as e:  # noqa: BLE001 - the plugin's forward failed on the data
