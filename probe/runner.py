@@ -91,6 +91,9 @@ class Context:
                 raise StoreError(f"{self.path}: checkpoint lacks parameter {n!r} (corrupted store)")
             arr = params[n]
             check_array(arr)
+            if arr.ndim < 1 or arr.shape[0] <= k:
+                raise StoreError(f"{self.path}: parameter {n!r} has shape {tuple(arr.shape)}, shorter than its "
+                                 f"{k + 1} committed checkpoints (corrupted store)")
             if arr.ndim > 2:  # (checkpoint, *shape): a parameter of more than one dimension
                 out.append((n, np.asarray(arr[k])))
         return out
