@@ -314,3 +314,36 @@ def test_a_run_is_not_resumed_with_an_edited_plugin(tmp_path, tiny, monkeypatch)
         train_run(tiny(**cfg), tmp_path / "runs", progress=False)
     (mods / "resumed_toy.py").write_text(src)
     assert train_run(tiny(**cfg), tmp_path / "runs", progress=False).status == "completed"
+
+
+def test_a_cached_plugin_dataset_is_rebuilt_when_its_source_changes(tmp_path, monkeypatch):
+    """A plugin dataset declared cached=True is cached like a built-in one, keyed by its source's
+    sha256 too: an edited recipe is rebuilt, not read from a stale cache."""
+    from lrscope.train.data import build_dataset, is_mapped
+
+    monkeypatch.setenv("LRSCOPE_CACHE", str(tmp_path / "cache"))
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    src = ("import numpy as np\nfrom lrscope.train.plugins import plugin_dataset\n"
+           "from lrscope.train.recipes import DataBundle, Split\n\n"
+           "@plugin_dataset(cached=True)\n"
+           "def blobs(*, seed, rho_train):\n"
+           "    x = np.random.default_rng(seed).normal(size=(20, 3)).astype(np.float32) + OFFSET\n"
+           "    y = np.arange(20) % 2\n"
+           "    s = Split.from_numpy(x, y, y, np.arange(20))\n"
+           "    return DataBundle('blobs', s, s, 2, 2, (3,), has_bias=False)\n")
+    (mods / "cached_toy.py").write_text(src + "OFFSET = 0\n")
+    monkeypatch.syspath_prepend(str(mods))
+    first = build_dataset("cached_toy:blobs")
+    again = build_dataset("cached_toy:blobs")
+    assert not is_mapped(first.train.x) and is_mapped(again.train.x)  # the second one read from the cache
+    assert first.has_bias is False and again.has_bias is False  # kept by the cache
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    (mods / "cached_toy.py").write_text(src + "OFFSET = 5\n")
+    import importlib
+    import sys as _sys
+
+    importlib.reload(_sys.modules["cached_toy"])
+    edited = build_dataset("cached_toy:blobs")
+    assert not is_mapped(edited.train.x) and float(edited.train.x.mean()) > 4  # rebuilt from the edited recipe
+    assert len(list((tmp_path / "cache").iterdir())) == 2

@@ -114,7 +114,8 @@ def _save_cached(path: Path, b: DataBundle) -> None:
     arrays = {f"{sp}_{k}": getattr(getattr(b, sp), k).numpy() for sp in ("train", "test") for k in SPLIT_KEYS}
     arrays.update({f"region_{k}": v for k, v in b.regions.items()})
     meta = {"name": b.name, "num_classes": b.num_classes, "num_bias": b.num_bias,
-            "input_shape": list(b.input_shape), "description": b.description, "regions": list(b.regions)}
+            "input_shape": list(b.input_shape), "description": b.description, "regions": list(b.regions),
+            "has_bias": bool(b.has_bias)}
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         tmp.mkdir(parents=True, exist_ok=True)
@@ -159,7 +160,8 @@ def _load_cached(path: Path) -> DataBundle | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return DataBundle(meta["name"], sp["train"], sp["test"], meta["num_classes"], meta["num_bias"],
-                      tuple(meta["input_shape"]), regions, meta["description"])
+                      tuple(meta["input_shape"]), regions, meta["description"],
+                      has_bias=bool(meta.get("has_bias", True)))  # absent: a cache of before the field (bias)
 
 
 def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | None = None,
