@@ -20,11 +20,12 @@ def __getattr__(name):
     raise AttributeError(f"module 'lrscope' has no attribute {name!r}")
 
 
-def load_model(ds_or_path, checkpoint: int = -1):
-    """Rebuild the ``torch.nn.Module`` of a run from its config and checkpoint arrays."""
+def load_model(ds_or_path, checkpoint: int = -1, *, allow_changed_plugins: bool = False):
+    """Rebuild the ``torch.nn.Module`` of a run from its config and checkpoint arrays (a plugin
+    model's run: the plugin must be importable, and unchanged unless ``allow_changed_plugins``)."""
     from .train.restore import load_model as _load
 
-    return _load(ds_or_path, checkpoint=checkpoint)
+    return _load(ds_or_path, checkpoint=checkpoint, allow_changed_plugins=allow_changed_plugins)
 
 
 __all__ = ["open_run", "open_sweep", "last_snapshot", "at_iteration", "load_model", "LrscopeError", "__version__"]

@@ -27,3 +27,16 @@ class RunInterrupted(LrscopeError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class PluginError(ConfigError):
+    """A plugin (a model, dataset or probe from outside lrscope, train/plugins.py) that cannot be
+    used: not importable, badly declared, or changed since the run was trained."""
+
+
+class PluginMissing(PluginError):
+    """A plugin that cannot be imported here (its package is not installed, or its import fails)."""
+
+
+class PluginChanged(PluginError):
+    """A plugin whose source (sha256 of its module file) differs from the one a run was trained with."""

@@ -52,9 +52,12 @@ def main():
 @click.option("--segmenter", default=None,
               help="The architecture of --segmenter-weights: deeplabv3_resnet50 (default), deeplabv3_resnet101, "
                    "deeplabv3_mobilenet_v3_large.")
+@click.option("--allow-changed-plugins", is_flag=True,
+              help="Rebuild a plugin model whose source (sha256 of its module file) changed since the run was "
+                   "trained; without it such a run is refused before anything is computed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def compute_cmd(paths, only, force, data_root, kappa, checkpoints, criterion, pruning_samples, device, workers,
-                scheduler, segmenter_weights, segmenter, quiet):
+                scheduler, segmenter_weights, segmenter, allow_changed_plugins, quiet):
     """Compute probes for run stores (a store, a folder of stores, or a glob) into probes/<name>.
 
     Up-to-date probes are skipped; a probe whose run has trained on since, or whose definition
@@ -106,7 +109,8 @@ def compute_cmd(paths, only, force, data_root, kappa, checkpoints, criterion, pr
     if segmenter is not None and segmenter != "deeplabv3_resnet50":
         params["segmenter"] = segmenter
     res = compute_paths(paths, names, force=force, data_root=data_root, progress=not quiet, params=params,
-                        workers=workers, scheduler=scheduler, device=device)
+                        workers=workers, scheduler=scheduler, device=device,
+                        allow_changed_plugins=allow_changed_plugins)
     n_done = sum(1 for r in res.values() for o in r.values() if o.startswith("computed"))
     n_fresh = sum(1 for r in res.values() for o in r.values() if o == "up to date")
     echo(f"{len(res)} runs: {n_done} probes computed, {n_fresh} up to date")
@@ -157,15 +161,31 @@ def _check_checkpoint_range(runs, text: str, wanted: list) -> None:
                                f"(it has {n} checkpoints: 0..{n - 1}, or -{n}..-1)")
 
 
+PLUGIN_NOTE = (
+    "the probes marked 'runs the network' rebuild it from a checkpoint, which needs the plugin importable and its "
+    "module file unchanged since training (the store records its import path, distribution, version and sha256; "
+    "a changed one is refused unless --allow-changed-plugins); without the plugin they are 'not defined: plugin "
+    "model ...: cannot import ...', and every other probe is computed from the stored arrays. Pruning is not "
+    "defined when the --features-at module is not a torch.nn.Linear (structured pruning keeps the classifier "
+    "whole), when no Linear/Conv2d layer besides it exists, or when such a layer's weights are used without "
+    "calling the module (forward hooks mask the pruned units); pruned networks are evaluated by masking "
+    "(lrscope's FCN and CNN are sliced). The outgoing and in-x-out criteria need lrscope's chain networks (NaN "
+    "otherwise). neuron_resets needs a weight tensor with one row per penultimate neuron. Selectivity and "
+    "activation sparsity assume non-negative (post-ReLU) features unless the builder declares "
+    "signed_features=True.")
+
+
 @main.command("list")
 def list_cmd():
     """List the probes `compute` knows: what each computes, what it costs, on which samples, its
     parameters and its headline variables."""
-    from ..probe.registry import PROBES
+    from ..probe.registry import BROKEN_PLUGINS, PROBES
     from .common import paragraphs
 
     for name, e in PROBES.items():
-        echo(f"{name}  (format {e.format}{'' if e.default else '; asked by name: --only ' + name})")
+        marks = [f"format {e.format}"] + ([f"plugin from {e.plugin}; {e.function}"] if e.plugin else [])
+        marks += ["runs the network"] * e.runs_model + ([] if e.default else ["asked by name: --only " + name])
+        echo(f"{name}  ({'; '.join(marks)})")
         lines = paragraphs(e.description)
         if e.cost:
             lines += paragraphs(f"cost: {e.cost}", hang="  ")
@@ -178,6 +198,14 @@ def list_cmd():
         for line in lines:
             echo(line)
         echo()
+    for ep_name, error in BROKEN_PLUGINS.items():
+        echo(f"{ep_name}  (plugin probe; cannot be loaded)")
+        echo(f"    {error}")
+        echo()
+    echo("Runs of plugin models (--model package.module:function --features-at NAME):")
+    for line in paragraphs(PLUGIN_NOTE, hang="  "):
+        echo(line)
+    echo()
     echo("Across the runs of a sweep (lrscope.probe, on lrscope.open_sweep's Dataset):")
     for line in paragraphs("model_soup (also `lrprobe soup RUNS`): the uniform model soup of the finished runs' "
                            "final weights across learning rates, one per seed (supplement Fig. 30), its unbiased "
@@ -264,7 +292,10 @@ def figures_cmd(paths, outdir, fmt, only):
 @click.option("--title", default="lrscope report", show_default=True)
 @click.option("--compute/--no-compute", default=True, show_default=True,
               help="Compute missing or stale probes first.")
-def report_cmd(paths, output, title, compute):
+@click.option("--allow-changed-plugins", is_flag=True,
+              help="Rebuild a plugin model whose source (sha256 of its module file) changed since the run was "
+                   "trained; without it such a run is refused before anything is computed.")
+def report_cmd(paths, output, title, compute, allow_changed_plugins):
     """Write a self-contained HTML report (opens with no network) for a sweep."""
     from ..store.reader import find_runs
     from ..viz.report import write_report
@@ -275,7 +306,7 @@ def report_cmd(paths, output, title, compute):
     if compute:
         from ..probe.runner import compute_paths
 
-        compute_paths(paths, progress=False)
+        compute_paths(paths, progress=False, allow_changed_plugins=allow_changed_plugins)
     out = write_report(paths, output, title=title)
     echo(f"report written: {out.resolve()}")
 
@@ -287,7 +318,9 @@ def report_cmd(paths, output, title, compute):
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--live", is_flag=True, help="Re-read runs that are still training every 5 s.")
 @click.option("--show", is_flag=True, help="Open the page in the default browser.")
-def serve_cmd(paths, port, address, live, show):
+@click.option("--allow-changed-plugins", is_flag=True,
+              help="Per-sample attributions rebuild a plugin model whose source changed since training.")
+def serve_cmd(paths, port, address, live, show, allow_changed_plugins):
     """Explore sweeps interactively in the browser (Panel/Bokeh server): metrics against the LR,
     the representation through training, training curves, data maps and per-sample trajectories.
 
@@ -306,4 +339,4 @@ def serve_cmd(paths, port, address, live, show):
         with socket.socket() as s:
             s.bind((address, 0))
             port = s.getsockname()[1]
-    serve(list(paths), port=port, address=address, live=live, show=show)
+    serve(list(paths), port=port, address=address, live=live, show=show, allow_changed_plugins=allow_changed_plugins)

@@ -211,9 +211,10 @@ def preflight(cfg, out, run_id: str, data=None):
     import torch
 
     from ..train.data import build_dataset
-    from ..train.loop import pick_device, store_path
+    from ..train.loop import CHECK_SAMPLES, pick_device, store_path
     from ..train.placement import check_budgets
-    from ..train.restore import build_model
+    from ..train.plugins import is_import_path
+    from ..train.restore import build_model, check_on_data
 
     check_budgets()  # $LRSCOPE_*_BUDGET_BYTES: read by the loop, checked before anything is touched
     path = store_path(out, run_id)
@@ -221,13 +222,16 @@ def preflight(cfg, out, run_id: str, data=None):
         return None
     if path.exists() and not path.is_dir():
         raise StoreError(f"{path} exists and is not a run store; refusing to overwrite it")
-    pick_device(cfg.device)
+    device = pick_device(cfg.device)
     bundle = data
     if bundle is None:
         bundle = build_dataset(cfg.dataset, seed=cfg.data_seed, bias_conflicting_ratio=cfg.bias_conflicting_ratio,
                                data_root=cfg.data_root, **cfg.data_options)
     with torch.device("meta"):
         model = build_model(cfg, bundle.input_shape, bundle.num_classes)
+    if is_import_path(cfg.model):  # a plugin model: built for real and checked on a batch of the data
+        check_on_data(build_model(cfg, bundle.input_shape, bundle.num_classes).to(device), cfg,
+                      bundle.train.x[:CHECK_SAMPLES], bundle.num_classes)
     if cfg.weights:
         import warnings
 
@@ -257,7 +261,8 @@ def preflight_sweep(configs, out) -> None:
     for group in groups.values():
         bundle, seen = None, set()
         for c in group:
-            key = json.dumps([c.model, c.model_options, c.widths, c.weights, c.device], sort_keys=True)
+            key = json.dumps([c.model, c.model_options, c.widths, c.weights, c.device, c.features_at],
+                             sort_keys=True)
             if key not in seen:
                 seen.add(key)
                 bundle = preflight(c, out, c.run_id(), data=bundle)
@@ -350,11 +355,14 @@ def datasets_cmd(show):
     """List the registered datasets: what each is, its paper bias-conflicting ratio, its --data-options."""
     from ..train.data import DATASETS
 
+    def notes(e):
+        out = [f"rho_train={e.rho_train:g}" if e.rho_train is not None else "rho_train n/a: a natural bias, or none"]
+        return out + ["reads --data-root"] * e.reads_files + ["cached"] * e.cached
+
     for name in sorted(DATASETS):
         e = DATASETS[name]
-        notes = [f"rho_train={e.rho_train:g}" if e.rho_train is not None else "rho_train n/a: a natural bias, or none"]
-        notes += ["reads --data-root"] * e.reads_files + ["cached"] * e.cached
-        _echo_entry(f"{name}  ({'; '.join(notes)})", e, "--data-options")
+        _echo_entry(f"{name}  ({'; '.join(notes(e))})", e, "--data-options")
+    _echo_plugins("dataset", notes, "--data-options")
 
 
 @main.command("models")
@@ -363,11 +371,38 @@ def models_cmd(show):
     """List the registered models: what each is, what it takes, its --model-options."""
     from ..train.models import MODELS
 
+    def notes(e):
+        return (["image inputs"] * e.image + ["--widths"] * e.takes_widths + ["--batched"] * e.batchable
+                + ["heavy on a CPU"] * e.heavy)
+
     for name in sorted(MODELS):
         e = MODELS[name]
-        notes = (["image inputs"] * e.image + ["--widths"] * e.takes_widths + ["--batched"] * e.batchable
-                 + ["heavy on a CPU"] * e.heavy)
-        _echo_entry(f"{name}  ({'; '.join(notes)})" if notes else name, e, "--model-options")
+        _echo_entry(f"{name}  ({'; '.join(notes(e))})" if notes(e) else name, e, "--model-options")
+    _echo_plugins("model", lambda e: notes(e) + ["--features-at NAME unless it returns a FeatureNet"],
+                  "--model-options")
+
+
+def _echo_plugins(kind: str, notes, flag: str) -> None:
+    """The plugins of `kind` installed distributions declare (entry points), after the built-in
+    entries: each marked as a plugin with its distribution and import path (loaded here: a plugin
+    that fails to load is listed with its one-line error)."""
+    from ..train.plugins import GROUPS, distribution_of, listed
+
+    plugins = listed(kind)
+    for ep, e, error in plugins:
+        dist, version = distribution_of(ep)
+        mark = f"plugin from {dist or 'an unknown distribution'} {version or ''}".rstrip()
+        path = ep.value.replace(" ", "")
+        if error is not None:
+            echo(f"{ep.name}  ({mark}; {path}; cannot be loaded)")
+            echo(f"    {error}")
+            echo()
+            continue
+        _echo_entry(f"{ep.name}  ({'; '.join([mark, path] + notes(e))})", e, flag)
+    if not plugins:
+        return
+    echo(f"(plugins: entry points in the group {GROUPS[kind]}; --{kind} takes the name or the import path)")
+    echo()
 
 
 def _echo_entry(head: str, e, flag: str) -> None:

@@ -39,6 +39,10 @@ class ProbeEntry:
     default: bool = True  # computed by `lrprobe compute` without --only (False: a specialist probe, asked by name)
     params: Mapping[str, str] = field(default_factory=dict)  # parameter -> what it is (lrprobe compute's options)
     headline: tuple[Headline, ...] = ()
+    # It runs the network rebuilt from a checkpoint (load_model): for a run of a plugin model it needs
+    # the plugin importable and unchanged (train/plugins.py); the others read the stored arrays only.
+    runs_model: bool = False
+    plugin: str = ""  # a plugin probe: its distribution and version (set when its entry point is loaded)
 
     def load(self):
         module, _, name = self.function.partition(":")
@@ -117,6 +121,7 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "(pruning_by_criterion, prunability_by_criterion), the default's prunability staying the headline. "
         "pruned_accuracy (the mean of Acc(f^kappa)) is an extra view, not the paper's number.",
         format=6,  # 5: prunability not clipped to [0, 1], criteria, sample count, standard errors; 6: the sum
+        runs_model=True,
         cost="one pass over the evaluation samples (the test split) for every pruned network: 28 distinct networks "
              "(+9 per extra criterion), sliced to their kept units on lrscope's FCN and CNN, the first layer's "
              "outputs shared (~0.04x of a 3000-step Colored MNIST CNN run, benchmarks/RESULTS.md); --device",
@@ -151,6 +156,7 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "as each method's share of |attribution| on the pixels the segmenter calls background "
         "(<m>_background_share), the mean foreground fraction and the map samples' foreground masks.",
         format=6,  # segmenter background share (only with segmenter_weights; the other variables unchanged)
+        runs_model=True,
         cost="one backward pass per checkpoint on the bias-free FCN and CNN (exact: x * grad f(x); ~0.004x of the "
              "CNN run at two checkpoints); elsewhere Captum, ig_steps passes for IG; with a segmenter, one "
              "segmenter forward per attributed input at 224x224, once per run; --device",
@@ -191,6 +197,7 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         "up to 24 evenly spaced checkpoints, the norm of its incoming weights' update since the previous one, the "
         "resets (falls of the share by >= 0.2) and the rank correlation of update size and fall. Needs input "
         "regions (parity, moon-star, the MNIST-style sets); resolution: the checkpoint interval.",
+        runs_model=True,
         cost="one backward pass per chosen neuron and checkpoint over the probe inputs (~0.3 s a parity run "
              "for 8 neurons; asked by name: lrprobe compute --only neuron_resets)",
         default=False,
@@ -208,6 +215,31 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         samples="every training sample, at each of its presentations in the minibatch log"),
 ]}
 
+BUILT_IN = tuple(PROBES)
+
+
+def _plugin_probes() -> tuple[dict[str, ProbeEntry], dict[str, str]]:
+    """The probes installed distributions declare (entry points in the group lrscope.probes, each a
+    ProbeEntry), marked with their distribution; and the entry points that could not be loaded
+    (name -> one-line reason), which `lrprobe list` shows."""
+    import dataclasses
+
+    from ..train.plugins import distribution_of, listed
+
+    out, broken = {}, {}
+    for ep, e, error in listed("probe"):
+        if error is None and (e.name in PROBES or e.name in out):
+            error = f"plugin probe {ep.value}: its name {e.name!r} is taken by another probe"
+        if error is not None:
+            broken[ep.name] = error
+            continue
+        dist, version = distribution_of(ep)
+        out[e.name] = dataclasses.replace(e, plugin=f"{dist or 'an unknown distribution'} {version or ''}".rstrip())
+    return out, broken
+
+
+PLUGIN_PROBES, BROKEN_PLUGINS = _plugin_probes()
+PROBES.update(PLUGIN_PROBES)
 PARAMS = {p for e in PROBES.values() for p in e.params}  # what `compute_run(params=...)` accepts
 DEFAULT_PROBES = [name for name, e in PROBES.items() if e.default]  # what `lrprobe compute` runs unasked
 

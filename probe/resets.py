@@ -42,7 +42,6 @@ def probe_neuron_resets(ctx) -> xr.Dataset:
     from captum.attr import InputXGradient
 
     from ..train.data import as_model_input
-    from ..train.restore import load_model
     from .attribution import region_shares
     from .runner import require_bias
 
@@ -71,7 +70,7 @@ def probe_neuron_resets(ctx) -> xr.Dataset:
     prev = None
     pname = None
     for i, k in enumerate(cks):
-        model = load_model(ds, checkpoint=k).eval()
+        model = ctx.load_model(k).eval()
         if pname is None:
             pname = incoming_weights(model, sel.sizes["neuron"])
         w = dict(model.named_parameters())[pname].detach().reshape(sel.sizes["neuron"], -1)[neurons].double()

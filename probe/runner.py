@@ -21,11 +21,12 @@ import numpy as np
 import xarray as xr
 
 from .. import __version__
-from ..errors import LrscopeError, StoreError
+from ..errors import LrscopeError, PluginChanged, PluginError, StoreError
 from ..parallel import dask_map, pool_processes, worker_threads
 from ..store import schema as S
 from ..store.probes import stored_provenance, write_probe
 from ..store.reader import open_run, open_store
+from ..train.plugins import check_run, is_import_path, source_sha256
 from . import metrics as M
 from .linear import feature_probe
 from .pruning import KAPPAS, KINDS, prunability, prunability_sum, pruned_accuracy
@@ -42,6 +43,7 @@ class Context:
     params: dict = field(default_factory=dict)
     device: str = "auto"  # where the probes that run the network run: cpu | cuda | auto (check_device)
     used_device: bool = False  # whether the probe being computed asked for torch_device
+    allow_changed_plugins: bool = False  # rebuild a plugin model whose source changed since training
 
     @cached_property
     def _device(self):
@@ -59,9 +61,42 @@ class Context:
 
     @cached_property
     def model(self):
+        return self.load_model(-1)  # the last checkpoint of this view
+
+    def load_model(self, checkpoint: int):
+        """The run's network at a checkpoint of this view (a plugin model's run: PluginMissing or
+        PluginChanged in one line, which the runner records as the probe's "not defined" reason)."""
         from ..train.restore import load_model
 
-        return load_model(self.ds, checkpoint=-1)  # the last checkpoint of this view
+        return load_model(self.ds, checkpoint=checkpoint, allow_changed_plugins=self.allow_changed_plugins)
+
+    @cached_property
+    def weights(self) -> list[tuple[str, np.ndarray]]:
+        """(state-dict name, array) of the last checkpoint's parameters with more than one dimension
+        (linear and convolution weights), in the model's order: read from the store's arrays where
+        it lists its parameters (model_info parameter_names; no model is rebuilt, so a plugin
+        model's run needs no plugin), else from the rebuilt model (stores written before the list)."""
+        names = (self.ds.attrs.get("model_info") or {}).get("parameter_names")
+        if not isinstance(names, list):
+            return [(n, p.detach().cpu().numpy()) for n, p in self.model.named_parameters() if p.ndim > 1]
+        from ..store.reader import check_array
+
+        k = int(self.ds.attrs["committed"]["checkpoint"]) - 1
+        if k < 0:
+            raise StoreError(f"{self.path}: no committed checkpoint")
+        params = open_store(self.path)[S.G_PARAMS]
+        out = []
+        for n in names:
+            if not isinstance(n, str) or n not in params:
+                raise StoreError(f"{self.path}: checkpoint lacks parameter {n!r} (corrupted store)")
+            arr = params[n]
+            check_array(arr)
+            if arr.ndim < 1 or arr.shape[0] <= k:
+                raise StoreError(f"{self.path}: parameter {n!r} has shape {tuple(arr.shape)}, shorter than its "
+                                 f"{k + 1} committed checkpoints (corrupted store)")
+            if arr.ndim > 2:  # (checkpoint, *shape): a parameter of more than one dimension
+                out.append((n, np.asarray(arr[k])))
+        return out
 
     @cached_property
     def features(self) -> xr.DataArray:
@@ -73,7 +108,8 @@ class Context:
     def selective_features(self) -> xr.DataArray:
         """The non-negative representation selectivity and activation sparsity use
         (:func:`selective_representation`)."""
-        return selective_representation(self.features, self.config.get("model"))
+        return selective_representation(self.features, self.config.get("model"),
+                                        (self.ds.attrs.get("model_info") or {}).get("signed_features"))
 
     @cached_property
     def selectivity(self) -> tuple[xr.DataArray, xr.DataArray]:
@@ -95,6 +131,9 @@ class Context:
 
         cfg = self.config
         try:
+            if is_import_path(cfg["dataset"]):  # a plugin dataset: importable here and unchanged
+                check_run({"plugins": self.ds.attrs.get("plugins") or {}, "config": cfg}, "dataset",
+                          self.allow_changed_plugins)
             bundle = build_dataset(cfg["dataset"], seed=cfg["data_seed"],
                                    bias_conflicting_ratio=cfg["bias_conflicting_ratio"],
                                    data_root=self.data_root or cfg.get("data_root"), **cfg["data_options"])
@@ -116,16 +155,18 @@ class Context:
         return x, torch.from_numpy(self.ds.probe_y.values), "probe subset"
 
 
-def selective_representation(features: xr.DataArray, model: str | None) -> xr.DataArray:
+def selective_representation(features: xr.DataArray, model: str | None, signed: bool | None = None) -> xr.DataArray:
     """The non-negative representation that selectivity (CSI, BSI) and activation sparsity are
     computed on: the penultimate activations themselves when the model's are post-ReLU (every
     model but Swin-T), their positive part max(0, h) when they are signed (the model entry's
     `signed_features`: Swin-T's layer-normed, pooled tokens). Its `representation` attribute
-    says which."""
+    says which. `signed`: what the store says (a plugin model's declaration); None: the registry's."""
     from ..train.models import MODELS
 
     e = MODELS.get(model)
-    if e is not None and e.signed_features:
+    if signed is None:
+        signed = e is not None and e.signed_features
+    if signed:
         out = features.clip(min=0)
         out.attrs = dict(features.attrs, representation="max(0, penultimate activations)")
         return out
@@ -276,7 +317,7 @@ def probe_compressibility(ctx: Context) -> xr.Dataset:
     # parameters, as Diao et al. (2023) compute the PQ-index: the weight tensors with more than one
     # dimension (linear and convolution weights) of the last checkpoint; biases and normalisation
     # scales/shifts are left out. Globally over all of them, and per tensor.
-    named = [(n, p.detach().cpu().flatten().numpy()) for n, p in ctx.model.named_parameters() if p.ndim > 1]
+    named = [(n, w.reshape(-1)) for n, w in ctx.weights]
     pda = xr.DataArray(np.concatenate([w for _, w in named]), dims=["weight"])
     out["param_compressibility"] = M.compressibility(pda, feature_dim="weight", q=q, kappa=k)
     out["param_pq_index"] = M.pq_index(pda, feature_dim="weight")
@@ -399,6 +440,9 @@ def probe_pruning(ctx: Context) -> xr.Dataset:
         b = (ctx.ds.test_b if where == "test" else ctx.ds.probe_b).values
         pos = torch.from_numpy(balanced_subset(y.numpy(), b, cap))
         x, y, where = x[pos], y[pos], f"{where} (group-balanced subset)"
+    reason = plugin_pruning_reason(ctx.model, x[:2])
+    if reason is not None:
+        raise M.MetricError(reason)
     dev = ctx.torch_device
     model, x, y = ctx.model.to(dev), x.to(dev), y.to(dev)
     kappas = [float(k) for k in ctx.params.get("kappas", KAPPAS)]
@@ -458,6 +502,43 @@ def probe_pruning(ctx: Context) -> xr.Dataset:
     out["pruning_samples"] = M._attrs(xr.DataArray(n), "pruning evaluation samples", None, evaluated_on=where)
     out.attrs["evaluated_on"] = where
     return out
+
+
+def plugin_pruning_reason(model, x) -> str | None:
+    """Why pruning is not defined for a plugin model (a `TappedNet`), or None where it is: structured
+    pruning keeps the head whole, so the module features_at names must be a torch.nn.Linear (else
+    the pruned units would include the classes); there must be a Linear or Conv2d layer besides it;
+    and every such layer must be called as a module in forward (pruned units are masked through
+    forward hooks on the modules: a weight used directly, as nn.MultiheadAttention uses its
+    out_proj, would escape them). Built-in models: None."""
+    import torch
+
+    from ..train.data import as_model_input
+    from ..train.tapped import TappedNet
+    from .pruning import _prunable_layers
+
+    if not isinstance(model, TappedNet):
+        return None
+    name = f"plugin model with features_at {model.features_at!r}"
+    if model.head is None:
+        return (f"{name}: that module is a {type(model.tap).__name__}, not a torch.nn.Linear; structured pruning "
+                f"keeps the classifier whole and needs it to be one")
+    layers = _prunable_layers(model)
+    if not layers:
+        return f"{name}: no Linear or Conv2d layer besides the classifier to prune"
+    called: set[str] = set()
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: called.add(n)) for n, m in layers]
+    try:
+        with torch.inference_mode():
+            model.eval()(as_model_input(x[:2]))
+    finally:
+        for h in hooks:
+            h.remove()
+    missed = [n.removeprefix("net.") for n, _ in layers if n not in called]
+    if missed:
+        return (f"{name}: layer(s) {', '.join(missed[:4])} are not called as modules in forward (their weights are "
+                f"used directly), so their pruned units cannot be masked")
+    return None
 
 
 def balanced_subset(y: np.ndarray, b: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -529,7 +610,6 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
     import torch
 
     from ..train.data import as_model_input
-    from ..train.restore import load_model
     from .attribution import (
         METHODS,
         attribution_entropy,
@@ -563,7 +643,7 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
     masks, seg_note = _foreground_masks(ctx, x, in_dims, dev)
     bg = {method: [] for method in METHODS}
     for k in cks:
-        model = load_model(ds, checkpoint=k).to(dev)  # once per checkpoint, for both methods
+        model = ctx.load_model(k).to(dev)  # once per checkpoint, for both methods
         for method in METHODS:
             da_ = attributions(model, x, y, method=method, n_steps=int(ctx.params.get("ig_steps", 32)),
                                sample_dim="attr_sample", input_dims=in_dims)
@@ -662,10 +742,14 @@ def _provenance(ctx: Context, name: str) -> dict:
     """What a result is computed from: the run as the probe's view of it shows it (its committed
     lengths and status when it was opened; a run still training goes on past them), the
     parameters and the probe's definition."""
-    return {"probe": name, "probe_format": PROBES[name].format, "lrscope_version": __version__,
-            "params": json.dumps(_provenance_params(ctx.params, name), sort_keys=True),
-            "source_committed": json.dumps(ctx.ds.attrs["committed"], sort_keys=True),
-            "source_status": ctx.ds.attrs["status"]}
+    out = {"probe": name, "probe_format": PROBES[name].format, "lrscope_version": __version__,
+           "params": json.dumps(_provenance_params(ctx.params, name), sort_keys=True),
+           "source_committed": json.dumps(ctx.ds.attrs["committed"], sort_keys=True),
+           "source_status": ctx.ds.attrs["status"]}
+    if PROBES[name].plugin:  # a plugin probe: its distribution, and its source by content (an edit recomputes)
+        out["probe_plugin"] = PROBES[name].plugin
+        out["probe_source_sha256"] = str(source_sha256(PROBES[name]))
+    return out
 
 
 SEGMENTER_PARAMS = ("segmenter_weights", "segmenter")
@@ -694,9 +778,31 @@ def check_names(names) -> list[str]:
     return names
 
 
+def check_plugins(runs, names, allow_changed: bool = False) -> None:
+    """Before any probe is computed: PluginChanged (one line, naming the import path and both
+    hashes) for a run whose plugin model's source changed since training, when a probe that runs
+    the network is asked for, unless `allow_changed`. A plugin that is missing here is no error:
+    the probes that run the network are then "not defined" with that reason, the others computed
+    from the stored arrays."""
+    if allow_changed or not any(PROBES[n].runs_model for n in names):
+        return
+    for path in runs:
+        try:
+            attrs = open_store(path).attrs.asdict()
+        except LrscopeError:
+            continue  # the runner reports unreadable stores
+        try:
+            check_run(attrs, "model")
+        except PluginChanged as e:
+            raise PluginChanged(f"{Path(path).name}: {e}") from None
+        except PluginError:
+            pass
+
+
 def compute_run(path, names=None, *, force: bool = False, data_root: str | None = None, params=None,
                 log: Callable[[str], None] | None = None, device: str = "auto",
-                progress: Callable[[str, str, bool], None] | None = None) -> dict[str, str]:
+                progress: Callable[[str, str, bool], None] | None = None,
+                allow_changed_plugins: bool = False) -> dict[str, str]:
     """Compute the named probes (default: every default probe) for one run store; returns name -> outcome.
 
     Each result is written by a background thread while the next probe computes (one writer,
@@ -705,13 +811,15 @@ def compute_run(path, names=None, *, force: bool = False, data_root: str | None 
     `device`: where the probes that run the network run (cpu | cuda | auto: cuda when there is
     one), recorded in each result's `device` attribute (not part of its provenance: a result
     computed on either is up to date). `progress(run, probe, done)` is called as each probe
-    starts (done False) and ends (done True, also when skipped)."""
+    starts (done False) and ends (done True, also when skipped). `allow_changed_plugins`: rebuild a
+    plugin model whose source changed since training (else `check_plugins` refuses)."""
     path = Path(path)
     names = check_names(names)
     params = check_params(params)
     device = check_device(device)
+    check_plugins([path], names, allow_changed_plugins)
     with _probe_lock(path):  # one lrprobe at a time per run: concurrent rewrites would race
-        return _compute_locked(path, names, force, data_root, params, log, device, progress)
+        return _compute_locked(path, names, force, data_root, params, log, device, progress, allow_changed_plugins)
 
 
 @contextlib.contextmanager
@@ -791,7 +899,8 @@ def parse_checkpoints(spec) -> list[str | int]:
     return out
 
 
-def _compute_locked(path: Path, names, force, data_root, params, log, device="auto", progress=None) -> dict[str, str]:
+def _compute_locked(path: Path, names, force, data_root, params, log, device="auto", progress=None,
+                    allow_changed_plugins: bool = False) -> dict[str, str]:
     from concurrent.futures import ThreadPoolExecutor
 
     import dask
@@ -799,7 +908,7 @@ def _compute_locked(path: Path, names, force, data_root, params, log, device="au
 
     root = open_store(path)
     ds = open_run(path, probes=False)  # one view of the run: every probe is computed from it
-    ctx = Context(path, ds, data_root, params, device)
+    ctx = Context(path, ds, data_root, params, device, allow_changed_plugins=allow_changed_plugins)
     outcomes: dict[str, str] = {}
     run = ds.attrs.get("run_id", path.name)
     tell = progress or (lambda *a: None)
@@ -835,7 +944,7 @@ def _compute_locked(path: Path, names, force, data_root, params, log, device="au
                 try:
                     with load_aware_threads() as threads:
                         res = PROBES[name](ctx).compute()  # read everything here, where errors are caught
-                except M.MetricError as e:
+                except (M.MetricError, PluginError) as e:  # PluginError: a plugin model not rebuildable here
                     outcomes[name] = f"not defined: {e}"
                     tell(run, name, True)
                     continue
@@ -867,12 +976,14 @@ def _compute_locked(path: Path, names, force, data_root, params, log, device="au
     return {n: outcomes[n] for n in names}  # in the order asked (writes finish out of it)
 
 
-def _probe_worker(path: str, names, force: bool, data_root, params, device, threads: int) -> tuple[str, dict[str, str]]:
+def _probe_worker(path: str, names, force: bool, data_root, params, device, allow_changed_plugins: bool,
+                  threads: int) -> tuple[str, dict[str, str]]:
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    return path, compute_run(path, names, force=force, data_root=data_root, params=params, device=device)
+    return path, compute_run(path, names, force=force, data_root=data_root, params=params, device=device,
+                             allow_changed_plugins=allow_changed_plugins)
 
 
 def _ignore_sigint() -> None:
@@ -882,7 +993,8 @@ def _ignore_sigint() -> None:
 
 
 def compute_paths(paths, names=None, *, force=False, data_root=None, progress=True, params=None,
-                  log=None, workers: int = 1, scheduler=None, device: str = "auto") -> dict[str, dict[str, str]]:
+                  log=None, workers: int = 1, scheduler=None, device: str = "auto",
+                  allow_changed_plugins: bool = False) -> dict[str, dict[str, str]]:
     """Probe every run store under `paths`: one after another, on `workers` local processes, or
     with `scheduler` one dask.distributed task per run ("local" or an address; see
     `lrscope.parallel.dask_client`). Returns path -> probe name -> outcome.
@@ -898,6 +1010,7 @@ def compute_paths(paths, names=None, *, force=False, data_root=None, progress=Tr
     device = check_device(device)
     if workers < 1:
         raise LrscopeError(f"workers must be >= 1, got {workers}")
+    check_plugins(runs, names, allow_changed_plugins)  # before anything is computed
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -905,7 +1018,7 @@ def compute_paths(paths, names=None, *, force=False, data_root=None, progress=Tr
         bar = tqdm(total=len(runs) * len(names), desc="probing", unit="probe", mininterval=0,
                    bar_format="{desc}: {n_fmt}/{total_fmt} probes |{bar:20}| {elapsed}<{remaining} ETA")
     results: dict[str, dict[str, str]] = {}
-    args = [(str(p), names, force, data_root, params, device) for p in runs]
+    args = [(str(p), names, force, data_root, params, device, allow_changed_plugins) for p in runs]
     position = {}
 
     def tell(run: str, name: str, done: bool) -> None:
@@ -926,7 +1039,7 @@ def compute_paths(paths, names=None, *, force=False, data_root=None, progress=Tr
             done = _pool_map(args, workers)
         else:
             done = ((p, compute_run(p, names, force=force, data_root=data_root, params=params, log=log,
-                                    device=device, progress=tell))
+                                    device=device, progress=tell, allow_changed_plugins=allow_changed_plugins))
                     for p, *_ in args)
         sequential = scheduler is None and not (workers > 1 and len(runs) > 1)
         for path, outcome in done:

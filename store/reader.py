@@ -395,6 +395,8 @@ def _finish_dataset(path, root, attrs, variables, coords, probes, describe=True)
         "timings": attrs.get(S.ATTR_TIMINGS, {}),
         "versions": attrs.get(S.ATTR_VERSIONS, {}),
     })
+    if isinstance(attrs.get(S.ATTR_PLUGINS), dict):  # a run of a plugin model or dataset: their provenance
+        ds.attrs[S.ATTR_PLUGINS] = attrs[S.ATTR_PLUGINS]
     if attrs.get(S.ATTR_DIVERGED_AT) is not None:
         ds.attrs["diverged_at"] = attrs[S.ATTR_DIVERGED_AT]
     if isinstance(attrs.get(S.ATTR_STOP_MET), bool):

@@ -55,6 +55,9 @@ ATTR_REGIONS = "regions"  # input regions (core/spurious/noise) for attribution 
 # bias attribute are not defined); absent (stores written before it): True
 ATTR_HAS_BIAS = "has_bias"
 ATTR_KIND = "lrscope"  # marker: value "run" on every run store
+# the run's plugins (a model or dataset from outside lrscope, train/plugins.py): kind -> {import_path,
+# distribution, version, sha256 of the module file, source (its file name)}; absent: built-ins only
+ATTR_PLUGINS = "plugins"
 ATTR_LOG_LOGITS = "log_logits"  # the resolved minibatch-record policy: "full" or "summary" (absent: full)
 
 STATUS_RUNNING = "running"

@@ -107,6 +107,7 @@ class RunWriter:
         log_logits: str = S.LOG_FULL,
         lock: RunLock | None = None,
         has_bias: bool = True,
+        plugins: dict[str, dict] | None = None,
     ) -> "RunWriter":
         """A new store. `log_logits` is the resolved minibatch-record policy (full or summary,
         schema.resolve_log_logits); a full store is written as schema 2 (the layout an older
@@ -132,6 +133,7 @@ class RunWriter:
             S.ATTR_REGIONS: sorted(regions),
             S.ATTR_HAS_BIAS: bool(has_bias),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **({S.ATTR_PLUGINS: plugins} if plugins else {}),
         })
         data = root.create_group(S.G_DATA)
         for split, arrays in labels.items():

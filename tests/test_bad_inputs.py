@@ -197,6 +197,25 @@ for opt, v in [("--dataset", "nope"), ("--model", "nope"), ("--optimizer", "nope
                ("--device", "gpu"), ("--precision", "fp16"), ("--log-logits", "compressed")]:
     run(f"{opt[2:]}={v}", opt, v)
 run("data-placement-unknown", "--data-placement", "gpu")
+# --- plugins (tests/plugin_toy.py, on the tests' path) -------------------------------------------
+run("plugin-features-at-unknown", "--model", "plugin_toy:mlp", "--features-at", "nope")
+run("plugin-features-at-not-last", "--model", "plugin_toy:mlp", "--features-at", "hidden")
+run("plugin-features-at-empty", "--model", "plugin_toy:mlp", "--features-at", "")
+run("plugin-features-at-missing", "--model", "plugin_toy:mlp")
+run("plugin-features-at-builtin", "--model", "fcn", "--features-at", "head")
+run("plugin-not-importable", "--model", "no_such_plugin_mod:build", "--features-at", "fc")
+run("plugin-no-such-function", "--model", "plugin_toy:nope", "--features-at", "fc")
+run("plugin-not-an-import-path", "--model", "plugin toy:mlp")
+run("plugin-option-out-of-range", "--model", "plugin_toy:mlp", "--features-at", "fc", "--model-options",
+    '{"hidden": 0}')
+run("plugin-option-unknown", "--model", "plugin_toy:mlp", "--features-at", "fc", "--model-options", '{"width": 2}')
+run("plugin-undeclared-option", "--model", "plugin_toy:undeclared", "--features-at", "fc")
+run("plugin-forward-fails", "--model", "plugin_toy:wrong_input", "--features-at", "fc")
+run("plugin-returns-no-module", "--model", "plugin_toy:not_a_module", "--features-at", "fc")
+run("plugin-builder-raises", "--model", "plugin_toy:raises", "--features-at", "fc")
+run("plugin-not-callable", "--model", "plugin_toy:NOT_CALLABLE", "--features-at", "fc")
+run("plugin-dataset-not-a-bundle", "--dataset", "plugin_toy:not_a_bundle", "--data-options", "{}")
+run("plugin-dataset-not-importable", "--dataset", "no_such_plugin_mod:data")
 run("device=cuda-without-cuda", "--device", "cuda",
     marks=[pytest.mark.skipif(CUDA, reason="this machine has CUDA")])
 run("bias-ratio-of-natural-bias-dataset", "--dataset", "cifar10", "--bias-conflicting-ratio", "0.1",
@@ -532,6 +551,24 @@ api("open_sweep-nonexistent", lambda ctx: lrscope.open_sweep(ctx["W"] / "nothing
 api("load_model-checkpoint-99", lambda ctx: lrscope.load_model(ctx["S"], checkpoint=99), store=True)
 api("load_model-checkpoint-string", lambda ctx: lrscope.load_model(ctx["S"], checkpoint="x"), store=True)
 api("load_model-dataset-without-store", lambda ctx: lrscope.load_model(__import__("xarray").Dataset()))
+
+
+def as_plugin_run(import_path: str, sha256: str):
+    """A setup that makes the store copy a run of the plugin model at `import_path` whose recorded
+    source hash is `sha256` (a plugin missing here, or changed since training)."""
+    def fn(a):
+        a["config"].update(model=import_path, features_at="fc")
+        a["plugins"] = {"model": {"import_path": import_path, "distribution": None, "version": None,
+                                  "sha256": sha256, "source": "plugin_toy.py"}}
+    return edit_attrs(fn)
+
+
+api("load_model-plugin-missing", lambda ctx: lrscope.load_model(ctx["S"]),
+    setup=as_plugin_run("no_such_plugin_mod:build", "0" * 64))
+api("load_model-plugin-changed", lambda ctx: lrscope.load_model(ctx["S"]),
+    setup=as_plugin_run("plugin_toy:mlp", "0" * 64))
+probe("compute-plugin-changed", "compute", "@S", "--quiet", setup=as_plugin_run("plugin_toy:mlp", "0" * 64))
+probe("report-plugin-changed", "report", "@S", "-o", "@W/r.html", setup=as_plugin_run("plugin_toy:mlp", "0" * 64))
 for name, setup in HOSTILE.items():
     api(f"open_run-hostile-{name}", lambda ctx: lrscope.open_run(ctx["S"]), setup=setup,
         marks=[STORE_SIDE] if name in READ_AS_VALID else [])

@@ -198,7 +198,7 @@ def test_example_specs_expand(tmp_path):
     from lrscope.train.sweep import load_spec
 
     repo = Path(__file__).resolve().parents[1]
-    specs = sorted((repo / "examples").rglob("*.toml"))
+    specs = sorted(p for p in (repo / "examples").rglob("*.toml") if p.name != "pyproject.toml")  # own_model's
     assert len(specs) >= 1 + 23 + 24
     for spec in specs:
         configs = load_spec(spec)

@@ -157,8 +157,10 @@ def knob(default: Any = dataclasses.MISSING, *, factory=None, help: str = "", lo
 class RunConfig:
     """Everything that defines one training run. Defaults follow the paper (PAPER.md)."""
 
-    dataset: str = knob("parity", help="dataset name (see `lrtrain datasets`)")
-    model: str = knob("fcn", help="model name (see `lrtrain models`)")
+    dataset: str = knob("parity", help="dataset name (see `lrtrain datasets`), or a plugin's import path "
+                                       "package.module:function")
+    model: str = knob("fcn", help="model name (see `lrtrain models`), or a plugin's import path "
+                                  "package.module:function")
     lr: float = knob(0.1, lo=0, lo_open=True, label="learning rate (lr)", help="learning rate")
     seed: int = knob(0, lo=0, hi=MAX_SEED, help="initialisation and minibatch-order seed")
     data_seed: int = knob(0, lo=0, hi=MAX_SEED,
@@ -205,6 +207,10 @@ class RunConfig:
                                     help="hidden widths of the FCN (default: 3x200 on vectors, 2x1024 on images)")
     data_options: dict[str, Any] = knob(factory=dict, help="the dataset's own options (see `lrtrain datasets`)")
     model_options: dict[str, Any] = knob(factory=dict, help="the model's own options (see `lrtrain models`)")
+    features_at: str | None = knob(None, help="plugin models: the module whose input is the penultimate "
+                                              "representation (a name from the model's named_modules(), e.g. fc; "
+                                              "the classifier, the model's last step); built-in models split "
+                                              "their features themselves")
     weights: str | None = knob(None, help="initialise from a local state-dict file (e.g. torchvision's ImageNet "
                                           "Swin-T); tensors that do not fit, such as the head, stay freshly "
                                           "initialised; nothing is downloaded")
@@ -259,22 +265,31 @@ class RunConfig:
         """Raise ConfigError naming the first impossible value; return self. Every field is checked
         against its annotation and declared range; the dataset's and model's options against
         theirs; nothing is built."""
-        from .data import DATASETS, check_data_options
+        from . import plugins
+        from .data import check_data_options
+        from .data import entry as dataset_entry
         from .models import MODELS, check_model_options
+        from .models import entry as model_entry
 
         for name in ("dataset", "model"):
             self.check_field(name, getattr(self, name))
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; valid: {', '.join(sorted(DATASETS))}")
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}; valid: {', '.join(sorted(MODELS))}")
+            setattr(self, name, plugins.canonical(name, getattr(self, name)))  # an entry point's name: its path
+        data = dataset_entry(self.dataset)  # a plugin's: imported here (one-line error when it cannot be)
+        model_entry(self.model)
+        if self.features_at is not None:
+            self.check_field("features_at", self.features_at)
+            if self.model in MODELS:
+                raise ConfigError(f"features_at is for plugin models; built-in model {self.model!r} splits its "
+                                  f"penultimate features itself (leave --features-at out)")
+            if not self.features_at:
+                raise ConfigError("features_at must name a module (e.g. fc), got an empty string")
         for f in dataclasses.fields(self):
             self.check_field(f.name, getattr(self, f.name))
         if self.warmup_steps >= self.max_steps:
             raise ConfigError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
         if self.weights == "":
             raise ConfigError("weights must be a file path or null, got an empty string")
-        if DATASETS[self.dataset].rho_train is None and self.bias_conflicting_ratio is not None:
+        if data.rho_train is None and self.bias_conflicting_ratio is not None:
             raise ConfigError(f"{self.dataset!r} has no bias-conflicting ratio to set (its bias is natural or absent)")
         check_data_options(self.dataset, self.data_options)
         check_model_options(self.model, self.model_options, widths=self.widths)
@@ -321,7 +336,8 @@ class RunConfig:
     def run_id(self) -> str:
         """Readable id: dataset-model-lr-seed, plus a short hash when any other field differs
         from its default (so two different runs never share a store)."""
-        base = f"{self.dataset}-{self.model}-lr{self.lr:g}-s{self.seed}"
+        # a plugin's import path package.module:function reads package.module.function in the id
+        base = f"{self.dataset.replace(':', '.')}-{self.model.replace(':', '.')}-lr{self.lr:g}-s{self.seed}"
         default = RunConfig(dataset=self.dataset, model=self.model, lr=self.lr, seed=self.seed)
         if self.identity() == default.identity():
             return base
@@ -377,7 +393,7 @@ EXECUTION_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.meta
 # Identity fields added after run ids were first given out: left out of the id's hash while at their
 # default, so that the stores of earlier versions (whose configs lack them: from_dict gives the
 # default) keep their names and resume. A store's config always holds them.
-LATE_FIELDS = ("log_logits",)
+LATE_FIELDS = ("log_logits", "features_at")
 
 
 def check_run_id(run_id: str) -> str:

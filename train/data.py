@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .recipes import DATASETS, RESERVED, DataBundle, DatasetEntry, Split
 
 RECIPE_MODULES = ("synthetic", "images", "vision")  # every module that registers datasets
@@ -43,10 +43,16 @@ def as_model_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def entry(name: str) -> DatasetEntry:
-    """The registry's entry of dataset `name` (ConfigError naming the valid ones if unknown)."""
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
+    """The registry's entry of dataset `name`, or of the plugin dataset at import path `name`
+    (``package.module:function``, train/plugins.py); ConfigError naming the valid ones if unknown."""
+    if name in DATASETS:
+        return DATASETS[name]
+    from . import plugins
+
+    if plugins.is_import_path(name):
+        return plugins.dataset_entry_at(name)
+    raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS) + plugins.names('dataset'))}, "
+                      f"or a plugin's import path package.module:function")
 
 
 def check_data_options(name: str, options: dict) -> dict:
@@ -90,10 +96,11 @@ def _file_stamp(path) -> list | None:
     return [st.st_mtime_ns, st.st_size]
 
 
-def _cache_key(name: str, seed: int, rho, options: dict, files=()) -> str:
+def _cache_key(name: str, seed: int, rho, options: dict, files=(), source: str | None = None) -> str:
     """The cache folder's name: the recipe, seed, ratio and options, the data root with its mtime
-    (files added or removed under it: rebuild), and the mtime and size of `files` (the entry's
-    `stamp`: a metadata table edited in place leaves its folder's mtime alone)."""
+    (files added or removed under it: rebuild), the mtime and size of `files` (the entry's
+    `stamp`: a metadata table edited in place leaves its folder's mtime alone), and a plugin
+    recipe's source hash (an edited recipe rebuilds)."""
     opts = dict(options)
     root = opts.pop("data_root", None)
     stamp = None
@@ -102,9 +109,10 @@ def _cache_key(name: str, seed: int, rho, options: dict, files=()) -> str:
         stamp = _file_stamp(root)
         stamp = None if stamp is None else stamp[0]
     files = [[str(f), _file_stamp(f)] for f in files]
-    blob = json.dumps([CACHE_VERSION, name, seed, rho, opts, root, stamp] + ([files] if files else []),
-                      sort_keys=True, default=str)
-    return f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}"
+    key = [CACHE_VERSION, name, seed, rho, opts, root, stamp] + ([files] if files else []) \
+        + ([source] if source is not None else [])
+    blob = json.dumps(key, sort_keys=True, default=str)
+    return f"{name.replace(':', '.')}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}"
 
 
 SPLIT_KEYS = ("x", "y", "b", "index")
@@ -164,7 +172,8 @@ def _load_cached(path: Path) -> DataBundle | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return DataBundle(meta["name"], sp["train"], sp["test"], meta["num_classes"], meta["num_bias"],
-                      tuple(meta["input_shape"]), regions, meta["description"], bool(meta.get("has_bias", True)))
+                      tuple(meta["input_shape"]), regions, meta["description"],
+                      has_bias=bool(meta.get("has_bias", True)))  # absent: a cache of before the field (bias)
 
 
 def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | None = None,
@@ -183,17 +192,54 @@ def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | N
     if e.reads_files:
         options["data_root"] = data_root
     folder = cache_dir() if e.cached else None
+    from .plugins import is_import_path, source_sha256
+
+    plugin = is_import_path(name)
+    build = _checked_build(e) if plugin else e.build
     if folder is not None:
         files = e.stamp({**e.defaults, **options}) if e.stamp is not None else ()
-        path = folder / _cache_key(name, seed, rho, options, files)
+        path = folder / _cache_key(name, seed, rho, options, files, source_sha256(e.build) if plugin else None)
         if (path / "meta.json").exists():
             cached = _load_cached(path)
             if cached is not None:
                 return cached
-        bundle = e.build(seed=seed, rho_train=rho, **options)
+        bundle = build(seed=seed, rho_train=rho, **options)
         _save_cached(path, bundle)
         return bundle
-    return e.build(seed=seed, rho_train=rho, **options)
+    return build(seed=seed, rho_train=rho, **options)
+
+
+def _checked_build(e: DatasetEntry):
+    """A plugin dataset's builder, whose result is checked: a DataBundle of consistent splits
+    (PluginError in one line otherwise)."""
+    from ..errors import PluginError
+
+    def build(**kw) -> DataBundle:
+        try:
+            b = e.build(**kw)
+        except (ConfigError, DataError):
+            raise
+        except Exception as err:  # noqa: BLE001 - the plugin's own failure, in one line
+            text = str(err).strip().splitlines()
+            raise PluginError(f"plugin dataset {e.name}: building it failed ({type(err).__name__}"
+                              f"{': ' + text[0] if text else ''})") from None
+        if not isinstance(b, DataBundle):
+            raise PluginError(f"plugin dataset {e.name}: returned {type(b).__name__}, expected a "
+                              f"lrscope.train.recipes.DataBundle")
+        for split in ("train", "test"):
+            sp = getattr(b, split)
+            n = len(sp.y)
+            if n == 0 or any(len(getattr(sp, k)) != n for k in ("x", "b", "index")):
+                raise PluginError(f"plugin dataset {e.name}: its {split} split is empty or its x, y, b, index "
+                                  f"lengths differ")
+            if tuple(sp.x.shape[1:]) != tuple(b.input_shape):
+                raise PluginError(f"plugin dataset {e.name}: {split} inputs have shape {tuple(sp.x.shape[1:])}, "
+                                  f"input_shape says {tuple(b.input_shape)}")
+            if int(sp.y.max()) >= b.num_classes or int(sp.y.min()) < 0:
+                raise PluginError(f"plugin dataset {e.name}: {split} labels outside 0..{b.num_classes - 1}")
+        return b
+
+    return build
 
 
 def probe_subset(bundle: DataBundle, size: int, seed: int) -> np.ndarray:

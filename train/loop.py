@@ -44,10 +44,12 @@ from .optim import (
     training_loss,
 )
 from .placement import PLACED_TEXT, Placed, choose, dataset_bytes
+from .plugins import check_run, is_import_path, run_provenance
 from .recorder import Recorder, is_recording_point, recording_errors
-from .restore import build_model, state_arrays
+from .restore import build_model, check_on_data, parameter_names, state_arrays
 
 EVAL_BATCH = 4096
+CHECK_SAMPLES = 4  # a plugin model is checked on this many training inputs before its store is created
 STOCHASTIC_MODULES = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
                       "StochasticDepth")
 TRAIN_LOGITS_BUDGET = 0.02  # "auto": train logits at full snapshots when a pass costs <= 2% of the interval
@@ -134,9 +136,14 @@ def evaluate(model: torch.nn.Module, x, features: bool = False, batch: int = EVA
     was_training = model.training
     model.eval()
     logits, feats = [], []
+    tapped = hasattr(model, "features_and_logits")  # a plugin model (TappedNet): its own forward, features read
     for xb in (x.split(batch) if isinstance(x, torch.Tensor) else x.chunks(batch)):
-        f = model.forward_features(as_model_input(xb))
-        logits.append(model.forward_head(f))
+        if tapped:
+            f, z = model.features_and_logits(as_model_input(xb)) if features else (None, model(as_model_input(xb)))
+            logits.append(z)
+        else:
+            f = model.forward_features(as_model_input(xb))
+            logits.append(model.forward_head(f))
         if features:
             feats.append(f)
     model.train(was_training)
@@ -217,6 +224,8 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
             status, reason = attrs[S.ATTR_STATUS], attrs.get(S.ATTR_REASON, "")
             return RunResult(path, status, f"{path.name}: already {status} ({reason}); nothing to do",
                              attrs[S.ATTR_COMMITTED]["iteration"], skipped=True)
+        for kind in ("model", "dataset"):  # a plugin edited since the run started: not resumed with it
+            check_run(attrs, kind, hint="restore it to resume this run, or train a new one (--name or --out)")
         if attrs[S.ATTR_COMMITTED]["checkpoint"] < 1:  # crashed before its first checkpoint
             resume = False
     elif path.exists() and any(path.iterdir()):
@@ -234,6 +243,7 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
 
         load_weights(model, cfg.weights)
     model = model.to(device)
+    check_on_data(model, cfg, bundle.train.x[:CHECK_SAMPLES], n_classes)  # a plugin model: before any write
     opt = make_optimizer(cfg, model.parameters())
     probe_idx = probe_subset(bundle, cfg.probe_size, cfg.data_seed)
     nbytes = dataset_bytes(bundle)
@@ -283,15 +293,24 @@ def _create_store(path, cfg, bundle, model, probe_idx, device, lock, placement: 
     labels["probe"] = _label_arrays(bundle, bundle.test, probe_idx)
     model_info = {"input_shape": list(bundle.input_shape), "num_classes": bundle.num_classes,
                   "num_bias": bundle.num_bias, "num_features": int(model.num_features),
-                  "dataset_description": bundle.description}
+                  "dataset_description": bundle.description,
+                  # the probes that read weights (compressibility) find them without rebuilding the model
+                  "parameter_names": parameter_names(model)}
+    if is_import_path(cfg.model):
+        from .models import entry
+
+        model_info["features_at"] = cfg.features_at
+        model_info["signed_features"] = entry(cfg.model).signed_features
+    plugins = run_provenance(cfg.to_dict())  # import path, distribution, version, source sha256
     w = RunWriter.create(
-        path, run_id=path.stem, config=cfg.to_dict(), labels=labels,
+        path, run_id=path.stem, config=cfg.to_dict(), labels=labels, plugins=plugins,
         probe_inputs=bundle.test.x[probe_idx].numpy(), probe_test_index=probe_idx,
         regions=bundle.regions, model_info=model_info, params=state_arrays(model),
         batch_size=min(cfg.batch_size, len(bundle.train)), num_classes=bundle.num_classes, device=str(device),
         log_logits=S.resolve_log_logits(cfg.log_logits, bundle.num_classes), lock=lock, has_bias=bundle.has_bias)
     w.root.attrs.update({S.ATTR_DATA_PLACEMENT: placement})  # beside `device`: where the data lived
     return w
+
 
 
 def _half_created(path: Path) -> bool:

@@ -42,6 +42,20 @@ MODELS: dict[str, ModelEntry] = {}
 _BUILT_IN = ("input_shape", "num_classes", "widths")  # keywords every builder may take that are not options
 
 
+def model_entry(fn, *, name: str, options: dict[str, dict] | None = None, image: bool = False,
+                batchable: bool = False, heavy: bool = False, check=None, signed_features: bool = False) -> ModelEntry:
+    """The registry entry of builder `fn` under `name`, its declared options checked against the
+    keywords it takes (a TypeError when they differ: a programming error). `register_model` puts it
+    in MODELS; a plugin's builder carries it (train/plugins.py: `plugin_model`)."""
+    params = inspect.signature(fn).parameters
+    taken = set(params) - set(_BUILT_IN)
+    if taken != set(options or {}):  # a programming error: declared and taken options differ
+        raise TypeError(f"model {name!r}: declared options {sorted(options or {})} != builder's {sorted(taken)}")
+    defaults = {k: params[k].default for k in options or {}}
+    return ModelEntry(name, fn, inspect.cleandoc(fn.__doc__ or ""), dict(options or {}), defaults,
+                      image, batchable, heavy, "widths" in params, check, signed_features)
+
+
 def register_model(fn=None, *, name: str | None = None, options: dict[str, dict] | None = None, image: bool = False,
                    batchable: bool = False, heavy: bool = False, check=None, signed_features: bool = False):
     """Register a model builder (``@register_model`` or ``@register_model(options={...}, ...)``)
@@ -49,25 +63,27 @@ def register_model(fn=None, *, name: str | None = None, options: dict[str, dict]
     are built from the config's widths, and exactly their declared options."""
     def deco(fn):
         key = name or fn.__name__
-        params = inspect.signature(fn).parameters
-        taken = set(params) - set(_BUILT_IN)
-        if taken != set(options or {}):  # a programming error: declared and taken options differ
-            raise TypeError(f"model {key!r}: declared options {sorted(options or {})} != builder's {sorted(taken)}")
+        e = model_entry(fn, name=key, options=options, image=image, batchable=batchable, heavy=heavy, check=check,
+                        signed_features=signed_features)
         if key in MODELS:
             raise TypeError(f"model {key!r} registered twice")
-        defaults = {k: params[k].default for k in options or {}}
-        MODELS[key] = ModelEntry(key, fn, inspect.cleandoc(fn.__doc__ or ""), dict(options or {}), defaults,
-                                 image, batchable, heavy, "widths" in params, check, signed_features)
+        MODELS[key] = e
         return fn
 
     return deco(fn) if fn is not None else deco
 
 
 def entry(name: str) -> ModelEntry:
-    """The registry's entry of model `name` (ConfigError naming the valid ones if unknown)."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}")
-    return MODELS[name]
+    """The registry's entry of model `name`, or of the plugin model at import path `name`
+    (``package.module:function``, train/plugins.py); ConfigError naming the valid ones if unknown."""
+    if name in MODELS:
+        return MODELS[name]
+    from . import plugins
+
+    if plugins.is_import_path(name):
+        return plugins.model_entry_at(name)
+    raise ConfigError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS) + plugins.names('model'))}, "
+                      f"or a plugin's import path package.module:function")
 
 
 def param_gb(n: int) -> str:

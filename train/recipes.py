@@ -107,6 +107,22 @@ class DatasetEntry:
 DATASETS: dict[str, DatasetEntry] = {}
 
 
+def dataset_entry(fn, *, name: str, rho_train: float | None, options: dict[str, dict] | None = None,
+                  cached: bool = False, check: Callable[[dict], None] | None = None,
+                  stamp: Callable[[dict], list] | None = None) -> DatasetEntry:
+    """The registry entry of builder `fn` under `name`, its declared options checked against the
+    keywords it takes (a TypeError when they differ: a programming error). `register_dataset` puts
+    it in DATASETS; a plugin's builder carries it (train/plugins.py: `plugin_dataset`)."""
+    options = dict(options or {})
+    params = inspect.signature(fn).parameters
+    taken = [p for p in params if p not in RESERVED]
+    if sorted(taken) != sorted(options):  # a programming error: declared and taken options differ
+        raise TypeError(f"dataset {name!r}: declared options {sorted(options)} != builder's {sorted(taken)}")
+    defaults = {k: params[k].default for k in options if params[k].default is not inspect.Parameter.empty}
+    return DatasetEntry(name, fn, inspect.cleandoc(fn.__doc__ or ""), rho_train, options, defaults, cached, check,
+                        "data_root" in params, stamp)
+
+
 def register_dataset(name: str, *, rho_train: float | None, options: dict[str, dict], cached: bool = False,
                      check: Callable[[dict], None] | None = None, stamp: Callable[[dict], list] | None = None):
     """Register a dataset builder under `name`. `options` declares every keyword the builder
@@ -115,15 +131,11 @@ def register_dataset(name: str, *, rho_train: float | None, options: dict[str, d
     `cached`: built splits are kept on disk, keyed by the options, the data root and its mtime,
     and the mtime and size of the files `stamp(options)` names (files edited in place)."""
     def deco(fn):
-        params = inspect.signature(fn).parameters
-        taken = [p for p in params if p not in RESERVED]
-        if sorted(taken) != sorted(options):  # a programming error: declared and taken options differ
-            raise TypeError(f"dataset {name!r}: declared options {sorted(options)} != builder's {sorted(taken)}")
+        e = dataset_entry(fn, name=name, rho_train=rho_train, options=options, cached=cached, check=check,
+                          stamp=stamp)
         if name in DATASETS:
             raise TypeError(f"dataset {name!r} registered twice")
-        defaults = {k: params[k].default for k in options if params[k].default is not inspect.Parameter.empty}
-        DATASETS[name] = DatasetEntry(name, fn, inspect.cleandoc(fn.__doc__ or ""), rho_train, dict(options),
-                                      defaults, cached, check, "data_root" in params, stamp)
+        DATASETS[name] = e
         return fn
 
     return deco

@@ -9,18 +9,66 @@ import torch
 import xarray as xr
 from torch import nn
 
-from ..errors import LrscopeError, StoreError
+from ..errors import ConfigError, LrscopeError, PluginError, StoreError
 from ..store import schema as S
 from ..store.reader import check_array, open_store
 from .config import RunConfig
 from .models import create_model
+from .plugins import check_run, is_import_path
+from .tapped import TappedNet, as_feature_net
 
 
 def build_model(cfg: RunConfig, input_shape, num_classes: int) -> nn.Module:
+    """The run's network: a registry model, or a plugin model seen through the registry's
+    interface (`TappedNet` on `cfg.features_at`, unless the plugin returns a FeatureNet itself)."""
     kw = dict(cfg.model_options)
     if cfg.widths is not None:
         kw["widths"] = list(cfg.widths)
-    return create_model(cfg.model, input_shape=tuple(input_shape), num_classes=num_classes, **kw)
+    if not is_import_path(cfg.model):
+        return create_model(cfg.model, input_shape=tuple(input_shape), num_classes=num_classes, **kw)
+    try:
+        model = create_model(cfg.model, input_shape=tuple(input_shape), num_classes=num_classes, **kw)
+    except LrscopeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the plugin's own failure, in one line
+        text = str(e).strip().splitlines()
+        raise PluginError(f"plugin model {cfg.model}: building it failed ({type(e).__name__}"
+                          f"{': ' + text[0] if text else ''})") from None
+    if not isinstance(model, nn.Module):
+        raise PluginError(f"plugin model {cfg.model}: returned {type(model).__name__}, expected a torch.nn.Module")
+    try:
+        return as_feature_net(model, cfg.features_at)
+    except ConfigError as e:
+        raise PluginError(f"plugin model {cfg.model}: {str(e).replace('(features_at;', '(--features-at;')}") \
+            from None
+
+
+def check_on_data(model: nn.Module, cfg: RunConfig, x: torch.Tensor, num_classes: int) -> None:
+    """For a plugin model: one forward pass on `x` (a few raw inputs of the run's data), on the
+    device the model is on (the run's: a CUDA-only network is checked on CUDA), checks that the
+    module named by features_at is the network's last step and reads a (N, d) representation, and
+    that the network outputs (N, num_classes) logits (TappedNet.check); a failing forward pass is a
+    one-line PluginError. Nothing is written before this passes."""
+    from .data import as_model_input
+
+    if not isinstance(model, TappedNet):
+        return
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))  # on the run's device
+    try:
+        model.check(as_model_input(x.to(device)), num_classes)
+    except ConfigError as e:
+        raise PluginError(f"plugin model {cfg.model}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the plugin's forward failed on the data
+        text = str(e).strip().splitlines()
+        raise PluginError(f"plugin model {cfg.model}: its forward pass failed on a batch of the data of shape "
+                          f"{tuple(x.shape)} ({type(e).__name__}{': ' + text[0] if text else ''})") from None
+
+
+def parameter_names(model: nn.Module) -> list[str]:
+    """The state-dict names of the model's parameters (not its buffers), in its order: what a
+    store lists so that the probes reading weights need no rebuilt model (model_info)."""
+    base = model.net if isinstance(model, TappedNet) else model
+    return [n for n, _ in base.named_parameters()]
 
 
 def state_arrays(model: nn.Module) -> dict[str, np.ndarray]:
@@ -28,11 +76,14 @@ def state_arrays(model: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def load_model(ds_or_path: xr.Dataset | str | os.PathLike, checkpoint: int = -1) -> nn.Module:
+def load_model(ds_or_path: xr.Dataset | str | os.PathLike, checkpoint: int = -1, *,
+               allow_changed_plugins: bool = False) -> nn.Module:
     """Rebuild a run's network from its stored config and the arrays of one checkpoint.
 
     ``checkpoint`` indexes the committed checkpoints (-1: the latest). The model is returned
-    in eval mode on the CPU.
+    in eval mode on the CPU. A run of a plugin model needs the plugin importable here
+    (PluginMissing otherwise) and its module file as it was at training (PluginChanged, naming
+    both sha256 hashes, unless ``allow_changed_plugins``).
     """
     if isinstance(ds_or_path, xr.Dataset):
         if "store" not in ds_or_path.attrs:
@@ -53,9 +104,13 @@ def load_model(ds_or_path: xr.Dataset | str | os.PathLike, checkpoint: int = -1)
     if not 0 <= k < n:
         raise StoreError(f"{path}: checkpoint {checkpoint} out of range (store has {n})")
     info = attrs.get(S.ATTR_MODEL_INFO) or {}
+    if isinstance(attrs.get(S.ATTR_CONFIG), dict):
+        check_run(attrs, "model", allow_changed_plugins)  # before building: missing or changed, in one line
     try:
         cfg = RunConfig.from_dict(attrs[S.ATTR_CONFIG])
         model = build_model(cfg, info["input_shape"], info["num_classes"])
+    except PluginError:
+        raise
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, LrscopeError):
             raise StoreError(f"{path}: cannot rebuild the model from the stored config ({e})") from None

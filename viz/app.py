@@ -494,7 +494,9 @@ class Explorer:
         if x is not None:
             views.append(pn.pane.HoloViews(self._input_view(x, ds, "input"), sizing_mode="stretch_width"))
             attr = self._attribution(run, x, y)
-            if attr is not None:
+            if isinstance(attr, str):  # a plugin model that cannot be rebuilt here: why
+                views.append(pn.pane.Markdown(f"*attributions not shown: {attr}*"))
+            elif attr is not None:
                 views.append(pn.pane.HoloViews(self._input_view(attr, ds, "Integrated Gradients (last checkpoint)"),
                                                sizing_mode="stretch_width"))
         else:
@@ -506,11 +508,15 @@ class Explorer:
         try:
             import torch
 
+            from ..errors import PluginError
             from ..probe.attribution import attributions
             from ..train.data import as_model_input
             from ..train.restore import load_model
 
-            model = load_model(run.path, checkpoint=-1)
+            try:
+                model = load_model(run.path, checkpoint=-1, allow_changed_plugins=ALLOW_CHANGED_PLUGINS)
+            except PluginError as e:  # missing, or changed since training (lrprobe serve --allow-changed-plugins)
+                return str(e)
             a = attributions(model, as_model_input(torch.from_numpy(x[None])), torch.tensor([y]),
                              method="integrated_gradients", n_steps=32)
             return a.values[0]
@@ -577,10 +583,17 @@ class Explorer:
         return app
 
 
+ALLOW_CHANGED_PLUGINS = False  # lrprobe serve --allow-changed-plugins: rebuild plugin models whose source changed
+
+
 def serve(paths, *, port: int = 5006, address: str = "127.0.0.1", live: bool = False, show: bool = False,
-          ready=None) -> None:
+          ready=None, allow_changed_plugins: bool = False) -> None:
     """Serve the explorer on a Bokeh server until interrupted. Each browser session gets its own
-    `Explorer`; the stores are read where they are. `ready(url)` is called once it listens."""
+    `Explorer`; the stores are read where they are. `ready(url)` is called once it listens.
+    `allow_changed_plugins`: the per-sample attributions rebuild a plugin model whose source
+    changed since training (else they say why they are not shown)."""
+    global ALLOW_CHANGED_PLUGINS
+    ALLOW_CHANGED_PLUGINS = allow_changed_plugins
     discover_check = discover(paths)  # fail early, before the server starts, on paths with no runs
     if not discover_check:
         from ..errors import StoreError

@@ -25,7 +25,8 @@ def run_rows(paths) -> list[dict]:
                "dataset": cfg["dataset"], "model": cfg["model"], "lr": cfg["lr"], "seed": cfg["seed"],
                "iterations": int(ds.sizes.get("iteration", 0)), "path": str(p),
                "has_bias": bool(ds.attrs.get(S.ATTR_HAS_BIAS, True)),
-               "data": ds.attrs.get("model_info", {}).get("dataset_description", "")}
+               "data": ds.attrs.get("model_info", {}).get("dataset_description", ""),
+               "plugins": ds.attrs.get(S.ATTR_PLUGINS) or {}, "features_at": cfg.get("features_at")}
         for var, _ in HEAD:
             row[var] = float(ds[var]) if var in ds and ds[var].ndim == 0 else math.nan
         rows.append(row)
@@ -40,4 +41,33 @@ def run_table(paths) -> list[str]:
     for r in rows:
         vals = " ".join("      -" if math.isnan(r[v]) else f"{r[v]:7.3f}" for v, _ in HEAD)
         out.append(f"{r['run_id']:{width}s}  {r['status']:11s} {r['iterations']:6d} {vals}")
+    notes = [f"  {r['run_id']}: {note}" for r in rows for note in plugin_notes(r)]
+    if notes:
+        out += ["plugins (the probes that run the network: pruning, attributions, neuron_resets):", *notes]
+    return out
+
+
+def plugin_notes(row: dict) -> list[str]:
+    """What `lrprobe ls` says of a run's plugins: where each comes from and whether the probes that
+    run the network can rebuild it in this process (importable, and unchanged since training)."""
+    from ..errors import PluginChanged, PluginError
+    from ..train.plugins import verify
+
+    out = []
+    for kind, rec in sorted(row["plugins"].items()):
+        if not isinstance(rec, dict):
+            continue
+        where = ", ".join(str(x) for x in (rec.get("distribution"), rec.get("version")) if x) or "not a distribution"
+        at = f", features at {row['features_at']}" if kind == "model" and row.get("features_at") else ""
+        try:
+            verify(rec, kind)
+            state = "importable here, unchanged"
+        except PluginChanged:
+            state = ("its source changed since training (sha256 differs): refused without --allow-changed-plugins"
+                     if kind == "model" else "its source changed since training: its test split is not rebuilt")
+        except PluginError:
+            state = ("not importable here: the probes that run the network are not defined, the others are "
+                     "computed from the stored arrays" if kind == "model"
+                     else "not importable here: its test split is not rebuilt (pruning evaluates the probe subset)")
+        out.append(f"plugin {kind} {rec.get('import_path')} ({where}{at}): {state}")
     return out

@@ -1,0 +1,1 @@
+"""An lrscope plugin package: see README.md."""
