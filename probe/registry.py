@@ -180,6 +180,7 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
         cost="one per-sample backward pass (torch.func vmap) over a minibatch per checkpoint (~0.01x)",
         samples="the recorded training minibatch at each chosen checkpoint (BA and BC apart)",
         params={"prop2_checkpoints": "checkpoints evaluated, evenly spaced (Python API; default 12)"},
+        runs_model=True,
         headline=(Headline("prop2_grad_ratio_final", "spurious / core gradient-norm ratio (Prop. 2, final)"),)),
     ProbeEntry(
         "subnetwork_gradients", "lrscope.probe.subnetworks:probe_subnetwork_gradients",

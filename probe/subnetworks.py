@@ -199,7 +199,6 @@ def probe_prop2_gradients(ctx) -> xr.Dataset:
     import torch
 
     from ..train.data import as_model_input
-    from ..train.restore import load_model
     from .runner import _final, require_bias
 
     ds = ctx.ds
@@ -237,7 +236,7 @@ def probe_prop2_gradients(ctx) -> xr.Dataset:
         mb_it[i], split_it[i] = step, int(snap_it[s])
         kinds = unit_kinds(csi[s], bsi[s])
         units[i] = np.bincount(kinds, minlength=3)
-        model = load_model(ds, checkpoint=k).to(dev)
+        model = ctx.load_model(k).to(dev)
         if params is None:
             params = unit_parameters(model, n_feat)
         x = as_model_input(bundle.train.x[torch.from_numpy(ids.astype(np.int64))]).to(dev)

@@ -106,7 +106,7 @@ print(json.dumps(out))
     assert "noise = 0.3: a finite number in [0, 10]" in out["datasets"]
     assert "logit_margin  (format 3; plugin from own-model 0.1.0; own_model.probes:probe_logit_margin)" \
         in out["probes"]
-    assert "pruning  (format 5; runs the network)" in out["probes"]
+    assert "pruning  (format 6; runs the network)" in out["probes"]
     assert "Runs of plugin models" in out["probes"]
 
 
