@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 
 from .. import __version__
-from ..errors import LrscopeError, StoreError
+from ..errors import LrscopeError, ModelNotStored, StoreError
 from ..parallel import dask_map, pool_processes, worker_threads
 from ..store import schema as S
 from ..store.probes import stored_provenance, write_probe
@@ -64,6 +64,19 @@ class Context:
         return load_model(self.ds, checkpoint=-1)  # the last checkpoint of this view
 
     @cached_property
+    def weights(self) -> list[tuple[str, np.ndarray]]:
+        """(name, flattened values) of the last checkpoint's weight tensors with more than one
+        dimension: from the rebuilt model, or for a run recorded from a user's own loop (whose
+        network is not rebuilt) from the stored arrays of the parameters its model_info lists."""
+        if not S.recorded_by_api(self.ds.attrs):
+            return [(n, p.detach().cpu().flatten().numpy()) for n, p in self.model.named_parameters() if p.ndim > 1]
+        root = open_store(self.path)
+        k = int(self.ds.attrs["committed"]["checkpoint"]) - 1
+        params = root[S.G_PARAMS]
+        names = [n for n in self.ds.attrs["model_info"].get("parameters", []) if n in params]
+        return [(n, np.asarray(params[n][k]).ravel()) for n in names if params[n].ndim > 2]
+
+    @cached_property
     def features(self) -> xr.DataArray:
         """The penultimate activations of the probe subset at every snapshot, read once for the
         probes that use them (compressibility, representation, feature_quality)."""
@@ -73,7 +86,8 @@ class Context:
     def selective_features(self) -> xr.DataArray:
         """The non-negative representation selectivity and activation sparsity use
         (:func:`selective_representation`)."""
-        return selective_representation(self.features, self.config.get("model"))
+        model = None if S.recorded_by_api(self.ds.attrs) else self.config.get("model")  # a user's own network
+        return selective_representation(self.features, model)
 
     @cached_property
     def selectivity(self) -> tuple[xr.DataArray, xr.DataArray]:
@@ -113,12 +127,15 @@ def selective_representation(features: xr.DataArray, model: str | None) -> xr.Da
     """The non-negative representation that selectivity (CSI, BSI) and activation sparsity are
     computed on: the penultimate activations themselves when the model's are post-ReLU (every
     model but Swin-T), their positive part max(0, h) when they are signed (the model entry's
-    `signed_features`: Swin-T's layer-normed, pooled tokens). Its `representation` attribute
-    says which."""
+    `signed_features`: Swin-T's layer-normed, pooled tokens; a network outside the registry, such
+    as that of a run recorded from a user's own loop, when its recorded activations have negative
+    values). Its `representation` attribute says which."""
     from ..train.models import MODELS
 
     e = MODELS.get(model)
-    if e is not None and e.signed_features:
+    # a network outside the registry (a user's own loop) is judged by its recorded activations
+    signed = e.signed_features if e is not None else bool((features < 0).any())
+    if signed:
         out = features.clip(min=0)
         out.attrs = dict(features.attrs, representation="max(0, penultimate activations)")
         return out
@@ -232,7 +249,7 @@ def probe_compressibility(ctx: Context) -> xr.Dataset:
     # parameters, as Diao et al. (2023) compute the PQ-index: the weight tensors with more than one
     # dimension (linear and convolution weights) of the last checkpoint; biases and normalisation
     # scales/shifts are left out. Globally over all of them, and per tensor.
-    named = [(n, p.detach().cpu().flatten().numpy()) for n, p in ctx.model.named_parameters() if p.ndim > 1]
+    named = ctx.weights
     pda = xr.DataArray(np.concatenate([w for _, w in named]), dims=["weight"])
     out["param_compressibility"] = M.compressibility(pda, feature_dim="weight", q=q, kappa=k)
     out["param_pq_index"] = M.pq_index(pda, feature_dim="weight")
@@ -780,7 +797,7 @@ def _compute_locked(path: Path, names, force, data_root, params, log, device="au
                 try:
                     with load_aware_threads() as threads:
                         res = PROBES[name](ctx).compute()  # read everything here, where errors are caught
-                except M.MetricError as e:
+                except (M.MetricError, ModelNotStored) as e:  # a user loop's run: its network is not rebuilt
                     outcomes[name] = f"not defined: {e}"
                     tell(run, name, True)
                     continue

@@ -43,6 +43,16 @@ ATTR_DIVERGED_AT = "diverged_at"
 # bool on a completed run: its stop criterion held (False: it ran out of max_steps first)
 ATTR_STOP_MET = "stop_criterion_met"
 ATTR_MODEL_INFO = "model_info"  # input shape, classes, penultimate width, param names
+# model_info["recorded_by"] of a run recorded from a user's own loop (lrscope.Recorder, train/api.py):
+# its network is the user's class, which the store does not rebuild (no pickle); model_info also
+# holds "model_class", "features_at" and "parameters" (the state-dict names of its parameters)
+RECORDED_BY_API = "lrscope.Recorder"
+
+
+def recorded_by_api(attrs: dict) -> bool:
+    """Whether a run store's root attributes say it was recorded from a user's own loop."""
+    info = attrs.get(ATTR_MODEL_INFO)
+    return isinstance(info, dict) and info.get("recorded_by") == RECORDED_BY_API
 ATTR_REGIONS = "regions"  # input regions (core/spurious/noise) for attribution shares
 ATTR_KIND = "lrscope"  # marker: value "run" on every run store
 ATTR_LOG_LOGITS = "log_logits"  # the resolved minibatch-record policy: "full" or "summary" (absent: full)
