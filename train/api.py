@@ -143,8 +143,7 @@ class _LoopTrainer(Trainer):
         self._lrs: list[float] = []
         self._losses: list = []
         self._ngrads: list[int] = []
-        self._pnorms: list[torch.Tensor] = []
-        self.prev_pnorm = self.param_norms()
+        self.prev_pnorm = self.param_norms().double().cpu().numpy()  # the weights' norms before the next step
         self.last_snapshot: int | None = None  # iterations of the latest snapshot and checkpoint
         self.last_checkpoint: int | None = None
 
@@ -162,8 +161,7 @@ class _LoopTrainer(Trainer):
         if torch.is_tensor(ids):
             if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
                 raise StepError(f"ids must be integer positions in the training split, got dtype {ids.dtype}")
-            ids = ids.detach()
-            if ids.device.type == "cpu":
+            if ids.device.type == "cpu":  # (integer tensors carry no autograd history)
                 ids = ids.numpy()
         else:
             try:
@@ -181,25 +179,25 @@ class _LoopTrainer(Trainer):
             lr = self.opt.param_groups[0]["lr"] if self.opt is not None else self.cfg.lr
         if torch.is_tensor(lr):
             lr = lr.item()
-        if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating, np.integer)) or \
-                not math.isfinite(lr) or lr < 0:
+        if not (type(lr) is float and 0 <= lr < math.inf) and (  # the common case, checked first
+                isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating, np.integer))
+                or not math.isfinite(lr) or lr < 0):
             raise StepError(f"lr must be a finite number >= 0, got {lr!r}")
         if loss is not None:
             if torch.is_tensor(loss):
                 if loss.numel() != 1:
                     raise StepError(f"loss must be the step's scalar loss, got a tensor of shape {tuple(loss.shape)}")
-                loss = loss.detach().reshape(())
+                loss = loss.detach() if loss.dim() == 0 else loss.detach().reshape(())
             elif isinstance(loss, bool) or not isinstance(loss, (int, float, np.floating, np.integer)):
                 raise StepError(f"loss must be a number or a scalar tensor, got {type(loss).__name__}")
         # one fused norm call, as the built-in loop's step: this step's gradients and the weights as
         # the update left them, which are the next step's "before" weights (the log's param_norm
-        # is the norm of the weights a step's logits came from, as lrtrain records it)
+        # is the norm of the weights a step's logits came from, as lrtrain records it; `block`
+        # shifts them by a row)
         grads = [p.grad for p in self.params if p.grad is not None]
         with torch.no_grad():
-            v = torch.stack(torch._foreach_norm(grads + self.params)) if self.params else torch.zeros(0)
-        self._norms.append(v[:len(grads)])
-        self._pnorms.append(self.prev_pnorm)
-        self.prev_pnorm = v[len(grads):]
+            self._norms.append(torch.stack(torch._foreach_norm(grads + self.params)) if self.params
+                               else torch.zeros(0))
         self._ngrads.append(len(grads))
         self._logits.append(logits.detach())
         self._ids.append(ids)
@@ -207,7 +205,9 @@ class _LoopTrainer(Trainer):
         self._losses.append(loss)
 
     def _check_range(self, ids: np.ndarray) -> None:
-        if len(ids) and (ids.min() < 0 or ids.max() >= self.n):
+        # signed ids seen as unsigned: a negative one is huge, so one max() checks both ends
+        seen = ids.view(np.dtype(f"u{ids.itemsize}")) if ids.dtype.kind == "i" else ids
+        if len(ids) and seen.max() >= self.n:
             bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
             raise StepError(f"sample id {bad} is out of range: ids are positions in the training split (0 to "
                             f"{self.n - 1})")
@@ -238,45 +238,56 @@ class _LoopTrainer(Trainer):
 
     def drop(self) -> None:
         self._ids, self._logits, self._norms, self._lrs, self._losses, self._ngrads = [], [], [], [], [], []
-        self._pnorms = []
 
     def block(self, t0: int, t: int):
-        """The log rows of the steps t0..t-1 the user's loop handed over (one host sync for all)."""
+        """The log rows of the steps t0..t-1 the user's loop handed over (one host sync for all;
+        vectorised where every minibatch fills its slots, the common case)."""
         rows, slots, c = t - t0, self.slots, self.n_classes
-        ids = [torch.as_tensor(i) for i in self._ids]
-        sizes = [len(i) for i in ids]
-        flat_ids = torch.cat([i.to("cpu", torch.int64) for i in ids]).numpy()
-        try:
-            self._check_range(flat_ids)
-        except StepError:
-            self.drop()
-            raise
-        flat_logits = torch.cat([lg.float().to("cpu") for lg in self._logits]).numpy()
-        norms = torch.cat([v.double().to("cpu") for v in self._norms]).numpy()
-        pnorms = torch.stack([v.double().to("cpu") for v in self._pnorms]).numpy() if self.params else \
-            np.zeros((rows, 0))
-        given = [v for v in self._losses if torch.is_tensor(v)]
-        given_vals = iter(torch.stack([v.float().cpu() for v in given]).numpy() if given else [])
-        has = np.array([v is not None for v in self._losses])
-        losses = np.array([next(given_vals) if torch.is_tensor(v) else (np.nan if v is None else v)
-                           for v in self._losses], dtype=np.float64)
-        idx = np.full((rows, slots), -1, dtype=np.int64)
-        logits = np.full((rows, slots, c), np.nan, dtype=np.float32)
-        gn = np.full(rows, np.nan)
+        if all(isinstance(i, np.ndarray) for i in self._ids):
+            flat_ids = np.concatenate(self._ids).astype(np.int64, copy=False)
+        else:  # device ids: one copy for the block, then their range check
+            flat_ids = torch.cat([torch.as_tensor(i).to("cpu", torch.int64) for i in self._ids]).numpy()
+            try:
+                self._check_range(flat_ids)
+            except StepError:
+                self.drop()
+                raise
+        sizes = np.fromiter((len(i) for i in self._ids), dtype=np.int64, count=rows)
+        flat_logits = torch.cat(self._logits).float().cpu().numpy()
+        ngrads = np.array(self._ngrads)
+        k = len(self.params)
+        norms = torch.cat(self._norms).double().cpu().numpy()  # per row: its grads' norms, then the weights'
+        ends = np.cumsum(ngrads + k)
+        after = norms[(ends - k)[:, None] + np.arange(k)] if k else np.zeros((rows, 0))  # weights after each step
+        pnorms = np.concatenate([self.prev_pnorm[None], after[:-1]])  # ... and before it
+        self.prev_pnorm = after[-1]
+        if all(torch.is_tensor(v) for v in self._losses):
+            losses, has = torch.stack(self._losses).float().cpu().numpy().astype(np.float64), np.ones(rows, bool)
+        else:
+            has = np.array([v is not None for v in self._losses])
+            losses = np.array([np.nan if v is None else float(v) for v in self._losses], dtype=np.float64)
+        if (sizes == slots).all():
+            idx, logits = flat_ids.reshape(rows, slots), flat_logits.reshape(rows, slots, c)
+        else:  # short minibatches (an epoch's last): empty slots hold -1 and NaN
+            idx = np.full((rows, slots), -1, dtype=np.int64)
+            logits = np.full((rows, slots, c), np.nan, dtype=np.float32)
+            ends = np.cumsum(sizes)
+            for r, (n, e) in enumerate(zip(sizes, ends)):
+                idx[r, :n] = flat_ids[e - n:e]
+                logits[r, :n] = flat_logits[e - n:e]
+        if (ngrads == ngrads[0]).all():
+            gn = (np.sqrt((norms.reshape(rows, -1)[:, :ngrads[0]] ** 2).sum(1)) if ngrads[0]
+                  else np.full(rows, np.nan))
+        else:
+            gn = np.full(rows, np.nan)
+            for r, (ng, e) in enumerate(zip(ngrads, ends - k)):
+                if ng:
+                    gn[r] = np.sqrt((norms[e - ng:e] ** 2).sum())
         pn = np.sqrt((pnorms ** 2).sum(1))
-        a = o = 0
-        for r, (n, ng) in enumerate(zip(sizes, self._ngrads)):
-            idx[r, :n] = flat_ids[a:a + n]
-            logits[r, :n] = flat_logits[a:a + n]
-            a += n
-            if ng:
-                gn[r] = np.sqrt((norms[o:o + ng] ** 2).sum())
-            o += ng
-        unknown = np.array(self._ngrads) == 0
         lrs = np.array(self._lrs)
         self.drop()
         block, corr, cnt = self.log_rows(idx, logits, gn, pn, lrs, loss_given=(losses, has))
-        block[GRAD_UNKNOWN] = unknown
+        block[GRAD_UNKNOWN] = ngrads == 0
         return block, corr, cnt
 
 
