@@ -148,8 +148,10 @@ class _LoopTrainer(Trainer):
         self.last_checkpoint: int | None = None
 
     def add(self, ids, logits, lr, loss) -> None:
-        """Check one step's record and keep references to it (no host sync for device tensors:
-        device ids are range-checked when the block is recorded)."""
+        """Check one step's record and keep references to it. What needs no look at the values is
+        checked here (types, dtypes, shapes); the ids' range once per block, vectorised, when the
+        block is recorded (a check per step cost ~20 µs in the loop, 2% of a parity FCN step; on a
+        device it would be a host sync a step)."""
         if not torch.is_tensor(logits):
             raise StepError("logits must be a torch tensor (the minibatch's model outputs), got "
                             f"{type(logits).__name__}")
@@ -161,8 +163,6 @@ class _LoopTrainer(Trainer):
         if torch.is_tensor(ids):
             if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
                 raise StepError(f"ids must be integer positions in the training split, got dtype {ids.dtype}")
-            if ids.device.type == "cpu":  # (integer tensors carry no autograd history)
-                ids = ids.numpy()
         else:
             try:
                 ids = np.asarray(ids)
@@ -173,8 +173,6 @@ class _LoopTrainer(Trainer):
                 raise StepError(f"ids must be integer positions in the training split, got dtype {ids.dtype}")
         if tuple(ids.shape) != (n,):
             raise StepError(f"ids must be one position per logits row: shape ({n},), got {tuple(ids.shape)}")
-        if isinstance(ids, np.ndarray):
-            self._check_range(ids)
         if lr is None:
             lr = self.opt.param_groups[0]["lr"] if self.opt is not None else self.cfg.lr
         if torch.is_tensor(lr):
@@ -204,13 +202,15 @@ class _LoopTrainer(Trainer):
         self._lrs.append(float(lr))
         self._losses.append(loss)
 
-    def _check_range(self, ids: np.ndarray) -> None:
-        # signed ids seen as unsigned: a negative one is huge, so one max() checks both ends
-        seen = ids.view(np.dtype(f"u{ids.itemsize}")) if ids.dtype.kind == "i" else ids
-        if len(ids) and seen.max() >= self.n:
-            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
-            raise StepError(f"sample id {bad} is out of range: ids are positions in the training split (0 to "
-                            f"{self.n - 1})")
+    def _check_range(self, ids: np.ndarray, sizes: np.ndarray, t0: int) -> None:
+        """StepError naming the first step of the block (from iteration t0) with an id out of range."""
+        bad = (ids < 0) | (ids >= self.n)
+        if bad.any():
+            pos = int(np.argmax(bad))
+            step = t0 + int(np.searchsorted(np.cumsum(sizes), pos, side="right"))
+            raise StepError(f"step {step}: sample id {int(ids[pos])} is out of range: ids are positions in the "
+                            f"training split (0 to {self.n - 1}); the steps from {t0} on are not recorded, the store "
+                            "is at its last commit: resume it with a new Recorder")
 
     def snapshot(self, t: int, final: bool = False) -> None:
         """As the built-in loop's; a loop that ends right after a recording point (close) has its
@@ -243,16 +243,17 @@ class _LoopTrainer(Trainer):
         """The log rows of the steps t0..t-1 the user's loop handed over (one host sync for all;
         vectorised where every minibatch fills its slots, the common case)."""
         rows, slots, c = t - t0, self.slots, self.n_classes
-        if all(isinstance(i, np.ndarray) for i in self._ids):
-            flat_ids = np.concatenate(self._ids).astype(np.int64, copy=False)
-        else:  # device ids: one copy for the block, then their range check
-            flat_ids = torch.cat([torch.as_tensor(i).to("cpu", torch.int64) for i in self._ids]).numpy()
-            try:
-                self._check_range(flat_ids)
-            except StepError:
-                self.drop()
-                raise
+        if all(torch.is_tensor(i) for i in self._ids):  # one copy for the block (one sync on a device)
+            flat_ids = torch.cat(self._ids).to("cpu", torch.int64).numpy()
+        else:
+            flat_ids = np.concatenate([i.cpu().numpy() if torch.is_tensor(i) else i for i in self._ids]
+                                      ).astype(np.int64, copy=False)
         sizes = np.fromiter((len(i) for i in self._ids), dtype=np.int64, count=rows)
+        try:
+            self._check_range(flat_ids, sizes, t0)
+        except StepError:
+            self.drop()
+            raise
         flat_logits = torch.cat(self._logits).float().cpu().numpy()
         ngrads = np.array(self._ngrads)
         k = len(self.params)
@@ -461,7 +462,10 @@ class Recorder:
         first param group's), `loss` its loss (optional: else the mean per-sample loss of the
         logits is logged). Returns True when the run has ended (max_steps, a stop criterion, or
         divergence: a non-finite loss or logits): stop stepping. A step that does not fit the run
-        is a one-line `StepError` and changes nothing."""
+        (types, dtypes, shapes, class count) is a one-line `StepError` and changes nothing; ids out
+        of range are found when the block of steps is recorded (the next recording point): a
+        `StepError` naming the step, the store left at its last commit for a new Recorder to
+        resume."""
         if self.ended:
             return True
         if self._rec is None:
@@ -482,7 +486,7 @@ class Recorder:
         try:
             with self._errors():
                 ended = self._rec.record(t0, t, stop_signal=stop_signal)
-        except StepError:  # device ids checked here: the store stays at its last commit, resumable
+        except StepError:  # ids out of range (checked per block): the store stays at its last commit
             self.t = self.t0 = t0
             self._release()
             self._rec = None
