@@ -216,7 +216,8 @@ def api_section() -> list[str]:
               f"bare {u['bare_step_us']:.0f}, lrtrain's step {u['lrtrain_step_us']:.0f} "
               f"({u['lrtrain_step_us'] - u['bare_step_us']:+.0f}), the bare step plus `Recorder.step`'s work "
               f"{u['api_step_us']:.0f} ({u['api_step_us'] - u['bare_step_us']:+.0f}): both keep the logits and one "
-              "fused norm vector a step; the API also checks the call (shapes, dtypes, ids in range)."]
+              "fused norm vector a step; the API also checks the call (types, dtypes, shapes; the ids' range once per "
+              "block)."]
     print(lines[-1], flush=True)
     n = api_overhead.example_lines()
     lines += ["", "Lines of user code (neither blank, comment nor docstring) of the examples, data preparation "

@@ -61,7 +61,9 @@ NOT_HERE = {"device": "the model's device is used", "channels_last": "set the me
             "call torch.use_deterministic_algorithms yourself", "dataset": "name the data (bundle_from_arrays(name=))"}
 REQUIRED = {"batch_size": "the largest minibatch your loop takes", "max_steps": "the number of optimizer steps "
             "your loop will take (the run ends there)"}
-API_DEFAULTS = {"stop": "max-steps"}  # the user's loop decides when it stops, unless asked otherwise
+API_DEFAULTS = {"stop": "max-steps"}
+INT_DTYPES = frozenset({torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.uint16, torch.uint32,
+                        torch.uint64})  # sample ids  # the user's loop decides when it stops, unless asked otherwise
 
 
 class StepError(LrscopeError, ValueError):
@@ -157,12 +159,14 @@ class _LoopTrainer(Trainer):
                             f"{type(logits).__name__}")
         if logits.dim() != 2 or logits.shape[1] != self.n_classes:
             raise StepError(f"logits must have shape (batch, {self.n_classes}), got {tuple(logits.shape)}")
-        n = int(logits.shape[0])
+        n = logits.shape[0]
         if not 1 <= n <= self.slots:
             raise StepError(f"a minibatch of {n} samples: must be 1 to batch_size={self.slots}")
         if torch.is_tensor(ids):
-            if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            if ids.dtype not in INT_DTYPES:
                 raise StepError(f"ids must be integer positions in the training split, got dtype {ids.dtype}")
+            if ids.dim() != 1 or ids.shape[0] != n:
+                raise StepError(f"ids must be one position per logits row: shape ({n},), got {tuple(ids.shape)}")
         else:
             try:
                 ids = np.asarray(ids)
@@ -171,8 +175,8 @@ class _LoopTrainer(Trainer):
                     from None
             if ids.dtype.kind not in "iu":
                 raise StepError(f"ids must be integer positions in the training split, got dtype {ids.dtype}")
-        if tuple(ids.shape) != (n,):
-            raise StepError(f"ids must be one position per logits row: shape ({n},), got {tuple(ids.shape)}")
+            if ids.shape != (n,):
+                raise StepError(f"ids must be one position per logits row: shape ({n},), got {ids.shape}")
         if lr is None:
             lr = self.opt.param_groups[0]["lr"] if self.opt is not None else self.cfg.lr
         if torch.is_tensor(lr):
