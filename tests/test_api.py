@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -339,3 +340,28 @@ def test_signed_features_of_a_users_network_are_made_non_negative_for_selectivit
 def test_a_tapped_net_keeps_the_users_state_dict_names():
     net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
     assert list(TappedNet(net, "2").state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+def test_snapshots_run_in_eval_mode_and_give_the_model_back_in_train_mode(tmp_path):
+    """A network with BatchNorm and Dropout: lrscope's own forward passes (snapshots at 0, 1, 2,
+    4, 8, 10) run it in eval mode, so its running statistics are the loop's alone, and hand it
+    back in train mode; checkpoints hold its buffers too."""
+    bundle = build_dataset("parity", seed=0, **TINY_DATA)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                              torch.nn.Dropout(0.1), torch.nn.Linear(16, 2))
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    bn = net[1]
+    with lrscope.Recorder(tmp_path, model=net, features_at="4", optimizer=opt, data=bundle,
+                          config=dict(batch_size=50, max_steps=12, snapshot_every=10, checkpoint_every=10)) as rec:
+        tracked = int(bn.num_batches_tracked)
+        for t in range(12):
+            ids = torch.arange(50) + 50 * (t % 8)
+            rec.step(ids, _train_step(net, opt, bundle, ids)[0])
+            assert net.training
+    assert int(bn.num_batches_tracked) == tracked + 12  # only the loop's 12 batches updated the statistics
+    ds = lrscope.open_run(rec.path)
+    assert ds.attrs["config"]["optimizer"] == "adam"
+    back = lrscope.load_model(ds, into=copy.deepcopy(net))
+    assert torch.equal(back[1].running_mean, bn.running_mean) and not back.training
+    assert "1.running_mean" not in ds.attrs["model_info"]["parameters"]
