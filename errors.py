@@ -13,6 +13,11 @@ class StoreError(LrscopeError):
     """A path that is not a readable run store, or one this version cannot read."""
 
 
+class ModelNotStored(StoreError):
+    """A run recorded from a user's own loop: its network is the user's class, which lrscope does
+    not rebuild from the store (the probes that run the network call themselves not defined)."""
+
+
 class DataError(LrscopeError):
     """A dataset that cannot be built (missing data root, wrong layout)."""
 

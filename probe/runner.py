@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 
 from .. import __version__
-from ..errors import LrscopeError, PluginChanged, PluginError, StoreError
+from ..errors import LrscopeError, ModelNotStored, PluginChanged, PluginError, StoreError
 from ..parallel import dask_map, pool_processes, worker_threads
 from ..store import schema as S
 from ..store.probes import stored_provenance, write_probe
@@ -108,7 +108,8 @@ class Context:
     def selective_features(self) -> xr.DataArray:
         """The non-negative representation selectivity and activation sparsity use
         (:func:`selective_representation`)."""
-        return selective_representation(self.features, self.config.get("model"),
+        model = None if S.recorded_by_api(self.ds.attrs) else self.config.get("model")  # a user's own network
+        return selective_representation(self.features, model,
                                         (self.ds.attrs.get("model_info") or {}).get("signed_features"))
 
     @cached_property
@@ -159,13 +160,15 @@ def selective_representation(features: xr.DataArray, model: str | None, signed: 
     """The non-negative representation that selectivity (CSI, BSI) and activation sparsity are
     computed on: the penultimate activations themselves when the model's are post-ReLU (every
     model but Swin-T), their positive part max(0, h) when they are signed (the model entry's
-    `signed_features`: Swin-T's layer-normed, pooled tokens). Its `representation` attribute
-    says which. `signed`: what the store says (a plugin model's declaration); None: the registry's."""
+    `signed_features`: Swin-T's layer-normed, pooled tokens; a network outside the registry, such
+    as that of a run recorded from a user's own loop, when its recorded activations have negative
+    values). Its `representation` attribute says which. `signed`: what the store says (a plugin
+    model's declaration); None: the registry's, or the recorded activations'."""
     from ..train.models import MODELS
 
     e = MODELS.get(model)
-    if signed is None:
-        signed = e is not None and e.signed_features
+    if signed is None:  # a network outside the registry (a user's own loop): judged by its activations
+        signed = e.signed_features if e is not None else bool((features < 0).any())
     if signed:
         out = features.clip(min=0)
         out.attrs = dict(features.attrs, representation="max(0, penultimate activations)")
@@ -944,7 +947,7 @@ def _compute_locked(path: Path, names, force, data_root, params, log, device="au
                 try:
                     with load_aware_threads() as threads:
                         res = PROBES[name](ctx).compute()  # read everything here, where errors are caught
-                except (M.MetricError, PluginError) as e:  # PluginError: a plugin model not rebuildable here
+                except (M.MetricError, PluginError, ModelNotStored) as e:  # not rebuildable here
                     outcomes[name] = f"not defined: {e}"
                     tell(run, name, True)
                     continue

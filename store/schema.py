@@ -42,14 +42,25 @@ ATTR_DATA_PLACEMENT = "data_placement"  # device | host | mmap: where the run's 
 ATTR_TIMINGS = "timings"
 ATTR_RUN_ID = "run_id"
 # What lrscope writes as a run id (a folder name: no separators) and as a dataset or model name (a
-# registry name, or a plugin's import path `pkg.module:function`). Readers refuse anything else in a
+# registry name, a name given to the recording API, or a plugin's import path `pkg.module:function`):
+# letters, digits, `_ . -`. Readers refuse anything else in a
 # store's root attributes: these strings are shown in terminals and web pages.
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,199}(:[A-Za-z_][A-Za-z0-9_.]{0,199})?$")
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}(:[A-Za-z_][A-Za-z0-9_.]{0,199})?$")
 ATTR_DIVERGED_AT = "diverged_at"
 # bool on a completed run: its stop criterion held (False: it ran out of max_steps first)
 ATTR_STOP_MET = "stop_criterion_met"
 ATTR_MODEL_INFO = "model_info"  # input shape, classes, penultimate width, param names
+# model_info["recorded_by"] of a run recorded from a user's own loop (lrscope.Recorder, train/api.py):
+# its network is the user's class, which the store does not rebuild (no pickle); model_info also
+# holds "model_class" and "features_at" (every run's model_info lists "parameter_names")
+RECORDED_BY_API = "lrscope.Recorder"
+
+
+def recorded_by_api(attrs: dict) -> bool:
+    """Whether a run store's root attributes say it was recorded from a user's own loop."""
+    info = attrs.get(ATTR_MODEL_INFO)
+    return isinstance(info, dict) and info.get("recorded_by") == RECORDED_BY_API
 ATTR_REGIONS = "regions"  # input regions (core/spurious/noise) for attribution shares
 # bool: the data has a bias attribute (False: b = y is only a placeholder, the probes that need a
 # bias attribute are not defined); absent (stores written before it): True

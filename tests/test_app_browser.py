@@ -161,6 +161,20 @@ def test_serve_in_a_browser(tiny_sweep, tmp_path):
     assert t["first_paint_s"] < 30 and t["slider_s"] < 5
 
 
+def test_serve_in_a_browser_on_runs_of_a_users_own_loop(tmp_path):
+    """The stores examples/own_loop.py records through lrscope.Recorder (a user's network and
+    data, two LRs) drive the same app, the sample view included (its attributions are not
+    available: the network is the user's class)."""
+    from lrscope.probe.runner import compute_paths
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "own_loop.py"
+    subprocess.run([sys.executable, str(example)], cwd=tmp_path, check=True, capture_output=True,
+                   env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    compute_paths(tmp_path / "runs", progress=False)
+    t = drive([tmp_path / "runs"])
+    assert t["first_paint_s"] < 30 and t["slider_s"] < 5
+
+
 def test_serve_refuses_a_path_without_runs(tmp_path):
     r = subprocess.run([LRPROBE, "serve", str(tmp_path), "--port", str(free_port())], capture_output=True,
                        text=True, timeout=60)

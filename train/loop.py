@@ -286,7 +286,10 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
     return result
 
 
-def _create_store(path, cfg, bundle, model, probe_idx, device, lock, placement: str) -> RunWriter:
+def _create_store(path, cfg, bundle, model, probe_idx, device, lock, placement: str, *,
+                  config: dict | None = None, extra_info: dict | None = None) -> RunWriter:
+    """A new run store for `cfg` (stored as `config` when given: the public API's config, the
+    RunConfig's fields plus the user's own keys) with the `extra_info` entries in its model_info."""
     labels = {}
     for split_name, split in (("train", bundle.train), ("test", bundle.test)):
         labels[split_name] = _label_arrays(bundle, split, np.arange(len(split)))
@@ -295,7 +298,7 @@ def _create_store(path, cfg, bundle, model, probe_idx, device, lock, placement: 
                   "num_bias": bundle.num_bias, "num_features": int(model.num_features),
                   "dataset_description": bundle.description,
                   # the probes that read weights (compressibility) find them without rebuilding the model
-                  "parameter_names": parameter_names(model)}
+                  "parameter_names": parameter_names(model), **(extra_info or {})}
     if is_import_path(cfg.model):
         from .models import entry
 
@@ -303,7 +306,7 @@ def _create_store(path, cfg, bundle, model, probe_idx, device, lock, placement: 
         model_info["signed_features"] = entry(cfg.model).signed_features
     plugins = run_provenance(cfg.to_dict())  # import path, distribution, version, source sha256
     w = RunWriter.create(
-        path, run_id=path.stem, config=cfg.to_dict(), labels=labels, plugins=plugins,
+        path, run_id=path.stem, config=cfg.to_dict() if config is None else config, labels=labels, plugins=plugins,
         probe_inputs=bundle.test.x[probe_idx].numpy(), probe_test_index=probe_idx,
         regions=bundle.regions, model_info=model_info, params=state_arrays(model),
         batch_size=min(cfg.batch_size, len(bundle.train)), num_classes=bundle.num_classes, device=str(device),
@@ -411,6 +414,10 @@ class Trainer:
     def checkpoint(self, t: int) -> None:
         self.writer.write_checkpoint(t, state_arrays(self.model), optimizer_arrays(self.opt))
 
+    def block(self, t0: int, t: int) -> tuple[dict[str, np.ndarray], int, int]:
+        """The recorder's view of steps t0..t-1: their log rows, correct and presented counts."""
+        return self.epoch_rows(t0, t - t0, self.cfg.lr_at(np.arange(t0, t)))
+
     def epoch_rows(self, t0: int, rows: int, lr) -> tuple[dict[str, np.ndarray], int, int]:
         """Host-side statistics for the `rows` steps since iteration t0 (all within one epoch)."""
         bs, c = self.bs, self.bundle.num_classes
@@ -425,10 +432,19 @@ class Trainer:
         total = rows * bs
         idx = np.full(total, -1, dtype=np.int64)
         idx[:len(flat_idx)] = flat_idx
-        idx = idx.reshape(rows, bs)
         logits = np.full((total, c), np.nan, dtype=np.float32)
         logits[:len(flat_logits)] = flat_logits
-        logits = logits.reshape(rows, bs, c)
+        return self.log_rows(idx.reshape(rows, bs), logits.reshape(rows, bs, c), gn, pn, lr)
+
+    def log_rows(self, idx: np.ndarray, logits: np.ndarray, gn: np.ndarray, pn: np.ndarray, lr,
+                 loss_given: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], int, int]:
+        """The log rows of a block of steps from its minibatches: sample ids `idx` (rows, slots;
+        -1 = empty slot), their float32 `logits` (rows, slots, classes), gradient and parameter
+        norms and LRs per row (`loss_given`: (losses, which rows have one), the loop's own loss,
+        stored instead of the mean per-sample loss unless the logits are non-finite). Also the
+        block's correct and presented counts. Shared by every stepper (the loop here, the batched
+        one, a user's loop recorded through train/api.py)."""
+        rows = len(idx)
         valid = idx >= 0
         safe = np.where(valid, idx, 0)
         y = self.y_np[safe]
@@ -440,16 +456,22 @@ class Trainer:
         correct = (np.nan_to_num(logits, nan=-np.inf).argmax(-1) == y) & valid
         cnt = valid.sum(1)
         lz = np.where(valid, loss, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_loss = (lz.sum(1) / cnt).astype(np.float32)
+        if loss_given is not None:  # the loop's loss where it gave one, unless the logits say the row diverged
+            given, has = loss_given
+            use = has & (np.isfinite(mean_loss) | ~np.isfinite(given))
+            mean_loss = np.where(use, given, mean_loss).astype(np.float32)
         block = {
             "lr": np.broadcast_to(np.asarray(lr, dtype=np.float32), (rows,)).copy(),
-            "loss": (lz.sum(1) / cnt).astype(np.float32),
+            "loss": mean_loss,
             "accuracy": (correct.sum(1) / cnt).astype(np.float32),
             "bc_loss_sum": np.where(bc, loss, 0).sum(1).astype(np.float32),
             "ba_loss_sum": np.where(ba, loss, 0).sum(1).astype(np.float32),
             "bc_count": bc.sum(1).astype(np.int32),
             "ba_count": ba.sum(1).astype(np.int32),
-            "grad_norm": gn.astype(np.float32),
-            "param_norm": pn.astype(np.float32),
+            "grad_norm": np.asarray(gn).astype(np.float32),
+            "param_norm": np.asarray(pn).astype(np.float32),
             S.A_BATCH_INDEX: idx.astype(np.int32),
         }
         with np.errstate(over="ignore"):  # a diverging run's logits overflow (norms, float16): inf is the truth

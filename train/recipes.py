@@ -73,6 +73,96 @@ class DataBundle:
         return self.num_classes * self.num_bias
 
 
+def _as_numpy(v, what: str) -> np.ndarray:
+    """A tensor (any device) or array-like as a numpy array (DataError when it is neither)."""
+    if hasattr(v, "detach") and hasattr(v, "cpu"):  # a torch tensor, without importing torch here
+        v = v.detach().cpu().numpy()
+    try:
+        arr = np.asarray(v)
+    except Exception as e:  # ragged lists, objects numpy cannot hold
+        raise DataError(f"{what}: not an array ({type(e).__name__}: {e})") from None
+    if arr.dtype == object:
+        raise DataError(f"{what}: not a numeric array (dtype object)")
+    return arr
+
+
+def _labels(v, what: str, n: int) -> np.ndarray:
+    arr = _as_numpy(v, what)
+    if arr.ndim != 1 or len(arr) != n:
+        raise DataError(f"{what}: expected {n} labels (one per input, a 1-D array), got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        raise DataError(f"{what}: labels must be integers (class numbers 0, 1, ...), got dtype {arr.dtype}")
+    if n and arr.min() < 0:
+        raise DataError(f"{what}: labels must be >= 0, got {int(arr.min())}")
+    if n and arr.max() >= MAX_SAMPLES:
+        raise DataError(f"{what}: label {int(arr.max())} is not a class number (at most {MAX_SAMPLES - 1})")
+    return arr.astype(np.int64)
+
+
+def bundle_from_arrays(train, test, *, name: str = "data", num_classes: int | None = None,
+                       num_bias: int | None = None, description: str = "") -> DataBundle:
+    """A `DataBundle` from in-memory data, for recording a loop of one's own (`lrscope.Recorder`).
+
+    `train` and `test` are ``(x, y, b)`` tuples of tensors or arrays: inputs ``x`` (N, ...) as
+    float (stored as float32) or uint8 (images; lrscope's own forward passes see them scaled to
+    [0, 1], as the built-in loop's do), integer class labels ``y`` (N,), and integer bias labels
+    ``b`` (N,) or None when the data has no bias attribute (then b = y is stored as a placeholder,
+    `has_bias` is False and the probes that need a bias call those quantities not defined). The
+    sample ids a loop hands to the recorder are positions in `train`'s x. `num_classes` /
+    `num_bias` default to the largest label + 1. Mismatched lengths, shapes or dtypes are a
+    one-line `DataError`."""
+    import torch
+
+    from ..store.schema import NAME_RE
+
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise DataError(f"the data's name must be letters, digits and _ . - (starting with a letter), got {name!r}")
+    parts = {}
+    for split, value in (("train", train), ("test", test)):
+        if not isinstance(value, (tuple, list)) or len(value) not in (2, 3):
+            raise DataError(f"{split}: expected a tuple (x, y, b) (b may be None), got {type(value).__name__}"
+                            + (f" of length {len(value)}" if isinstance(value, (tuple, list)) else ""))
+        x, y, b = (*value, None) if len(value) == 2 else value
+        x = _as_numpy(x, f"{split} x")
+        if x.ndim < 2 or len(x) == 0:
+            raise DataError(f"{split} x: expected inputs of shape (N, ...) with N >= 1, got shape {x.shape}")
+        if x.dtype.kind not in "fiu":
+            raise DataError(f"{split} x: inputs must be float or uint8 numbers, got dtype {x.dtype}")
+        if x.dtype != np.uint8:
+            if x.dtype.kind in "iu":
+                raise DataError(f"{split} x: integer inputs must be uint8 (images, scaled to [0, 1] by lrscope's "
+                                f"forward passes) or converted to float, got dtype {x.dtype}")
+            x = x.astype(np.float32)
+            if not np.isfinite(x).all():
+                raise DataError(f"{split} x: inputs must be finite (NaN or inf found)")
+        y = _labels(y, f"{split} y", len(x))
+        b = None if b is None else _labels(b, f"{split} b", len(x))
+        parts[split] = (x, y, b)
+    (xtr, ytr, btr), (xte, yte, bte) = parts["train"], parts["test"]
+    if (btr is None) != (bte is None):
+        raise DataError("bias labels b must be given for both train and test, or for neither (None)")
+    if xtr.shape[1:] != xte.shape[1:] or xtr.dtype != xte.dtype:
+        raise DataError(f"train and test inputs differ: {xtr.shape[1:]} {xtr.dtype} vs {xte.shape[1:]} {xte.dtype}")
+    has_bias = btr is not None
+    if not has_bias:
+        btr, bte = ytr, yte
+    seen_c = int(max(ytr.max(), yte.max())) + 1
+    c = seen_c if num_classes is None else num_classes
+    if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 2 or c < seen_c:
+        raise DataError(f"num_classes must be an integer >= 2 and above every label (largest label {seen_c - 1}), "
+                        f"got {c}")
+    seen_b = int(max(btr.max(), bte.max())) + 1
+    nb = (seen_b if has_bias else c) if num_bias is None else num_bias
+    if isinstance(nb, bool) or not isinstance(nb, (int, np.integer)) or nb < 1 or nb < seen_b:
+        raise DataError(f"num_bias must be an integer >= 1 and above every bias label (largest {seen_b - 1}), got {nb}")
+    splits = {}
+    for split, (x, y, b) in (("train", (xtr, ytr, btr)), ("test", (xte, yte, bte))):
+        splits[split] = Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), torch.from_numpy(b),
+                              torch.arange(len(y), dtype=torch.int64))
+    return DataBundle(name, splits["train"], splits["test"], int(c), int(nb), tuple(int(d) for d in xtr.shape[1:]),
+                      description=description or f"{name} (in-memory arrays)", has_bias=has_bias)
+
+
 # ------------------------------------------------------------------------------- the registry
 MAX_SAMPLES = 2**24  # n_train / n_test / per-class counts (ImageNet's 1.28M fits)
 MAX_IMAGE_SIZE = 2048

@@ -1,7 +1,8 @@
 """Recording one run: everything the training loops do between optimizer steps.
 
-A stepper (the sequential loop in `train/loop.py`, the stacked one in `train/batched.py`) takes
-optimizer steps and, at each recording point (the end of an epoch, a snapshot or checkpoint
+A stepper (the sequential loop in `train/loop.py`, the stacked one in `train/batched.py`, a
+user's own loop through the public API in `train/api.py`) takes optimizer steps and, at each
+recording point (the end of an epoch, a snapshot or checkpoint
 iteration, the last step, a stop signal, or `MAX_BLOCK_ROWS` steps), hands the block of steps
 since the last one to its run's `Recorder`, which
 
@@ -31,6 +32,7 @@ from ..store import schema as S
 FLUSH_SECONDS = 20.0
 FLUSH_BYTES = 256 * 2**20
 MAX_BLOCK_ROWS = 512  # at most this many steps' logits are held before the host statistics run
+GRAD_UNKNOWN = "grad_unknown"  # a block's optional mask of rows without a gradient norm (not stored)
 
 
 def block_loss_sum(block: dict[str, np.ndarray]) -> float:
@@ -60,8 +62,10 @@ def is_recording_point(t: int, cfg, steps_per_epoch: int, rows: int, stop_signal
 
 class Recorder:
     """The recording side of one run (see the module docstring). `trainer` is the run's
-    `Trainer` (its model, data, writer and host statistics); `extra_timings` are added to the
-    stored timings (a batched run's stack size)."""
+    `Trainer` (its model, data, writer and host statistics; `block(t0, t)` gives the log rows of
+    steps t0..t-1: the built-in steppers derive them from the epoch's order, the public API from
+    the ids and logits the user's loop handed over); `extra_timings` are added to the stored
+    timings (a batched run's stack size)."""
 
     def __init__(self, trainer, *, extra_timings: dict | None = None):
         self.tr, self.cfg, self.w = trainer, trainer.cfg, trainer.writer
@@ -113,8 +117,11 @@ class Recorder:
         snap = is_snapshot(t, cfg.snapshot_every)
         ckpt = t % cfg.checkpoint_every == 0
         r0 = time.perf_counter()
-        block, corr, cnt = self.tr.epoch_rows(t0, t - t0, cfg.lr_at(np.arange(t0, t)))
-        finite = np.isfinite(block["loss"]) & np.isfinite(block["grad_norm"])
+        block, corr, cnt = self.tr.block(t0, t)
+        # a row whose gradient norm the stepper could not see (a user's loop that cleared the
+        # grads before recording) is judged by its loss and logits alone
+        grad_ok = np.isfinite(block["grad_norm"]) | block.pop(GRAD_UNKNOWN, False)
+        finite = np.isfinite(block["loss"]) & grad_ok
         if not finite.all():
             bad = int(np.argmin(finite))
             w.append_log({k: v[: bad + 1] for k, v in block.items()})

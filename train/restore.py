@@ -9,7 +9,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from ..errors import ConfigError, LrscopeError, PluginError, StoreError
+from ..errors import ConfigError, LrscopeError, ModelNotStored, PluginError, StoreError
 from ..store import schema as S
 from ..store.reader import check_array, open_store
 from .config import RunConfig
@@ -77,13 +77,16 @@ def state_arrays(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def load_model(ds_or_path: xr.Dataset | str | os.PathLike, checkpoint: int = -1, *,
-               allow_changed_plugins: bool = False) -> nn.Module:
+               into: nn.Module | None = None, allow_changed_plugins: bool = False) -> nn.Module:
     """Rebuild a run's network from its stored config and the arrays of one checkpoint.
 
     ``checkpoint`` indexes the committed checkpoints (-1: the latest). The model is returned
     in eval mode on the CPU. A run of a plugin model needs the plugin importable here
     (PluginMissing otherwise) and its module file as it was at training (PluginChanged, naming
-    both sha256 hashes, unless ``allow_changed_plugins``).
+    both sha256 hashes, unless ``allow_changed_plugins``). `into`: load the checkpoint into this
+    network instead (its state-dict names and shapes must match the stored ones; it stays on its
+    device): the way back to the network of a run recorded from a loop of one's own
+    (`lrscope.Recorder`), whose class lrscope does not rebuild (`ModelNotStored` without `into`).
     """
     if isinstance(ds_or_path, xr.Dataset):
         if "store" not in ds_or_path.attrs:
@@ -104,18 +107,18 @@ def load_model(ds_or_path: xr.Dataset | str | os.PathLike, checkpoint: int = -1,
     if not 0 <= k < n:
         raise StoreError(f"{path}: checkpoint {checkpoint} out of range (store has {n})")
     info = attrs.get(S.ATTR_MODEL_INFO) or {}
-    if isinstance(attrs.get(S.ATTR_CONFIG), dict):
-        check_run(attrs, "model", allow_changed_plugins)  # before building: missing or changed, in one line
-    try:
-        cfg = RunConfig.from_dict(attrs[S.ATTR_CONFIG])
-        model = build_model(cfg, info["input_shape"], info["num_classes"])
-    except PluginError:
-        raise
-    except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, LrscopeError):
-            raise StoreError(f"{path}: cannot rebuild the model from the stored config ({e})") from None
-        raise StoreError(f"{path}: cannot rebuild the model from the stored config "
-                         f"({type(e).__name__}: {e}; corrupted store)") from None
+    if into is not None:
+        if not isinstance(into, nn.Module):
+            raise StoreError(f"load_model: into must be a torch.nn.Module, got {type(into).__name__}")
+        model = into
+    elif S.recorded_by_api(attrs):
+        raise ModelNotStored(f"{path}: recorded from a loop of your own ({info.get('model_class', 'a user class')}): "
+                             "lrscope does not rebuild its network; load the checkpoint into yours with "
+                             "load_model(ds, into=net)")
+    else:
+        if isinstance(attrs.get(S.ATTR_CONFIG), dict):
+            check_run(attrs, "model", allow_changed_plugins)  # before building: missing or changed, in one line
+        model = _registry_model(attrs, info, path)
     params = root[S.G_PARAMS]
     state = {}
     for name, want in model.state_dict().items():
@@ -129,4 +132,19 @@ def load_model(ds_or_path: xr.Dataset | str | os.PathLike, checkpoint: int = -1,
         state[name] = torch.from_numpy(np.asarray(arr[k]))
     model.load_state_dict(state)
     model.eval()
+    return model
+
+
+def _registry_model(attrs: dict, info: dict, path) -> nn.Module:
+    """The network of a run of lrscope's loops, built from the registry by its stored config."""
+    try:
+        cfg = RunConfig.from_dict(attrs[S.ATTR_CONFIG])
+        model = build_model(cfg, info["input_shape"], info["num_classes"])
+    except PluginError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, LrscopeError):
+            raise StoreError(f"{path}: cannot rebuild the model from the stored config ({e})") from None
+        raise StoreError(f"{path}: cannot rebuild the model from the stored config "
+                         f"({type(e).__name__}: {e}; corrupted store)") from None
     return model
