@@ -347,3 +347,18 @@ def test_a_cached_plugin_dataset_is_rebuilt_when_its_source_changes(tmp_path, mo
     edited = build_dataset("cached_toy:blobs")
     assert not is_mapped(edited.train.x) and float(edited.train.x.mean()) > 4  # rebuilt from the edited recipe
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+@pytest.mark.integration  # a real server and Debian's Chromium
+def test_a_plugin_run_in_the_explorer(trained, site, tmp_path, monkeypatch):
+    """The plugin run drives `lrprobe serve` in real Chromium: plots drawn, widgets and a sample
+    selection answered, no console error (the server process has the plugin on its path)."""
+    browser = pytest.importorskip("test_app_browser")
+    if browser.CHROMIUM is None:
+        pytest.skip("chromium not installed (make system installs it)")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    shutil.copytree(trained, runs / trained.name)
+    monkeypatch.setenv("PYTHONPATH", _env(site)["PYTHONPATH"])
+    t = browser.drive([runs])
+    assert t["first_paint_s"] < 60 and t["slider_s"] < 10

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..store.schema import FULL_LOGITS_MAX_CLASSES, LOG_SETTINGS, RUN_ID_RE
+from ..store.schema import FULL_LOGITS_MAX_CLASSES, LOG_SETTINGS, NAME_RE, RUN_ID_RE  # noqa: F401 - NAME_RE: for recipes.py
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "sam", "asam", "kron")
 LOSSES = ("ce", "focal")

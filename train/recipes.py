@@ -113,7 +113,7 @@ def bundle_from_arrays(train, test, *, name: str = "data", num_classes: int | No
     one-line `DataError`."""
     import torch
 
-    from ..store.schema import NAME_RE
+    from .config import NAME_RE
 
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise DataError(f"the data's name must be letters, digits and _ . - (starting with a letter), got {name!r}")
