@@ -130,6 +130,8 @@ def _bad_config_values(cfg: dict) -> str:
     lr = cfg.get("lr")
     if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
         return f"lr={lr!r}"
+    if "seed" not in cfg:  # every lrscope config has one; summaries show it
+        return "seed missing"
     for key, lo in (("seed", 0), ("data_seed", 0), ("batch_size", 1), ("max_steps", 1), ("probe_size", 1)):
         if key in cfg and not (_is_int(cfg[key]) and cfg[key] >= lo):
             return f"{key}={cfg[key]!r}"

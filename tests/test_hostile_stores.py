@@ -658,3 +658,23 @@ def test_writer_and_declarations_agree(base, tmp_path):
                                                             S.LOG_SUMMARY)} & seen
         assert {f"log/{n}" for n in S.LOG_SCALARS} | {"snapshots/iteration", "checkpoints/iteration"} <= seen
     assert len(read_probes(full).data_vars) > 40
+
+
+def test_load_model_loads_the_checkpoint_a_selection_holds(base):
+    """A Dataset's checkpoint index after isel/sel is the store's positions: load_model loads the
+    checkpoint the selection holds, counted within it."""
+    import torch
+
+    ds = lrscope.open_run(base)
+    n = ds.sizes["checkpoint"]
+    state = [load_model(base, checkpoint=k).state_dict() for k in range(n)]
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    assert not same(state[0], state[-1])
+    assert same(load_model(ds.isel(checkpoint=[0]), checkpoint=-1).state_dict(), state[0])
+    assert same(load_model(ds.isel(checkpoint=1)).state_dict(), state[1])
+    assert same(load_model(ds.isel(checkpoint=[2, 0]), checkpoint=0).state_dict(), state[2])
+    assert same(load_model(ds.sel(checkpoint=slice(1, 2))).state_dict(), state[2])
+    assert same(load_model(ds).state_dict(), state[-1])
