@@ -196,6 +196,9 @@ def check_attrs(attrs: dict[str, Any], path: Any) -> None:
     if policy not in S.LOG_POLICIES or (policy == S.LOG_SUMMARY and v < S.SUMMARY_SCHEMA):
         raise StoreError(f"{path}: the store's log_logits attribute {policy!r} is not a minibatch-record policy of "
                          f"its schema {v} (valid: {', '.join(S.LOG_POLICIES)}; corrupted store)")
+    if S.ATTR_HAS_BIAS in attrs and not isinstance(attrs[S.ATTR_HAS_BIAS], bool):
+        raise StoreError(f"{path}: the store's {S.ATTR_HAS_BIAS} attribute {_shown(attrs[S.ATTR_HAS_BIAS])} is not "
+                         "true or false (corrupted store)")
     for key in (S.ATTR_MODEL_INFO, S.ATTR_TIMINGS):
         if key in attrs and not isinstance(attrs[key], dict):
             raise StoreError(f"{path}: the store's {key} attribute is not a mapping (corrupted store)")

@@ -643,7 +643,9 @@ def test_writer_and_declarations_agree(base, tmp_path):
     summary = train_run(cfg, tmp_path / "s", progress=False).path
     full = tmp_path / "f" / base.name
     shutil.copytree(base, full)
-    compute_run(full, None)  # every default probe: text, bool, int and float results
+    from lrscope.probe.registry import PROBES
+
+    compute_run(full, list(PROBES))  # every probe, the specialist ones too: text, bool, int and float results
     for path in (full, summary):
         root = open_store(path)
         attrs = root.attrs.asdict()
