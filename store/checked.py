@@ -89,6 +89,9 @@ class CheckedStore(LocalStore):
         self._safe_dirs: set[str] = set()
         self._crc: dict[str, bool] = {}  # array path -> whether its codecs end with crc32c
         self._bound: dict[str, int] = {}  # array path -> the largest a chunk file of it can be (bytes)
+        # called with (array path, its parsed zarr.json) whenever an array's metadata is read, once the
+        # root attributes are known (open_store): checks it against the writer's declarations
+        self.check_array_metadata: Callable[[str, dict], None] | None = None
 
     @property
     def label(self) -> str:
@@ -175,6 +178,14 @@ class CheckedStore(LocalStore):
         except OSError as e:  # permission denied, I/O error
             raise StoreError(f"{self.root}: {key} cannot be read ({e.strerror or type(e).__name__}; damaged or "
                              "unreadable store)") from None
+        if buf is not None and self.check_array_metadata is not None and key.endswith("/zarr.json") \
+                and byte_range is None:
+            try:
+                meta = json.loads(buf.to_bytes())
+            except ValueError:
+                meta = None  # Zarr's own parse says what is wrong with it
+            if isinstance(meta, dict) and meta.get("node_type") == "array":
+                self.check_array_metadata(key[: -len("/zarr.json")], meta)
         if not self.strict or not is_chunk_key(key):
             return buf
         array, coords = chunk_array(key)
@@ -324,7 +335,7 @@ def check_metadata(where, name: str, arr, *, dtypes: tuple[str, ...], fill, dims
     `dtypes`, fill value `fill`, dimension names `dims`, chunk shape `chunks`, the codec chain
     `numeric_codecs` (`crc` None: with or without the checksum, schema-1 stores), the default
     chunk-key encoding, no CF attribute. The one-line StoreError names the array."""
-    md = arr.metadata
+    md = getattr(arr, "metadata", arr)  # an Array or its metadata
     _common(where, name, md)
     dtype = str(md.to_dict().get("data_type"))
     if dtype not in dtypes:
@@ -371,7 +382,7 @@ def check_probe_metadata(where, name: str, arr, *, crc: bool | None) -> None:
     False), or variable-length UTF-8 text (vlen-utf8 then zstd, "" fill); the chunk shape Zarr
     chooses for its shape (one chunk for all but large arrays); dimension names; no CF attribute
     but the NaN `_FillValue` xarray writes on float arrays."""
-    md = arr.metadata
+    md = getattr(arr, "metadata", arr)  # an Array or its metadata
     _common(where, name, md)
     dtype = str(md.to_dict().get("data_type"))
     codecs = _codecs(md)

@@ -54,6 +54,7 @@ def open_store(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
     except Exception as e:  # corrupted metadata of any other kind
         raise StoreError(f"{path}: not a readable run store ({type(e).__name__}: {e})") from None
     check_attrs(attrs, path)
+    store.check_array_metadata = _metadata_checker(store, path, attrs)
     if attrs[S.ATTR_SCHEMA] >= S.CHECKSUM_SCHEMA:
         _make_strict(store, root, attrs, path)
     return root
@@ -239,21 +240,57 @@ def check_node(path, root: zarr.Group, name: str, arr: zarr.Array, attrs: dict, 
     its size (`rows`: committed length along its first dim) before any chunk of it is read; its
     checked metadata then bounds and checksums its chunks (CheckedStore.register). False for an
     array lrscope does not write there (readers ignore it)."""
-    spec = S.array_spec(name, arr.ndim, S.log_policy(attrs))
-    if spec is None:
+    if S.array_spec(name, arr.ndim, S.log_policy(attrs)) is None:
         return False
-    dtypes, fill, dims, per_chunk = spec
     check_shape(path, name, arr.shape, arr.chunks, rows)
-    try:
-        itemsize = np.dtype(arr.metadata.data_type.to_native_dtype()).itemsize
-    except Exception:
-        itemsize = 1
-    crc = True if attrs[S.ATTR_SCHEMA] >= S.CHECKSUM_SCHEMA else None
-    check_metadata(path, name, arr, dtypes=dtypes, fill=fill, dims=dims,
-                   chunks=expected_chunks(tuple(arr.shape), per_chunk, itemsize), crc=crc)
+    _check_declared(path, name, arr.metadata, attrs)
     if isinstance(root.store, CheckedStore):
         root.store.register(name, arr.metadata)
     return True
+
+
+def _check_declared(path, name: str, md, attrs: dict) -> bool:
+    """`check_metadata` for a run array against schema.array_spec (False: not declared)."""
+    spec = S.array_spec(name, len(md.shape), S.log_policy(attrs))
+    if spec is None:
+        return False
+    dtypes, fill, dims, per_chunk = spec
+    try:
+        itemsize = np.dtype(md.data_type.to_native_dtype()).itemsize
+    except Exception:
+        itemsize = 1
+    crc = True if attrs[S.ATTR_SCHEMA] >= S.CHECKSUM_SCHEMA else None
+    check_metadata(path, name, md, dtypes=dtypes, fill=fill, dims=dims,
+                   chunks=expected_chunks(tuple(md.shape), per_chunk, itemsize), crc=crc)
+    return True
+
+
+def _metadata_checker(store: CheckedStore, path, attrs: dict):
+    """The CheckedStore hook that checks every array's metadata as it is read, whoever reads it
+    (open_run, load_model, a resume, the explorer): run arrays against schema.array_spec, probe
+    results' against check_probe_metadata; others (the optimizer state, arrays lrscope does not
+    write) are left to their readers."""
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+    crc = True if attrs[S.ATTR_SCHEMA] >= S.CHECKSUM_SCHEMA else None
+
+    def check(name: str, meta: dict) -> None:
+        parts = name.split("/")
+        probe_array = parts[0] == S.G_PROBES and len(parts) == 3
+        if not probe_array and S.array_spec(name, len(meta.get("shape") or ()), S.log_policy(attrs)) is None:
+            return
+        try:
+            md = ArrayV3Metadata.from_dict(dict(meta))
+        except Exception as e:  # an unknown codec or data type, a malformed field
+            raise StoreError(f"{path}: array {name} has metadata lrscope cannot read ({type(e).__name__}: "
+                             f"{_shown(str(e), 100)}; edited or foreign store)") from None
+        if probe_array:
+            check_probe_metadata(path, name, md, crc=crc)
+        else:
+            _check_declared(path, name, md, attrs)
+        store.register(name, md)
+
+    return check
 
 
 def _lazy(arr: zarr.Array, n: int | None, token: str) -> da.Array:
@@ -347,6 +384,7 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = (), describe: 
         # not write (an extra array in log/, say) are ignored: never merged into the Dataset
         for name, arr in list(nodes.items()):
             if S.array_spec(name, arr.ndim, S.log_policy(attrs)) is None:
+                check_array(arr)  # ignored, unless it holds what no reader may meet: pickle, objects, text
                 del nodes[name]
                 continue
             dims = _dims(arr)
@@ -612,8 +650,22 @@ def _read_probe(path, name: str, root: zarr.Group) -> xr.Dataset:
         raise StoreError(f"{path}: probe result {name!r} is not a group (damaged store)")
     attrs = root.attrs.asdict()
     crc = True if isinstance(attrs.get(S.ATTR_SCHEMA), int) and attrs[S.ATTR_SCHEMA] >= S.CHECKSUM_SCHEMA else None
+    arrays = dict(group.arrays())
+    declared = group.attrs.get(S.ATTR_PROBE_ARRAYS)
+    extra: list[str] = []
+    if declared is not None:  # the arrays the writer wrote: any other is ignored, a missing one is damage
+        if not isinstance(declared, list) or not all(isinstance(a, str) for a in declared):
+            raise StoreError(f"{path}: probe {name!r}: its {S.ATTR_PROBE_ARRAYS} attribute is not a list of names "
+                             "(edited or damaged store)")
+        for a in declared:
+            if a not in arrays:
+                raise StoreError(f"{path}: probe {name!r} lacks its array {_shown(a, 40)} (damaged store; recompute "
+                                 "it with lrprobe compute --force)")
+        extra = sorted(set(arrays) - set(declared))
     nbytes = 0
-    for aname, arr in group.arrays():
+    for aname, arr in arrays.items():
+        if aname in extra:
+            continue
         where = f"{S.G_PROBES}/{name}/{aname}"
         check_array(arr, strings=True)  # before xarray decodes anything
         check_shape(path, where, arr.shape, arr.chunks)
@@ -624,7 +676,7 @@ def _read_probe(path, name: str, root: zarr.Group) -> xr.Dataset:
     small = nbytes < PROBE_LOAD_BYTES
     kw = {"chunks": None} if small else {}
     ds = xr.open_zarr(root.store, group=f"{S.G_PROBES}/{name}", consolidated=False, zarr_format=3, **_NO_DECODING,
-                      **kw)
+                      drop_variables=extra or None, **kw)
     for var in ds.variables.values():  # the NaN fill xarray writes on float arrays: no decoding, no attr
         var.attrs.pop("_FillValue", None)
     return ds.load() if small else ds

@@ -508,6 +508,9 @@ def describe_config(field: str) -> dict[str, str]:
 # (store/reader.py:_check_node) and read no array it does not name (an unknown array or file in a
 # run's groups is ignored, never merged); tests/test_hostile_stores.py checks that freshly written
 # stores of both minibatch-record policies match it exactly, so the writer and this table agree.
+# probes/<name> group attribute: the arrays write_probe wrote (set with `complete`); readers read
+# those and ignore any other array of the group (results written before it: every array)
+ATTR_PROBE_ARRAYS = "lrscope_arrays"
 INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 FLOAT_DTYPES = ("float16", "float32", "float64")
 ROWS_LOG, ROWS_LOG_BATCH, ROWS_INDEX, ROWS_SNAPSHOT = 4096, 256, 1024, 1  # writer's LOG_CHUNK, LOG_BATCH_CHUNK, ...

@@ -653,6 +653,7 @@ for cmd in ("ls", "compute", "report", "figures"):
     probe(f"{cmd}-name-too-long", cmd, f"@W/{_LONG}", *(["-o", "@W/new/r.html"] if cmd == "report" else
                                                         ["-o", "@W/new"] if cmd == "figures" else []))
 probe("ls-config-without-seed", "ls", "@S", setup=edit_attrs(lambda a: a["config"].pop("seed")))
+probe("ls-has-bias-a-string", "ls", "@S", setup=put("has_bias", "no"))
 
 
 # ----------------------------------------------------------------------------- the checks

@@ -498,12 +498,25 @@ FILES_R3 = {
     "file-in-place-of-a-probe": _file_in_place_of("probes/accuracy"),
     "probes-zarr-json-missing": _missing("probes/zarr.json"),
     "file-in-place-of-an-array": _file_in_place_of("log/loss"),
-    # a probe variable copied into another probe's group, or under a name of the run's
-    "probe-var-in-two-probes": lambda s: shutil.copytree(s / "probes/accuracy/unbiased_accuracy",
-                                                         s / "probes/loss_ratio/unbiased_accuracy"),
-    "probe-var-shadows-run-var": lambda s: shutil.copytree(s / "probes/accuracy/unbiased_accuracy",
-                                                           s / "probes/accuracy/accuracy"),
+    # a result written before results listed their arrays: a variable copied into another probe's
+    # group, or under a name of the run's, would replace the other in the merge
+    "probe-var-in-two-probes-unlisted": lambda s: (
+        _unlist(s, "loss_ratio"), shutil.copytree(s / "probes/accuracy/unbiased_accuracy",
+                                                  s / "probes/loss_ratio/unbiased_accuracy")),
+    "probe-var-shadows-run-var-unlisted": lambda s: (
+        _unlist(s, "accuracy"),
+        shutil.copytree(s / "probes/accuracy/unbiased_accuracy", s / "probes/accuracy/accuracy")),
+    # the list of a result's arrays
+    "probe-listed-array-missing": lambda s: shutil.rmtree(s / "probes/accuracy/unbiased_accuracy"),
+    "probe-array-list-not-a-list": lambda s: _edit_json(
+        s, "probes/accuracy/zarr.json", lambda m: m["attributes"].update(lrscope_arrays="unbiased_accuracy")),
+    "probe-array-list-names-more": lambda s: _edit_json(
+        s, "probes/accuracy/zarr.json", lambda m: m["attributes"]["lrscope_arrays"].append("nope")),
 }
+
+
+def _unlist(store: Path, probe: str) -> None:
+    _edit_json(store, f"probes/{probe}/zarr.json", lambda m: m["attributes"].pop("lrscope_arrays"))
 
 
 def _every_reader(store: Path, tmp: Path) -> list[str]:
@@ -608,6 +621,11 @@ IGNORED = {
                                          _edit_json(s, "probes/extra/zarr.json",
                                                     lambda m: m["attributes"].update(complete=0))),
     "probe-units-days": lambda s: _edit_json(s, ACC, _attr(units="days")),
+    # arrays a probe result does not list: never merged, whatever their name
+    "probe-var-copied-into-another-probe": _copy_array("probes/accuracy/unbiased_accuracy",
+                                                       "probes/loss_ratio/unbiased_accuracy"),
+    "probe-var-copied-under-a-run-name": _copy_array("probes/accuracy/unbiased_accuracy", "probes/accuracy/accuracy"),
+    "probe-var-copied-under-a-new-name": _copy_array("probes/accuracy/unbiased_accuracy", "probes/accuracy/extra"),
 }
 
 
