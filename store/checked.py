@@ -92,6 +92,7 @@ class CheckedStore(LocalStore):
         # called with (array path, its parsed zarr.json) whenever an array's metadata is read, once the
         # root attributes are known (open_store): checks it against the writer's declarations
         self.check_array_metadata: Callable[[str, dict], None] | None = None
+        self._meta_seen: dict[str, bytes] = {}  # key -> the zarr.json bytes last checked
 
     @property
     def label(self) -> str:
@@ -180,12 +181,15 @@ class CheckedStore(LocalStore):
                              "unreadable store)") from None
         if buf is not None and self.check_array_metadata is not None and key.endswith("/zarr.json") \
                 and byte_range is None:
-            try:
-                meta = json.loads(buf.to_bytes())
-            except ValueError:
-                meta = None  # Zarr's own parse says what is wrong with it
-            if isinstance(meta, dict) and meta.get("node_type") == "array":
-                self.check_array_metadata(key[: -len("/zarr.json")], meta)
+            raw = buf.to_bytes()
+            if self._meta_seen.get(key) != raw:  # each version of a zarr.json is checked once
+                try:
+                    meta = json.loads(raw)
+                except ValueError:
+                    meta = None  # Zarr's own parse says what is wrong with it
+                if isinstance(meta, dict) and meta.get("node_type") == "array":
+                    self.check_array_metadata(key[: -len("/zarr.json")], meta)
+                self._meta_seen[key] = raw
         if not self.strict or not is_chunk_key(key):
             return buf
         array, coords = chunk_array(key)
