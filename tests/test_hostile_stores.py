@@ -698,3 +698,40 @@ def test_load_model_loads_the_checkpoint_a_selection_holds(base):
     assert same(load_model(ds.isel(checkpoint=[2, 0]), checkpoint=0).state_dict(), state[2])
     assert same(load_model(ds.sel(checkpoint=slice(1, 2))).state_dict(), state[2])
     assert same(load_model(ds).state_dict(), state[-1])
+
+
+@pytest.mark.parametrize("case", ["log-loss-int32", "probe-features-chunks-swapped", "batch-logits-transpose",
+                                  "probe-var-scale-factor"])
+def test_a_sweep_reads_an_edited_run_as_written_or_refuses_it(base, tmp_path, case):
+    """open_sweep reads the second run of a layout with the first run's (checked) metadata: an
+    edit to the second run's zarr.json is refused or changes nothing, never the numbers."""
+    first, second = tmp_path / "a" / base.name, tmp_path / "b" / base.name
+    shutil.copytree(base, first)
+    shutil.copytree(base, second)
+    for rel, fn in METADATA_R3[case]:
+        _edit_json(second, rel, fn)
+    want = lrscope.open_sweep([first]).load()
+    try:
+        sw = lrscope.open_sweep([first, second]).load()
+    except StoreError as e:
+        assert "\n" not in str(e)
+        return
+    for name, var in want.data_vars.items():
+        a = np.asarray(var.isel(run=0).values)
+        b = np.asarray(sw[name].isel(run=1).values)
+        assert a.dtype.kind == "O" or np.array_equal(a, b, equal_nan=True), name
+
+
+def test_report_refuses_a_fifo_chunk_without_hanging(base, tmp_path, no_hang):
+    from click.testing import CliRunner
+
+    from lrscope.cli.probe import main as lrprobe
+
+    store = tmp_path / "runs" / base.name
+    shutil.copytree(base, store)
+    _on_chunk("log/loss", _fifo)(store)
+    before = tree(tmp_path)
+    res = CliRunner().invoke(lrprobe, ["report", str(store), "-o", str(tmp_path / "r.html"), "--no-compute"])
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and ln.startswith("Error")]
+    assert res.exit_code == 2 and len(lines) == 1 and "not a regular file" in lines[0], res.output
+    assert tree(tmp_path) == before
