@@ -169,16 +169,34 @@ class CheckedStore(LocalStore):
                              f"({limit}); refused (damaged or hostile store)")
 
     async def get(self, key, prototype=None, byte_range=None):
-        self._check_links(key)
-        if is_chunk_key(key):
-            self._check_file(key, self._chunk_limit(chunk_array(key)[0]))
-        else:
-            self._check_file(key, MAX_META_BYTES)
+        self._before(key)
         try:
             buf = await super().get(key, prototype, byte_range)
         except OSError as e:  # permission denied, I/O error
             raise StoreError(f"{self.root}: {key} cannot be read ({e.strerror or type(e).__name__}; damaged or "
                              "unreadable store)") from None
+        return self._after(key, buf, byte_range)
+
+    def get_sync(self, key, *, prototype=None, byte_range=None):
+        """The synchronous read (Zarr's StorePath.get_sync), with the same checks as `get`."""
+        self._before(key)
+        try:
+            buf = super().get_sync(key, prototype=prototype, byte_range=byte_range)
+        except OSError as e:
+            raise StoreError(f"{self.root}: {key} cannot be read ({e.strerror or type(e).__name__}; damaged or "
+                             "unreadable store)") from None
+        return self._after(key, buf, byte_range)
+
+    def _before(self, key: str) -> None:
+        """Before a key is opened: no symlink on its path, a regular file within its bound."""
+        self._check_links(key)
+        if is_chunk_key(key):
+            self._check_file(key, self._chunk_limit(chunk_array(key)[0]))
+        else:
+            self._check_file(key, MAX_META_BYTES)
+
+    def _after(self, key: str, buf, byte_range):
+        """What was read: array metadata checked (the hook), a chunk present and checksummed."""
         if buf is not None and self.check_array_metadata is not None and key.endswith("/zarr.json") \
                 and byte_range is None:
             raw = buf.to_bytes()
@@ -200,7 +218,6 @@ class CheckedStore(LocalStore):
                              "(damaged store; rerun the run or restore the store from a copy)")
         if byte_range is None and self._has_crc(array):
             import google_crc32c
-            import numpy as np
 
             data = buf.as_numpy_array()
             if len(data) < 4 or np.uint32(google_crc32c.value(data[:-4])).tobytes() != bytes(data[-4:]):

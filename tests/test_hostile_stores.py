@@ -735,3 +735,43 @@ def test_report_refuses_a_fifo_chunk_without_hanging(base, tmp_path, no_hang):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip() and ln.startswith("Error")]
     assert res.exit_code == 2 and len(lines) == 1 and "not a regular file" in lines[0], res.output
     assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("what", ["chunk", "metadata"])
+def test_an_unreadable_file_is_a_one_line_error(base, tmp_path, monkeypatch, what):
+    """PermissionError (what chmod 000 gives a user other than root; simulated here, as the tests
+    may run as root) while reading a chunk or a zarr.json: a one-line StoreError naming the file."""
+    from zarr.storage import _local
+
+    store = tmp_path / base.name
+    shutil.copytree(base, store)
+    target = "log/loss/c/0" if what == "chunk" else "snapshots/test_logits/zarr.json"
+    real = _local._get
+
+    def denied(path, prototype, byte_range):
+        if str(path).endswith(target):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, prototype, byte_range)
+
+    monkeypatch.setattr(_local, "_get", denied)
+    for read in (lambda: lrscope.open_run(store).load(), lambda: lrscope.open_sweep([store]).load()):
+        with pytest.raises(StoreError, match=f"{target} cannot be read .Permission denied") as e:
+            read()
+        assert "\n" not in str(e.value)
+
+
+def test_synchronous_reads_are_checked_too(base, tmp_path):
+    """Zarr's synchronous read path (StorePath.get_sync) goes through the same checks."""
+    from lrscope.store.checked import CheckedStore
+
+    store = tmp_path / base.name
+    shutil.copytree(base, store)
+    _on_chunk("log/loss", _fifo)(store)
+    (store / "outside").write_bytes(b"x")
+    os.symlink(store / "outside", store / "log/link")
+    cs = CheckedStore(store)
+    assert cs.get_sync("zarr.json") is not None
+    with pytest.raises(StoreError, match="not a regular file"):
+        cs.get_sync("log/loss/c/0")
+    with pytest.raises(StoreError, match="symbolic link"):
+        cs.get_sync("log/link")
