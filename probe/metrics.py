@@ -341,6 +341,8 @@ def compressibility_np(a, q: float = 2, kappa: float = 0.1) -> np.ndarray:
     """Numpy core of :func:`compressibility`, along the last axis."""
     if not 0 <= kappa <= 1:
         raise MetricError(f"kappa must be in [0, 1], got {kappa}")
+    if isinstance(q, bool) or not isinstance(q, (int, float, np.integer, np.floating)) or not q > 0:
+        raise MetricError(f"compressibility needs a norm order q > 0 (‖·‖_q is no norm below), got {q!r}")
     a = np.abs(np.asarray(a).astype(np.float64))
     d = a.shape[-1]
     k = math.ceil(kappa * d)
@@ -647,7 +649,7 @@ def lorenz_curve_np(w, points: int = 101) -> np.ndarray:
     """Numpy core of :func:`lorenz_curve`: along the last axis; returns (..., points)."""
     if isinstance(points, bool) or not isinstance(points, (int, np.integer)) or points < 2:
         raise MetricError(f"lorenz_curve needs points >= 2 (an integer), got {points!r}")
-    a = np.asarray(w).astype(np.float64)
+    a = _non_negative(np.asarray(w).astype(np.float64), "lorenz_curve")
     s = -np.sort(-a, axis=-1)
     c = np.cumsum(s, axis=-1)
     tot = c[..., -1:]
@@ -677,9 +679,17 @@ def lorenz_curve(w, *, sample_dim: str | None = None, points: int = 101, dim: st
     return _attrs(out.assign_coords(fraction=np.linspace(0, 1, points)), "cumulative importance share", None)
 
 
+def _non_negative(a: np.ndarray, fn: str) -> np.ndarray:
+    """Importance weights are ≥ 0: the Gini coefficient and the Lorenz curve of a vector with
+    negative entries are not defined (the Gini can leave [0, 1])."""
+    if (a < 0).any():
+        raise MetricError(f"{fn} needs non-negative weights, got a minimum of {np.nanmin(a):g}")
+    return a
+
+
 def gini_np(w) -> np.ndarray:
     """Numpy core of :func:`gini`, along the last axis."""
-    a = np.sort(np.asarray(w).astype(np.float64), axis=-1)
+    a = np.sort(_non_negative(np.asarray(w).astype(np.float64), "gini"), axis=-1)
     n = a.shape[-1]
     tot = a.sum(-1)
     idx = np.arange(1, n + 1)

@@ -3,8 +3,9 @@ of the `probes/` group's layout (the reader, `read_probe` / `read_probes`, is in
 The runner (probe/runner.py) only schedules probes and hands their Datasets here.
 
 A result is an xarray Dataset whose attributes carry its provenance (probe, probe_format,
-lrscope_version, params, source_committed, source_status, seconds) and `complete`, set last:
-readers ignore a group without it.
+lrscope_version, params, source_committed, source_status, seconds) and `complete`, set last
+together with the list of the arrays written (`lrscope_arrays`): readers ignore a group without
+the mark, and any array of the group not on the list.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def write_probe(path: Path, name: str, res: xr.Dataset) -> None:
                 write_empty_chunks=True)
     sync(_copy_store(mem, root.store, group))
     _crash_point("probe")  # arrays written, not yet marked
-    zarr.open_group(str(path), path=group, mode="r+").attrs.update({"complete": 1})
+    # the arrays it wrote, with the mark (one metadata write): readers read these and ignore any other
+    zarr.open_group(str(path), path=group, mode="r+").attrs.update(
+        {S.ATTR_PROBE_ARRAYS: sorted(str(k) for k in res.variables), "complete": 1})
 
 
 async def _copy_store(src, dst, prefix: str) -> None:

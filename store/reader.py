@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob as _glob
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -15,7 +16,15 @@ import zarr
 
 from ..errors import StoreError
 from . import schema as S
-from .checked import MAX_ROWS, CheckedStore, check_shape
+from .checked import (
+    MAX_ROWS,
+    CheckedStore,
+    check_metadata,
+    check_probe_metadata,
+    check_shape,
+    guessed_chunks,
+    is_dir_not_link,
+)
 
 # Config fields that become `run` coordinates in a sweep even when they do not vary.
 ALWAYS_COORDS = ("dataset", "model", "lr", "seed")
@@ -25,11 +34,15 @@ def open_store(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
     """Open a run store's root group after checking it is one this version can read. Reads go
     through a `CheckedStore`: symlinks inside the store are refused and, for schema 2 stores,
     missing chunks and chunks failing their checksum are errors naming the array."""
-    p = Path(path)
-    if not p.exists():
-        raise StoreError(f"{path}: no such file or directory")
-    if not p.is_dir():
-        raise StoreError(f"{path}: not an lrscope run store (not a folder)")
+    p = as_path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise StoreError(f"{_shown(str(path), 200)}: no such file or directory") from None
+    except OSError as e:  # a name too long, a component that is a file, no permission
+        raise StoreError(f"{_shown(str(path), 200)}: {e.strerror or type(e).__name__}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"{_shown(str(path), 200)}: not an lrscope run store (not a folder)")
     store = CheckedStore(p, read_only=mode == "r")
     try:
         root = zarr.open_group(store=store, mode=mode, zarr_format=3)
@@ -41,9 +54,27 @@ def open_store(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
     except Exception as e:  # corrupted metadata of any other kind
         raise StoreError(f"{path}: not a readable run store ({type(e).__name__}: {e})") from None
     check_attrs(attrs, path)
+    store.check_array_metadata = _metadata_checker(store, path, attrs)
     if attrs[S.ATTR_SCHEMA] >= S.CHECKSUM_SCHEMA:
         _make_strict(store, root, attrs, path)
     return root
+
+
+def as_path(path: Any, what: str = "path") -> Path:
+    """A path argument of the public API as a Path, or the one-line StoreError (None, a number,
+    bytes, a name with a NUL byte)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise StoreError(f"expected a {what} (str or os.PathLike) to a run store or a folder of them, "
+                         f"got {type(path).__name__} {_shown(path, 40)}")
+    if isinstance(path, str) and not path.strip():
+        raise StoreError(f"expected a {what} to a run store or a folder of them, got an empty string")
+    try:
+        p = Path(path)
+    except TypeError:  # an os.PathLike whose __fspath__ returns bytes or nothing
+        raise StoreError(f"expected a {what} (str or os.PathLike), got {_shown(path, 40)}") from None
+    if "\x00" in str(p):
+        raise StoreError(f"{_shown(str(p), 60)}: a path cannot contain a NUL character")
+    return p
 
 
 def _make_strict(store: CheckedStore, root: zarr.Group, attrs: dict, path) -> None:
@@ -55,7 +86,7 @@ def _make_strict(store: CheckedStore, root: zarr.Group, attrs: dict, path) -> No
     try:
         for split, arr in ((S.A_TEST_LOGITS, S.A_TEST_EVALUATED), (S.A_TRAIN_LOGITS, S.A_TRAIN_EVALUATED)):
             a = check_array(root[f"{S.G_SNAP}/{arr}"])
-            check_shape(path, a.path, a.shape, a.chunks)
+            check_node(path, root, a.path, a, attrs)
             flags[f"{S.G_SNAP}/{split}"] = np.asarray(a[:n_snap], dtype=bool) if n_snap else np.zeros(0, bool)
     except KeyError:
         if attrs[S.ATTR_COMMITTED]["checkpoint"] > 0:
@@ -100,6 +131,8 @@ def _bad_config_values(cfg: dict) -> str:
     lr = cfg.get("lr")
     if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
         return f"lr={lr!r}"
+    if "seed" not in cfg:  # every lrscope config has one; summaries show it
+        return "seed missing"
     for key, lo in (("seed", 0), ("data_seed", 0), ("batch_size", 1), ("max_steps", 1), ("probe_size", 1)):
         if key in cfg and not (_is_int(cfg[key]) and cfg[key] >= lo):
             return f"{key}={cfg[key]!r}"
@@ -164,6 +197,9 @@ def check_attrs(attrs: dict[str, Any], path: Any) -> None:
     if policy not in S.LOG_POLICIES or (policy == S.LOG_SUMMARY and v < S.SUMMARY_SCHEMA):
         raise StoreError(f"{path}: the store's log_logits attribute {policy!r} is not a minibatch-record policy of "
                          f"its schema {v} (valid: {', '.join(S.LOG_POLICIES)}; corrupted store)")
+    if S.ATTR_HAS_BIAS in attrs and not isinstance(attrs[S.ATTR_HAS_BIAS], bool):
+        raise StoreError(f"{path}: the store's {S.ATTR_HAS_BIAS} attribute {_shown(attrs[S.ATTR_HAS_BIAS])} is not "
+                         "true or false (corrupted store)")
     for key in (S.ATTR_MODEL_INFO, S.ATTR_TIMINGS):
         if key in attrs and not isinstance(attrs[key], dict):
             raise StoreError(f"{path}: the store's {key} attribute is not a mapping (corrupted store)")
@@ -186,6 +222,75 @@ def check_array(arr: zarr.Array, *, strings: bool = False) -> zarr.Array:
     if kind == "O" and "vlen-utf8" not in names:
         raise StoreError(f"{arr.path}: object dtype without the vlen-utf8 codec refused (no pickle in stores)")
     return arr
+
+
+def expected_chunks(shape: tuple[int, ...], rows: int | None, itemsize: int) -> tuple[int, ...]:
+    """The chunk shape the writer gives an array of `shape` (store/writer.py): `rows` along the
+    appendable first dim and the per-sample dims split to stay under MAX_CHUNK_ELEMS; an array
+    written whole is one chunk (Zarr's own chunks when it is empty)."""
+    from .writer import _chunk_rows
+
+    if rows is not None:
+        return _chunk_rows(tuple(shape[1:]), rows)
+    return tuple(shape) if all(shape) else guessed_chunks(tuple(shape), itemsize)
+
+
+def check_node(path, root: zarr.Group, name: str, arr: zarr.Array, attrs: dict, rows: int | None = None) -> bool:
+    """Check a run array's metadata against the writer's declaration (schema.array_spec) and bound
+    its size (`rows`: committed length along its first dim) before any chunk of it is read; its
+    checked metadata then bounds and checksums its chunks (CheckedStore.register). False for an
+    array lrscope does not write there (readers ignore it)."""
+    if S.array_spec(name, arr.ndim, S.log_policy(attrs)) is None:
+        return False
+    check_shape(path, name, arr.shape, arr.chunks, rows)
+    _check_declared(path, name, arr.metadata, attrs)
+    if isinstance(root.store, CheckedStore):
+        root.store.register(name, arr.metadata)
+    return True
+
+
+def _check_declared(path, name: str, md, attrs: dict) -> bool:
+    """`check_metadata` for a run array against schema.array_spec (False: not declared)."""
+    spec = S.array_spec(name, len(md.shape), S.log_policy(attrs))
+    if spec is None:
+        return False
+    dtypes, fill, dims, per_chunk = spec
+    try:
+        itemsize = np.dtype(md.data_type.to_native_dtype()).itemsize
+    except Exception:
+        itemsize = 1
+    crc = True if attrs[S.ATTR_SCHEMA] >= S.CHECKSUM_SCHEMA else None
+    check_metadata(path, name, md, dtypes=dtypes, fill=fill, dims=dims,
+                   chunks=expected_chunks(tuple(md.shape), per_chunk, itemsize), crc=crc)
+    return True
+
+
+def _metadata_checker(store: CheckedStore, path, attrs: dict):
+    """The CheckedStore hook that checks every array's metadata as it is read, whoever reads it
+    (open_run, load_model, a resume, the explorer): run arrays against schema.array_spec, probe
+    results' against check_probe_metadata; others (the optimizer state, arrays lrscope does not
+    write) are left to their readers."""
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+    crc = True if attrs[S.ATTR_SCHEMA] >= S.CHECKSUM_SCHEMA else None
+
+    def check(name: str, meta: dict) -> None:
+        parts = name.split("/")
+        probe_array = parts[0] == S.G_PROBES and len(parts) == 3
+        if not probe_array and S.array_spec(name, len(meta.get("shape") or ()), S.log_policy(attrs)) is None:
+            return
+        try:
+            md = ArrayV3Metadata.from_dict(dict(meta))
+        except Exception as e:  # an unknown codec or data type, a malformed field
+            raise StoreError(f"{path}: array {name} has metadata lrscope cannot read ({type(e).__name__}: "
+                             f"{_shown(str(e), 100)}; edited or foreign store)") from None
+        if probe_array:
+            check_probe_metadata(path, name, md, crc=crc)
+        else:
+            _check_declared(path, name, md, attrs)
+        store.register(name, md)
+
+    return check
 
 
 def _lazy(arr: zarr.Array, n: int | None, token: str) -> da.Array:
@@ -275,10 +380,16 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = (), describe: 
         # one concurrent traversal of the whole hierarchy's metadata
         nodes = {name: node for name, node in root.members(max_depth=None)
                  if isinstance(node, zarr.Array) and not name.startswith((S.G_PROBES + "/", S.G_CKPT + "/"))}
-        for name, arr in nodes.items():  # bounds before anything is allocated or made lazy
+        # metadata and bounds before anything is allocated, made lazy or read; arrays lrscope does
+        # not write (an extra array in log/, say) are ignored: never merged into the Dataset
+        for name, arr in list(nodes.items()):
+            if S.array_spec(name, arr.ndim, S.log_policy(attrs)) is None:
+                check_array(arr)  # ignored, unless it holds what no reader may meet: pickle, objects, text
+                del nodes[name]
+                continue
             dims = _dims(arr)
             rows = com.get(S.APPEND_DIMS.get(dims[0], ""))
-            check_shape(path, name, arr.shape, arr.chunks, rows)
+            check_node(path, root, name, arr, attrs, rows)
             if rows is not None and arr.shape[0] < rows:
                 raise StoreError(f"{path}: array {name} has {arr.shape[0]} rows along {dims[0]}, "
                                  f"{rows} committed (truncated or corrupted store)")
@@ -304,8 +415,8 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = (), describe: 
             elif parts[0] == S.G_SNAP and parts[1] != S.A_SNAP_ITER:
                 variables[parts[1]] = xr.Variable(_dims(arr), _lazy(arr, n_snap, token))
         coords[S.D_ITER] = (S.D_ITER, np.arange(n_it))
-        snap_it, ck_it = _read_many([check_array(root[f"{S.G_SNAP}/{S.A_SNAP_ITER}"]),
-                                     check_array(root[f"{S.G_CKPT}/{S.A_CKPT_ITER}"])])
+        snap_it, ck_it = _read_many([_index_array(path, root, attrs, S.G_SNAP),
+                                     _index_array(path, root, attrs, S.G_CKPT)])
         coords["snapshot_iteration"] = (S.D_SNAP, snap_it[:n_snap])
         coords[S.D_SNAP] = (S.D_SNAP, np.arange(n_snap))
         coords[S.D_CKPT] = (S.D_CKPT, np.arange(n_ck))
@@ -338,6 +449,16 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = (), describe: 
     return ds, layout
 
 
+def _index_array(path, root: zarr.Group, attrs: dict, group: str) -> zarr.Array:
+    """snapshots/iteration or checkpoints/iteration, its metadata checked."""
+    name = f"{group}/{S.A_SNAP_ITER if group == S.G_SNAP else S.A_CKPT_ITER}"
+    arr = root[name]
+    if not isinstance(arr, zarr.Array):
+        raise KeyError(name)
+    check_node(path, root, name, check_array(arr), attrs)
+    return arr
+
+
 def _open_with_layout(path, root, attrs, layout, token, probes, describe) -> xr.Dataset:
     from zarr.core.array import Array, AsyncArray
     from zarr.storage import StorePath
@@ -361,12 +482,14 @@ def _open_with_layout(path, root, attrs, layout, token, probes, describe) -> xr.
             if n is not None:  # this run's committed length, with the layout's chunks
                 check_shape(path, name, meta.shape, meta.chunks, n)
             m = meta.update_shape((n, *meta.shape[1:])) if n is not None else meta
+            if isinstance(store, CheckedStore):
+                store.register(name, m)  # the layout's checked metadata bound this run's chunks
             arr = Array(AsyncArray(metadata=m, store_path=StorePath(store, name)))
             vname = S.READ_AS.get(parts[-1], parts[-1]) if parts[0] == S.G_LOG else \
                 parts[-1] if parts[0] != S.G_DATA else "probe_inputs"
             variables[vname] = xr.Variable(dims, _lazy(arr, None, token))
-        snap_it, ck_it = _read_many([check_array(root[f"{S.G_SNAP}/{S.A_SNAP_ITER}"]),
-                                     check_array(root[f"{S.G_CKPT}/{S.A_CKPT_ITER}"])])
+        snap_it, ck_it = _read_many([_index_array(path, root, attrs, S.G_SNAP),
+                                     _index_array(path, root, attrs, S.G_CKPT)])
     except KeyError as e:
         raise StoreError(f"{path}: run store is missing {e} (truncated or corrupted?)") from None
     if len(snap_it) < n_snap or len(ck_it) < n_ck:
@@ -402,7 +525,12 @@ def _finish_dataset(path, root, attrs, variables, coords, probes, describe=True)
     if isinstance(attrs.get(S.ATTR_STOP_MET), bool):
         ds.attrs["stop_criterion_met"] = attrs[S.ATTR_STOP_MET]
     if probes:
-        ds = ds.merge(read_probes(path, root), combine_attrs="override", compat="override", join="outer")
+        res = read_probes(path, root)
+        for v in res.variables:  # a probe result never replaces what the run holds
+            if v in ds.variables and v not in res.dims:
+                raise StoreError(f"{path}: probe variable {_shown(v, 40)} has the name of the run's own "
+                                 "(edited or damaged store; recompute with lrprobe compute --force)")
+        ds = ds.merge(res, combine_attrs="override", compat="override", join="outer")
     return _describe(ds) if describe else ds
 
 
@@ -467,43 +595,108 @@ PROBE_LOAD_BYTES = 8 << 20  # probe results smaller than this are read eagerly (
 
 
 def probe_names(root: zarr.Group) -> list[str]:
+    """The complete probe results of a run. A `probes` entry that is not a Zarr group, or an entry
+    inside it that is a file (where lrprobe only ever writes groups), is refused: it would hide
+    results without an error."""
+    folder = Path(str(root.store.root)) / S.G_PROBES if isinstance(root.store, CheckedStore) else None
+    if folder is not None:
+        try:
+            entries = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        except NotADirectoryError:
+            raise StoreError(f"{root.store.root}: {S.G_PROBES} is a file where lrprobe writes its results' group "
+                             "(damaged or edited store)") from None
+        except OSError as e:
+            raise StoreError(f"{root.store.root}: {S.G_PROBES} cannot be read ({e.strerror}; damaged store)") from None
+        for e in entries:
+            if e != "zarr.json" and not e.startswith(".") and not is_dir_not_link(folder / e):
+                raise StoreError(f"{root.store.root}: {S.G_PROBES}/{_shown(e, 40)} is not a probe result's group "
+                                 "(damaged or edited store)")
     if S.G_PROBES not in root:
+        if folder is not None and entries:
+            raise StoreError(f"{root.store.root}: {S.G_PROBES} is not a readable Zarr group (its zarr.json is "
+                             "missing or damaged)")
         return []
     # a probe group becomes visible once its writer marked it complete (all arrays written)
     return sorted(name for name, g in root[S.G_PROBES].groups() if g.attrs.get("complete"))
 
 
+# xarray's CF decoding off: lrscope's probe results use none of it (check_probe_metadata refuses
+# its attributes), so no attribute can rescale, mask, re-type or turn a value into a date
+_NO_DECODING = dict(mask_and_scale=False, decode_times=False, decode_timedelta=False, use_zarr_fill_value_as_mask=False)
+
+
 def read_probe(path: str | os.PathLike, name: str, root: zarr.Group | None = None) -> xr.Dataset:
     """One probe's result: in memory when small (most are: aligning a sweep's runs then costs
-    nothing, and reading skips dask), lazy otherwise (attribution maps)."""
+    nothing, and reading skips dask), lazy otherwise (attribution maps). Every array's metadata
+    is checked first (`check_probe_metadata`); errors are one-line `StoreError`s."""
     root = root if root is not None else open_store(path)
+    try:
+        return _read_probe(path, name, root)
+    except StoreError:
+        raise
+    except Exception as e:
+        raise StoreError(f"{path}: probe {name!r} is unreadable ({type(e).__name__}: {_shown(str(e), 120)}); "
+                         "recompute it with lrprobe compute --force") from None
+
+
+def _read_probe(path, name: str, root: zarr.Group) -> xr.Dataset:
     try:
         group = root[f"{S.G_PROBES}/{name}"]
     except KeyError:
         raise StoreError(f"{path}: no probe result {name!r}") from None
+    if not isinstance(group, zarr.Group):
+        raise StoreError(f"{path}: probe result {name!r} is not a group (damaged store)")
+    attrs = root.attrs.asdict()
+    crc = True if isinstance(attrs.get(S.ATTR_SCHEMA), int) and attrs[S.ATTR_SCHEMA] >= S.CHECKSUM_SCHEMA else None
+    arrays = dict(group.arrays())
+    declared = group.attrs.get(S.ATTR_PROBE_ARRAYS)
+    extra: list[str] = []
+    if declared is not None:  # the arrays the writer wrote: any other is ignored, a missing one is damage
+        if not isinstance(declared, list) or not all(isinstance(a, str) for a in declared):
+            raise StoreError(f"{path}: probe {name!r}: its {S.ATTR_PROBE_ARRAYS} attribute is not a list of names "
+                             "(edited or damaged store)")
+        for a in declared:
+            if a not in arrays:
+                raise StoreError(f"{path}: probe {name!r} lacks its array {_shown(a, 40)} (damaged store; recompute "
+                                 "it with lrprobe compute --force)")
+        extra = sorted(set(arrays) - set(declared))
     nbytes = 0
-    for aname, arr in group.arrays():
+    for aname, arr in arrays.items():
+        if aname in extra:
+            continue
+        where = f"{S.G_PROBES}/{name}/{aname}"
         check_array(arr, strings=True)  # before xarray decodes anything
-        check_shape(path, f"{S.G_PROBES}/{name}/{aname}", arr.shape, arr.chunks)
+        check_shape(path, where, arr.shape, arr.chunks)
+        if not (isinstance(root.store, CheckedStore) and root.store.check_array_metadata is not None):
+            check_probe_metadata(path, where, arr, crc=crc)  # (open_store's hook checked it as it was read)
         nbytes += arr.nbytes
     small = nbytes < PROBE_LOAD_BYTES
     kw = {"chunks": None} if small else {}
-    ds = xr.open_zarr(root.store, group=f"{S.G_PROBES}/{name}", consolidated=False, zarr_format=3, **kw)
+    ds = xr.open_zarr(root.store, group=f"{S.G_PROBES}/{name}", consolidated=False, zarr_format=3, **_NO_DECODING,
+                      drop_variables=extra or None, **kw)
+    for var in ds.variables.values():  # the NaN fill xarray writes on float arrays: no decoding, no attr
+        var.attrs.pop("_FillValue", None)
     return ds.load() if small else ds
 
 
 def read_probes(path: str | os.PathLike, root: zarr.Group | None = None) -> xr.Dataset:
-    """All probe results of a run, merged (probe variable names are unique across probes)."""
+    """All probe results of a run, merged (probe variable names are unique across probes: a name
+    found in two results is refused, as the merge would keep one of them)."""
     root = root if root is not None else open_store(path)
     parts = []
+    owner: dict[str, str] = {}
     for name in probe_names(root):
-        try:
-            parts.append(read_probe(path, name, root))
-        except StoreError:
-            raise
-        except Exception as e:
-            raise StoreError(f"{path}: probe {name!r} is unreadable ({type(e).__name__}: {e}); "
-                             "recompute it with lrprobe compute --force") from None
+        res = read_probe(path, name, root)
+        for v in res.variables:
+            if v in res.dims:  # a dimension's index (snapshot, group, kappa, ...) is shared
+                continue
+            if v in owner:
+                raise StoreError(f"{path}: variable {_shown(v, 40)} is in the results of both probe {owner[v]!r} "
+                                 f"and {name!r} (edited or damaged store; recompute with lrprobe compute --force)")
+            owner[v] = name
+        parts.append(res)
     if not parts:
         return xr.Dataset()
     return xr.merge(parts, combine_attrs="drop_conflicts", join="outer", compat="override")
@@ -513,24 +706,30 @@ def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
     """Run stores named by paths: a store itself, a folder of stores, or a glob."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    elif isinstance(paths, (xr.Dataset, xr.DataArray, dict, bytes)) or not isinstance(paths, Iterable):
+        raise StoreError(f"expected a path, a glob or a list of them, got {type(paths).__name__}")
+    paths = [str(as_path(p)) for p in paths]
     found: list[Path] = []
     for p in paths:
-        p = str(p)
         matches = sorted(_glob.glob(p)) if any(c in p for c in "*?[") else [p]
         if not matches:
-            raise StoreError(f"{p}: no run stores match")
+            raise StoreError(f"{_shown(p, 200)}: no run stores match")
         for m in matches:
             mp = Path(m)
-            if not mp.exists():
-                raise StoreError(f"{m}: no such file or directory")
-            if (mp / "zarr.json").exists():
-                found.append(mp)
-            elif mp.is_dir():
-                found.extend(sorted(q for q in mp.glob("*.zarr") if (q / "zarr.json").exists()))
-            else:
-                raise StoreError(f"{m}: not a run store or a folder of run stores")
+            try:
+                os.stat(mp)
+                if (mp / "zarr.json").exists():
+                    found.append(mp)
+                elif mp.is_dir():
+                    found.extend(sorted(q for q in mp.glob("*.zarr") if (q / "zarr.json").exists()))
+                else:
+                    raise StoreError(f"{_shown(m, 200)}: not a run store or a folder of run stores")
+            except FileNotFoundError:
+                raise StoreError(f"{_shown(m, 200)}: no such file or directory") from None
+            except OSError as e:  # a name too long, no permission
+                raise StoreError(f"{_shown(m, 200)}: {e.strerror or type(e).__name__}") from None
     if not found:
-        raise StoreError(f"{', '.join(map(str, paths))}: no run stores found")
+        raise StoreError(f"{_shown(', '.join(map(str, paths)), 200)}: no run stores found")
     return found
 
 
@@ -740,6 +939,7 @@ def last_snapshot(x: xr.DataArray | xr.Dataset) -> xr.DataArray | xr.Dataset:
 
     >>> lrscope.last_snapshot(sw.unbiased_accuracy).groupby("lr").mean()
     """
+    _check_view(x, "last_snapshot")
     if "snapshot" not in x.dims:
         return x
     n = x["snapshot_iteration"].notnull().sum("snapshot")
@@ -754,9 +954,21 @@ def at_iteration(x: xr.DataArray | xr.Dataset, iteration: int) -> xr.DataArray |
 
     >>> lrscope.at_iteration(sw.probe_accuracy, 64).groupby("lr").mean()
     """
+    _check_view(x, "at_iteration")
+    if isinstance(iteration, bool) or not isinstance(iteration, (int, np.integer)):
+        raise StoreError(f"at_iteration: iteration must be an integer step, got {_shown(iteration, 40)}")
     if "snapshot" not in x.dims:
         return x
     hit = x["snapshot_iteration"] == iteration
     found = hit.any("snapshot")
     out = x.isel(snapshot=hit.argmax("snapshot"))
     return out.where(found)
+
+
+def _check_view(x: Any, fn: str) -> None:
+    if not isinstance(x, (xr.DataArray, xr.Dataset)):
+        raise StoreError(f"{fn}: expected a DataArray or Dataset from open_run / open_sweep, got "
+                         f"{type(x).__name__} {_shown(x, 40)}")
+    if "snapshot" in x.dims and "snapshot_iteration" not in x.coords:
+        raise StoreError(f"{fn}: this {type(x).__name__} has a snapshot dim but no snapshot_iteration coordinate "
+                         "(not read by open_run / open_sweep, or the coordinate was dropped)")

@@ -499,3 +499,72 @@ def describe_config(field: str) -> dict[str, str]:
     """The attrs of the `run` coordinate made from a config field."""
     words = CONFIG_WORDS.get(field, f"config field {field}")
     return _d(words.split(" (")[0], f"the run's {words} (RunConfig.{field}), one value per run")
+
+
+# ---- array declarations ----------------------------------------------------------------
+# What RunWriter.create (store/writer.py) creates for every array a reader reads: dtypes, fill value,
+# dimension names and rows per chunk along the first dim (None: written whole, one chunk, or Zarr's
+# own chunks when empty). Readers check each array's metadata against this before reading a chunk
+# (store/reader.py:_check_node) and read no array it does not name (an unknown array or file in a
+# run's groups is ignored, never merged); tests/test_hostile_stores.py checks that freshly written
+# stores of both minibatch-record policies match it exactly, so the writer and this table agree.
+# probes/<name> group attribute: the arrays write_probe wrote (set with `complete`); readers read
+# those and ignore any other array of the group (results written before it: every array)
+ATTR_PROBE_ARRAYS = "lrscope_arrays"
+INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+FLOAT_DTYPES = ("float16", "float32", "float64")
+ROWS_LOG, ROWS_LOG_BATCH, ROWS_INDEX, ROWS_SNAPSHOT = 4096, 256, 1024, 1  # writer's LOG_CHUNK, LOG_BATCH_CHUNK, ...
+
+
+def array_spec(path: str, ndim: int, policy: str = LOG_FULL) -> tuple[tuple[str, ...], object, tuple[str, ...],
+                                                                       int | None] | None:
+    """(dtypes, fill, dims, rows per chunk) of the run array at `path` (relative to the store root)
+    with `ndim` dimensions under minibatch-record `policy`; None for a path lrscope does not write
+    there (or does not read: the optimizer state, read back only by a resume)."""
+    parts = path.split("/")
+    nan = float("nan")
+    if parts[0] == G_DATA:
+        if len(parts) == 3 and parts[1] in SPLITS:
+            dim = (D_SAMPLE[parts[1]],)
+            if parts[2] == "bias_conflicting":
+                return ("bool",), False, dim, None
+            if parts[2] in LABELS:
+                return INT_DTYPES, 0, dim, None
+            if parts[1] == "probe" and parts[2] == A_TEST_INDEX:
+                return ("int64",), 0, dim, None
+            if parts[1] == "probe" and parts[2] == A_INPUTS:
+                return (*FLOAT_DTYPES, "uint8"), 0, (D_SAMPLE["probe"], *(f"input_{i}" for i in range(ndim - 1))), None
+        if path == f"{G_DATA}/regions":
+            return ("bool",), False, ("region", *(f"input_{i}" for i in range(ndim - 1))), None
+        return None
+    if parts[0] == G_LOG and len(parts) == 2:
+        name = parts[1]
+        if name in LOG_SCALARS:
+            return ("int32",) if name.endswith("_count") else ("float32",), 0, (D_ITER,), ROWS_LOG
+        if name == A_BATCH_INDEX:
+            return ("int32",), -1, (D_ITER, D_SLOT), ROWS_LOG_BATCH
+        if name == A_BATCH_LOGITS and policy == LOG_FULL:
+            return ("float16",), 0, (D_ITER, D_SLOT, D_CLASS), ROWS_LOG_BATCH
+        if name in SUMMARY_ARRAYS and policy == LOG_SUMMARY:
+            dtype, fill = SUMMARY_ARRAYS[name]
+            return (dtype,), fill, (D_ITER, D_SLOT), ROWS_LOG_BATCH
+        return None
+    if parts[0] == G_SNAP and len(parts) == 2:
+        name = parts[1]
+        if name == A_SNAP_ITER:
+            return ("int64",), 0, (D_SNAP,), ROWS_INDEX
+        if name in (A_TEST_EVALUATED, A_TRAIN_EVALUATED):
+            return ("bool",), False, (D_SNAP,), ROWS_INDEX
+        for arr, split, fill in ((A_TEST_LOGITS, "test", nan), (A_TRAIN_LOGITS, "train", nan),
+                                 (A_PROBE_LOGITS, "probe", nan)):
+            if name == arr:
+                return ("float32",), fill, (D_SNAP, D_SAMPLE[split], D_CLASS), ROWS_SNAPSHOT
+        if name == A_PROBE_FEATURES:
+            return ("float32",), 0, (D_SNAP, D_SAMPLE["probe"], D_NEURON), ROWS_SNAPSHOT
+        return None
+    if path == f"{G_CKPT}/{A_CKPT_ITER}":
+        return ("int64",), 0, (D_CKPT,), ROWS_INDEX
+    if path.startswith(G_PARAMS + "/") and len(parts) == 3:
+        return ("bool", *INT_DTYPES, *FLOAT_DTYPES), 0, (D_CKPT, *(f"{parts[2]}_{i}" for i in range(ndim - 1))), \
+            ROWS_SNAPSHOT
+    return None

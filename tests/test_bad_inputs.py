@@ -597,6 +597,64 @@ api("probe-class_separation-one-class",
 api("probe-gini-unknown-dim", _metric(lambda P, x, y: P.gini(x, sample_dim="nope")))
 api("probe-lorenz_curve-points-0", _metric(lambda P, x, y: P.lorenz_curve(x, sample_dim="sample", points=0)))
 
+# round 3 (issue #26): the public Python API given what is not a path, a Dataset or a value in its domain
+_LONG = "x" * 300  # a path component over 255 bytes: OSError "File name too long" below the API
+for _name, _arg in [("int", 123), ("None", None), ("bytes", b"/tmp"), ("empty", ""), ("nul", "a\x00b"),
+                    ("float", 1.5), ("dict", {"path": "x"})]:
+    api(f"open_run-{_name}", lambda ctx, a=_arg: lrscope.open_run(a))
+    api(f"load_model-{_name}", lambda ctx, a=_arg: lrscope.load_model(a))
+for _name, _arg in [("None", None), ("int", 123), ("list-of-None", [None]), ("bytes", b"/tmp"), ("empty", ""),
+                    ("list-of-int", [1, 2])]:
+    api(f"open_sweep-{_name}", lambda ctx, a=_arg: lrscope.open_sweep(a))
+api("open_run-name-too-long", lambda ctx: lrscope.open_run(ctx["W"] / _LONG))
+api("open_sweep-name-too-long", lambda ctx: lrscope.open_sweep([ctx["W"] / _LONG]))
+api("open_sweep-glob-name-too-long", lambda ctx: lrscope.open_sweep(str(ctx["W"] / _LONG) + "*"))
+api("open_run-under-a-file", lambda ctx: lrscope.open_run(ctx["W"] / "f" / "run.zarr"), setup=write_file("f"))
+api("find_runs-None", lambda ctx: __import__("lrscope.store.reader").store.reader.find_runs(None))
+for _name, _arg in [("str", "x"), ("None", None), ("int", 3), ("ndarray", np.zeros(3))]:
+    api(f"last_snapshot-{_name}", lambda ctx, a=_arg: lrscope.last_snapshot(a))
+    api(f"at_iteration-{_name}", lambda ctx, a=_arg: lrscope.at_iteration(a, 3))
+api("at_iteration-iteration-string", lambda ctx: lrscope.at_iteration(lrscope.open_run(ctx["S"]).loss, "3"),
+    store=True)
+api("last_snapshot-without-snapshot-iteration",
+    lambda ctx: lrscope.last_snapshot(lrscope.open_run(ctx["S"]).probe_logits.drop_vars("snapshot_iteration")),
+    store=True)
+api("load_model-empty-selection", lambda ctx: lrscope.load_model(lrscope.open_run(ctx["S"]).isel(checkpoint=[])),
+    store=True)
+api("load_model-selection-out-of-range",
+    lambda ctx: lrscope.load_model(lrscope.open_run(ctx["S"]).isel(checkpoint=[0]), checkpoint=1), store=True)
+api("load_model-foreign-checkpoint-coordinate",
+    lambda ctx: _shift_checkpoints(lrscope.open_run(ctx["S"])), store=True)
+api("load_model-store-attr-not-a-path",
+    lambda ctx: lrscope.load_model(__import__("xarray").Dataset(attrs={"store": 5})))
+
+
+def _shift_checkpoints(ds):
+    return lrscope.load_model(ds.assign_coords(checkpoint=ds.checkpoint + 100))
+
+
+def _from_dict_of(value):
+    def fn(ctx):
+        from lrscope.train.config import RunConfig
+
+        RunConfig.from_dict(value)
+    return fn
+
+
+for _name, _arg in [("list", [("lr", 0.1)]), ("str", "lr=0.1"), ("None", None), ("int-keys", {1: 2})]:
+    api(f"RunConfig.from_dict-{_name}", _from_dict_of(_arg))
+api("probe-gini-negative-weights", _metric(lambda P, x, y: P.gini(x - 1, sample_dim="sample")))
+api("probe-lorenz_curve-negative-weights", _metric(lambda P, x, y: P.lorenz_curve(-x, sample_dim="sample")))
+for _q in [0, -1, math.nan, "2", True]:
+    api(f"probe-compressibility-q={_q!r}", _metric(lambda P, x, y, q=_q: P.compressibility(x, feature_dim="neuron",
+                                                                                          q=q)))
+# the reader's side of paths: a component too long for the file system, in every command that reads stores
+for cmd in ("ls", "compute", "report", "figures"):
+    probe(f"{cmd}-name-too-long", cmd, f"@W/{_LONG}", *(["-o", "@W/new/r.html"] if cmd == "report" else
+                                                        ["-o", "@W/new"] if cmd == "figures" else []))
+probe("ls-config-without-seed", "ls", "@S", setup=edit_attrs(lambda a: a["config"].pop("seed")))
+probe("ls-has-bias-a-string", "ls", "@S", setup=put("has_bias", "no"))
+
 
 # ----------------------------------------------------------------------------- the checks
 def _subst(args, ctx):

@@ -321,6 +321,10 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a run config is a mapping of field names to values, got {type(d).__name__}")
+        if not all(isinstance(k, str) for k in d):
+            raise ConfigError("a run config's field names are strings")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import ConfigError, LrscopeError, ModelNotStored, PluginError, StoreError
 from ..store import schema as S
-from ..store.reader import check_array, open_store
+from ..store.reader import check_array, check_node, open_store
 from .config import RunConfig
 from .models import create_model
 from .plugins import check_run, is_import_path
@@ -89,23 +89,28 @@ def load_model(ds_or_path: xr.Dataset | str | os.PathLike, checkpoint: int = -1,
     (`lrscope.Recorder`), whose class lrscope does not rebuild (`ModelNotStored` without `into`).
     """
     if isinstance(ds_or_path, xr.Dataset):
-        if "store" not in ds_or_path.attrs:
+        if not isinstance(ds_or_path.attrs.get("store"), str):
             raise StoreError("load_model: this Dataset was not opened by lrscope.open_run (no 'store' attribute)")
         path = ds_or_path.attrs["store"]
-    else:
+    elif isinstance(ds_or_path, (str, os.PathLike)):
         path = ds_or_path
+    else:
+        raise StoreError(f"load_model: expected a Dataset from lrscope.open_run or a run store's path, got "
+                         f"{type(ds_or_path).__name__}")
     root = open_store(path)
     attrs = root.attrs.asdict()
     n = attrs[S.ATTR_COMMITTED]["checkpoint"]
-    if isinstance(ds_or_path, xr.Dataset) and "committed" in ds_or_path.attrs:
-        n = min(n, int(ds_or_path.attrs["committed"]["checkpoint"]))  # the checkpoints that Dataset shows
-    if n == 0:
-        raise StoreError(f"{path}: no committed checkpoint")
     if isinstance(checkpoint, bool) or not isinstance(checkpoint, (int, np.integer)):
         raise StoreError(f"load_model: checkpoint must be an integer position, got {checkpoint!r}")
-    k = checkpoint if checkpoint >= 0 else n + checkpoint
-    if not 0 <= k < n:
-        raise StoreError(f"{path}: checkpoint {checkpoint} out of range (store has {n})")
+    positions = np.arange(n)
+    if isinstance(ds_or_path, xr.Dataset):  # the checkpoints that Dataset shows (a selection, a live run's prefix)
+        positions = _shown_checkpoints(ds_or_path, n, path)
+    if len(positions) == 0:
+        raise StoreError(f"{path}: no committed checkpoint" + (" in this Dataset" if n else ""))
+    if not -len(positions) <= checkpoint < len(positions):
+        raise StoreError(f"{path}: checkpoint {checkpoint} out of range (the "
+                         f"{'Dataset' if isinstance(ds_or_path, xr.Dataset) else 'store'} has {len(positions)})")
+    k = int(positions[checkpoint])
     info = attrs.get(S.ATTR_MODEL_INFO) or {}
     if into is not None:
         if not isinstance(into, nn.Module):
@@ -129,6 +134,10 @@ def load_model(ds_or_path: xr.Dataset | str | os.PathLike, checkpoint: int = -1,
         if tuple(arr.shape[1:]) != tuple(want.shape) or arr.shape[0] < n:
             raise StoreError(f"{path}: parameter {name!r} has shape {tuple(arr.shape)}, expected "
                              f"({n}+, {', '.join(map(str, want.shape))}) (corrupted store)")
+        check_node(path, root, f"{S.G_PARAMS}/{name}", arr, attrs)  # dtype, byte order, chunks, codecs
+        if np.dtype(arr.dtype) != torch.empty(0, dtype=want.dtype).numpy().dtype:
+            raise StoreError(f"{path}: array {S.G_PARAMS}/{name} has dtype {arr.dtype}, the network's is "
+                             f"{want.dtype} (edited or corrupted metadata)")
         state[name] = torch.from_numpy(np.asarray(arr[k]))
     model.load_state_dict(state)
     model.eval()
@@ -148,3 +157,16 @@ def _registry_model(attrs: dict, info: dict, path) -> nn.Module:
         raise StoreError(f"{path}: cannot rebuild the model from the stored config "
                          f"({type(e).__name__}: {e}; corrupted store)") from None
     return model
+
+
+def _shown_checkpoints(ds: xr.Dataset, n: int, path) -> np.ndarray:
+    """The store positions of the checkpoints a Dataset from open_run shows: its `checkpoint`
+    index after any selection (isel/sel keep the positions as coordinate values), within the
+    store's committed ones."""
+    if "checkpoint" not in ds.coords:
+        return np.arange(min(n, int((ds.attrs.get("committed") or {}).get("checkpoint", n))))
+    pos = np.atleast_1d(np.asarray(ds["checkpoint"].values))
+    if pos.dtype.kind not in "iu" or pos.ndim != 1 or ((pos < 0) | (pos >= n)).any():
+        raise StoreError(f"{path}: the Dataset's checkpoint coordinate does not hold checkpoint positions of "
+                         "the store (not selected from open_run's Dataset?)")
+    return pos
