@@ -122,6 +122,7 @@ def check_out_dir(path, name: str = "--out") -> Path:
     text = str(path)
     if not text.strip():
         raise LrscopeError(f"{name}: empty path")
+    check_path_lengths(text, name)
     p = Path(text)
     if os.path.lexists(p) and not p.exists():
         raise LrscopeError(f"{name} {text}: a broken symbolic link")
@@ -150,6 +151,7 @@ def check_out_file(path, name: str = "--output") -> Path:
     text = str(path)
     if not text.strip():
         raise LrscopeError(f"{name}: empty path")
+    check_path_lengths(text, name)
     p = Path(text)
     from ..store.nesting import check_not_in_store
 
@@ -162,6 +164,41 @@ def check_out_file(path, name: str = "--output") -> Path:
         return p
     check_out_dir(p.absolute().parent, name)
     return p
+
+
+def check_address(address: str, name: str = "--address") -> str:
+    """A host address to listen on: an IP address (v4 or v6) or a name that resolves; checked for
+    its form and resolution only (whether this machine has it is found out when binding)."""
+    import ipaddress
+    import socket
+
+    if not isinstance(address, str) or not address.strip():
+        raise LrscopeError(f"{name}: empty address; use an address of this machine, such as 127.0.0.1")
+    try:
+        ipaddress.ip_address(address)
+        return address
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(address, None)
+    except (OSError, UnicodeError) as e:
+        raise LrscopeError(f"{name} {printable(address)}: not an IP address or a host name that resolves "
+                           f"({getattr(e, 'strerror', None) or e})") from None
+    return address
+
+
+def check_path_lengths(path, name: str = "--out") -> None:
+    """LrscopeError when a component of `path` is longer than the file system allows (255 bytes on
+    most), before anything is created."""
+    limit = 255
+    try:
+        limit = os.pathconf(Path(path).absolute().anchor or "/", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        pass
+    for part in Path(path).parts:
+        if len(os.fsencode(part)) > limit:
+            raise LrscopeError(f"{name}: the path component {printable(part[:40])}… is {len(os.fsencode(part))} "
+                               f"bytes, longer than the file system's limit of {limit}")
 
 
 def check_scheduler(scheduler: str | None, name: str = "--scheduler") -> str | None:
@@ -178,6 +215,10 @@ def check_scheduler(scheduler: str | None, name: str = "--scheduler") -> str | N
         )
 
         proto, loc = parse_address(normalize_address(scheduler))
+        from distributed.comm.registry import backends
+
+        if proto not in backends:
+            raise ValueError(f"unknown scheme {proto!r} (known: {', '.join(sorted(backends))})")
         if proto in ("tcp", "tls"):
             _, port = parse_host_port(loc)
             if not 0 < int(port) < 65536:

@@ -331,12 +331,18 @@ def serve_cmd(paths, port, address, live, show, allow_changed_plugins):
     """
     from ..store.reader import find_runs
     from ..viz.app import serve
+    from .common import check_address
 
+    check_address(address)
     find_runs(paths)  # a path without runs: the one-line error, before the server starts
     if port == 0:
         import socket
 
-        with socket.socket() as s:
-            s.bind((address, 0))
-            port = s.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+                s.bind((address, 0))
+                port = s.getsockname()[1]
+        except OSError as e:
+            raise LrscopeError(f"--address {address}: cannot listen there ({e.strerror or e}); use an address "
+                               "of this machine, such as 127.0.0.1") from None
     serve(list(paths), port=port, address=address, live=live, show=show, allow_changed_plugins=allow_changed_plugins)

@@ -319,6 +319,8 @@ run("out-in-a-stores-probes-group", "--out", "@S/probes")
 run("out-deep-inside-a-store", "--out", "@S/log/new/deeper")
 run("out-link-into-a-store", "--out", "@W/link", setup=lambda w, s: os.symlink(s / "log", w / "link"))
 run("out-inside-a-zarr-v2-group", "--out", "@W/v2.zarr/sub", setup=write_file("v2.zarr/.zgroup", '{"zarr_format": 2}'))
+run("out-component-over-255-bytes", "--out", "@W/" + "a" * 300)
+run("lr-beyond-float32", "--lr", "1e308")  # 1e30 diverges (a result); 1e308 cannot scale a float32 gradient
 run("store-with-another-config", "--out", "@RUNS", "--name", "@ID", "--lr", "0.2")
 run("store-path-holds-other-files", "--out", "@W/o", "--name", "x", setup=write_file("o/x.zarr/notes.txt"))
 run("store-path-is-a-file", "--out", "@W/o", "--name", "x", setup=write_file("o/x.zarr"))
@@ -386,6 +388,8 @@ sweep("workers=2^20", OK + "[grid]\nlr = [0.1]\n", "--workers", str(2**20))
 sweep("out=/dev/null", OK + "[grid]\nlr = [0.1]\n", "--out", "/dev/null")
 sweep("out-is-a-file", OK + "[grid]\nlr = [0.1]\n", "--out", "@W/f", setup=write_file("f"))
 sweep("out-inside-a-run-store", OK + "[grid]\nlr = [0.1]\n", "--out", "@S/probes", store=True)
+sweep("scheduler-unknown-scheme", OK + "[grid]\nlr = [0.1]\n", "--scheduler", "udp://localhost:8786")
+sweep("out-component-over-255-bytes", OK + "[grid]\nlr = [0.1]\n", "--out", "@W/" + "s" * 300)
 sweep("device-override-gpu", OK + "[grid]\nlr = [0.1]\n", "--device", "gpu")
 sweep("data-root-missing", OK.replace("data_options", "#") + 'dataset = "colored_mnist"\n[grid]\nlr = [0.1, 0.2]\n',
       "--data-root", "@W/nonexistent")
@@ -413,6 +417,10 @@ probe("figures-nonexistent-relative-out", "figures", "/nonexistent", "-o", "new"
 probe("report-nonexistent-relative-out", "report", "/nonexistent", "-o", "new/r.html")
 probe("report-out-inside-a-store", "report", "@S", "-o", "@S/report.html", "--no-compute")
 probe("figures-out-inside-a-store", "figures", "@S", "-o", "@S/probes/figs")
+probe("report-out-component-over-255-bytes", "report", "@S", "-o", "@W/" + "b" * 300 + "/r.html", "--no-compute")
+probe("figures-out-component-over-255-bytes", "figures", "@S", "-o", "@W/" + "f" * 300)
+for _addr in ("999.1.1.1", "", "192.0.2.1", "no.such.host.invalid"):  # unresolvable, empty, not this machine's
+    probe(f"serve-address-{_addr or 'empty'}", "serve", "@RUNS", "--address", _addr, "--port", "0")
 # identifying strings a store carries are lrscope's own, or the store is refused (they reach terminals and pages)
 for _key, _bad in [("run_id", "r1<img src=x onerror=alert(1)>"), ("run_id", "\x1b[2J\x1b]0;pwned\x07"),
                    ("run_id", "x\ncompleted 99999 1.000"), ("run_id", 7)]:

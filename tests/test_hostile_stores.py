@@ -781,3 +781,25 @@ def test_synchronous_reads_are_checked_too(base, tmp_path):
 def test_the_round_3_tables_are_big_enough():
     n = len(METADATA_R3) + len(FILES_R3) + len(IGNORED)
     assert n >= 90, n
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "existing-folder"])
+def test_figures_of_a_damaged_store_leave_nothing_behind(base, tmp_path, existing):
+    """`lrprobe figures` reads the stores lazily, figure by figure: a chunk found damaged halfway
+    is the one-line error, and the folder it would have created (or the files it had written into
+    an existing one) are gone; an existing folder's own files stay."""
+    from click.testing import CliRunner
+
+    from lrscope.cli.probe import main as lrprobe
+
+    store = tmp_path / "runs" / base.name
+    shutil.copytree(base, store)
+    _flip(chunk(store, "log/loss"))
+    out = tmp_path / "figs"
+    if existing:
+        out.mkdir()
+        (out / "mine.txt").write_text("kept")
+    before = tree(tmp_path)
+    res = CliRunner().invoke(lrprobe, ["figures", str(tmp_path / "runs"), "-o", str(out)])
+    assert res.exit_code == 2 and res.stderr.startswith("Error: ") and "log/loss" in res.stderr, res.output
+    assert tree(tmp_path) == before

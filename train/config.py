@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..store.schema import FULL_LOGITS_MAX_CLASSES, LOG_SETTINGS, NAME_RE, RUN_ID_RE  # noqa: F401 - NAME_RE: for recipes.py
 
+MAX_LR = 3.4028234663852886e38  # float32's largest finite value
 OPTIMIZERS = ("sgd", "adam", "adamw", "sam", "asam", "kron")
 LOSSES = ("ce", "focal")
 SCHEDULES = ("constant", "step", "cosine", "wsd")
@@ -161,7 +162,9 @@ class RunConfig:
                                        "package.module:function")
     model: str = knob("fcn", help="model name (see `lrtrain models`), or a plugin's import path "
                                   "package.module:function")
-    lr: float = knob(0.1, lo=0, lo_open=True, label="learning rate (lr)", help="learning rate")
+    # at most float32's largest value: a larger LR cannot scale a float32 gradient (a huge one that
+    # fits just diverges, a result)
+    lr: float = knob(0.1, lo=0, lo_open=True, hi=MAX_LR, label="learning rate (lr)", help="learning rate")
     seed: int = knob(0, lo=0, hi=MAX_SEED, help="initialisation and minibatch-order seed")
     data_seed: int = knob(0, lo=0, hi=MAX_SEED,
                           help="dataset generation and subsampling seed (shared by a sweep's seeds)")

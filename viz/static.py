@@ -50,10 +50,25 @@ def write_figures(paths, outdir, *, fmt: str = "png", names=None) -> list[Path]:
         raise LrscopeError(f"unknown figure(s) {', '.join(unknown)}; valid: {', '.join(F.FIGURES)}")
     out = Path(outdir)
     sections = sections_for(paths)  # the runs first: no run, no folder
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise LrscopeError(f"cannot create {out}: {e.strerror or e}") from None
+    fresh: list[Path] = []  # files this call created (not those it overwrote)
+    try:
+        return _write_all(sections, out, fmt, names, fresh)
+    except BaseException:  # a damaged store read lazily, a full disk, Ctrl-C: what this call created goes
+        for path in fresh:
+            path.unlink(missing_ok=True)
+        if created:
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write_all(sections, out: Path, fmt: str, names, fresh: list[Path]) -> list[Path]:
     # the builders set bokeh-style options (the report's backend, kept current); matplotlib
     # renders with its own defaults for those
     hv.extension("bokeh", "matplotlib", logo=False)
@@ -63,9 +78,12 @@ def write_figures(paths, outdir, *, fmt: str = "png", names=None) -> list[Path]:
         for name in names:
             fig = F.FIGURES[name](sw)
             path = out / f"{dname}-{model}-{name}.{fmt}"
+            if isinstance(fig, hv.Table):
+                path = path.with_suffix(".csv")
+            if not path.exists():
+                fresh.append(path)
             try:
                 if isinstance(fig, hv.Table):
-                    path = path.with_suffix(".csv")
                     fig.dframe().to_csv(path, index=False)
                 else:
                     hv.save(_matplotlib_look(fig), str(path), fmt=fmt, backend="matplotlib")
