@@ -389,6 +389,8 @@ sweep("out=/dev/null", OK + "[grid]\nlr = [0.1]\n", "--out", "/dev/null")
 sweep("out-is-a-file", OK + "[grid]\nlr = [0.1]\n", "--out", "@W/f", setup=write_file("f"))
 sweep("out-inside-a-run-store", OK + "[grid]\nlr = [0.1]\n", "--out", "@S/probes", store=True)
 sweep("scheduler-unknown-scheme", OK + "[grid]\nlr = [0.1]\n", "--scheduler", "udp://localhost:8786")
+sweep("scheduler-unreachable", OK + "[grid]\nlr = [0.1]\n", "--scheduler", "tcp://127.0.0.1:1",
+      marks=(pytest.mark.integration,))  # a 10 s connection timeout; the folder it made is removed
 sweep("out-component-over-255-bytes", OK + "[grid]\nlr = [0.1]\n", "--out", "@W/" + "s" * 300)
 sweep("device-override-gpu", OK + "[grid]\nlr = [0.1]\n", "--device", "gpu")
 sweep("data-root-missing", OK.replace("data_options", "#") + 'dataset = "colored_mnist"\n[grid]\nlr = [0.1, 0.2]\n',

@@ -82,7 +82,7 @@ def test_train_probe_ls_report(tmp_path):
 
 
 @pytest.mark.parametrize("args,needles", [
-    (["run", "--lr", "0"], ["learning rate", "> 0"]),
+    (["run", "--lr", "0"], ["learning rate", "in (0, 3.40282e+38]"]),
     (["run", "--lr", "-1"], ["learning rate"]),
     (["run", "--lr", "nan"], ["learning rate"]),
     (["run", "--lr", "0.1", "--batch-size", "0"], ["batch_size"]),

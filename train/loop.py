@@ -272,6 +272,9 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
     if progress:
         print(f"{path.name}: training on {device}; data ({nbytes / 2**20:.1f} MiB) {PLACED_TEXT[placement]} "
               f"(data placement {placement}, asked: {cfg.data_placement})", file=sys.stderr, flush=True)
+        if cfg.batch_size > len(bundle.train):  # documented: the minibatch is the whole training split
+            print(f"{path.name}: batch size {cfg.batch_size} > the {len(bundle.train)} training samples: each step "
+                  f"takes the whole training split (full-batch)", file=sys.stderr, flush=True)
     placed = Placed(bundle, placement, device)
     try:
         try:

@@ -321,10 +321,21 @@ def run_sweep(configs: list[RunConfig], out: str | os.PathLike, *, workers: int 
     from ..store.nesting import check_not_in_store
 
     check_not_in_store(out)
+    created = not Path(out).exists()
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise LrscopeError(f"cannot create output folder {out}: {e.strerror or e}") from None
+    try:
+        return _run_sweep(configs, out, workers, progress, on_result, poll, scheduler, threads, batched)
+    except LrscopeError:  # e.g. an unreachable dask scheduler: a folder this call made and left empty goes
+        if created:
+            with contextlib.suppress(OSError):
+                Path(out).rmdir()  # only if empty
+        raise
+
+
+def _run_sweep(configs, out, workers, progress, on_result, poll, scheduler, threads, batched) -> SweepResults:
     results = SweepResults()
     bar = None
     if progress:
