@@ -169,12 +169,13 @@ def subnetwork_gradients(sw: xr.Dataset) -> hv.Layout:
     panels = []
     if "prop2_grad_ratio" in sw:
         it = sw.prop2_iteration
-        for var, label in (("prop2_grad_ratio", "spurious / core gradient norm, minibatch (Prop. 2)"),
-                           ("prop2_grad_ratio_bc", "spurious / core gradient norm, BC samples")):
+        for var, label in (("prop2_grad_ratio", "Σ‖∇s ℓ‖ / Σ‖∇c ℓ‖, minibatch"),
+                           ("prop2_grad_ratio_bc", "Σ‖∇s ℓ‖ / Σ‖∇c ℓ‖, BC samples")):
             if var in sw:
-                panels.append(_per_lr_curves(sw, sw[var], it, label).opts(hv.opts.Curve(logy=True)))
+                panels.append(_per_lr_curves(sw, sw[var], it, label).opts(
+                    hv.opts.Curve(logy=True), hv.opts.Scatter(logy=True)))
         zn = sw.prop2_logit_norm.mean("minibatch_part")
-        panels.append(_per_lr_curves(sw, zn, it, "mean logit norm of the minibatch"))
+        panels.append(_per_lr_curves(sw, zn, it, "mean logit norm ‖z‖, minibatch"))
     else:
         for var, label in (("head_column_grad_ratio", "head-column gradient norm ratio (probe subset)"),
                            ("head_column_grad_ratio_bc", "head-column gradient norm ratio (BC probe samples)")):
@@ -192,9 +193,10 @@ def _per_lr_curves(sw: xr.Dataset, v: xr.DataArray, it: xr.DataArray, label: str
         x = (it.isel(run=runs).max("run") if "run" in it.dims else it).values  # shared by the runs: no run dim
         y = v.isel(run=runs).mean("run").values
         keep = np.isfinite(y) & np.isfinite(x) & (y > 0)
-        curves.append(hv.Curve((x[keep] + 1, y[keep]), "iteration + 1", label, label=f"lr={lr:g}")
-                      .opts(color=c, logx=True))
-    return _lr_overlay(curves, f"{label} through training").opts(responsive=True, min_width=420, height=300)
+        pts = (x[keep] + 1, y[keep])
+        curves.append(hv.Curve(pts, "iteration + 1", label, label=f"lr={lr:g}").opts(color=c, logx=True))
+        curves.append(hv.Scatter(pts, "iteration + 1", label).opts(color=c, logx=True, size=6))  # the checkpoints
+    return _lr_overlay(curves, f"{label} (at checkpoints)").opts(responsive=True, min_width=420, height=300)
 
 
 def neuron_resets(sw: xr.Dataset, n: int = 4) -> hv.Layout:
