@@ -183,7 +183,8 @@ def cnn(*, input_shape, num_classes, width: float = 1.0) -> nn.Module:
     """VGG11-like CNN (the paper's): eight 3x3 convolutions with max pooling, global average
     pooling and one linear layer, without bias terms or normalisation, Kaiming-normal initialised
     (with PyTorch's default initialisation this net stays at chance). The option width scales
-    every layer's channels (0.25 makes an epoch of MNIST-sized data ~25 s on a 2-core CPU)."""
+    every layer's channels, rounded, at least one per layer (a tiny width gives a 1-channel net;
+    0.25 makes an epoch of MNIST-sized data ~25 s on a 2-core CPU)."""
     from .nets import VGGLike
 
     check_param_count(VGGLike.count(input_shape[0], num_classes, width), f"the CNN with width {width}")
