@@ -165,3 +165,24 @@ def test_hostile_identifiers_keep_a_store_out_of_the_explorer(tiny_sweep, tmp_pa
     groups = discover([runs])
     shown = [r.run_id for rs in groups.values() for r in rs]
     assert len(shown) == 3 and HOSTILE not in shown
+
+
+def test_the_recording_api_never_writes_inside_a_store(tmp_path):
+    """`lrscope.Recorder` takes its output folder through the same check as lrtrain."""
+    import torch
+
+    import lrscope
+    from lrscope.errors import StoreError
+
+    store = tmp_path / "runs" / "r.zarr"
+    store.mkdir(parents=True)
+    (store / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                                 "attributes": {"lrscope": "run"}}))
+    x, y = torch.randn(20, 4), torch.arange(20) % 2
+    data = lrscope.bundle_from_arrays(train=(x, y, None), test=(x, y, None), name="toy")
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    before = sorted(p.name for p in store.rglob("*"))
+    with pytest.raises(StoreError, match="inside the run store"):
+        lrscope.Recorder(store / "probes", model=net, features_at="2", optimizer=torch.optim.SGD(net.parameters(), 0.1),
+                         data=data, config={"batch_size": 10, "max_steps": 4})
+    assert sorted(p.name for p in store.rglob("*")) == before

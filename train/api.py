@@ -34,19 +34,17 @@ import json
 import math
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError, LrscopeError, StoreError
 from ..store import schema as S
-from ..store.lock import RunLock
 from ..store.reader import open_store
 from ..store.writer import RunWriter
 from .config import EXECUTION_FIELDS, OPTIMIZERS, RunConfig, check_run_id
 from .data import DataBundle, as_model_input, probe_subset
-from .loop import Trainer, _create_store, _half_created, store_path
+from .loop import Trainer, _create_store, _half_created, locked_output, store_path
 from .optim import load_optimizer
 from .placement import Placed, choose, dataset_bytes
 from .recipes import bundle_from_arrays
@@ -344,17 +342,7 @@ class Recorder:
         self.ended = False
         self.status: str | None = None
         self._resumable = False
-        try:
-            Path(out).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise LrscopeError(f"cannot create output folder {out}: {e.strerror}") from None
-        if not os.access(out, os.W_OK):
-            raise LrscopeError(f"output folder {out} is not writable")
-        self.lock = RunLock(self.path)
-        try:
-            self.lock.acquire()
-        except OSError as e:
-            raise LrscopeError(f"cannot write in {out}: {e.strerror}") from None
+        self.lock = locked_output(out, self.path)
         try:
             self._open()
         except BaseException:

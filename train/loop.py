@@ -177,12 +177,11 @@ class _StopFlag:
             signal.signal(sig, h)
 
 
-def train_run(cfg: RunConfig, out: str | os.PathLike, *, run_id: str | None = None, progress: bool = True,
-              data: DataBundle | None = None) -> RunResult:
-    """Train one run into ``<out>/<run_id>.zarr``; resume it if interrupted; no-op if finished."""
-    cfg.validate()
+def locked_output(out, path: Path) -> RunLock:
+    """The output folder `out` made (never inside a store: `check_not_in_store`) and the lock of
+    the run store `path` in it taken: what every writer of a run does first (`train_run`, the
+    public `Recorder`). One-line LrscopeErrors for a folder that cannot be made or written."""
     check_not_in_store(out)
-    path = store_path(out, run_id or cfg.run_id())
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -194,6 +193,15 @@ def train_run(cfg: RunConfig, out: str | os.PathLike, *, run_id: str | None = No
         lock.acquire()
     except OSError as e:
         raise LrscopeError(f"cannot write in {out}: {e.strerror}") from None
+    return lock
+
+
+def train_run(cfg: RunConfig, out: str | os.PathLike, *, run_id: str | None = None, progress: bool = True,
+              data: DataBundle | None = None) -> RunResult:
+    """Train one run into ``<out>/<run_id>.zarr``; resume it if interrupted; no-op if finished."""
+    cfg.validate()
+    path = store_path(out, run_id or cfg.run_id())
+    lock = locked_output(out, path)
     prev = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     if cfg.deterministic:  # before any CUDA work; cuBLAS needs its workspace setting for determinism
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
