@@ -350,6 +350,21 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:59] + "…"
 
 
+def _numeric_codecs_and_fill(where, name: str, md, codecs: list, crc: bool | None, fill) -> None:
+    """A numeric array's codec chain is `numeric_codecs` of its dtype (`crc` None: with or without
+    the checksum) and its fill value `fill`; else the one-line StoreError naming the array."""
+    native = np.dtype(md.data_type.to_native_dtype())
+    want = [numeric_codecs(native, True), numeric_codecs(native, False)] if crc is None else \
+        [numeric_codecs(native, crc)]
+    if codecs not in want:
+        raise StoreError(f"{where}: array {name} has the codecs {_short([c.get('name') for c in codecs])} "
+                         f"{_endian(codecs)}, not lrscope's {[c['name'] for c in want[0]]} little-endian (edited "
+                         "or foreign store)")
+    if not _fill_matches(md.fill_value, fill):
+        raise StoreError(f"{where}: array {name} has fill value {_short(md.fill_value)}, expected {fill!r} "
+                         "(edited metadata)")
+
+
 def check_metadata(where, name: str, arr, *, dtypes: tuple[str, ...], fill, dims: tuple[str, ...],
                    chunks: tuple[int, ...], crc: bool | None) -> None:
     """An array of the run (not a probe result) against what the writer declares for it: one of
@@ -362,24 +377,14 @@ def check_metadata(where, name: str, arr, *, dtypes: tuple[str, ...], fill, dims
     if dtype not in dtypes:
         raise StoreError(f"{where}: array {name} has dtype {_short(dtype)}, expected {' or '.join(dtypes)} "
                          "(edited or corrupted metadata)")
-    native = np.dtype(md.data_type.to_native_dtype())
-    codecs = _codecs(md)
-    want = [numeric_codecs(native, True), numeric_codecs(native, False)] if crc is None else \
-        [numeric_codecs(native, crc)]
-    if codecs not in want:
-        raise StoreError(f"{where}: array {name} has the codecs {_short([c.get('name') for c in codecs])} "
-                         f"{_endian(codecs)}, not lrscope's {[c['name'] for c in want[0]]} little-endian (edited "
-                         "or foreign store)")
-    if not _fill_matches(md.fill_value, fill):
-        raise StoreError(f"{where}: array {name} has fill value {_short(md.fill_value)}, expected {fill!r} "
-                         "(edited metadata)")
+    _numeric_codecs_and_fill(where, name, md, _codecs(md), crc, fill)
     if tuple(md.dimension_names or ()) != tuple(dims):
         raise StoreError(f"{where}: array {name} has dimensions {_short(md.dimension_names)}, expected "
                          f"{_short(tuple(dims))} (edited metadata)")
     if tuple(md.chunk_grid.chunk_shape) != tuple(chunks):
         raise StoreError(f"{where}: array {name} has chunks {_short(tuple(md.chunk_grid.chunk_shape))}, expected "
                          f"{tuple(chunks)} for its shape {tuple(md.shape)} (edited metadata)")
-    _cf_attributes(where, name, dict(md.attributes), native.kind)
+    _cf_attributes(where, name, dict(md.attributes), np.dtype(md.data_type.to_native_dtype()).kind)
 
 
 def _endian(codecs: list[dict]) -> str:
@@ -426,17 +431,9 @@ def check_probe_metadata(where, name: str, arr, *, crc: bool | None) -> None:
             raise StoreError(f"{where}: array {name} has dtype {_short(dtype)}, not one lrscope writes "
                              "(edited or foreign store)")
         native = np.dtype(md.data_type.to_native_dtype())
-        want = [numeric_codecs(native, True), numeric_codecs(native, False)] if crc is None else \
-            [numeric_codecs(native, crc)]
-        if codecs not in want:
-            raise StoreError(f"{where}: array {name} has the codecs {_short([c.get('name') for c in codecs])} "
-                             f"{_endian(codecs)}, not lrscope's {[c['name'] for c in want[0]]} little-endian (edited "
-                             "or foreign store)")
         kind = native.kind
-        fill = float("nan") if kind == "f" else False if kind == "b" else 0
-        if not _fill_matches(md.fill_value, fill):
-            raise StoreError(f"{where}: array {name} has fill value {_short(md.fill_value)}, expected {fill!r} "
-                             "(edited metadata)")
+        _numeric_codecs_and_fill(where, name, md, codecs, crc,
+                                 float("nan") if kind == "f" else False if kind == "b" else 0)
         if chunks != guessed_chunks(tuple(md.shape), native.itemsize) and chunks != tuple(md.shape):
             raise StoreError(f"{where}: array {name} has chunks {_short(chunks)}, not those written for its shape "
                              f"{tuple(md.shape)} (edited metadata)")
