@@ -45,14 +45,9 @@ def as_model_input(x: torch.Tensor) -> torch.Tensor:
 def entry(name: str) -> DatasetEntry:
     """The registry's entry of dataset `name`, or of the plugin dataset at import path `name`
     (``package.module:function``, train/plugins.py); ConfigError naming the valid ones if unknown."""
-    if name in DATASETS:
-        return DATASETS[name]
-    from . import plugins
+    from .plugins import registered_or_plugin
 
-    if plugins.is_import_path(name):
-        return plugins.dataset_entry_at(name)
-    raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS) + plugins.names('dataset'))}, "
-                      f"or a plugin's import path package.module:function")
+    return registered_or_plugin("dataset", name, DATASETS)
 
 
 def check_data_options(name: str, options: dict) -> dict:

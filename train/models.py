@@ -76,14 +76,9 @@ def register_model(fn=None, *, name: str | None = None, options: dict[str, dict]
 def entry(name: str) -> ModelEntry:
     """The registry's entry of model `name`, or of the plugin model at import path `name`
     (``package.module:function``, train/plugins.py); ConfigError naming the valid ones if unknown."""
-    if name in MODELS:
-        return MODELS[name]
-    from . import plugins
+    from .plugins import registered_or_plugin
 
-    if plugins.is_import_path(name):
-        return plugins.model_entry_at(name)
-    raise ConfigError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS) + plugins.names('model'))}, "
-                      f"or a plugin's import path package.module:function")
+    return registered_or_plugin("model", name, MODELS)
 
 
 def param_gb(n: int) -> str:

@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import PluginChanged, PluginError, PluginMissing
+from ..errors import ConfigError, PluginChanged, PluginError, PluginMissing
 
 GROUPS = {"model": "lrscope.models", "dataset": "lrscope.datasets", "probe": "lrscope.probes"}
 ENTRY_ATTR = "lrscope_entry"  # the registry entry a declared builder carries
@@ -192,12 +192,15 @@ def entry_at(kind: str, path: str):
     return _declared(kind, path, load_object(path, f"plugin {kind}"))
 
 
-def model_entry_at(path: str):
-    return entry_at("model", path)
-
-
-def dataset_entry_at(path: str):
-    return entry_at("dataset", path)
+def registered_or_plugin(kind: str, name: str, registry: dict):
+    """The registry's entry `name` of `kind` (model | dataset), or the plugin's at import path
+    `name` (``package.module:function``); ConfigError naming the valid ones if neither."""
+    if name in registry:
+        return registry[name]
+    if is_import_path(name):
+        return entry_at(kind, name)
+    raise ConfigError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(registry) + names(kind))}, "
+                      f"or a plugin's import path package.module:function")
 
 
 # ------------------------------------------------------------------------------- provenance
