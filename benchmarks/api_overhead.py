@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from train_overhead import CASES, Clock, bare_loop, lrtrain_loop
+from train_overhead import CASES, Clock, bare_loop, chunk_steppers, lrtrain_loop
 
 from lrscope.train.config import RunConfig
 from lrscope.train.data import as_model_input, build_dataset
@@ -119,24 +119,7 @@ def steps_only(case: str = "parity_fcn", chunk: int = 100, repeats: int = 9, thr
             rec = lrscope.Recorder(d, model=model, optimizer=opt, data=bundle,
                                    config={k: getattr(cfg, k) for k in API_KEYS})
             lt = rec._trainer
-
-            def bare():
-                for t in range(chunk):
-                    idx = perm[(t % spe) * bs:(t % spe + 1) * bs]
-                    loss = F.cross_entropy(model(as_model_input(X[idx])), Y[idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-
-            def lrtrain_step():
-                r0 = 0
-                for t in range(chunk):
-                    idx = perm[(t % spe) * bs:(t % spe + 1) * bs]
-                    tr.step(t, X[idx], Y[idx], False)
-                    if is_recording_point(t + 1, cfg, spe, t + 1 - r0, None):
-                        tr._logits, tr._norms = [], []
-                        r0 = t + 1
-                tr._logits, tr._norms = [], []
+            bare, lrtrain_step = chunk_steppers(tr, model, opt, cfg, chunk)
 
             def api_step():
                 r0 = 0

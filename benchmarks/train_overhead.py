@@ -117,6 +117,39 @@ def lrtrain_loop(cfg: RunConfig, bundle, steps: int) -> tuple[tuple[float, float
     return took, timings
 
 
+def chunk_steppers(tr, model, opt, cfg, chunk: int):
+    """(bare, lrtrain_step): `chunk` steps of the bare loop, and of lrtrain's `Trainer.step` with
+    its per-step keeping dropped at each recording point (no store writes), over the first
+    epoch's order of the Trainer `tr` (its model `model`, optimizer `opt`)."""
+    import torch.nn.functional as F
+
+    from lrscope.train.data import as_model_input
+    from lrscope.train.recorder import is_recording_point
+
+    X, Y, bs, spe = tr.X, tr.Y, tr.bs, tr.steps_per_epoch
+    perm = tr.epoch_perm(0)
+
+    def bare():
+        for t in range(chunk):
+            idx = perm[(t % spe) * bs:(t % spe + 1) * bs]
+            loss = F.cross_entropy(model(as_model_input(X[idx])), Y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    def lrtrain_step():
+        r0 = 0
+        for t in range(chunk):
+            idx = perm[(t % spe) * bs:(t % spe + 1) * bs]
+            tr.step(t, X[idx], Y[idx], False)
+            if is_recording_point(t + 1, cfg, spe, t + 1 - r0, None):
+                tr._logits, tr._norms = [], []
+                r0 = t + 1
+        tr._logits, tr._norms = [], []
+
+    return bare, lrtrain_step
+
+
 def breakdown(case: str, steps: int, repeats: int = 5, threads: int = 1, chunk: int = 300) -> dict:
     """Where lrtrain's extra time goes, in wall µs per step (best of `repeats`, interleaved):
     the bare loop's step; lrtrain's `Trainer.step` plus its per-step recording-point check, run
@@ -130,7 +163,6 @@ def breakdown(case: str, steps: int, repeats: int = 5, threads: int = 1, chunk: 
     from lrscope.train.data import probe_subset
     from lrscope.train.loop import Trainer
     from lrscope.train.optim import make_optimizer
-    from lrscope.train.recorder import is_recording_point
 
     kw, _ = CASES[case]
     cfg = RunConfig(**kw, max_steps=steps, stop="max-steps").validate()
@@ -144,27 +176,9 @@ def breakdown(case: str, steps: int, repeats: int = 5, threads: int = 1, chunk: 
         tr = Trainer(cfg, bundle, model, opt, None, torch.device("cpu"),
                      probe_subset(bundle, cfg.probe_size, cfg.data_seed))
         tr.scheduled = False
-        X, Y, bs, spe = tr.X, tr.Y, tr.bs, tr.steps_per_epoch
-        perm = tr.epoch_perm(0)
+        bs = tr.bs
         params = tr.params
-
-        def bare():
-            for t in range(chunk):
-                idx = perm[(t % spe) * bs:(t % spe + 1) * bs]
-                loss = F.cross_entropy(model(as_model_input(X[idx])), Y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-        def lrtrain_step():
-            r0 = 0
-            for t in range(chunk):
-                idx = perm[(t % spe) * bs:(t % spe + 1) * bs]
-                tr.step(t, X[idx], Y[idx], False)
-                if is_recording_point(t + 1, cfg, spe, t + 1 - r0, None):
-                    tr._logits, tr._norms = [], []
-                    r0 = t + 1
-            tr._logits, tr._norms = [], []
+        bare, lrtrain_step = chunk_steppers(tr, model, opt, cfg, chunk)
 
         def norms():
             for _ in range(chunk):
