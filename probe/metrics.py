@@ -1,6 +1,7 @@
 """The paper's metrics: for each, a numpy core and one labelled wrapper.
 
-Definitions follow PAPER.md; each docstring names its source. The contract, the same for every
+Definitions follow the papers (Barsbey et al., ICCV 2025; Springer et al., ICLR 2024); each
+docstring names its source. The contract, the same for every
 metric here and in ``attribution.py``, ``linear.py`` and ``pruning.py``:
 
 * ``<metric>_np`` is the **numpy core**. The dimensions it works along come *last*, in the order

@@ -156,7 +156,7 @@ def knob(default: Any = dataclasses.MISSING, *, factory=None, help: str = "", lo
 
 @dataclass
 class RunConfig:
-    """Everything that defines one training run. Defaults follow the paper (PAPER.md)."""
+    """Everything that defines one training run. Defaults follow the paper (Barsbey et al. 2025, supplement §C)."""
 
     dataset: str = knob("parity", help="dataset name (see `lrtrain datasets`), or a plugin's import path "
                                        "package.module:function")

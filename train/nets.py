@@ -45,7 +45,7 @@ class VGGLike(FeatureNet):
     """VGG11-like CNN without bias terms or normalisation, one linear layer after the convs.
 
     Kaiming-normal initialisation: with PyTorch's default init this bias-free, norm-free net
-    stays at chance (measured, PAPER.md)."""
+    stays at chance (measured here)."""
 
     CFG = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512]
 
