@@ -9,8 +9,6 @@ import click
 from ..errors import ConfigError, StoreError
 from .common import OneLineErrors, echo
 
-OPTIONAL = object()
-
 
 def _json_dict(text: str | None, name: str) -> dict:
     if not text:
@@ -350,13 +348,15 @@ def options_lines(options: dict, defaults: dict, indent: str = "      ") -> list
 
 
 @main.command("datasets")
-@click.option("--options", "show", is_flag=True, hidden=True)  # options are always listed now; kept for scripts
-def datasets_cmd(show):
+def datasets_cmd():
     """List the registered datasets: what each is, its paper bias-conflicting ratio, its --data-options."""
     from ..train.data import DATASETS
 
     def notes(e):
         out = [f"rho_train={e.rho_train:g}" if e.rho_train is not None else "rho_train n/a: a natural bias, or none"]
+        widths = getattr(e, "fcn_widths", None)  # plugin entries may predate it
+        out += [f"fcn {'x'.join(map(str, widths))}" if len(set(widths)) > 1 else
+                f"fcn {len(widths)}x{widths[0]}"] if widths else []
         return out + ["reads --data-root"] * e.reads_files + ["cached"] * e.cached
 
     for name in sorted(DATASETS):
@@ -366,8 +366,7 @@ def datasets_cmd(show):
 
 
 @main.command("models")
-@click.option("--options", "show", is_flag=True, hidden=True)  # options are always listed now; kept for scripts
-def models_cmd(show):
+def models_cmd():
     """List the registered models: what each is, what it takes, its --model-options."""
     from ..train.models import MODELS
 

@@ -185,7 +185,7 @@ def attributions(model: nn.Module, inputs, target, *, method: str = "integrated_
     Examples
     --------
     >>> import torch
-    >>> from lrscope.train.models import FCN
+    >>> from lrscope.train.nets import FCN
     >>> _ = torch.manual_seed(0)
     >>> a = attributions(FCN(6, [8], 2), torch.randn(3, 6), torch.tensor([0, 1, 0]), sample_dim="attr_sample")
     >>> a.dims, a.shape

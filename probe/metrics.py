@@ -127,16 +127,6 @@ def _labels(fn: str, labels, x: xr.DataArray, sample_dim: str, what: str = "labe
     return v
 
 
-def _renamed(fn: str, old, new, new_name: str):
-    """The deprecated ``dim=`` keyword, read as `new_name`."""
-    if old is None:
-        return new
-    if new is not None:
-        raise MetricError(f"{fn}: give {new_name}= only (dim= is its deprecated name)")
-    warnings.warn(f"{fn}(dim=...) is deprecated; use {new_name}=", DeprecationWarning, stacklevel=3)
-    return old
-
-
 def _ufunc(core, x: xr.DataArray, core_dims: list[str], out_core=((),), **kwargs):
     """`core` applied along `core_dims` of `x` (moved last): the other dims keep their order and
     coords; the input's attrs are dropped (its ``description`` would mislabel the result)."""
@@ -357,8 +347,7 @@ def compressibility_np(a, q: float = 2, kappa: float = 0.1) -> np.ndarray:
     return np.where(np.isnan(a).any(-1), np.nan, c)
 
 
-def compressibility(x, *, feature_dim: str | None = None, q: float = 2, kappa: float = 0.1,
-                    dim: str | None = None) -> xr.DataArray:
+def compressibility(x, *, feature_dim: str | None = None, q: float = 2, kappa: float = 0.1) -> xr.DataArray:
     """(q, κ)-compressibility of vectors along `feature_dim`: 1 − ‖z − z_κ‖_q / ‖z‖_q, where z_κ
     keeps the ⌈κd⌉ largest-magnitude entries (Barsbey et al. §3.2). 1 for an all-zero vector
     (nothing is lost by compressing it), NaN for a vector with a NaN.
@@ -367,8 +356,7 @@ def compressibility(x, *, feature_dim: str | None = None, q: float = 2, kappa: f
     ----------
     x : DataArray (..., feature)
     feature_dim : str, optional
-        The dim of the vectors (``neuron`` for activations; inferred when unambiguous). ``dim``
-        is its deprecated name.
+        The dim of the vectors (``neuron`` for activations; inferred when unambiguous).
     q, kappa : float
         The norm and the fraction of entries kept, κ ∈ [0, 1].
 
@@ -379,7 +367,7 @@ def compressibility(x, *, feature_dim: str | None = None, q: float = 2, kappa: f
     [0.4, 0.1339745962155614]
     """
     fn = "compressibility"
-    given = {"feature": _renamed(fn, dim, feature_dim, "feature_dim")}
+    given = {"feature": feature_dim}
     x = _input(x, fn, _plain_names(given))
     f = _resolve(fn, x, given)["feature"]
     out = _ufunc(compressibility_np, x, [f], q=q, kappa=kappa)
@@ -391,9 +379,8 @@ def sparsity_np(a, tol: float = 0.0) -> np.ndarray:
     return (np.abs(a) <= tol).mean(-1)
 
 
-def sparsity(x, *, feature_dim: str | None = None, tol: float = 0.0, dim: str | None = None) -> xr.DataArray:
-    """Sparsity 1 − ‖z‖₀ / d along `feature_dim` (entries with |z| <= tol count as zero; ``dim``
-    is the deprecated name of `feature_dim`).
+def sparsity(x, *, feature_dim: str | None = None, tol: float = 0.0) -> xr.DataArray:
+    """Sparsity 1 − ‖z‖₀ / d along `feature_dim` (entries with |z| <= tol count as zero).
 
     Examples
     --------
@@ -401,7 +388,7 @@ def sparsity(x, *, feature_dim: str | None = None, tol: float = 0.0, dim: str | 
     0.75
     """
     fn = "sparsity"
-    given = {"feature": _renamed(fn, dim, feature_dim, "feature_dim")}
+    given = {"feature": feature_dim}
     x = _input(x, fn, _plain_names(given))
     f = _resolve(fn, x, given)["feature"]
     return _attrs(_ufunc(sparsity_np, x, [f], tol=tol), "sparsity", True)
@@ -419,9 +406,9 @@ def pq_index_np(a, p: float = 1, q: float = 2):
         return np.where(lq > 0, 1 - d ** (1 / q - 1 / p) * lp / np.where(lq > 0, lq, np.nan), 0.0)
 
 
-def pq_index(x, *, feature_dim: str | None = None, p: float = 1, q: float = 2, dim: str | None = None) -> xr.DataArray:
+def pq_index(x, *, feature_dim: str | None = None, p: float = 1, q: float = 2) -> xr.DataArray:
     """PQ-index of Diao et al. (2023): 1 − d^(1/q − 1/p) ‖z‖_p / ‖z‖_q for 0 < p < q, along
-    `feature_dim` (``dim``: its deprecated name). 0 for a constant-magnitude vector, approaching
+    `feature_dim`. 0 for a constant-magnitude vector, approaching
     1 − d^(1/q−1/p) for a 1-sparse one; higher is sparser (more compressible). 0 for an all-zero
     vector.
 
@@ -431,7 +418,7 @@ def pq_index(x, *, feature_dim: str | None = None, p: float = 1, q: float = 2, d
     0.5
     """
     fn = "pq_index"
-    given = {"feature": _renamed(fn, dim, feature_dim, "feature_dim")}
+    given = {"feature": feature_dim}
     x = _input(x, fn, _plain_names(given))
     f = _resolve(fn, x, given)["feature"]
     return _attrs(_ufunc(pq_index_np, x, [f], p=p, q=q), f"PQ-index (p={p:g}, q={q:g})", True, p=p, q=q)
@@ -661,9 +648,9 @@ def lorenz_curve_np(w, points: int = 101) -> np.ndarray:
     return np.apply_along_axis(lambda r: np.interp(frac, xs, r), -1, c)
 
 
-def lorenz_curve(w, *, sample_dim: str | None = None, points: int = 101, dim: str | None = None) -> xr.DataArray:
+def lorenz_curve(w, *, sample_dim: str | None = None, points: int = 101) -> xr.DataArray:
     """Lorenz curve as in Springer et al. Fig. 5: the share of total importance carried by the
-    top-k fraction of samples along `sample_dim` (``dim``: its deprecated name), at `points` ≥ 2
+    top-k fraction of samples along `sample_dim`, at `points` ≥ 2
     evenly spaced fractions (dim ``fraction``; the diagonal = uniform).
 
     Examples
@@ -673,7 +660,7 @@ def lorenz_curve(w, *, sample_dim: str | None = None, points: int = 101, dim: st
     [0.0, 1.0, 1.0, 1.0, 1.0]
     """
     fn = "lorenz_curve"
-    given = {"sample": _renamed(fn, dim, sample_dim, "sample_dim")}
+    given = {"sample": sample_dim}
     w = _input(w, fn, _plain_names(given))
     s = _resolve(fn, w, given)["sample"]
     out = _ufunc(lorenz_curve_np, w, [s], [["fraction"]], points=points)
@@ -697,9 +684,8 @@ def gini_np(w) -> np.ndarray:
     return np.divide(((2 * idx - n - 1) * a).sum(-1), n * tot, out=np.zeros_like(tot), where=tot > 0)
 
 
-def gini(w, *, sample_dim: str | None = None, dim: str | None = None) -> xr.DataArray:
-    """Gini coefficient of non-negative weights along `sample_dim` (``dim``: its deprecated
-    name); 0 uniform, → 1 concentrated.
+def gini(w, *, sample_dim: str | None = None) -> xr.DataArray:
+    """Gini coefficient of non-negative weights along `sample_dim`; 0 uniform, → 1 concentrated.
 
     Examples
     --------
@@ -707,7 +693,7 @@ def gini(w, *, sample_dim: str | None = None, dim: str | None = None) -> xr.Data
     0.9
     """
     fn = "gini"
-    given = {"sample": _renamed(fn, dim, sample_dim, "sample_dim")}
+    given = {"sample": sample_dim}
     w = _input(w, fn, _plain_names(given))
     s = _resolve(fn, w, given)["sample"]
     return _attrs(_ufunc(gini_np, w, [s]), "Gini coefficient of importance weights", False)

@@ -40,7 +40,7 @@ import xarray as xr
 from torch import nn
 
 from ..errors import LrscopeError
-from .metrics import MetricError, _attrs, _input, _plain_names, _renamed, _resolve
+from .metrics import MetricError, _attrs, _input, _plain_names, _resolve
 
 KAPPAS = tuple(round(0.1 * i, 1) for i in range(10))
 KINDS = ("structured", "magnitude", "column")
@@ -432,8 +432,8 @@ def accuracy_se(acc, n: int):
 
 
 # a pruning curve's attrs (kind, evaluated_on) stay on the measures made from it
-def _kappa_curve(fn: str, curve, kappa_dim, dim) -> tuple[xr.DataArray, str]:
-    given = {"kappa": _renamed(fn, dim, kappa_dim, "kappa_dim")}
+def _kappa_curve(fn: str, curve, kappa_dim) -> tuple[xr.DataArray, str]:
+    given = {"kappa": kappa_dim}
     curve = _input(curve, fn, _plain_names(given))
     return curve, _resolve(fn, curve, given)["kappa"]
 
@@ -450,14 +450,13 @@ def prunability_np(acc, kappas=None) -> np.ndarray:
         return np.nanmean(ratio, -1)
 
 
-def prunability(curve, *, kappa_dim: str | None = None, dim: str | None = None) -> xr.DataArray:
+def prunability(curve, *, kappa_dim: str | None = None) -> xr.DataArray:
     """κ-prunability (Barsbey et al. 2025, §3.2): the mean over κ of the retention ratio
     Acc(f^κ)/Acc(f), not clipped: above 1 when pruning raised the accuracy (the paper's Table 1
     reaches 1.029). The paper's text says *sum* of the ratios over κ ∈ [0, 0.9]; its Table 1 values
     (all near 1) are only on the scale of the mean, so the mean is what lrscope calls prunability,
     and the sum (:func:`prunability_sum`: the mean times the number of κ) is stored beside it. NaN
-    when the unpruned accuracy is 0. `kappa_dim` (``dim``: its deprecated name) is ``kappa`` when
-    unambiguous.
+    when the unpruned accuracy is 0. `kappa_dim` is ``kappa`` when unambiguous.
 
     Examples
     --------
@@ -467,7 +466,7 @@ def prunability(curve, *, kappa_dim: str | None = None, dim: str | None = None) 
     >>> float(prunability(xr.DataArray([0.5, 0.6], dims=["kappa"], coords={"kappa": [0.0, 0.5]})))
     1.1
     """
-    curve, k = _kappa_curve("prunability", curve, kappa_dim, dim)
+    curve, k = _kappa_curve("prunability", curve, kappa_dim)
     kappas = curve[k].values if k in curve.coords else None
     p = xr.apply_ufunc(prunability_np, curve, input_core_dims=[[k]], kwargs={"kappas": kappas}, keep_attrs=True)
     return _attrs(p, "κ-prunability (mean accuracy retention)", True)
@@ -490,7 +489,7 @@ def prunability_sum(curve, *, kappa_dim: str | None = None) -> xr.DataArray:
     >>> round(float(prunability_sum(curve)), 4)   # 1 + 0.60 / 0.99
     1.6061
     """
-    curve, k = _kappa_curve("prunability_sum", curve, kappa_dim, None)
+    curve, k = _kappa_curve("prunability_sum", curve, kappa_dim)
     kappas = curve[k].values if k in curve.coords else None
     p = xr.apply_ufunc(prunability_sum_np, curve, input_core_dims=[[k]], kwargs={"kappas": kappas}, keep_attrs=True)
     return _attrs(p, "κ-prunability as a sum over κ (the paper's text)", True)
@@ -503,7 +502,7 @@ def pruned_accuracy_np(acc) -> np.ndarray:
         return np.nanmean(np.asarray(acc), -1)
 
 
-def pruned_accuracy(curve, *, kappa_dim: str | None = None, dim: str | None = None) -> xr.DataArray:
+def pruned_accuracy(curve, *, kappa_dim: str | None = None) -> xr.DataArray:
     """Mean pruned accuracy: the mean over κ of Acc(f^κ) itself, not divided by Acc(f). An extra
     view of the pruning curve, not the paper's prunability (:func:`prunability` is): it mixes how
     accurate the network is with how much pruning costs it.
@@ -514,6 +513,6 @@ def pruned_accuracy(curve, *, kappa_dim: str | None = None, dim: str | None = No
     >>> round(float(pruned_accuracy(curve)), 4)
     0.795
     """
-    curve, k = _kappa_curve("pruned_accuracy", curve, kappa_dim, dim)
+    curve, k = _kappa_curve("pruned_accuracy", curve, kappa_dim)
     return _attrs(xr.apply_ufunc(pruned_accuracy_np, curve, input_core_dims=[[k]], keep_attrs=True),
                   "mean pruned accuracy (over κ)", True)

@@ -749,9 +749,9 @@ def test_valid_inputs_still_pass():
     for name in MODELS:
         check_model_options(name, {})
     # the declared options are listed
-    res = CliRunner().invoke(lrtrain, ["datasets", "--options"])
+    res = CliRunner().invoke(lrtrain, ["datasets"])
     assert res.exit_code == 0 and "rho_test = 0.5: a finite number in [0, 1]" in res.output, res.output
-    res = CliRunner().invoke(lrtrain, ["models", "--options"])
+    res = CliRunner().invoke(lrtrain, ["models"])
     assert res.exit_code == 0 and "width = 1.0: a finite number in (0, 64]" in res.output, res.output
     # run ids (store names) are those of before the validation was rewritten
     assert RunConfig(lr=0.3, widths=[8]).run_id() == "parity-fcn-lr0.3-s0-89dcdcb7"

@@ -340,3 +340,14 @@ def test_a_partial_replication_keeps_the_other_sweeps_dated(tmp_path):
         assert "| Colored MNIST / CNN (2026-01-02) | unbiased test accuracy rises with LR |" in text
         assert "`parity-fcn`: `python scripts/replicate.py --only parity-fcn`" in text  # no stores: not run yet
         assert text.count("## Colored MNIST / CNN") == 1
+
+
+def test_fcn_default_is_the_supplements_fcn_for_each_dataset():
+    """`lrtrain run --dataset X --model fcn` (no --widths) builds the FCN the paper uses on X."""
+    from lrscope.train.config import RunConfig
+    from lrscope.train.restore import fcn_widths
+
+    for dataset, (widths, _) in SUPPLEMENT_FCN.items():
+        assert fcn_widths(RunConfig(dataset=dataset, model="fcn"))[0] == widths, dataset
+    assert fcn_widths(RunConfig(dataset="cifar10", model="fcn"))[0] is None  # not in the paper: by input shape
+    assert fcn_widths(RunConfig(dataset="moon_star", model="fcn", widths=[8]))[0] == [8]

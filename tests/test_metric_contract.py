@@ -203,20 +203,13 @@ def test_ambiguous_dims_and_label_hints():
         M.class_separation(ACTS, Y, sample_dim="neuron", feature_dim="neuron")
 
 
-def test_plain_arrays_and_deprecated_dim_keyword():
+def test_plain_arrays_and_no_dim_keyword():
     a = ACTS.isel(snapshot=0).values  # (sample, feature) by position
     np.testing.assert_array_equal(M.class_separation(a, Y).values, M.class_separation_np(a, Y))
     np.testing.assert_array_equal(M.compressibility(a).values, M.compressibility_np(a))
-    for fn, new in ((M.compressibility, "feature_dim"), (M.sparsity, "feature_dim"), (M.pq_index, "feature_dim"),
-                    (M.gini, "sample_dim"), (M.lorenz_curve, "sample_dim")):
-        dim = FD if new == "feature_dim" else SD
-        with pytest.warns(DeprecationWarning, match=new):
-            old = fn(ACTS, dim=dim)
-        assert_identical(old, fn(ACTS, **{new: dim}))
-        with pytest.raises(MetricError):
-            fn(ACTS, dim=dim, **{new: dim})
-    with pytest.warns(DeprecationWarning, match="kappa_dim"):
-        assert_identical(PR.prunability(CURVE, dim="kappa"), PR.prunability(CURVE))
+    for fn in (M.compressibility, M.sparsity, M.pq_index, M.gini, M.lorenz_curve, PR.prunability):
+        with pytest.raises(TypeError):  # the old dim= keyword is gone: the role's name says which dim
+            fn(ACTS, dim="x")
 
 
 def test_lazy_logits_stay_lazy_and_agree():
@@ -237,7 +230,7 @@ def test_lorenz_points_and_labels_out_of_range():
 
 
 def test_attributions_are_labelled():
-    from lrscope.train.models import FCN
+    from lrscope.train.nets import FCN
 
     torch.manual_seed(0)
     net = FCN(8, [6], 3).eval()

@@ -216,7 +216,7 @@ def test_gini_bounds(w):
 
 # ----------------------------------------------------------------------------- pruning
 def test_structured_pruning_matches_rebuilt_network():
-    from lrscope.train.models import FCN
+    from lrscope.train.nets import FCN
 
     torch.manual_seed(0)
     net = FCN(5, [8, 6], 3)
@@ -254,7 +254,7 @@ def test_pruned_accuracy_is_the_mean_pruned_accuracy_not_the_ratio():
 def test_sliced_fcn_pruning_matches_masking(bias):
     """The FCN shortcut (kept rows and columns sliced out) gives the masked network's accuracies,
     for structured and column pruning, with and without biases, up to κ = 1."""
-    from lrscope.train.models import FCN
+    from lrscope.train.nets import FCN
 
     torch.manual_seed(2)
     net = FCN(7, [12, 9, 10], 4)
@@ -275,7 +275,7 @@ def test_sliced_fcn_pruning_matches_masking(bias):
 
 
 def test_magnitude_and_column_pruning_monotone_in_zeros():
-    from lrscope.train.models import FCN
+    from lrscope.train.nets import FCN
 
     torch.manual_seed(1)
     net = FCN(5, [16], 2)
@@ -408,7 +408,7 @@ def test_all_zero_and_empty_inputs():
 # ----------------------------------------------------------------------------- attributions
 @pytest.mark.parametrize("method", ["integrated_gradients", "deeplift"])
 def test_attributions_completeness_and_regions(method):
-    from lrscope.train.models import FCN
+    from lrscope.train.nets import FCN
 
     torch.manual_seed(0)
     f = FCN(6, [8, 8], 2).eval()

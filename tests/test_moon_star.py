@@ -126,3 +126,58 @@ def test_bad_option_on_the_command_line_is_one_line_and_writes_nothing(tmp_path)
     assert "jitter" in res.output and "Traceback" not in res.output
     assert len([ln for ln in res.output.strip().splitlines() if ln.strip()]) == 1, res.output
     assert not out.exists() or not any(out.iterdir())
+
+
+def _fcn_widths(model) -> list[int]:
+    return [m.out_features for m in model.features if isinstance(m, torch.nn.Linear)]
+
+
+def test_fcn_default_is_the_papers_architecture_and_says_so(tmp_path):
+    """`lrtrain run --dataset moon_star --model fcn` trains the replication's 3x200 FCN (Barsbey et
+    al. 2025, section 4), records the widths in the store, and its first lines say which and why."""
+    from click.testing import CliRunner
+
+    from lrscope.cli.train import main
+    from lrscope.store.reader import open_run
+    from lrscope.train.restore import load_model
+
+    out = tmp_path / "runs"
+    res = CliRunner().invoke(main, ["run", "--dataset", "moon_star", "--model", "fcn", "--lr", "0.1",
+                                    "--data-options", json.dumps({"n_train": 200, "n_test": 100}),
+                                    "--max-steps", "4", "--checkpoint-every", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "fcn hidden widths 200,200,200 (the paper's FCN for moon_star" in res.output, res.output
+    (path,) = out.iterdir()
+    ds = open_run(path)
+    assert ds.attrs["model_info"]["widths"] == [200, 200, 200]
+    assert _fcn_widths(load_model(ds)) == [200, 200, 200]
+
+
+def test_stores_from_before_recorded_widths_rebuild_and_resume_as_trained(tmp_path, monkeypatch):
+    """A store written before the widths were recorded (moon_star's FCN was then 2x1024, the image
+    default) still loads and resumes with the network it was trained with, not today's default."""
+    import dataclasses
+
+    import zarr
+
+    from lrscope.store.reader import open_run
+    from lrscope.train.config import RunConfig
+    from lrscope.train.loop import train_run
+    from lrscope.train.recipes import DATASETS
+    from lrscope.train.restore import load_model
+
+    cfg = RunConfig(dataset="moon_star", model="fcn", lr=0.1, max_steps=4, checkpoint_every=2,
+                    data_options={"n_train": 200, "n_test": 100})
+    old = dataclasses.replace(DATASETS["moon_star"], fcn_widths=None)
+    with monkeypatch.context() as m:  # the registry as it was: no declared widths
+        m.setitem(DATASETS, "moon_star", old)
+        train_run(cfg, out=tmp_path, progress=False)
+    (path,) = tmp_path.iterdir()
+    root = zarr.open_group(path, mode="r+")
+    info = dict(root.attrs["model_info"])
+    assert info.pop("widths") == [1024, 1024]
+    root.attrs["model_info"] = info  # as an older lrscope wrote it
+    assert _fcn_widths(load_model(open_run(path))) == [1024, 1024]
+    root.attrs["status"] = "running"  # as if stopped at its last checkpoint: resuming loads it into the network
+    res = train_run(cfg, out=tmp_path, progress=False)
+    assert res.resumed_from == 4 and res.status == "completed"

@@ -207,7 +207,10 @@ class RunConfig:
                                                 help="fraction of bias-conflicting training samples (default: the "
                                                      "dataset's paper value, see `lrtrain datasets`)")
     widths: list[int] | None = knob(None, lo=1, hi=MAX_WIDTH,
-                                    help="hidden widths of the FCN (default: 3x200 on vectors, 2x1024 on images)")
+                                    help="hidden widths of the FCN (default: the paper's FCN for the dataset - 3x200 on "
+                                         "parity and moon_star, 2x1024 on Colored/Double MNIST, 2x2048 on "
+                                         "MNIST-CIFAR and Corrupted CIFAR-10; elsewhere 3x200 on vectors, 2x1024 "
+                                         "on images)")
     data_options: dict[str, Any] = knob(factory=dict, help="the dataset's own options (see `lrtrain datasets`)")
     model_options: dict[str, Any] = knob(factory=dict, help="the model's own options (see `lrtrain models`)")
     features_at: str | None = knob(None, help="plugin models: the module whose input is the penultimate "

@@ -29,7 +29,7 @@ COLORS = np.array([
 ], dtype=np.float32)
 
 
-@register_dataset("colored_mnist", rho_train=0.025, cached=True, options={
+@register_dataset("colored_mnist", rho_train=0.025, fcn_widths=(1024, 1024), cached=True, options={
     "base": BASE, "n_train": N_SAMPLES, "n_test": N_SAMPLES,
     "color_std": option(float, lo=0, hi=1, help="std of the Gaussian colour jitter"),
 })
@@ -55,7 +55,7 @@ def colored_mnist(*, seed: int, rho_train: float, base: str = "mnist", data_root
                       10, 10, (3, 28, 28), {}, f"colored {base}")
 
 
-@register_dataset("double_mnist", rho_train=0.025, cached=True, options={
+@register_dataset("double_mnist", rho_train=0.025, fcn_widths=(1024, 1024), cached=True, options={
     "base": BASE, "n_train": N_SAMPLES, "n_test": N_SAMPLES,
     "dim": option(float, lo=0, hi=1, lo_open=True, help="brightness of the left (core) digit"),
 })

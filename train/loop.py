@@ -46,7 +46,7 @@ from .optim import (
 from .placement import PLACED_TEXT, Placed, choose, dataset_bytes
 from .plugins import check_run, is_import_path, run_provenance
 from .recorder import Recorder, is_recording_point, recording_errors
-from .restore import build_model, check_on_data, parameter_names, state_arrays
+from .restore import build_model, check_on_data, fcn_widths, parameter_names, state_arrays
 
 EVAL_BATCH = 4096
 CHECK_SAMPLES = 4  # a plugin model is checked on this many training inputs before its store is created
@@ -245,7 +245,13 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
         data_root=cfg.data_root, **cfg.data_options)
     n_classes = bundle.num_classes
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, bundle.input_shape, n_classes)
+    # a resumed run is rebuilt as it was created (its recorded widths), a new one as fcn_widths says
+    stored_info = (attrs.get(S.ATTR_MODEL_INFO) or {}) if resume else None
+    model = build_model(cfg, bundle.input_shape, n_classes, model_info=stored_info)
+    widths, why = fcn_widths(cfg, stored_info)
+    if progress and widths is not None and cfg.widths is None and not resume:
+        print(f"{path.name}: fcn hidden widths {','.join(map(str, widths))} ({why}; --widths to choose others)",
+              file=sys.stderr, flush=True)
     if cfg.weights and not resume:
         from .models import load_weights
 
@@ -310,6 +316,8 @@ def _create_store(path, cfg, bundle, model, probe_idx, device, lock, placement: 
                   "dataset_description": bundle.description,
                   # the probes that read weights (compressibility) find them without rebuilding the model
                   "parameter_names": parameter_names(model), **(extra_info or {})}
+    if cfg.model == "fcn":  # the hidden widths it was built with: rebuilt the same whatever defaults become
+        model_info["widths"] = [int(m.out_features) for m in model.features if isinstance(m, torch.nn.Linear)]
     if is_import_path(cfg.model):
         from .models import entry
 

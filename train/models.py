@@ -132,15 +132,6 @@ def create_model(name: str, *, input_shape: tuple[int, ...], num_classes: int, *
     return e.build(input_shape=tuple(input_shape), num_classes=num_classes, **kw)
 
 
-def __getattr__(name):
-    """The networks, where they used to be (``from lrscope.train.models import FCN``)."""
-    if name in ("FeatureNet", "FCN", "VGGLike", "TorchvisionResNet", "TorchvisionSwin"):
-        from . import nets
-
-        return getattr(nets, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # ------------------------------------------------------------------------------- the models
 def _check_fcn(options: dict, widths) -> None:
     if widths is not None:
@@ -154,8 +145,9 @@ def _check_fcn(options: dict, widths) -> None:
 @register_model(batchable=True, check=_check_fcn)
 def fcn(*, input_shape, num_classes, widths: list[int] | None = None) -> nn.Module:
     """Fully connected ReLU network without bias terms (the paper's FCN). Its hidden widths are
-    the config field widths (--widths 200,200,200); default 3x200 for vector (synthetic) inputs,
-    2x1024 for images."""
+    the config field widths (--widths 200,200,200). Without them a run takes the paper's FCN for its
+    dataset (the dataset's declared fcn_widths; train/restore.py: fcn_widths), and the builder's own
+    default is 3x200 for vector inputs, 2x1024 for images."""
     from .nets import FCN
 
     if widths is None:

@@ -192,6 +192,9 @@ class DatasetEntry:
     # files whose (mtime, size) join the cache key besides the data root's: (options with data_root)
     # -> paths, e.g. a metadata table edited in place (which leaves its folder's mtime alone)
     stamp: Callable[[dict], list] | None = None
+    # the hidden widths of the paper's FCN for this dataset (Barsbey et al. 2025, supplement C):
+    # what `--model fcn` trains when --widths is not given; None: the FCN's own default by input shape
+    fcn_widths: tuple[int, ...] | None = None
 
 
 DATASETS: dict[str, DatasetEntry] = {}
@@ -199,7 +202,8 @@ DATASETS: dict[str, DatasetEntry] = {}
 
 def dataset_entry(fn, *, name: str, rho_train: float | None, options: dict[str, dict] | None = None,
                   cached: bool = False, check: Callable[[dict], None] | None = None,
-                  stamp: Callable[[dict], list] | None = None) -> DatasetEntry:
+                  stamp: Callable[[dict], list] | None = None,
+                  fcn_widths: tuple[int, ...] | None = None) -> DatasetEntry:
     """The registry entry of builder `fn` under `name`, its declared options checked against the
     keywords it takes (a TypeError when they differ: a programming error). `register_dataset` puts
     it in DATASETS; a plugin's builder carries it (train/plugins.py: `plugin_dataset`)."""
@@ -210,19 +214,21 @@ def dataset_entry(fn, *, name: str, rho_train: float | None, options: dict[str, 
         raise TypeError(f"dataset {name!r}: declared options {sorted(options)} != builder's {sorted(taken)}")
     defaults = {k: params[k].default for k in options if params[k].default is not inspect.Parameter.empty}
     return DatasetEntry(name, fn, inspect.cleandoc(fn.__doc__ or ""), rho_train, options, defaults, cached, check,
-                        "data_root" in params, stamp)
+                        "data_root" in params, stamp, None if fcn_widths is None else tuple(fcn_widths))
 
 
 def register_dataset(name: str, *, rho_train: float | None, options: dict[str, dict], cached: bool = False,
-                     check: Callable[[dict], None] | None = None, stamp: Callable[[dict], list] | None = None):
+                     check: Callable[[dict], None] | None = None, stamp: Callable[[dict], list] | None = None,
+                     fcn_widths: tuple[int, ...] | None = None):
     """Register a dataset builder under `name`. `options` declares every keyword the builder
     takes besides seed, rho_train and data_root (type and range; the default is the builder's),
     so that data options are checked before anything is built; `check` checks them together;
     `cached`: built splits are kept on disk, keyed by the options, the data root and its mtime,
-    and the mtime and size of the files `stamp(options)` names (files edited in place)."""
+    and the mtime and size of the files `stamp(options)` names (files edited in place);
+    `fcn_widths`: the hidden widths of the paper's FCN for this dataset (`--model fcn`'s default)."""
     def deco(fn):
         e = dataset_entry(fn, name=name, rho_train=rho_train, options=options, cached=cached, check=check,
-                          stamp=stamp)
+                          stamp=stamp, fcn_widths=fcn_widths)
         if name in DATASETS:
             raise TypeError(f"dataset {name!r} registered twice")
         DATASETS[name] = e

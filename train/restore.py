@@ -18,12 +18,35 @@ from .plugins import check_run, is_import_path
 from .tapped import TappedNet, as_feature_net
 
 
-def build_model(cfg: RunConfig, input_shape, num_classes: int) -> nn.Module:
-    """The run's network: a registry model, or a plugin model seen through the registry's
-    interface (`TappedNet` on `cfg.features_at`, unless the plugin returns a FeatureNet itself)."""
-    kw = dict(cfg.model_options)
+def fcn_widths(cfg: RunConfig, model_info: dict | None = None) -> tuple[list[int] | None, str]:
+    """The hidden widths `cfg`'s FCN is built with, and why: --widths when given; for a stored run,
+    the widths its model_info recorded (stores written before widths were recorded: None, the FCN's
+    own default by input shape, as they were trained); for a new run, the paper's FCN for the dataset
+    (Barsbey et al. 2025: 3x200 on the synthetic sets, section 4 and Fig. 3; 2x1024 on Colored and
+    Double MNIST, 2x2048 on MNIST-CIFAR and Corrupted CIFAR-10, supplement C), else None."""
     if cfg.widths is not None:
-        kw["widths"] = list(cfg.widths)
+        return list(cfg.widths), "--widths"
+    if cfg.model != "fcn":
+        return None, ""
+    if model_info is not None:
+        stored = model_info.get("widths")
+        return (None, "") if stored is None else (list(stored), "as stored")
+    from .recipes import DATASETS
+
+    entry = DATASETS.get(cfg.dataset)
+    if entry is None or entry.fcn_widths is None:
+        return None, ""
+    return list(entry.fcn_widths), f"the paper's FCN for {cfg.dataset} (Barsbey et al. 2025)"
+
+
+def build_model(cfg: RunConfig, input_shape, num_classes: int, model_info: dict | None = None) -> nn.Module:
+    """The run's network: a registry model, or a plugin model seen through the registry's
+    interface (`TappedNet` on `cfg.features_at`, unless the plugin returns a FeatureNet itself).
+    `model_info`: a stored run's (its recorded FCN widths, `fcn_widths`); None for a new run."""
+    kw = dict(cfg.model_options)
+    widths, _ = fcn_widths(cfg, model_info)
+    if widths is not None:
+        kw["widths"] = widths
     if not is_import_path(cfg.model):
         return create_model(cfg.model, input_shape=tuple(input_shape), num_classes=num_classes, **kw)
     try:
@@ -148,7 +171,7 @@ def _registry_model(attrs: dict, info: dict, path) -> nn.Module:
     """The network of a run of lrscope's loops, built from the registry by its stored config."""
     try:
         cfg = RunConfig.from_dict(attrs[S.ATTR_CONFIG])
-        model = build_model(cfg, info["input_shape"], info["num_classes"])
+        model = build_model(cfg, info["input_shape"], info["num_classes"], model_info=info)
     except PluginError:
         raise
     except (KeyError, TypeError, ValueError) as e:

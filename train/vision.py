@@ -146,7 +146,7 @@ def cifar100(*, seed: int, rho_train: float | None, data_root, n_train: int | No
 
 
 # ------------------------------------------------------------------------------- MNIST-CIFAR
-@register_dataset("mnist_cifar", rho_train=0.1, cached=True,
+@register_dataset("mnist_cifar", rho_train=0.1, fcn_widths=(2048, 2048), cached=True,
                   options={"base": BASE, "n_train": N_SAMPLES, "n_test": N_SAMPLES})
 def mnist_cifar(*, seed: int, rho_train: float, data_root, base: str = "mnist",
                 n_train: int | None = None, n_test: int | None = None) -> DataBundle:
@@ -277,7 +277,7 @@ def corrupt(x: torch.Tensor, kind: str, severity: int, gen: torch.Generator) -> 
     raise ConfigError(f"unknown corruption {kind!r}; valid: {', '.join(CORRUPTIONS)}")
 
 
-@register_dataset("corrupted_cifar10", rho_train=0.1, cached=True, options={
+@register_dataset("corrupted_cifar10", rho_train=0.1, fcn_widths=(2048, 2048), cached=True, options={
     "severity": option(int, lo=1, hi=5, help="corruption severity 1-5"), "n_train": N_SAMPLES, "n_test": N_SAMPLES,
 })
 def corrupted_cifar10(*, seed: int, rho_train: float, data_root, severity: int = 4,
