@@ -171,8 +171,10 @@ def list_cmd():
             lines += paragraphs(f"cost: {e.cost}", hang="  ")
         if e.samples:
             lines += paragraphs(f"samples: {e.samples}", hang="  ")
-        for p, what in e.params.items():
-            lines += paragraphs(f"parameter {p}: {what}", hang="  ")
+        for p, decl in e.params.items():
+            how = (probe_flag(p) if decl.cli else "Python API") + (
+                f"; default {decl.default}" if decl.default is not None else "")
+            lines += paragraphs(f"parameter {p}: {decl.help} ({how})", hang="  ")
         if e.headline:
             lines += paragraphs("headline: " + ", ".join(f"{h.var} ({h.label})" for h in e.headline), hang="  ")
         for line in lines:

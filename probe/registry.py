@@ -98,6 +98,11 @@ def describe(name: str) -> dict[str, str] | None:
     for e in PROBES.values():
         if name in e.variables:
             return dict(e.variables[name])
+        base = name.removesuffix("_final")
+        if base != name and base in e.variables:
+            d = e.variables[base]
+            return {**d, "long_name": f"{d['long_name']} (final)",
+                    "description": f"{base} at the run's final snapshot ({base}: {d['description']})"}
     return None
 
 
