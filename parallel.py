@@ -60,3 +60,22 @@ def dask_map(fn: Callable, tasks: Iterable[tuple[str, tuple]], scheduler, worker
         futs = [client.submit(fn, *args, key=key, pure=False) for key, args in tasks]
         for f in as_completed(futs):
             yield f.result()
+
+
+def pool_map(fn: Callable, tasks: list[tuple], workers: int, initializer: Callable | None = None) -> Iterator[Any]:
+    """fn(*args) for each args of `tasks` on `workers` spawned local processes; results as they
+    finish. An error or Ctrl-C stops the other workers too, without waiting for them."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=initializer)
+    try:
+        futs = [pool.submit(fn, *a) for a in tasks]
+        for f in as_completed(futs):
+            yield f.result()
+    except BaseException:  # an error or Ctrl-C: stop the others too, without waiting for them
+        for p in pool_processes(pool):
+            p.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()

@@ -23,65 +23,100 @@ def main():
     """
 
 
+def probe_flag(name: str) -> str:
+    """The `lrprobe compute` option of the probe parameter `name` (its declared `flag`, or --<name>)."""
+    from ..probe.registry import PARAM_DECLS
+
+    return PARAM_DECLS[name].flag or "--" + name.replace("_", "-")
+
+
+def probe_options(fn):
+    """Decorate `fn` with one click option per declared probe parameter (probe/registry.py:
+    PARAM_DECLS, `cli=False` aside): its type, default, range or choices and help from the
+    declaration, and which probes take it. The values are checked against the declaration in
+    `probe_params`."""
+    from ..probe.registry import PARAM_DECLS, PROBES
+    from .train import KnobOption, _range_text
+
+    for name, p in reversed(list(PARAM_DECLS.items())):
+        if not p.cli:
+            continue
+        users = [e.name for e in PROBES.values() if name in e.params]
+        text = p.help[:1].upper() + p.help[1:] + f" ({', '.join(users)})."
+        kind = p.type
+        kw: dict = {"help": text, "cls": KnobOption, "default": p.default, "show_default": p.default is not None}
+        if kind == "path":
+            kw["type"] = click.Path(dir_okay=False)
+        elif kind in (int, float):
+            kw["type"] = kind
+            kw["range_text"] = _range_text({"lo": p.lo, "hi": p.hi, "lo_open": p.lo_open, "hi_open": p.hi_open})
+        else:
+            kw["type"] = str
+        metavar = p.metavar or (f"[{'|'.join(p.choices)}]" if p.choices else None)
+        if metavar:
+            kw["metavar"] = metavar
+        fn = click.option(probe_flag(name), name, **kw)(fn)
+    return fn
+
+
+def probe_params(ctx: click.Context, values: dict) -> dict:
+    """The probe parameters of `lrprobe compute`'s options: those given on the command line, each
+    checked against its declaration (one-line errors naming the option) and the rules across a
+    probe's parameters; a value equal to the declared default is left out (the result's
+    provenance, and so whether it is up to date, is the same as without the option); a file
+    parameter as its absolute path (workers elsewhere)."""
+    from click.core import ParameterSource
+
+    from ..probe.registry import PARAM_DECLS, check_params
+
+    given = {k: v for k, v in values.items() if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
+    for k, v in given.items():
+        try:
+            PARAM_DECLS[k].validate(k, v)
+        except LrscopeError as e:
+            raise LrscopeError(f"{probe_flag(k)}: {e}") from None
+    check_params(given)
+    return {k: str(Path(v).resolve()) if PARAM_DECLS[k].type == "path" else v
+            for k, v in given.items() if v != PARAM_DECLS[k].default}
+
+
 @main.command("compute")
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--only", default=None, help="Comma-separated probe names (default: every probe but the specialist "
               "ones, marked 'asked by name' in `lrprobe list`).")
 @click.option("--force", is_flag=True, help="Recompute probes that are up to date.")
 @click.option("--data-root", default=None, help="Where file-based datasets live (for full-test-set pruning).")
-@click.option("--kappa", type=float, default=0.1, show_default=True, help="κ of the (q, κ)-compressibility.")
-@click.option("--checkpoints", default="first,last", show_default=True,
-              help="Checkpoints for attributions: first,last | all | comma-separated positions.")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Runs probed at once by local processes (with --scheduler local: LocalCluster workers).")
 @click.option("--scheduler", default=None,
               help="Probe on dask.distributed, one task per run: 'local' starts a LocalCluster, or a scheduler "
                    "address (tcp://host:8786); the stores must be on storage the workers share.")
-@click.option("--criterion", default="incoming", show_default=True,
-              help="Structured-pruning criteria: incoming (per layer, the headline), incoming-global, outgoing, "
-                   "in-x-out; comma-separated, or all (computed along a criterion dimension).")
-@click.option("--pruning-samples", type=int, default=None,
-              help="Pruning: evaluate on a group-balanced subset of at most N test samples (default: all of the "
-                   "test split; the pruning_*_se variables give each accuracy's standard error).")
 @click.option("--device", default="auto", show_default=True,
               help="Where the probes that run the network (pruning, attributions) run: cpu, cuda, or auto "
                    "(cuda when torch sees a GPU, else cpu); recorded in each result's attrs.")
-@click.option("--segmenter-weights", default=None, metavar="FILE",
-              help="Attributions: a local torchvision DeepLabV3 state dict (e.g. deeplabv3_resnet50_coco-cd0a2569.pth; "
-                   "never downloaded) whose background masks give the background attribution share (Fig. 10).")
-@click.option("--segmenter", default=None,
-              help="The architecture of --segmenter-weights: deeplabv3_resnet50 (default), deeplabv3_resnet101, "
-                   "deeplabv3_mobilenet_v3_large.")
 @click.option("--allow-changed-plugins", is_flag=True,
               help="Rebuild a plugin model whose source (sha256 of its module file) changed since the run was "
                    "trained; without it such a run is refused before anything is computed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def compute_cmd(paths, only, force, data_root, kappa, checkpoints, criterion, pruning_samples, device, workers,
-                scheduler, segmenter_weights, segmenter, allow_changed_plugins, quiet):
+@probe_options
+@click.pass_context
+def compute_cmd(ctx, paths, only, force, data_root, device, workers, scheduler, allow_changed_plugins, quiet,
+                **values):
     """Compute probes for run stores (a store, a folder of stores, or a glob) into probes/<name>.
 
     Up-to-date probes are skipped; a probe whose run has trained on since, or whose definition
-    changed, is recomputed."""
-    from ..probe.pruning import DEFAULT_CRITERION, check_criteria
-    from ..probe.runner import PROBES, check_device, compute_paths
+    changed, is recomputed. The options after --quiet are the probes' parameters (`lrprobe list`
+    says which probe takes which)."""
+    from ..probe.registry import PROBES, check_runs
+    from ..probe.runner import check_device, compute_paths
     from ..store.reader import find_runs
     from .common import check_scheduler, check_workers
 
-    if not 0 <= kappa <= 1:
-        raise LrscopeError(f"--kappa must be in [0, 1], got {kappa}")
-    for option, check, value in (("--criterion", check_criteria, criterion), ("--device", check_device, device)):
-        try:
-            check(value)
-        except LrscopeError as e:
-            raise LrscopeError(f"{option}: {e}") from None
-    if pruning_samples is not None and not 1 <= pruning_samples <= 1 << 31:
-        raise LrscopeError(f"--pruning-samples must be a positive number of samples, got {pruning_samples}")
-    if segmenter is not None and segmenter_weights is None:
-        raise LrscopeError("--segmenter needs --segmenter-weights FILE (a local state dict; never downloaded)")
-    if segmenter_weights is not None:
-        from ..probe.segment import DEFAULT_SEGMENTER, check_segmenter_weights
-
-        check_segmenter_weights(segmenter_weights, segmenter or DEFAULT_SEGMENTER)
+    params = probe_params(ctx, values)
+    try:
+        check_device(device)
+    except LrscopeError as e:
+        raise LrscopeError(f"--device: {e}") from None
     check_workers(workers)
     check_scheduler(scheduler)
     names = None
@@ -91,23 +126,9 @@ def compute_cmd(paths, only, force, data_root, kappa, checkpoints, criterion, pr
         if unknown or not names:
             raise LrscopeError(f"--only: unknown probe(s) {', '.join(unknown) or repr(only)}; "
                                f"valid: {', '.join(PROBES)}")
-    wanted = _parse_checkpoints(checkpoints)
     runs = find_runs(paths)  # no store, no probe: before anything is computed
-    if names is None or "attributions" in names:
-        _check_checkpoint_range(runs, checkpoints, wanted)
-    params = {}
-    if kappa != 0.1:
-        params["kappa"] = kappa
-    if checkpoints != "first,last":
-        params["checkpoints"] = checkpoints
-    if criterion != DEFAULT_CRITERION:
-        params["criterion"] = criterion
-    if pruning_samples is not None:
-        params["eval_samples"] = pruning_samples
-    if segmenter_weights is not None:
-        params["segmenter_weights"] = str(Path(segmenter_weights).resolve())  # workers elsewhere: an absolute path
-    if segmenter is not None and segmenter != "deeplabv3_resnet50":
-        params["segmenter"] = segmenter
+    check_runs(runs, names if names is not None else [n for n, e in PROBES.items() if e.default],
+               {k: v for k, v in values.items() if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT})
     res = compute_paths(paths, names, force=force, data_root=data_root, progress=not quiet, params=params,
                         workers=workers, scheduler=scheduler, device=device,
                         allow_changed_plugins=allow_changed_plugins)
@@ -118,47 +139,6 @@ def compute_cmd(paths, only, force, data_root, kappa, checkpoints, criterion, pr
         for name, o in r.items():
             if not (o.startswith("computed") or o == "up to date") or "not defined" in o:
                 echo(f"  {Path(path).name}: {name}: {o}")
-
-
-def _parse_checkpoints(text: str) -> list:
-    """--checkpoints: first,last | all | comma-separated positions (negative: from the end)."""
-    spec = text.strip()
-    if spec == "all":
-        return []
-    out = []
-    for part in (p.strip() for p in spec.split(",")):
-        if part in ("first", "last"):
-            out.append(part)
-            continue
-        try:
-            k = int(part)
-        except ValueError:
-            raise LrscopeError("--checkpoints: expected first,last | all | comma-separated integers, "
-                               f"got {text!r}") from None
-        if abs(k) > 2**31:
-            raise LrscopeError(f"--checkpoints: position {k} out of range")
-        out.append(k)
-    return out
-
-
-def _check_checkpoint_range(runs, text: str, wanted: list) -> None:
-    """Every asked-for checkpoint position exists in every run that has checkpoints (a run whose
-    store cannot be read is left to the probe runner, which reports it)."""
-    from ..store import schema as S
-    from ..store.reader import open_store
-
-    ints = [k for k in wanted if isinstance(k, int)]
-    if not ints:
-        return
-    for path in runs:
-        try:
-            n = int(open_store(path).attrs[S.ATTR_COMMITTED]["checkpoint"])
-        except Exception:  # noqa: BLE001 - the runner reports unreadable stores
-            continue
-        bad = [k for k in ints if n > 0 and not -n <= k < n]
-        if bad:
-            raise LrscopeError(f"--checkpoints {text}: position {bad[0]} out of range for {path} "
-                               f"(it has {n} checkpoints: 0..{n - 1}, or -{n}..-1)")
 
 
 PLUGIN_NOTE = (
@@ -191,8 +171,10 @@ def list_cmd():
             lines += paragraphs(f"cost: {e.cost}", hang="  ")
         if e.samples:
             lines += paragraphs(f"samples: {e.samples}", hang="  ")
-        for p, what in e.params.items():
-            lines += paragraphs(f"parameter {p}: {what}", hang="  ")
+        for p, decl in e.params.items():
+            how = (probe_flag(p) if decl.cli else "Python API") + (
+                f"; default {decl.default}" if decl.default is not None else "")
+            lines += paragraphs(f"parameter {p}: {decl.help} ({how})", hang="  ")
         if e.headline:
             lines += paragraphs("headline: " + ", ".join(f"{h.var} ({h.label})" for h in e.headline), hang="  ")
         for line in lines:

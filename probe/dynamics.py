@@ -513,7 +513,7 @@ def probe_dynamics(ctx) -> xr.Dataset:
     ``batch_true_logprob`` and ``batch_correct``), streamed chunk by chunk (see
     :mod:`lrscope.probe.dynamics` for the conventions). Defined on diverged runs: presentations
     with non-finite logits have no prediction."""
-    from .runner import NO_BIAS, has_bias
+    from .context import NO_BIAS, has_bias
 
     out = dynamics(ctx.ds)
     if not has_bias(ctx.ds):  # computed all the same: the split by a placeholder b = y is trivial

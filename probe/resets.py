@@ -43,23 +43,23 @@ def probe_neuron_resets(ctx) -> xr.Dataset:
 
     from ..train.data import as_model_input
     from .attribution import region_shares
-    from .runner import require_bias
+    from .context import require_bias
 
     ds = ctx.ds
     require_bias(ds)  # the neurons are chosen by BSI
     if "regions" not in ds or "spurious" not in [str(r) for r in ds.region.values]:
         raise M.MetricError("the dataset has no spurious input region to attribute to")
     n_ck = ds.sizes["checkpoint"]
-    want = int(ctx.params.get("reset_checkpoints", 24))
+    want = int(ctx.param("reset_checkpoints"))
     cks = sorted(set(np.linspace(0, n_ck - 1, min(want, n_ck)).round().astype(int).tolist()))
     if len(cks) < 2:
         raise M.MetricError("needs at least two checkpoints")
     sel = ctx.selective_features
     bsi = M.selectivity(sel.isel(snapshot=-1), ds.probe_b.values, name="bias", sample_dim="probe_sample",
                         feature_dim="neuron").values
-    n_neurons = min(int(ctx.params.get("reset_neurons", 8)), len(bsi))
+    n_neurons = min(int(ctx.param("reset_neurons")), len(bsi))
     neurons = np.argsort(-np.nan_to_num(bsi, nan=-1.0), kind="stable")[:n_neurons]
-    n = min(ds.sizes["probe_sample"], int(ctx.params.get("attr_samples", 256)))
+    n = min(ds.sizes["probe_sample"], int(ctx.param("attr_samples")))
     pos = np.linspace(0, ds.sizes["probe_sample"] - 1, n).round().astype(int)
     x = as_model_input(torch.from_numpy(np.asarray(ds.probe_inputs.isel(probe_sample=pos).values)))
     in_dims = list(ds.probe_inputs.dims[1:])

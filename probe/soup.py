@@ -93,8 +93,8 @@ def model_soup(sw: xr.Dataset, *, lrs=None, seeds=None, data_root: str | None = 
 
     from ..train.loop import evaluate
     from ..train.restore import load_model
+    from .context import NO_BIAS, Context, has_bias
     from .metrics import compressibility
-    from .runner import NO_BIAS, Context, has_bias
 
     if bn not in BN_MODES:
         raise MetricError(f"bn must be one of {', '.join(BN_MODES)}, got {bn!r}")

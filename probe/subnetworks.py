@@ -66,7 +66,7 @@ def subnetwork_grad_norms_np(logits, feats, y, spurious) -> tuple[np.ndarray, np
 
 
 def probe_subnetwork_gradients(ctx) -> xr.Dataset:
-    from .runner import _final, require_bias
+    from .context import _final, require_bias
 
     ds = ctx.ds
     require_bias(ds)  # the subnetworks are split by CSI against BSI
@@ -199,7 +199,7 @@ def probe_prop2_gradients(ctx) -> xr.Dataset:
     import torch
 
     from ..train.data import as_model_input
-    from .runner import _final, require_bias
+    from .context import _final, require_bias
 
     ds = ctx.ds
     require_bias(ds)  # the units are split by CSI against BSI; BA/BC need a bias label
@@ -210,7 +210,7 @@ def probe_prop2_gradients(ctx) -> xr.Dataset:
     if bundle is None or len(bundle.train) != ds.sizes["train_sample"]:
         raise M.MetricError("needs the training inputs: the dataset cannot be rebuilt here (--data-root?)")
     n_ck = ds.sizes["checkpoint"]
-    want = int(ctx.params.get("prop2_checkpoints", 12))
+    want = int(ctx.param("prop2_checkpoints"))
     cks = sorted(set(np.linspace(0, n_ck - 1, min(want, n_ck)).round().astype(int).tolist()))
     csi, bsi = (v.transpose("snapshot", "neuron").values for v in ctx.selectivity)
     n_feat = csi.shape[1]

@@ -580,9 +580,11 @@ def _describe(ds: xr.Dataset, described: dict[str, dict] | None = None) -> xr.Da
     carry those of the variable it was computed from (xarray keeps attrs through arithmetic and
     reductions). A name nobody described keeps its attrs (the dynamics probe writes its own
     descriptions) and gets its name as long_name if it has none."""
+    from ..probe.registry import describe as declared
+
     ds = _label_coords(ds)
     for name, var in ds.variables.items():
-        table = (described or {}).get(name) or S.describe(name)
+        table = (described or {}).get(name) or S.describe(name) or declared(name)
         if table is None:
             if "long_name" not in var.attrs:
                 var.attrs["long_name"] = str(name).replace("_", " ")
@@ -888,8 +890,9 @@ def open_sweep(paths, *, probes: bool = True) -> xr.Dataset:
         d.attrs["status"] == S.STATUS_COMPLETED and d.attrs.get("stop_criterion_met", True) for d in dsets]))
     # per-run coordinates (snapshot/checkpoint iterations) travel as data variables through the
     # concat so they gain the `run` dim; shared label coordinates are kept once
-    per_run = ["snapshot_iteration", "checkpoint_iteration", "attr_iteration", "attr_checkpoint_position",
-               "reset_iteration", "reset_checkpoint_position", "reset_neuron_index"]
+    from ..probe.registry import per_run_coords
+
+    per_run = ["snapshot_iteration", "checkpoint_iteration", *per_run_coords()]  # the probes declare theirs
     stripped = []
     sizes = {}
     for d, p in zip(dsets, runs):

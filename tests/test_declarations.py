@@ -180,6 +180,54 @@ def test_probe_and_figure_entries():
         assert e.name == name and e.title and callable(e.build)
 
 
+def test_probe_parameters_are_the_compute_options():
+    """Every declared probe parameter (cli=False aside) is one `lrprobe compute` option, made from
+    its declaration: its default is the declared one, which is a valid value, and `--help` shows
+    the default and the range beside the help. The options that are not parameters are the
+    hand-written ones."""
+    from lrscope.cli.probe import compute_cmd, probe_flag
+    from lrscope.cli.probe import main as lrprobe
+    from lrscope.probe.registry import PARAM_DECLS
+
+    hand = {"paths", "only", "force", "data_root", "workers", "scheduler", "device", "allow_changed_plugins",
+            "quiet"}
+    opts = {p.name: p for p in compute_cmd.params}
+    assert set(opts) - hand == {k for k, p in PARAM_DECLS.items() if p.cli}
+    assert {k for k, p in PARAM_DECLS.items() if not p.cli} == {"kappas"}  # a list: the Python API only
+    for name, p in PARAM_DECLS.items():
+        if p.default is not None:
+            p.validate(name, p.default)
+        if p.cli:
+            assert opts[name].opts == [probe_flag(name)] and opts[name].default == p.default, name
+    # the existing option names stay
+    assert {probe_flag(k) for k in ("kappa", "checkpoints", "criterion", "eval_samples", "segmenter_weights",
+                                    "segmenter")} == {"--kappa", "--checkpoints", "--criterion", "--pruning-samples",
+                                                      "--segmenter-weights", "--segmenter"}
+    res = CliRunner().invoke(lrprobe, ["compute", "--help"], terminal_width=200)
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    assert "(q, κ)-compressibility (compressibility). [default: 0.1; 0<=x<=1]" in text
+    assert "Integrated Gradients steps (attributions). [default: 32; 1<=x<=4096]" in text
+    assert "(attributions, neuron_resets). [default: 256; 1<=x<=65536]" in text
+    assert "--pruning-samples N" in text and "--checkpoints TEXT" in text
+
+
+def test_one_checkpoints_parser():
+    """`--checkpoints` and compute_run(params={"checkpoints": ...}) read the spec with one parser."""
+    import pytest
+
+    from lrscope.errors import LrscopeError
+    from lrscope.probe.probes.attributions import parse_checkpoints
+    from lrscope.probe.registry import check_params
+
+    assert parse_checkpoints("all") == ["all"] and parse_checkpoints(" first, -1 ,2") == ["first", -1, 2]
+    for bad in ("abc", "", "first,,last", "1.5", str(2**70)):
+        with pytest.raises(LrscopeError):
+            parse_checkpoints(bad)
+        with pytest.raises(LrscopeError):
+            check_params({"checkpoints": bad})
+
+
 def test_recipe_modules_import_only_the_shared_helpers():
     """No import circle: each recipe module imports from lrscope only train/recipes.py (and the
     errors), recipes.py none of them, and train/data.py is the one place that imports them all."""

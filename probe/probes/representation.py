@@ -1,0 +1,128 @@
+"""The probes of the penultimate representation: compressibility (activations and weights),
+selectivity (representation) and linear probes (feature_quality)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..declare import Headline, param, probe
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from ..context import Context
+
+
+@probe(
+    "compressibility",
+    "(q, kappa)-compressibility, sparsity and PQ-index of the probe subset's penultimate activations per "
+    "snapshot (sparsity of the non-negative representation: max(0, h) for Swin-T), and of the last "
+    "checkpoint's weights with more than one dimension (linear and convolution weights, as Diao et al. "
+    "compute the PQ-index; biases and normalisation parameters left out), together and per tensor.",
+    format=4,  # parameters: weight tensors with > 1 dimension only; sparsity on the non-negative representation
+    cost="reads the stored activations and the last checkpoint (~0.03x)",
+    samples="the probe subset (group-balanced test samples, --probe-size at training, default 1000)",
+    headline=(Headline("activation_compressibility_final", "activation compressibility"),),
+    params={"kappa": param(0.1, "the κ of the (q, κ)-compressibility", lo=0, hi=1),
+            "q": param(2, "the q of the (q, κ)-compressibility", kind=float, lo=1, lo_open=True)},
+)
+def probe_compressibility(ctx: Context) -> xr.Dataset:
+    import json
+
+    import numpy as np
+    import xarray as xr
+
+    from .. import metrics as M
+    from ..context import _final
+
+    f = ctx.features
+    q, k = ctx.param("q"), ctx.param("kappa")
+    comp = M.compressibility(f, feature_dim="neuron", q=q, kappa=k).mean("probe_sample")
+    spar = M.sparsity(ctx.selective_features, feature_dim="neuron").mean("probe_sample")
+    pq = M.pq_index(f, feature_dim="neuron").mean("probe_sample")
+    out = xr.Dataset({
+        "activation_compressibility": M._attrs(comp, f"activation ({q:g}, {k:g})-compressibility", True),
+        "activation_sparsity": M._attrs(spar, "activation sparsity", True,
+                                        representation=ctx.selective_features.attrs["representation"]),
+        "activation_pq_index": M._attrs(pq, "activation PQ-index", True),
+    })
+    # parameters, as Diao et al. (2023) compute the PQ-index: the weight tensors with more than one
+    # dimension (linear and convolution weights) of the last checkpoint; biases and normalisation
+    # scales/shifts are left out. Globally over all of them, and per tensor.
+    named = [(n, w.reshape(-1)) for n, w in ctx.weights]
+    pda = xr.DataArray(np.concatenate([w for _, w in named]), dims=["weight"])
+    out["param_compressibility"] = M.compressibility(pda, feature_dim="weight", q=q, kappa=k)
+    out["param_pq_index"] = M.pq_index(pda, feature_dim="weight")
+    out["param_sparsity"] = M.sparsity(pda, feature_dim="weight", tol=1e-8)
+    # per layer (one value per parameter tensor, in state-dict order; names in attrs)
+    per = [float(M.compressibility(xr.DataArray(w, dims=["weight"]), feature_dim="weight", q=q, kappa=k))
+           for _, w in named]
+    out["layer_param_compressibility"] = M._attrs(
+        xr.DataArray(per, dims=["layer"]), f"parameter ({q:g}, {k:g})-compressibility per layer", True,
+        layers=json.dumps([n for n, _ in named]))
+    out["layer_param_pq_index"] = M._attrs(
+        xr.DataArray([float(M.pq_index(xr.DataArray(w, dims=["weight"]), feature_dim="weight")) for _, w in named],
+                     dims=["layer"]), "parameter PQ-index per layer", True)
+    for v in ("activation_compressibility", "activation_sparsity", "activation_pq_index"):
+        out[f"{v}_final"] = _final(out[v], v)
+    return out.drop_vars([c for c in out.coords if c not in ("snapshot",)])
+
+
+@probe(
+    "representation",
+    "Class and bias selectivity of every penultimate neuron on the probe subset (CSI, BSI, in [0, 1]: "
+    "computed on the non-negative representation, the post-ReLU activations, or max(0, h) for Swin-T whose "
+    "features are signed) and their averages, class separation R² of the activations, and neuron survival "
+    "(Fig. 18: the share of class- and bias-dominant neurons that keep their role until the end), per snapshot.",
+    format=4,  # CSI/BSI on max(0, h) for models with signed features (Swin-T)
+    cost="reads the stored activations (~0.01x)",
+    samples="the probe subset",
+    headline=(Headline("csi_mean_final", "average CSI", "CSI"),
+    Headline("class_separation_final", "class separation R²")),
+)
+def probe_representation(ctx: Context) -> xr.Dataset:
+    import xarray as xr
+
+    from .. import metrics as M
+    from ..context import _final, without_bias
+
+    ds = ctx.ds
+    f = ctx.features
+    kw = dict(sample_dim="probe_sample", feature_dim="neuron")
+    csi, bsi = ctx.selectivity  # on the non-negative representation
+    out = xr.Dataset({
+        "csi": csi,
+        "bsi": bsi,
+        "csi_mean": M._attrs(csi.mean("neuron"), "average CSI (core-feature utilisation)", True),
+        "bsi_mean": M._attrs(bsi.mean("neuron"), "average BSI (spurious-feature utilisation)", False),
+        "class_separation": M.class_separation(f, ds.probe_y.values, **kw),
+    })
+    out = out.merge(M.neuron_survival(csi, bsi))
+    for v in ("csi_mean", "bsi_mean", "class_separation"):
+        out[f"{v}_final"] = _final(out[v], v)
+    out = out.drop_vars([c for c in out.coords if c not in ("snapshot",)])
+    # BSI and what compares CSI with it (class- vs bias-dominant neurons): not without a bias attribute
+    return without_bias(out, ds, ("bsi", "bsi_mean", "class_dominant_fraction", "class_neuron_survival",
+                                  "bias_neuron_survival"))
+
+
+@probe(
+    "feature_quality",
+    "Linear probes (Springer et al.): held-out error of a logistic regression for the class (core) and "
+    "for the bias label (spurious) on the probe subset's penultimate activations, every snapshot "
+    "(fitting and held-out halves stratified by group).",
+    format=4,  # two-label probes fit scikit-learn's binary objective (was the 2-class multinomial)
+    cost="two small fits per snapshot (~0.04x on the demo sweep, ~0.013x of the CNN run)",
+    samples="the probe subset: fitted on one half, the error measured on the other (halves stratified by group)",
+)
+def probe_feature_quality(ctx: Context) -> xr.Dataset:
+    from ..context import _final, without_bias
+    from ..linear import feature_probe
+
+    ds = ctx.ds
+    out = feature_probe(ctx.features, ds.probe_y.values, ds.probe_b.values,
+                        sample_dim="probe_sample", feature_dim="neuron")
+    for v in ("core_probe_error", "spurious_probe_error"):
+        out[f"{v}_final"] = _final(out[v], v)
+    out = out.drop_vars([c for c in out.coords if c not in ("snapshot",)])
+    return without_bias(out, ds, ("spurious_probe_error",))
