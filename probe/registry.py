@@ -207,6 +207,18 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in [
                 "reset_neurons": "neurons followed, the highest final BSI first (Python API; default 8)",
                 "attr_samples": "probe inputs attributed (Python API; default 256)"}),
     ProbeEntry(
+        "selection", "lrscope.probe.selection:probe_selection",
+        "Offline model selection (as SubpopBench, DomainBed and WILDS select): per full snapshot, the criteria a "
+        "sweep's run and stopping point are picked by - validation worst-group accuracy (group labels), "
+        "validation worst-class and validation average accuracy (no group labels), on the run's validation split "
+        "(the dataset's own, or val_fraction of the training pool) - and the oracle's (test worst-group accuracy), "
+        "with the test unbiased and worst-group accuracy a pick is judged by and the number of classes predicted "
+        "(1: degenerate). lrscope.selection_table(open_sweep(...)) and the report's Model selection table pick over "
+        "the sweep. A run without a validation split (stores written before it, val_fraction 0): the validation "
+        "criteria are not defined, the oracle is; data without a bias attribute: the worst-group ones are not.",
+        cost="reads the stored test and validation logits (~0.01x)",
+        samples="the whole validation split and the whole test split, at full snapshots"),
+    ProbeEntry(
         "dynamics", "lrscope.probe.dynamics:probe_dynamics",
         "Per training sample, from the minibatch log: Dataset-Cartography confidence, variability and "
         "correctness (Swayamdipta et al. 2020), forgetting events (Toneva et al. 2019), first-learned and "

@@ -448,6 +448,23 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                                   "complete one, geometrically spaced (repeats when the run has fewer epochs)"),
     "lorenz_epoch_at": _d("per-epoch Lorenz curve", "position of a per-epoch Lorenz curve (0: the first epoch, the "
                           "last: the last complete epoch; which epochs: importance_lorenz_epoch)"),
+    # selection (probe/selection.py)
+    "selection_test_unbiased_accuracy": _d("test unbiased accuracy (selection)", "accuracy on the test split at the "
+                                           "full snapshot (the paper's unbiased accuracy where y and b are independent "
+                                           "there): what a selection's pick is judged by; NaN at light snapshots",
+                                           "fraction"),
+    "selection_test_worst_group_accuracy": _d("test worst-group accuracy (selection)", "lowest (y, b)-group accuracy "
+                                              "on the test split at the full snapshot: the oracle's criterion and what "
+                                              "a pick is judged by", "fraction"),
+    "val_worst_group_accuracy": _d("validation worst-group accuracy", "lowest (y, b)-group accuracy on the validation "
+                                   "split at the full snapshot: model selection with group labels", "fraction"),
+    "val_worst_class_accuracy": _d("validation worst-class accuracy", "lowest per-class accuracy on the validation "
+                                   "split at the full snapshot: model selection without group labels", "fraction"),
+    "val_average_accuracy": _d("validation average accuracy", "accuracy on the validation split (distributed like the "
+                               "training data: the training-group-weighted average accuracy) at the full snapshot: "
+                               "model selection without group labels", "fraction"),
+    "predicted_classes": _d("classes predicted (test split)", "number of distinct classes the network predicts over "
+                            "the test split at the full snapshot; 1: degenerate (one class everywhere)", "count"),
 }
 _PRUNING_KINDS = {"structured": "whole units of every hidden layer (neurons, filters) by incoming-weight L2 norm",
                   "magnitude": "single weights by "
