@@ -118,7 +118,8 @@ def probe_selection(ctx) -> xr.Dataset:
         vy, vb = ds.val_y.values.astype(np.int64), ds.val_b.values.astype(np.int64)
         if len(vfull):
             vr = group_accuracy_np(vlog, vy, vb)
-            vacc, vworst, vclass = vr["unbiased_accuracy"], vr["worst_group_accuracy"], worst_class_accuracy_np(vlog, vy)
+            vacc, vworst = vr["unbiased_accuracy"], vr["worst_group_accuracy"]
+            vclass = worst_class_accuracy_np(vlog, vy)
         else:
             vacc = vworst = vclass = np.zeros(0)
         n_val = len(vy)

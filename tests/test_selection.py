@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 
 import lrscope
 from lrscope.probe.metrics import MetricError
@@ -17,6 +16,8 @@ from lrscope.store.writer import RunWriter
 from lrscope.train.config import RunConfig
 from lrscope.train.data import build_dataset
 from lrscope.train.loop import evaluate, train_run
+
+from conftest import tiny_config
 
 
 # ----------------------------------------------------------------------------------- the split
@@ -171,7 +172,7 @@ def fabricate(path, lr: float, snaps, *, val: bool = True, has_bias: bool = True
 
 
 D = ("all1", "all1")  # degenerate: class 1 everywhere (test: accuracy 0.5, worst group 0)
-O = ((0, 0, 0, 0), (2, 2, 4, 16))  # the oracle's: perfect on test, hopeless on validation
+P_ORACLE = ((0, 0, 0, 0), (2, 2, 4, 16))  # the oracle's: perfect on test, hopeless on validation
 P_AVG = ((0, 2, 0, 0), (0, 2, 0, 0))  # val: average 22/24, worst class 2/4, worst group 0
 P_WC = ((0, 0, 1, 0), (0, 0, 3, 0))  # val: average 21/24, worst class 17/20, worst group 1/4
 P_WG = ((0, 1, 0, 0), (0, 0, 1, 3))  # val: average 20/24, worst class 16/20, worst group 3/4
@@ -179,7 +180,7 @@ P_WG = ((0, 1, 0, 0), (0, 0, 1, 3))  # val: average 20/24, worst class 16/20, wo
 
 def test_each_criterion_picks_by_hand(tmp_path):
     fabricate(tmp_path / "fab-a.zarr", 0.01, [D, P_AVG])
-    fabricate(tmp_path / "fab-b.zarr", 0.1, [O, P_WC])
+    fabricate(tmp_path / "fab-b.zarr", 0.1, [P_ORACLE, P_WC])
     fabricate(tmp_path / "fab-c.zarr", 1.0, [P_WG, D])
     compute_paths(tmp_path, ["selection"], progress=False)
     sw = lrscope.open_sweep(tmp_path)
@@ -222,7 +223,7 @@ def test_a_degenerate_pick_is_flagged(tmp_path):
 
 def test_runs_without_a_validation_split_give_the_oracle_only(tmp_path):
     fabricate(tmp_path / "fab-a.zarr", 0.01, [D, P_AVG], val=False)
-    fabricate(tmp_path / "fab-b.zarr", 0.1, [O, P_WC], val=False)
+    fabricate(tmp_path / "fab-b.zarr", 0.1, [P_ORACLE, P_WC], val=False)
     compute_paths(tmp_path, ["selection"], progress=False)
     from lrscope.store.reader import read_probe
 
@@ -238,7 +239,7 @@ def test_runs_without_a_validation_split_give_the_oracle_only(tmp_path):
 
 def test_data_without_a_bias_attribute_selects_without_groups(tmp_path):
     fabricate(tmp_path / "fab-a.zarr", 0.01, [D, P_AVG], has_bias=False)
-    fabricate(tmp_path / "fab-b.zarr", 0.1, [O, P_WC], has_bias=False)
+    fabricate(tmp_path / "fab-b.zarr", 0.1, [P_ORACLE, P_WC], has_bias=False)
     compute_paths(tmp_path, ["selection"], progress=False)
     sw = lrscope.open_sweep(tmp_path)
     assert "val_worst_group_accuracy" not in sw and "selection_test_worst_group_accuracy" not in sw
@@ -252,7 +253,7 @@ def test_data_without_a_bias_attribute_selects_without_groups(tmp_path):
 
 
 def test_selection_table_needs_the_probe(tmp_path):
-    fabricate(tmp_path / "fab-a.zarr", 0.01, [O])
+    fabricate(tmp_path / "fab-a.zarr", 0.01, [P_ORACLE])
     with pytest.raises(MetricError, match="lrprobe compute"):
         selection_table(lrscope.open_sweep(tmp_path))
     with pytest.raises(MetricError, match="open_sweep"):

@@ -532,10 +532,11 @@ def image_folder(*, seed: int, rho_train: float | None, data_root, metadata: str
     that the k-th bias value goes with the k-th class. No bias column (the default name absent, or
     bias: null): no bias attribute, and the probes that need one are not defined. Splits: train,
     val (or valid, validation), test, or 0, 1, 2; val rows are the validation split (model
-    selection; without any, the training pool gives one: val_fraction). Images are decoded with Pillow as RGB, centre-cropped and resized
-    to size×size, held as uint8 and scaled to [0, 1] for the model, as the other image sets;
-    n_train / n_test subsample (seeded; n_test bounds the validation split too). Cached, keyed also by the table's mtime and size: an
-    edited table rebuilds it; an image replaced under the same name does not (touch the table)."""
+    selection; without any, the training pool gives one: val_fraction). Images are decoded with
+    Pillow as RGB, centre-cropped and resized to size×size, held as uint8 and scaled to [0, 1] for
+    the model, as the other image sets; n_train / n_test subsample (seeded; n_test bounds the
+    validation split too). Cached, keyed also by the table's mtime and size: an edited table
+    rebuilds it; an image replaced under the same name does not (touch the table)."""
     check_sizes(n_train=n_train, n_test=n_test, size=size)
     root = _root("image_folder", data_root)
     file = root / metadata

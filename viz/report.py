@@ -137,7 +137,8 @@ def selection_html(sw) -> str:
                      f"{float(r.selected_lr):g}" if defined else "-",
                      int(r.selected_iteration) if defined else "-", _fmt(float(r.selection_score)),
                      _fmt(float(r.selected_test_unbiased_accuracy)), _fmt(float(r.selected_test_worst_group_accuracy)),
-                     _fmt(float(r.gap_to_oracle)), "yes" if bool(r.selected_degenerate) else "", str(r.not_defined.values)))
+                     _fmt(float(r.gap_to_oracle)), "yes" if bool(r.selected_degenerate) else "",
+                     str(r.not_defined.values)))
     note = ("<p class=note>Which run and snapshot each criterion would pick among every full snapshot of the sweep's "
             "runs, and the pick's accuracy on the test split (ties: the first run, then the earliest snapshot). The "
             "oracle reads the test labels: the best any criterion can do. Validation criteria read the run's "
