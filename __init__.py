@@ -24,6 +24,10 @@ def __getattr__(name):
         from .train.api import Recorder
 
         return Recorder
+    if name == "selection_table":  # model selection over a sweep (probe/selection.py)
+        from .probe.selection import selection_table
+
+        return selection_table
     if name in ("bundle_from_arrays", "DataBundle"):
         from .train import recipes
 
@@ -41,4 +45,4 @@ def load_model(ds_or_path, checkpoint: int = -1, *, into=None, allow_changed_plu
 
 
 __all__ = ["open_run", "open_sweep", "last_snapshot", "at_iteration", "load_model", "Recorder", "bundle_from_arrays",
-           "DataBundle", "LrscopeError", "__version__"]
+           "DataBundle", "selection_table", "LrscopeError", "__version__"]

@@ -224,7 +224,7 @@ def preflight(cfg, out, run_id: str, data=None):
     bundle = data
     if bundle is None:
         bundle = build_dataset(cfg.dataset, seed=cfg.data_seed, bias_conflicting_ratio=cfg.bias_conflicting_ratio,
-                               data_root=cfg.data_root, **cfg.data_options)
+                               data_root=cfg.data_root, val_fraction=cfg.val_fraction, **cfg.data_options)
     with torch.device("meta"):
         model = build_model(cfg, bundle.input_shape, bundle.num_classes)
     if is_import_path(cfg.model):  # a plugin model: built for real and checked on a batch of the data

@@ -9,6 +9,7 @@ _EXPORTS = {
                 "compressibility", "gini", "group_accuracy", "importance_weights", "last_mistake", "lorenz_curve",
                 "loss_ratio", "neuron_survival", "pq_index", "selectivity", "sparsity"),
     "pruning": ("prunability", "prunability_sum", "pruned_accuracy", "pruning_curve"),
+    "selection": ("selection_table",),
     "soup": ("model_soup", "soup_state"),
     "sweep": ("last_snapshot", "loss_ratio_correlation", "lr_sensitive_samples"),
 }
@@ -32,4 +33,4 @@ __all__ = ["group_accuracy", "loss_ratio", "ba_bc_loss_ratio", "compressibility"
            "captum_ready", "region_shares", "attribution_entropy",
            "background_share", "lr_sensitive_samples", "loss_ratio_correlation", "last_snapshot", "last_mistake",
            "dynamics", "sample_dynamics", "importance_trajectory", "epoch_importance", "model_soup",
-           "soup_state"]
+           "soup_state", "selection_table"]

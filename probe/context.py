@@ -131,7 +131,9 @@ class Context:
                           self.allow_changed_plugins)
             bundle = build_dataset(cfg["dataset"], seed=cfg["data_seed"],
                                    bias_conflicting_ratio=cfg["bias_conflicting_ratio"],
-                                   data_root=self.data_root or cfg.get("data_root"), **cfg["data_options"])
+                                   data_root=self.data_root or cfg.get("data_root"),
+                                   val_fraction=cfg.get("val_fraction", 0.0),  # absent: a store of before it
+                                   **cfg["data_options"])
         except LrscopeError:
             return None
         same = all(np.array_equal(getattr(getattr(bundle, split), v).numpy(), self.ds[f"{split}_{v}"].values)

@@ -56,7 +56,8 @@ def _recompute_bn(model, cfg: dict, data_root, batch: int) -> None:
     from ..train.data import as_model_input, build_dataset
 
     bundle = build_dataset(cfg["dataset"], seed=cfg["data_seed"], bias_conflicting_ratio=cfg["bias_conflicting_ratio"],
-                           data_root=data_root or cfg.get("data_root"), **cfg["data_options"])
+                           data_root=data_root or cfg.get("data_root"), val_fraction=cfg.get("val_fraction", 0.0),
+                           **cfg["data_options"])
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()

@@ -84,7 +84,9 @@ def _make_strict(store: CheckedStore, root: zarr.Group, attrs: dict, path) -> No
     flags = {}
     store.strict = True  # the flags themselves are checked too (no chunk may be missing yet)
     try:
-        for split, arr in ((S.A_TEST_LOGITS, S.A_TEST_EVALUATED), (S.A_TRAIN_LOGITS, S.A_TRAIN_EVALUATED)):
+        for split, arr in S.EVALUATED.items():
+            if split == S.A_VAL_LOGITS and split not in root[S.G_SNAP]:
+                continue  # no validation split (an older store, or none held out): no flags either
             a = check_array(root[f"{S.G_SNAP}/{arr}"])
             check_node(path, root, a.path, a, attrs)
             flags[f"{S.G_SNAP}/{split}"] = np.asarray(a[:n_snap], dtype=bool) if n_snap else np.zeros(0, bool)
@@ -424,7 +426,10 @@ def _open_run(path, *, probes: bool = True, layouts: list[dict] = (), describe: 
         required = (*(S.READ_AS.get(n, n) for n in S.LOG_SCALARS), S.A_BATCH_INDEX,
                     *S.log_record_names(S.log_policy(attrs)), S.A_TEST_LOGITS, S.A_PROBE_LOGITS, S.A_TRAIN_LOGITS,
                     S.A_PROBE_FEATURES, "probe_inputs")
-        for need in required + tuple(f"{split}_{label}" for split in S.SPLITS for label in S.LABELS):
+        if S.A_VAL_LOGITS in variables:  # a validation split: its labels and flags with it
+            required += tuple(f"val_{label}" for label in S.LABELS)
+        for need in required + tuple(f"{split}_{label}" for split in S.SPLITS for label in S.LABELS
+                                     if split not in S.OPTIONAL_SPLITS):
             if need not in variables and need not in coords:
                 raise KeyError(need)
     except KeyError as e:
@@ -896,7 +901,7 @@ def open_sweep(paths, *, probes: bool = True) -> xr.Dataset:
     stripped = []
     sizes = {}
     for d, p in zip(dsets, runs):
-        for dim in ("train_sample", "test_sample", "probe_sample"):
+        for dim in S.D_SAMPLE.values():
             if dim in d.sizes and sizes.setdefault(dim, d.sizes[dim]) != d.sizes[dim]:
                 raise StoreError(f"{p}: its {dim} size differs from the other runs' (mixed datasets?); "
                                  "open those runs as separate sweeps")

@@ -4,6 +4,7 @@ A run store is one Zarr v3 group (a directory ``<run>.zarr``)::
 
     zarr.json            attrs: schema_version, config, status, reason, committed, versions, ...
     data/{train,test}/   labels, written once (dim train_sample / test_sample)
+    data/val/            the validation split's labels (dim val_sample), where the run has one
     data/probe/          the probe subset: index into test, labels, inputs (dim probe_sample)
     log/                 one row per optimizer step (dim iteration), flushed in blocks
     snapshots/           per-sample logits and probe activations (dim snapshot)
@@ -86,7 +87,10 @@ G_CKPT = "checkpoints"
 G_PARAMS = "checkpoints/params"
 G_OPTIM = "checkpoints/optimizer"
 G_PROBES = "probes"
-SPLITS = ("train", "test", "probe")
+SPLITS = ("train", "test", "probe", "val")
+# splits a run may lack: stores written before the validation split, runs with val_fraction 0 and no
+# shipped one, runs recorded from a user's loop (data/val/, snapshots/val_logits and val_evaluated absent)
+OPTIONAL_SPLITS = ("val",)
 
 # ---- dimensions ------------------------------------------------------------------------
 D_ITER = "iteration"
@@ -95,7 +99,7 @@ D_SNAP = "snapshot"
 D_CKPT = "checkpoint"
 D_CLASS = "class"
 D_NEURON = "neuron"
-D_SAMPLE = {"train": "train_sample", "test": "test_sample", "probe": "probe_sample"}
+D_SAMPLE = {"train": "train_sample", "test": "test_sample", "probe": "probe_sample", "val": "val_sample"}
 # appendable dims and the committed-length key that bounds them
 APPEND_DIMS = {D_ITER: "iteration", D_SNAP: "snapshot", D_CKPT: "checkpoint"}
 
@@ -171,6 +175,11 @@ A_TRAIN_LOGITS = "train_logits"  # (snapshot, train_sample, class) float32, NaN 
 A_PROBE_FEATURES = "probe_features"  # (snapshot, probe_sample, neuron) float32
 A_TEST_EVALUATED = "test_evaluated"  # (snapshot,) bool: test_logits evaluated at this snapshot (schema 2)
 A_TRAIN_EVALUATED = "train_evaluated"  # (snapshot,) bool: train_logits evaluated at this snapshot (schema 2)
+# the validation split's, evaluated at the full snapshots like the test split (only where the run has one)
+A_VAL_LOGITS = "val_logits"  # (snapshot, val_sample, class) float32, NaN at light snapshots
+A_VAL_EVALUATED = "val_evaluated"  # (snapshot,) bool: val_logits evaluated at this snapshot
+# logits array -> its evaluated flags (the rows a reader may find missing: not evaluated)
+EVALUATED = {A_TEST_LOGITS: A_TEST_EVALUATED, A_TRAIN_LOGITS: A_TRAIN_EVALUATED, A_VAL_LOGITS: A_VAL_EVALUATED}
 
 # ---- checkpoints/ ----------------------------------------------------------------------
 A_CKPT_ITER = "iteration"
@@ -208,6 +217,7 @@ def _d(long_name: str, description: str, units: str | None = None) -> dict[str, 
 
 
 _SPLIT_WORDS = {"train": "training split", "test": "test split",
+                "val": "validation split (the dataset's own, or held out of the training pool: val_fraction)",
                 "probe": "probe subset (group-balanced test samples whose activations are recorded)"}
 _LABEL_WORDS = {
     "y": ("class label", "the target class y"),
@@ -266,6 +276,12 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     A_TEST_EVALUATED: _d("test logits evaluated", "whether test_logits holds values at this snapshot (full snapshots) "
                          "or NaN (light early ones)"),
     A_TRAIN_EVALUATED: _d("train logits evaluated", "whether train_logits holds values at this snapshot"),
+    A_VAL_LOGITS: _d("validation logits", "logits of every validation sample (data/val: the dataset's own validation "
+                     "split, or the share val_fraction held out of the training pool) at the snapshot, evaluated at "
+                     "the full snapshots like the test split; NaN at light snapshots (val_evaluated False); absent "
+                     "where the run has no validation split"),
+    A_VAL_EVALUATED: _d("validation logits evaluated", "whether val_logits holds values at this snapshot (full "
+                        "snapshots) or NaN (light early ones)"),
     "probe_inputs": _d("probe-subset inputs", "raw inputs of the probe subset, as stored (float32, or uint8 images "
                        "scaled by 1/255 for the model)"),
     "regions": _d("input regions", "which input positions carry the core feature, the spurious feature or noise "
@@ -432,6 +448,23 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                                   "complete one, geometrically spaced (repeats when the run has fewer epochs)"),
     "lorenz_epoch_at": _d("per-epoch Lorenz curve", "position of a per-epoch Lorenz curve (0: the first epoch, the "
                           "last: the last complete epoch; which epochs: importance_lorenz_epoch)"),
+    # selection (probe/selection.py)
+    "selection_test_unbiased_accuracy": _d("test unbiased accuracy (selection)", "accuracy on the test split at the "
+                                           "full snapshot (the paper's unbiased accuracy where y and b are independent "
+                                           "there): what a selection's pick is judged by; NaN at light snapshots",
+                                           "fraction"),
+    "selection_test_worst_group_accuracy": _d("test worst-group accuracy (selection)", "lowest (y, b)-group accuracy "
+                                              "on the test split at the full snapshot: the oracle's criterion and what "
+                                              "a pick is judged by", "fraction"),
+    "val_worst_group_accuracy": _d("validation worst-group accuracy", "lowest (y, b)-group accuracy on the validation "
+                                   "split at the full snapshot: model selection with group labels", "fraction"),
+    "val_worst_class_accuracy": _d("validation worst-class accuracy", "lowest per-class accuracy on the validation "
+                                   "split at the full snapshot: model selection without group labels", "fraction"),
+    "val_average_accuracy": _d("validation average accuracy", "accuracy on the validation split (distributed like the "
+                               "training data: the training-group-weighted average accuracy) at the full snapshot: "
+                               "model selection without group labels", "fraction"),
+    "predicted_classes": _d("classes predicted (test split)", "number of distinct classes the network predicts over "
+                            "the test split at the full snapshot; 1: degenerate (one class everywhere)", "count"),
 }
 _PRUNING_KINDS = {"structured": "whole units of every hidden layer (neurons, filters) by incoming-weight L2 norm",
                   "magnitude": "single weights by "
@@ -553,10 +586,10 @@ def array_spec(path: str, ndim: int, policy: str = LOG_FULL) -> tuple[tuple[str,
         name = parts[1]
         if name == A_SNAP_ITER:
             return ("int64",), 0, (D_SNAP,), ROWS_INDEX
-        if name in (A_TEST_EVALUATED, A_TRAIN_EVALUATED):
+        if name in (A_TEST_EVALUATED, A_TRAIN_EVALUATED, A_VAL_EVALUATED):
             return ("bool",), False, (D_SNAP,), ROWS_INDEX
         for arr, split, fill in ((A_TEST_LOGITS, "test", nan), (A_TRAIN_LOGITS, "train", nan),
-                                 (A_PROBE_LOGITS, "probe", nan)):
+                                 (A_PROBE_LOGITS, "probe", nan), (A_VAL_LOGITS, "val", nan)):
             if name == arr:
                 return ("float32",), fill, (D_SNAP, D_SAMPLE[split], D_CLASS), ROWS_SNAPSHOT
         if name == A_PROBE_FEATURES:

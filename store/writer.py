@@ -175,7 +175,12 @@ class RunWriter:
                       (S.D_SNAP, S.D_SAMPLE["train"], S.D_CLASS), 1, fill=np.nan)
         _append_array(snaps, S.A_PROBE_FEATURES, (n_probe, model_info["num_features"]), "float32",
                       (S.D_SNAP, S.D_SAMPLE["probe"], S.D_NEURON), 1)
-        for name in (S.A_TEST_EVALUATED, S.A_TRAIN_EVALUATED):
+        flags = [S.A_TEST_EVALUATED, S.A_TRAIN_EVALUATED]
+        if "val" in labels:  # a validation split: evaluated at the full snapshots, like the test split
+            _append_array(snaps, S.A_VAL_LOGITS, (len(labels["val"]["y"]), num_classes), "float32",
+                          (S.D_SNAP, S.D_SAMPLE["val"], S.D_CLASS), 1, fill=np.nan)
+            flags.append(S.A_VAL_EVALUATED)
+        for name in flags:
             _append_array(snaps, name, (), "bool", (S.D_SNAP,), 1024, fill=False)
 
         ck = root.create_group(S.G_CKPT)
@@ -235,11 +240,14 @@ class RunWriter:
             snaps, self._snap_buf, self.buffered_snapshot_bytes = self._snap_buf, [], 0
             writes = [(self._array(S.G_SNAP, S.A_SNAP_ITER), k0,
                        np.array([s_[S.A_SNAP_ITER] for s_ in snaps], dtype=np.int64))]
-            for flag, name in ((S.A_TEST_EVALUATED, S.A_TEST_LOGITS), (S.A_TRAIN_EVALUATED, S.A_TRAIN_LOGITS)):
-                if flag in self.root[S.G_SNAP]:  # schema 2: which logits rows hold data
+            present = self._snapshot_arrays()
+            for name, flag in S.EVALUATED.items():
+                if flag in present:  # schema 2: which logits rows hold data
                     writes.append((self._array(S.G_SNAP, flag), k0,
                                    np.array([s_.get(name) is not None for s_ in snaps], dtype=bool)))
-            for name in (S.A_TEST_LOGITS, S.A_PROBE_LOGITS, S.A_PROBE_FEATURES, S.A_TRAIN_LOGITS):
+            for name in (S.A_TEST_LOGITS, S.A_PROBE_LOGITS, S.A_PROBE_FEATURES, S.A_TRAIN_LOGITS, S.A_VAL_LOGITS):
+                if name not in present:  # val_logits: only a run with a validation split has them
+                    continue
                 arr = self._array(S.G_SNAP, name)
                 _ensure_rows(arr, k0 + len(snaps))
                 # consecutive rows that hold data are written as one block; missing rows keep
@@ -259,11 +267,19 @@ class RunWriter:
             _write_many(writes[len(writes) // 2:])
             self.committed["snapshot"] = k0 + len(snaps)
 
+    def _snapshot_arrays(self) -> set[str]:
+        """The names of the snapshots group's arrays (read once)."""
+        if not hasattr(self, "_snap_names"):
+            self._snap_names = {name for name, _ in self.root[S.G_SNAP].arrays()}
+        return self._snap_names
+
     def write_snapshot(self, iteration: int, *, probe_features: np.ndarray, probe_logits: np.ndarray,
-                       test_logits: np.ndarray | None = None, train_logits: np.ndarray | None = None) -> None:
-        """Buffer one snapshot (written at the next flush). Logits not evaluated are None."""
+                       test_logits: np.ndarray | None = None, train_logits: np.ndarray | None = None,
+                       val_logits: np.ndarray | None = None) -> None:
+        """Buffer one snapshot (written at the next flush). Logits not evaluated are None
+        (`val_logits`: also where the store has no validation split)."""
         snap = {S.A_SNAP_ITER: iteration, S.A_PROBE_FEATURES: probe_features, S.A_PROBE_LOGITS: probe_logits,
-                S.A_TEST_LOGITS: test_logits, S.A_TRAIN_LOGITS: train_logits}
+                S.A_TEST_LOGITS: test_logits, S.A_TRAIN_LOGITS: train_logits, S.A_VAL_LOGITS: val_logits}
         self._snap_buf.append(snap)
         self.buffered_snapshot_bytes += sum(v.nbytes for v in snap.values() if isinstance(v, np.ndarray))
 

@@ -27,8 +27,12 @@ TINY_DATA = {"n_train": 400, "n_test": 400, "core_bits": 3, "spurious_bits": 1, 
 
 
 def tiny_config(**kw) -> RunConfig:
+    """A tiny parity run. It trains on its whole pool of 400 (val_fraction 0, as runs did before the
+    validation split: the tests' sizes and batch counts are those); tests/test_selection.py trains
+    with the held-out validation split."""
     base = dict(dataset="parity", model="fcn", lr=0.1, widths=[32, 32], data_options=dict(TINY_DATA),
-                max_steps=120, snapshot_every=20, checkpoint_every=40, probe_size=100, batch_size=50)
+                max_steps=120, snapshot_every=20, checkpoint_every=40, probe_size=100, batch_size=50,
+                val_fraction=0.0)
     base.update(kw)
     return RunConfig(**base)
 

@@ -30,7 +30,7 @@ PROBES = ["dynamics", "importance", "loss_ratio"]
 def small(**kw) -> RunConfig:
     base = {"dataset": "parity", "model": "fcn", "widths": [16], "lr": 0.2, "max_steps": 160, "stop": "max-steps",
             "probe_size": 40, "batch_size": 50, "snapshot_every": 40, "checkpoint_every": 40,
-            "data_options": {"n_train": 400, "n_test": 200}}
+            "data_options": {"n_train": 400, "n_test": 200}, "val_fraction": 0.0}  # all 400 train: 8 whole batches
     base.update(kw)
     return RunConfig(**base)
 

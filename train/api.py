@@ -56,7 +56,8 @@ RECORDED_BY = S.RECORDED_BY_API  # model_info["recorded_by"] of a store written 
 # RunConfig fields lrscope does not control in a user's loop: refused in the config
 NOT_HERE = {"device": "the model's device is used", "channels_last": "set the memory format in your own loop",
             "weights": "load your own initial weights before recording", "deterministic":
-            "call torch.use_deterministic_algorithms yourself", "dataset": "name the data (bundle_from_arrays(name=))"}
+            "call torch.use_deterministic_algorithms yourself", "dataset": "name the data (bundle_from_arrays(name=))",
+            "val_fraction": "your loop brings its own data; lrscope holds no validation split out of it"}
 REQUIRED = {"batch_size": "the largest minibatch your loop takes", "max_steps": "the number of optimizer steps "
             "your loop will take (the run ends there)"}
 API_DEFAULTS = {"stop": "max-steps"}
@@ -117,10 +118,12 @@ def api_config(config: dict, *, data: DataBundle, model_name: str, optimizer) ->
         extra = json.loads(json.dumps(extra, allow_nan=False))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config values must be JSON (numbers, strings, lists, dicts; finite): {e}") from None
-    cfg = RunConfig(dataset=data.name, **known)
+    cfg = RunConfig(dataset=data.name, **known, val_fraction=0.0)  # nothing is held out of the user's data
     if cfg.warmup_steps >= cfg.max_steps:
         raise ConfigError(f"warmup_steps ({cfg.warmup_steps}) must be below max_steps ({cfg.max_steps})")
-    return cfg, {**cfg.to_dict(), **extra}
+    stored = cfg.to_dict()
+    stored.pop("val_fraction")  # not a knob here: stores and ids as before the field
+    return cfg, {**stored, **extra}
 
 
 def api_run_id(stored: dict) -> str:

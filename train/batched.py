@@ -132,7 +132,7 @@ def train_batched(configs: list[RunConfig], out: str | os.PathLike, *, progress:
     Path(out).mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg0.device)
     bundle = build_dataset(cfg0.dataset, seed=cfg0.data_seed, bias_conflicting_ratio=cfg0.bias_conflicting_ratio,
-                           data_root=cfg0.data_root, **cfg0.data_options)
+                           data_root=cfg0.data_root, val_fraction=cfg0.val_fraction, **cfg0.data_options)
     probe_idx = probe_subset(bundle, cfg0.probe_size, cfg0.data_seed)
     placement = choose(cfg0.data_placement, dataset_bytes(bundle), device)
     locks, writers, models, opts = [], [], [], []

@@ -206,6 +206,12 @@ class RunConfig:
     bias_conflicting_ratio: float | None = knob(None, lo=0, hi=1, label="bias-conflicting ratio",
                                                 help="fraction of bias-conflicting training samples (default: the "
                                                      "dataset's paper value, see `lrtrain datasets`)")
+    val_fraction: float = knob(0.1, lo=0, hi=0.5,
+                               help="share of the training pool held out as the validation split (model selection, "
+                                    "the selection probe) when the dataset ships none (Waterbirds, CelebA and "
+                                    "image_folder's val rows are used as they are); stratified by (y, b) group, drawn "
+                                    "from `data_seed`; the run trains on the rest (n_train is the pool's size); 0: no "
+                                    "validation split, the whole pool trains (stores written before this field)")
     widths: list[int] | None = knob(None, lo=1, hi=MAX_WIDTH,
                                     help="hidden widths of the FCN (default: the paper's FCN for the dataset - 3x200 on "
                                          "parity and moon_star, 2x1024 on Colored/Double MNIST, 2x2048 on "
@@ -326,6 +332,15 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def from_stored(cls, d: dict[str, Any]) -> "RunConfig":
+        """The config of a run store: as `from_dict`, but a field the store's config lacks (it was
+        written before the field existed) takes the value that run had in effect (`LEGACY_VALUES`),
+        not today's default."""
+        if isinstance(d, dict):
+            d = {**{k: v for k, v in LEGACY_VALUES.items() if k not in d}, **d}
+        return cls.from_dict(d)
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         if not isinstance(d, dict):
             raise ConfigError(f"a run config is a mapping of field names to values, got {type(d).__name__}")
@@ -355,6 +370,14 @@ class RunConfig:
         for k in LATE_FIELDS:  # at their default, fields added later leave earlier run ids as they were
             if ident[k] == _FIELDS[k].default:
                 ident.pop(k)
+        for k, v in LEGACY_VALUES.items():  # and at the value earlier runs had: their ids stay too
+            if ident.get(k) == v:
+                ident.pop(k)
+        plain = default.identity()
+        for k in (*LATE_FIELDS, *LEGACY_VALUES):
+            plain.pop(k, None)
+        if ident == plain:  # a default run of an earlier version (val_fraction 0): its id had no hash
+            return base
         if self.optimizer != "kron":  # the kron knobs do not touch other runs: ids stay as before them
             for k in KRON_FIELDS:
                 ident.pop(k)
@@ -403,7 +426,13 @@ EXECUTION_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.meta
 # Identity fields added after run ids were first given out: left out of the id's hash while at their
 # default, so that the stores of earlier versions (whose configs lack them: from_dict gives the
 # default) keep their names and resume. A store's config always holds them.
-LATE_FIELDS = ("log_logits", "features_at")
+LATE_FIELDS = ("log_logits", "features_at", "val_fraction")
+# Identity fields whose default differs from what runs made before them did: a stored config without
+# the field ran with this value (`RunConfig.from_stored` gives it), and the run id leaves the field out
+# of its hash at this value as at its default. So a store of an earlier version keeps its id and
+# resumes with --val-fraction 0 (a default config of today, val_fraction 0.1, maps to the same id
+# and is refused there as a different config: it would train on other samples).
+LEGACY_VALUES = {"val_fraction": 0.0}
 
 
 def check_run_id(run_id: str) -> str:

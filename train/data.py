@@ -27,7 +27,7 @@ RECIPE_MODULES = ("synthetic", "images", "vision")  # every module that register
 for _module in RECIPE_MODULES:
     importlib.import_module(f".{_module}", __package__)
 
-CACHE_VERSION = 3  # bump when a cached recipe's output (or the cache's layout) changes
+CACHE_VERSION = 4  # bump when a cached recipe's output (or the cache's layout) changes (4: the val split)
 
 if TYPE_CHECKING:
     import torch
@@ -91,7 +91,8 @@ def _file_stamp(path) -> list | None:
     return [st.st_mtime_ns, st.st_size]
 
 
-def _cache_key(name: str, seed: int, rho, options: dict, files=(), source: str | None = None) -> str:
+def _cache_key(name: str, seed: int, rho, options: dict, files=(), source: str | None = None,
+               val_fraction: float = 0.0) -> str:
     """The cache folder's name: the recipe, seed, ratio and options, the data root with its mtime
     (files added or removed under it: rebuild), the mtime and size of `files` (the entry's
     `stamp`: a metadata table edited in place leaves its folder's mtime alone), and a plugin
@@ -105,7 +106,7 @@ def _cache_key(name: str, seed: int, rho, options: dict, files=(), source: str |
         stamp = None if stamp is None else stamp[0]
     files = [[str(f), _file_stamp(f)] for f in files]
     key = [CACHE_VERSION, name, seed, rho, opts, root, stamp] + ([files] if files else []) \
-        + ([source] if source is not None else [])
+        + ([source] if source is not None else []) + ([val_fraction] if val_fraction else [])
     blob = json.dumps(key, sort_keys=True, default=str)
     return f"{name.replace(':', '.')}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}"
 
@@ -118,11 +119,11 @@ def _save_cached(path: Path, b: DataBundle) -> None:
     made under a temporary name and renamed into place, so a reader sees all of it or nothing."""
     import shutil
 
-    arrays = {f"{sp}_{k}": getattr(getattr(b, sp), k).numpy() for sp in ("train", "test") for k in SPLIT_KEYS}
+    arrays = {f"{sp}_{k}": getattr(getattr(b, sp), k).numpy() for sp in b.splits for k in SPLIT_KEYS}
     arrays.update({f"region_{k}": v for k, v in b.regions.items()})
     meta = {"name": b.name, "num_classes": b.num_classes, "num_bias": b.num_bias,
             "input_shape": list(b.input_shape), "description": b.description, "regions": list(b.regions),
-            "has_bias": bool(b.has_bias)}
+            "has_bias": bool(b.has_bias), "splits": list(b.splits)}
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         tmp.mkdir(parents=True, exist_ok=True)
@@ -162,19 +163,64 @@ def _load_cached(path: Path) -> DataBundle | None:
         sp = {s: Split(map_npy(path / f"{s}_x.npy"),
                        *(torch.from_numpy(np.load(path / f"{s}_{k}.npy", allow_pickle=False))
                          for k in SPLIT_KEYS[1:]))
-              for s in ("train", "test")}
+              for s in meta.get("splits", ("train", "test"))}
         regions = {k: np.load(path / f"region_{k}.npy", allow_pickle=False) for k in meta["regions"]}
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return DataBundle(meta["name"], sp["train"], sp["test"], meta["num_classes"], meta["num_bias"],
                       tuple(meta["input_shape"]), regions, meta["description"],
-                      has_bias=bool(meta.get("has_bias", True)))  # absent: a cache of before the field (bias)
+                      has_bias=bool(meta.get("has_bias", True)),  # absent: a cache of before the field (bias)
+                      val=sp.get("val"))
+
+
+VAL_SEED = 7300  # the held-out validation split's stream: numpy default_rng([data_seed, VAL_SEED])
+
+
+def hold_out_validation(bundle: DataBundle, fraction: float, seed: int) -> DataBundle:
+    """`bundle` with a validation split: the dataset's own where it ships one (unchanged, whatever
+    `fraction`), else `fraction` of the training pool held out, stratified by (y, b) group (each
+    group gives round(fraction * n_g) samples, at least one staying in training), so the held-out
+    split has the training split's bias-conflicting proportion and class balance up to rounding. The
+    draw is numpy's default_rng([seed, VAL_SEED]) (the run's data seed): every run of a sweep holds
+    out the same samples. Both splits keep the pool's order and their source `index`. fraction 0, or
+    a pool too small to give one sample: no validation split (val None)."""
+    import dataclasses
+
+    if bundle.val is not None or fraction <= 0:
+        return bundle
+    groups = bundle.group(bundle.train).numpy()
+    gen = np.random.default_rng([seed, VAL_SEED])
+    picks = []
+    for g in np.unique(groups):
+        pos = np.flatnonzero(groups == g)
+        k = min(int(np.floor(fraction * len(pos) + 0.5)), len(pos) - 1)
+        picks.append(gen.permutation(pos)[:k])
+    val_pos = np.sort(np.concatenate(picks)) if picks else np.zeros(0, np.int64)
+    if len(val_pos) == 0:
+        return bundle
+    keep = np.ones(len(groups), dtype=bool)
+    keep[val_pos] = False
+    train_pos = np.flatnonzero(keep)
+    tr = bundle.train
+
+    def take(pos: np.ndarray) -> Split:
+        import torch
+
+        idx = torch.from_numpy(pos)
+        return Split(tr.x[idx], tr.y[idx], tr.b[idx], tr.index[idx])
+
+    return dataclasses.replace(bundle, train=take(train_pos), val=take(val_pos))
 
 
 def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | None = None,
-                  data_root: str | None = None, **options) -> DataBundle:
+                  data_root: str | None = None, val_fraction: float = 0.0, **options) -> DataBundle:
     """Build a dataset by name. ``options`` are the dataset's own knobs (sizes, bits, base set, ...);
-    ``data_root`` is passed to the datasets that read files."""
+    ``data_root`` is passed to the datasets that read files. ``val_fraction``: the share of the
+    training pool held out as the validation split when the dataset ships none
+    (`hold_out_validation`; RunConfig.val_fraction)."""
+    from .config import check_value
+
+    check_value("val_fraction", val_fraction, float, lo=0, hi=0.5)
     e = entry(name)
     if e.rho_train is None and bias_conflicting_ratio is not None:
         raise ConfigError(f"{name!r} has no bias-conflicting ratio to set (its bias is natural or absent)")
@@ -193,15 +239,17 @@ def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | N
     build = _checked_build(e) if plugin else e.build
     if folder is not None:
         files = e.stamp({**e.defaults, **options}) if e.stamp is not None else ()
-        path = folder / _cache_key(name, seed, rho, options, files, source_sha256(e.build) if plugin else None)
+        path = folder / _cache_key(name, seed, rho, options, files, source_sha256(e.build) if plugin else None,
+                                   val_fraction)
         if (path / "meta.json").exists():
             cached = _load_cached(path)
             if cached is not None:
                 return cached
-        bundle = build(seed=seed, rho_train=rho, **options)
+        # held out before caching: the cache maps the training split as it is trained on
+        bundle = hold_out_validation(build(seed=seed, rho_train=rho, **options), val_fraction, seed)
         _save_cached(path, bundle)
         return bundle
-    return build(seed=seed, rho_train=rho, **options)
+    return hold_out_validation(build(seed=seed, rho_train=rho, **options), val_fraction, seed)
 
 
 def _checked_build(e: DatasetEntry):
@@ -221,7 +269,7 @@ def _checked_build(e: DatasetEntry):
         if not isinstance(b, DataBundle):
             raise PluginError(f"plugin dataset {e.name}: returned {type(b).__name__}, expected a "
                               f"lrscope.train.recipes.DataBundle")
-        for split in ("train", "test"):
+        for split in b.splits:
             sp = getattr(b, split)
             n = len(sp.y)
             if n == 0 or any(len(getattr(sp, k)) != n for k in ("x", "b", "index")):

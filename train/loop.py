@@ -223,7 +223,7 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
     if resume:
         root = open_store(path)
         attrs = root.attrs.asdict()
-        stored = RunConfig.from_dict(attrs[S.ATTR_CONFIG])
+        stored = RunConfig.from_stored(attrs[S.ATTR_CONFIG])
         if stored.identity() != cfg.identity():
             diff = [k for k, v in cfg.identity().items() if stored.identity().get(k) != v]
             raise ConfigError(f"{path} holds a run with a different config ({', '.join(diff)}); "
@@ -242,7 +242,7 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
     device = pick_device(cfg.device)
     bundle = data if data is not None else build_dataset(
         cfg.dataset, seed=cfg.data_seed, bias_conflicting_ratio=cfg.bias_conflicting_ratio,
-        data_root=cfg.data_root, **cfg.data_options)
+        data_root=cfg.data_root, val_fraction=cfg.val_fraction, **cfg.data_options)
     n_classes = bundle.num_classes
     torch.manual_seed(cfg.seed)
     # a resumed run is rebuilt as it was created (its recorded widths), a new one as fcn_widths says
@@ -308,7 +308,8 @@ def _create_store(path, cfg, bundle, model, probe_idx, device, lock, placement: 
     """A new run store for `cfg` (stored as `config` when given: the public API's config, the
     RunConfig's fields plus the user's own keys) with the `extra_info` entries in its model_info."""
     labels = {}
-    for split_name, split in (("train", bundle.train), ("test", bundle.test)):
+    for split_name in bundle.splits:  # train, test and the validation split where there is one
+        split = getattr(bundle, split_name)
         labels[split_name] = _label_arrays(bundle, split, np.arange(len(split)))
     labels["probe"] = _label_arrays(bundle, bundle.test, probe_idx)
     model_info = {"input_shape": list(bundle.input_shape), "num_classes": bundle.num_classes,
@@ -361,6 +362,7 @@ class Trainer:
         # the data: device tensors, or host / mapped data served batch by batch (train/placement.py)
         self.placed = placed if placed is not None else Placed(bundle, "device", device)
         self.X, self.Xt, self.Y = self.placed.train, self.placed.test, self.placed.Y
+        self.Xv = self.placed.val  # the validation split's inputs (None: the run has none)
         self.Xp = self.placed.take_test(probe_idx)
         self.n = len(self.Y)
         self.bs = min(cfg.batch_size, self.n)
@@ -424,11 +426,12 @@ class Trainer:
         with self.amp():
             logits, feats = evaluate(self.model, self.Xp, features=True)
             test_logits = evaluate(self.model, self.Xt).cpu().numpy() if full else None
+            val_logits = evaluate(self.model, self.Xv).cpu().numpy() if full and self.Xv is not None else None
             train_logits = None
             if final or (full and self.train_logits_every_snapshot):
                 train_logits = evaluate(self.model, self.X).cpu().numpy()
         self.writer.write_snapshot(t, probe_features=feats.cpu().numpy(), probe_logits=logits.cpu().numpy(),
-                                   test_logits=test_logits, train_logits=train_logits)
+                                   test_logits=test_logits, train_logits=train_logits, val_logits=val_logits)
 
     def checkpoint(self, t: int) -> None:
         self.writer.write_checkpoint(t, state_arrays(self.model), optimizer_arrays(self.opt))

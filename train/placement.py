@@ -47,8 +47,8 @@ SAFETY = 0.5  # the data may take at most this share of the free memory (the mod
 
 # ----------------------------------------------------------------------------- the choice
 def dataset_bytes(bundle: DataBundle) -> int:
-    """Bytes of both splits' inputs and labels as held in memory."""
-    return sum(t.element_size() * t.numel() for sp in (bundle.train, bundle.test)
+    """Bytes of the splits' inputs and labels (train, test, validation) as held in memory."""
+    return sum(t.element_size() * t.numel() for sp in (getattr(bundle, s) for s in bundle.splits)
                for t in (sp.x, sp.y, sp.b, sp.index))
 
 
@@ -272,8 +272,9 @@ def spill(x: torch.Tensor, folder: str | os.PathLike | None) -> torch.Tensor:
 
 
 class Placed:
-    """A dataset's inputs placed for training: `train` and `test` are device tensors (placement
-    "device") or `HostData`; `Y` the train labels on the device (labels are small)."""
+    """A dataset's inputs placed for training: `train`, `test` and `val` (None without a validation
+    split) are device tensors (placement "device") or `HostData`; `Y` the train labels on the device
+    (labels are small)."""
 
     def __init__(self, bundle: DataBundle, placement: str, device: torch.device):
         from .data import cache_dir, is_mapped
@@ -281,13 +282,16 @@ class Placed:
         self.placement, self.device = placement, device
         self.Y = bundle.train.y.to(device)
         self.y_host = bundle.train.y
+        self.val = None
         if placement == "device":
             self.train = _on_device(bundle.train.x, device)
             self.test = _on_device(bundle.test.x, device)
+            if bundle.val is not None:
+                self.val = _on_device(bundle.val.x, device)
             return
         mapped = placement == "mmap"
         xs = []
-        for x in (bundle.train.x, bundle.test.x):
+        for x in (bundle.train.x, bundle.test.x, *((bundle.val.x,) if bundle.val is not None else ())):
             if mapped and not is_mapped(x):
                 x = spill(x, cache_dir())
             elif not mapped:
@@ -295,7 +299,8 @@ class Placed:
                 if device.type == "cuda":
                     x = x.pin_memory()
             xs.append(HostData(x, device, mapped))
-        self.train, self.test = xs
+        self.train, self.test = xs[:2]
+        self.val = xs[2] if len(xs) > 2 else None
 
     @property
     def on_device(self) -> bool:
@@ -317,6 +322,8 @@ class Placed:
         if not self.on_device:
             self.train.close()
             self.test.close()
+            if self.val is not None:
+                self.val.close()
 
 
 def _on_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -64,9 +64,18 @@ class DataBundle:
     # False: the data has no bias attribute (b = y is stored as a placeholder); the probes that
     # need one (group accuracies, BC/BA loss ratios, BSI, ...) are then "not defined"
     has_bias: bool = True
+    # the validation split (model selection, probe/selection.py): the dataset's own where it ships
+    # one (Waterbirds, CelebA, image_folder's val rows), else held out of the training pool by
+    # `train.data.hold_out_validation` (RunConfig.val_fraction); None: the run has none
+    val: Split | None = None
 
     def group(self, split: Split) -> torch.Tensor:
         return split.y * self.num_bias + split.b
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits this bundle holds: train, test and, where it has one, val."""
+        return ("train", "test", "val") if self.val is not None else ("train", "test")
 
     @property
     def num_groups(self) -> int:

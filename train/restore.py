@@ -170,7 +170,7 @@ def load_model(ds_or_path: xr.Dataset | str | os.PathLike, checkpoint: int = -1,
 def _registry_model(attrs: dict, info: dict, path) -> nn.Module:
     """The network of a run of lrscope's loops, built from the registry by its stored config."""
     try:
-        cfg = RunConfig.from_dict(attrs[S.ATTR_CONFIG])
+        cfg = RunConfig.from_stored(attrs[S.ATTR_CONFIG])
         model = build_model(cfg, info["input_shape"], info["num_classes"], model_info=info)
     except PluginError:
         raise

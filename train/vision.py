@@ -359,7 +359,8 @@ def celeba(*, seed: int, rho_train: float | None, data_root, target: str = "Blon
            n_test: int | None = None) -> DataBundle:
     """CelebA (torchvision's layout): target and bias attributes (default Blond_Hair / Male, Sagawa
     et al. 2020), images centre-cropped and resized to size×size; the natural correlation is kept
-    (report worst-group accuracy). test_split: test | valid."""
+    (report worst-group accuracy). test_split: test | valid. The validation split is the shipped
+    `valid` partition (subsampled to n_test when given) unless it serves as the test split."""
     check_sizes(n_train=n_train, n_test=n_test, size=size)
     if test_split not in ("test", "valid"):
         raise ConfigError(f"celeba option test_split must be test or valid, got {test_split!r}")
@@ -373,9 +374,12 @@ def celeba(*, seed: int, rho_train: float | None, data_root, target: str = "Blon
 
     paths = [img_dir / f for f in files]
     y, b = attrs[:, ti], attrs[:, bi]
-    return DataBundle("celeba", _file_split("celeba", paths, y, b, part, 0, n_train, size, gen),
-                      _file_split("celeba", paths, y, b, part, 2 if test_split == "test" else 1, n_test, size, gen),
-                      2, 2, (3, size, size), {}, f"CelebA {target} / {bias} ({size}px)")
+    train = _file_split("celeba", paths, y, b, part, 0, n_train, size, gen)
+    test = _file_split("celeba", paths, y, b, part, 2 if test_split == "test" else 1, n_test, size, gen)
+    # the shipped validation partition, unless it is the test split (then val_fraction holds one out)
+    val = _file_split("celeba", paths, y, b, part, 1, n_test, size, gen) if test_split == "test" else None
+    return DataBundle("celeba", train, test, 2, 2, (3, size, size), {}, f"CelebA {target} / {bias} ({size}px)",
+                      val=val)
 
 
 # ------------------------------------------------------------------------------- Waterbirds
@@ -385,7 +389,9 @@ def celeba(*, seed: int, rho_train: float | None, data_root, target: str = "Blon
 def waterbirds(*, seed: int, rho_train: float | None, data_root, size: int = 64, test_split: str = "test",
                n_train: int | None = None, n_test: int | None = None) -> DataBundle:
     """Waterbirds (Sagawa et al. 2020; group_DRO/WILDS metadata.csv): y landbird/waterbird, bias the
-    background place; natural correlation (report worst-group accuracy); images resized to size×size."""
+    background place; natural correlation (report worst-group accuracy); images resized to size×size.
+    The validation split is the shipped one (split 1, subsampled to n_test when given) unless
+    test_split=val makes it the test split."""
     check_sizes(n_train=n_train, n_test=n_test, size=size)
     if test_split not in ("test", "val"):
         raise ConfigError(f"waterbirds option test_split must be test or val, got {test_split!r}")
@@ -406,9 +412,11 @@ def waterbirds(*, seed: int, rho_train: float | None, data_root, size: int = 64,
     gen = np.random.default_rng([seed, 7900])
 
     paths = [folder / f for f in files]
-    return DataBundle("waterbirds", _file_split("waterbirds", paths, y, b, sp, 0, n_train, size, gen),
-                      _file_split("waterbirds", paths, y, b, sp, 2 if test_split == "test" else 1, n_test, size, gen),
-                      2, 2, (3, size, size), {}, f"Waterbirds ({size}px)")
+    train = _file_split("waterbirds", paths, y, b, sp, 0, n_train, size, gen)
+    test = _file_split("waterbirds", paths, y, b, sp, 2 if test_split == "test" else 1, n_test, size, gen)
+    # the shipped validation split, unless it is the test split (then val_fraction holds one out)
+    val = _file_split("waterbirds", paths, y, b, sp, 1, n_test, size, gen) if test_split == "test" else None
+    return DataBundle("waterbirds", train, test, 2, 2, (3, size, size), {}, f"Waterbirds ({size}px)", val=val)
 
 
 # ------------------------------------------------------------------------------- your own data
@@ -508,7 +516,7 @@ def _show_names(names: list[str]) -> str:
     "target": option(str, help="column: the class (strings or ints)"),
     "bias": option(str, nullable=True, help="column: the bias attribute (strings or ints); null, or no column of "
                                             "the default name: no bias attribute"),
-    "split": option(str, help="column: train / val / test, or 0 / 1 / 2 (val rows are left out)"),
+    "split": option(str, help="column: train / val / test, or 0 / 1 / 2 (val rows: the validation split)"),
     "size": IMAGE_SIZE, "n_train": N_SAMPLES, "n_test": N_SAMPLES,
 })
 def image_folder(*, seed: int, rho_train: float | None, data_root, metadata: str = "metadata.csv",
@@ -523,11 +531,12 @@ def image_folder(*, seed: int, rho_train: float | None, data_root, metadata: str
     bias-conflicting where its bias number differs from its class number, so order the values so
     that the k-th bias value goes with the k-th class. No bias column (the default name absent, or
     bias: null): no bias attribute, and the probes that need one are not defined. Splits: train,
-    val (or valid, validation), test, or 0, 1, 2; lrscope has no validation split, so val rows are
-    left out of both the training and the test split. Images are decoded with Pillow as RGB, centre-cropped and resized
-    to size×size, held as uint8 and scaled to [0, 1] for the model, as the other image sets;
-    n_train / n_test subsample (seeded). Cached, keyed also by the table's mtime and size: an
-    edited table rebuilds it; an image replaced under the same name does not (touch the table)."""
+    val (or valid, validation), test, or 0, 1, 2; val rows are the validation split (model
+    selection; without any, the training pool gives one: val_fraction). Images are decoded with
+    Pillow as RGB, centre-cropped and resized to size×size, held as uint8 and scaled to [0, 1] for
+    the model, as the other image sets; n_train / n_test subsample (seeded; n_test bounds the
+    validation split too). Cached, keyed also by the table's mtime and size: an edited table
+    rebuilds it; an image replaced under the same name does not (touch the table)."""
     check_sizes(n_train=n_train, n_test=n_test, size=size)
     root = _root("image_folder", data_root)
     file = root / metadata
@@ -570,7 +579,7 @@ def image_folder(*, seed: int, rho_train: float | None, data_root, metadata: str
     else:
         b, bias_names = y, []
     rel = [_as_name(v) for v in df[path].tolist()]
-    used = np.flatnonzero(sp != 1)
+    used = np.arange(len(sp))
     if any(rel[i] is None for i in used):
         first = next(i for i in used if rel[i] is None)
         raise DataError(f"{file}: empty image path (column {path!r}) in data row {first + 1}")
@@ -584,11 +593,13 @@ def image_folder(*, seed: int, rho_train: float | None, data_root, metadata: str
     num_bias = len(bias_names) if has_bias else n_classes
     train = _file_split("image_folder", paths, y, b, sp, 0, n_train, size, gen)
     test = _file_split("image_folder", paths, y, b, sp, 2, n_test, size, gen)
+    val = _file_split("image_folder", paths, y, b, sp, 1, n_test, size, gen) if (sp == 1).any() else None
     where = f"{root.name}/{metadata}"
     desc = (f"image folder {where}: {n_classes} classes of {target!r} ({_show_names(classes)}); "
             + (f"bias {bias!r}: {_show_names(bias_names)}" if has_bias else "no bias attribute (b = y)")
-            + f"; {size}px" + (f"; {int((sp == 1).sum())} val rows left out" if (sp == 1).any() else ""))
-    return DataBundle("image_folder", train, test, n_classes, num_bias, (3, size, size), {}, desc, has_bias=has_bias)
+            + f"; {size}px" + (f"; {len(val)} val rows: the validation split" if val is not None else ""))
+    return DataBundle("image_folder", train, test, n_classes, num_bias, (3, size, size), {}, desc, has_bias=has_bias,
+                      val=val)
 
 
 # ------------------------------------------------------------------------------- ImageNet

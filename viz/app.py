@@ -236,12 +236,13 @@ def sample_input(run: Run, sample: int):
 
     cfg = run.config
     key = json.dumps([cfg.get(k) for k in ("dataset", "data_seed", "bias_conflicting_ratio", "data_root",
-                                           "data_options")], sort_keys=True, default=str)
+                                           "data_options", "val_fraction")], sort_keys=True, default=str)
     if key not in _BUNDLES:
-        try:
+        try:  # the training split as trained on: less the validation samples held out (absent: none)
             _BUNDLES[key] = build_dataset(cfg["dataset"], seed=cfg["data_seed"],
                                           bias_conflicting_ratio=cfg["bias_conflicting_ratio"],
-                                          data_root=cfg.get("data_root"), **cfg.get("data_options", {}))
+                                          data_root=cfg.get("data_root"), val_fraction=cfg.get("val_fraction", 0.0),
+                                          **cfg.get("data_options", {}))
         except Exception:
             _BUNDLES[key] = None
     b = _BUNDLES[key]

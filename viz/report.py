@@ -114,6 +114,43 @@ def _bokeh_js(resources) -> str:
     return "".join(f"<script>{js}</script>" for js in parts)
 
 
+SELECTION_COLUMNS = ["criterion", "picked run", "lr", "iteration", "criterion value", "test unbiased acc.",
+                     "test worst-group acc.", "gap to oracle", "degenerate", "not defined"]
+
+
+def selection_html(sw) -> str:
+    """The sweep's model-selection table (probe/selection.py: `selection_table`): for each criterion
+    the run and snapshot it picks and the pick's test accuracies; a note where the selection probe
+    has not been computed."""
+    from ..probe.metrics import MetricError
+    from ..probe.selection import CRITERIA, selection_table
+
+    try:
+        t = selection_table(sw)
+    except MetricError as e:
+        return f"<p class=note>{html.escape(str(e))}</p>"
+    rows = []
+    for i, c in enumerate(t.criterion.values):
+        r = t.isel(criterion=i)
+        defined = not str(r.not_defined.values)
+        rows.append((CRITERIA[str(c)][1], str(r.selected_run.values) or "-",
+                     f"{float(r.selected_lr):g}" if defined else "-",
+                     int(r.selected_iteration) if defined else "-", _fmt(float(r.selection_score)),
+                     _fmt(float(r.selected_test_unbiased_accuracy)), _fmt(float(r.selected_test_worst_group_accuracy)),
+                     _fmt(float(r.gap_to_oracle)), "yes" if bool(r.selected_degenerate) else "",
+                     str(r.not_defined.values)))
+    note = ("<p class=note>Which run and snapshot each criterion would pick among every full snapshot of the sweep's "
+            "runs, and the pick's accuracy on the test split (ties: the first run, then the earliest snapshot). The "
+            "oracle reads the test labels: the best any criterion can do. Validation criteria read the run's "
+            "validation split (the dataset's own, or val_fraction of the training pool, with its bias-conflicting "
+            "share); worst-class and average accuracy need no group labels. Gap to oracle: the pick's test "
+            "worst-group accuracy minus the oracle's. Degenerate: the pick predicts one class on the whole test "
+            "split.")
+    if t.attrs.get("degenerate_runs"):
+        note += f" Runs that end predicting one class everywhere: {html.escape(t.attrs['degenerate_runs'])}."
+    return note + "</p>" + _table_html(SELECTION_COLUMNS, rows, flag=lambda r: r[8] == "yes")
+
+
 def write_report(paths, output, *, title: str = "lrscope report") -> Path:
     """Write the report of the runs under `paths` to `output` (one self-contained HTML file)."""
     from bokeh.embed import components
@@ -174,6 +211,8 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
                         + ": the probes that need one (worst-group, average and bias-aligned/-conflicting accuracy, "
                         "the BC loss ratio, BSI and neuron survival, the spurious linear probe, the subnetwork "
                         "gradients) are not defined for them, and unbiased accuracy is the plain test accuracy.</p>")
+        heading(3, f"Model selection — {dname} · {model}" if len(sweeps) > 1 else "Model selection")
+        body.append(selection_html(sw))
         section = None
         for entry in F.FIGURES.values():  # titles, sections and conditions declared in viz/figures.py
             if entry.applies is not None and not entry.applies(sw):
