@@ -17,7 +17,7 @@ from .declare import DECLARED, PROBE_FORMAT, Headline, Param, ProbeEntry  # noqa
 # every module that declares probes, in the registry's order (`lrprobe list`, the compute order,
 # the report's headline rows)
 PROBE_MODULES = ("accuracy", "representation", "pruning", "importance", "attributions", "subnetworks", "resets",
-                 "selection", "dynamics")
+                 "selection", "stall", "dynamics")
 for _module in PROBE_MODULES:
     importlib.import_module(f".probes.{_module}", __package__)
 

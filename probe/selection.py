@@ -69,7 +69,7 @@ def worst_class_accuracy_np(logits, y) -> np.ndarray:
 def probe_selection(ctx) -> xr.Dataset:
     """The selection criteria of one run per full snapshot (NaN at the light ones): on the
     validation split where the run has one, on the test split always."""
-    from .runner import _evaluated, _in_memory, has_bias
+    from .context import _evaluated, _in_memory, has_bias
 
     ds = ctx.ds
     bias = has_bias(ds)

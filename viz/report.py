@@ -163,6 +163,7 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
     hv.extension("bokeh", logo=False)
     n_div = sum(r["status"] == "diverged" for r in rows)
     n_max = sum(r["status"] == "max_steps" for r in rows)  # ended by max_steps before their stop criterion
+    n_stalled = sum(r["status"] == "stalled" for r in rows)  # the stall probe's flag (probe/stall.py)
     groups: dict[tuple[str, str], list[Path]] = defaultdict(list)  # from the rows: each run is opened twice,
     for r in rows:  # for its row and in its sweep (was three times)
         groups[(r["dataset"], r["model"])].append(Path(r["path"]))
@@ -239,6 +240,8 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
            f"<style>{CSS}</style>{_bokeh_js(INLINE)}</head><body>{''.join(nav)}<main>"
            f"<h1>{html.escape(title)}</h1><p>{len(rows)} runs, {n_div} diverged"
            + (f", {n_max} ended by max_steps before their stop criterion (see the run list)" if n_max else "")
+           + (f", {n_stalled} stalled (a long training-accuracy plateau with many dead units; see the run list)"
+              if n_stalled else "")
            + f" · lrscope {__version__} · "
            f"{time.strftime('%Y-%m-%d %H:%M')}</p>{page}</main>{script}</body></html>")
     write_text(out, doc)

@@ -21,6 +21,8 @@ def run_rows(paths) -> list[dict]:
             status = "interrupted"
         elif status == S.STATUS_COMPLETED and ds.attrs.get("stop_criterion_met") is False:
             status = "max_steps"  # completed, but its stop criterion never held (the reason says how far)
+        if status in (S.STATUS_COMPLETED, "max_steps") and "stalled" in ds and bool(ds["stalled"]):
+            status = "stalled"  # the stall probe's flag: a long plateau with many dead units (probe/stall.py)
         row = {"run_id": ds.attrs["run_id"], "status": status, "reason": ds.attrs["reason"],
                "dataset": cfg["dataset"], "model": cfg["model"], "lr": cfg["lr"], "seed": cfg["seed"],
                "iterations": int(ds.sizes.get("iteration", 0)), "path": str(p),
