@@ -22,23 +22,44 @@ from conftest import tiny_config
 
 # ----------------------------------------------------------------------------------- the split
 def test_held_out_split_keeps_rho_and_is_disjoint_and_seeded():
-    opts = dict(n_train=1000, n_test=200, core_bits=3, spurious_bits=1, noise_bits=6)
-    whole = build_dataset("parity", seed=3, **opts)
-    b = build_dataset("parity", seed=3, val_fraction=0.1, **opts)
-    assert whole.val is None and len(whole.train) == 1000
-    assert (len(b.train), len(b.val)) == (900, 100)  # the pool is n_train: 10% held out
-    # stratified by (y, b): the held-out split has the training split's bias-conflicting share (rho 0.1)
-    assert b.val.bias_conflicting.float().mean().item() == pytest.approx(0.1)
-    assert b.train.bias_conflicting.float().mean().item() == pytest.approx(0.1)
+    # Colored MNIST on the digits base (a fixed pool of images: the split is held out of it)
+    opts = dict(base="digits", n_train=1000, n_test=200)
+    whole = build_dataset("colored_mnist", seed=3, **opts)
+    b = build_dataset("colored_mnist", seed=3, val_fraction=0.1, **opts)
+    n = len(whole.train)
+    assert whole.val is None
+    assert len(b.train) + len(b.val) == n and abs(len(b.val) - 0.1 * n) <= 10  # round(f n_g) per group
+    # stratified by (y, b): the held-out split has the training split's bias-conflicting share
+    assert b.val.bias_conflicting.float().mean().item() == pytest.approx(
+        whole.train.bias_conflicting.float().mean().item(), abs=0.02)
     # disjoint, together the pool, each sample's inputs and labels those of the pool
     tr, va = b.train.index.numpy(), b.val.index.numpy()
-    assert not set(tr) & set(va) and sorted([*tr, *va]) == list(range(1000))
-    assert torch.equal(b.val.x, whole.train.x[b.val.index]) and torch.equal(b.val.y, whole.train.y[b.val.index])
+    pool = whole.train.index.numpy()
+    assert not set(tr) & set(va) and sorted([*tr, *va]) == sorted(pool)
+    at = {int(i): k for k, i in enumerate(pool)}
+    pos = torch.tensor([at[int(i)] for i in va])
+    assert torch.equal(b.val.x, whole.train.x[pos]) and torch.equal(b.val.y, whole.train.y[pos])
     assert torch.equal(b.test.x, whole.test.x)  # the test split is untouched
-    again = build_dataset("parity", seed=3, val_fraction=0.1, **opts)
+    again = build_dataset("colored_mnist", seed=3, val_fraction=0.1, **opts)
     assert torch.equal(again.val.index, b.val.index)  # a sweep's runs share it (the data seed)
-    other = build_dataset("parity", seed=4, val_fraction=0.1, **opts)
+    other = build_dataset("colored_mnist", seed=4, val_fraction=0.1, **opts)
     assert not torch.equal(other.val.index, b.val.index)
+
+
+def test_synthetic_sets_draw_their_split_and_keep_the_papers_training_size():
+    """Parity and moon-star draw their samples: the validation split is a further draw of the training
+    distribution (exact rho), the training split the same n_train samples as without one."""
+    for name, opts in (("parity", dict(n_train=1000, n_test=200, core_bits=3, spurious_bits=1, noise_bits=6)),
+                       ("moon_star", dict(n_train=400, n_test=100, size=16))):
+        whole = build_dataset(name, seed=3, **opts)
+        b = build_dataset(name, seed=3, val_fraction=0.1, **opts)
+        assert torch.equal(b.train.x, whole.train.x) and torch.equal(b.test.x, whole.test.x)
+        assert len(b.val) == round(0.1 * opts["n_train"])
+        assert b.val.bias_conflicting.float().mean().item() == pytest.approx(0.1)
+        assert not torch.equal(b.val.x, whole.train.x[: len(b.val)])  # not the training samples
+        again = build_dataset(name, seed=3, val_fraction=0.1, **opts)
+        assert torch.equal(again.val.x, b.val.x)  # a sweep's runs share it (the data seed)
+        assert not torch.equal(build_dataset(name, seed=4, val_fraction=0.1, **opts).val.x, b.val.x)
 
 
 def test_old_configs_read_without_a_split_and_keep_their_ids():
@@ -74,7 +95,7 @@ def val_sweep(tmp_path_factory):
 def test_runs_record_the_validation_split_at_full_snapshots(val_sweep):
     path = sorted(val_sweep.glob("*.zarr"))[-1]
     ds = lrscope.open_run(path)
-    assert (ds.sizes["train_sample"], ds.sizes["val_sample"]) == (360, 40)
+    assert (ds.sizes["train_sample"], ds.sizes["val_sample"]) == (400, 40)  # parity draws it: n_train kept
     assert ds.val_logits.dims == ("snapshot", "val_sample", "class")
     assert np.array_equal(ds.val_evaluated.values, ds.test_evaluated.values)  # full snapshots, like the test split
     assert ds.val_logits.attrs["long_name"] == "validation logits" and "description" in ds.val_y.attrs

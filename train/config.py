@@ -207,11 +207,12 @@ class RunConfig:
                                                 help="fraction of bias-conflicting training samples (default: the "
                                                      "dataset's paper value, see `lrtrain datasets`)")
     val_fraction: float = knob(0.1, lo=0, hi=0.5,
-                               help="share of the training pool held out as the validation split (model selection, "
-                                    "the selection probe) when the dataset ships none (Waterbirds, CelebA and "
-                                    "image_folder's val rows are used as they are); stratified by (y, b) group, drawn "
-                                    "from `data_seed`; the run trains on the rest (n_train is the pool's size); 0: no "
-                                    "validation split, the whole pool trains (stores written before this field)")
+                               help="size of the validation split (model selection, the selection probe) when the "
+                                    "dataset ships none (Waterbirds, CelebA and image_folder's val rows are used as "
+                                    "they are): the synthetic sets (parity, moon_star) draw this share of n_train more "
+                                    "samples, the training split unchanged; the others hold this share of the training "
+                                    "pool out, stratified by (y, b) group, drawn from `data_seed`, and train on the "
+                                    "rest; 0: no validation split (stores written before this field)")
     widths: list[int] | None = knob(None, lo=1, hi=MAX_WIDTH,
                                     help="hidden widths of the FCN (default: the paper's FCN for the dataset - 3x200 on "
                                          "parity and moon_star, 2x1024 on Colored/Double MNIST, 2x2048 on "

@@ -11,6 +11,8 @@ fills `DATASETS`. None of them imports torch at the top: the registry loads with
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import importlib
 import json
@@ -178,23 +180,35 @@ VAL_SEED = 7300  # the held-out validation split's stream: numpy default_rng([da
 
 def hold_out_validation(bundle: DataBundle, fraction: float, seed: int) -> DataBundle:
     """`bundle` with a validation split: the dataset's own where it ships one (unchanged, whatever
-    `fraction`), else `fraction` of the training pool held out, stratified by (y, b) group (each
-    group gives round(fraction * n_g) samples, at least one staying in training), so the held-out
-    split has the training split's bias-conflicting proportion and class balance up to rounding. The
-    draw is numpy's default_rng([seed, VAL_SEED]) (the run's data seed): every run of a sweep holds
-    out the same samples. Both splits keep the pool's order and their source `index`. fraction 0, or
-    a pool too small to give one sample: no validation split (val None)."""
+    `fraction`), else `fraction` of the training pool held out: round(fraction * n) of the
+    bias-aligned and round(fraction * n) of the bias-conflicting samples (so the held-out split has
+    the training split's bias-conflicting proportion up to one sample, even where the conflicting
+    samples are spread thinly over many (y, b) groups), each shared out over the (y, b) groups in
+    proportion to their sizes by largest remainder (class balance kept; at least one sample of a
+    group stays in training). The draw is numpy's default_rng([seed, VAL_SEED]) (the run's data
+    seed): every run of a sweep holds out the same samples. Both splits keep the pool's order and
+    their source `index`. fraction 0, or a pool too small to give one sample: no validation split."""
     import dataclasses
 
     if bundle.val is not None or fraction <= 0:
         return bundle
     groups = bundle.group(bundle.train).numpy()
+    conflicting = bundle.train.bias_conflicting.numpy()
     gen = np.random.default_rng([seed, VAL_SEED])
     picks = []
-    for g in np.unique(groups):
-        pos = np.flatnonzero(groups == g)
-        k = min(int(np.floor(fraction * len(pos) + 0.5)), len(pos) - 1)
-        picks.append(gen.permutation(pos)[:k])
+    for stratum in (False, True):
+        gs, sizes = np.unique(groups[conflicting == stratum], return_counts=True)
+        if not len(gs):
+            continue
+        target = int(np.floor(fraction * sizes.sum() + 0.5))
+        quota = sizes * target / sizes.sum()
+        take_n = np.floor(quota).astype(np.int64)
+        left = target - take_n.sum()
+        for i in np.argsort(-(quota - take_n), kind="stable")[:left]:  # largest remainders first
+            take_n[i] += 1
+        for g, k in zip(gs, np.minimum(take_n, sizes - 1)):
+            pos = np.flatnonzero(groups == g)
+            picks.append(gen.permutation(pos)[:k])
     val_pos = np.sort(np.concatenate(picks)) if picks else np.zeros(0, np.int64)
     if len(val_pos) == 0:
         return bundle
@@ -249,7 +263,20 @@ def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | N
         bundle = hold_out_validation(build(seed=seed, rho_train=rho, **options), val_fraction, seed)
         _save_cached(path, bundle)
         return bundle
-    return hold_out_validation(build(seed=seed, rho_train=rho, **options), val_fraction, seed)
+    bundle = build(seed=seed, rho_train=rho, **options)
+    if e.draws and val_fraction > 0 and bundle.val is None:
+        return dataclasses.replace(bundle, val=draw_validation(build, bundle, val_fraction, seed, rho, options))
+    return hold_out_validation(bundle, val_fraction, seed)
+
+
+def draw_validation(build, bundle: DataBundle, fraction: float, seed: int, rho, options: dict) -> Split:
+    """The validation split of a dataset that draws its samples (parity, moon-star): round(fraction x
+    n_train) further samples of the training distribution (its bias-conflicting ratio exactly, as the
+    builder draws it), from the stream of seed + 2**32 (no data seed reaches it, MAX_SEED = 2**32 - 1),
+    so the training split is the same n_train samples it is without a validation split."""
+    n_val = max(1, int(round(fraction * len(bundle.train))))
+    extra = build(seed=seed + 2**32, rho_train=rho, **{**options, "n_train": n_val, "n_test": 1})
+    return extra.train
 
 
 def _checked_build(e: DatasetEntry):

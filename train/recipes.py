@@ -204,6 +204,9 @@ class DatasetEntry:
     # the hidden widths of the paper's FCN for this dataset (Barsbey et al. 2025, supplement C):
     # what `--model fcn` trains when --widths is not given; None: the FCN's own default by input shape
     fcn_widths: tuple[int, ...] | None = None
+    # it draws its samples from a distribution (synthetic sets: n_train is any size): its validation
+    # split is a further draw of the training distribution, the training split keeping n_train
+    draws: bool = False
 
 
 DATASETS: dict[str, DatasetEntry] = {}
@@ -212,7 +215,7 @@ DATASETS: dict[str, DatasetEntry] = {}
 def dataset_entry(fn, *, name: str, rho_train: float | None, options: dict[str, dict] | None = None,
                   cached: bool = False, check: Callable[[dict], None] | None = None,
                   stamp: Callable[[dict], list] | None = None,
-                  fcn_widths: tuple[int, ...] | None = None) -> DatasetEntry:
+                  fcn_widths: tuple[int, ...] | None = None, draws: bool = False) -> DatasetEntry:
     """The registry entry of builder `fn` under `name`, its declared options checked against the
     keywords it takes (a TypeError when they differ: a programming error). `register_dataset` puts
     it in DATASETS; a plugin's builder carries it (train/plugins.py: `plugin_dataset`)."""
@@ -223,21 +226,22 @@ def dataset_entry(fn, *, name: str, rho_train: float | None, options: dict[str, 
         raise TypeError(f"dataset {name!r}: declared options {sorted(options)} != builder's {sorted(taken)}")
     defaults = {k: params[k].default for k in options if params[k].default is not inspect.Parameter.empty}
     return DatasetEntry(name, fn, inspect.cleandoc(fn.__doc__ or ""), rho_train, options, defaults, cached, check,
-                        "data_root" in params, stamp, None if fcn_widths is None else tuple(fcn_widths))
+                        "data_root" in params, stamp, None if fcn_widths is None else tuple(fcn_widths), draws)
 
 
 def register_dataset(name: str, *, rho_train: float | None, options: dict[str, dict], cached: bool = False,
                      check: Callable[[dict], None] | None = None, stamp: Callable[[dict], list] | None = None,
-                     fcn_widths: tuple[int, ...] | None = None):
+                     fcn_widths: tuple[int, ...] | None = None, draws: bool = False):
     """Register a dataset builder under `name`. `options` declares every keyword the builder
     takes besides seed, rho_train and data_root (type and range; the default is the builder's),
     so that data options are checked before anything is built; `check` checks them together;
     `cached`: built splits are kept on disk, keyed by the options, the data root and its mtime,
     and the mtime and size of the files `stamp(options)` names (files edited in place);
-    `fcn_widths`: the hidden widths of the paper's FCN for this dataset (`--model fcn`'s default)."""
+    `fcn_widths`: the hidden widths of the paper's FCN for this dataset (`--model fcn`'s default);
+    `draws`: the builder draws n_train samples from a distribution (its validation split is drawn too)."""
     def deco(fn):
         e = dataset_entry(fn, name=name, rho_train=rho_train, options=options, cached=cached, check=check,
-                          stamp=stamp, fcn_widths=fcn_widths)
+                          stamp=stamp, fcn_widths=fcn_widths, draws=draws)
         if name in DATASETS:
             raise TypeError(f"dataset {name!r} registered twice")
         DATASETS[name] = e

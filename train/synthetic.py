@@ -38,7 +38,7 @@ def _check_parity(o: dict) -> None:
                           f"({n * 4 / 1e9:.1f} GB of float32 inputs; the limit is {2**30 * 4 / 1e9:.1f} GB)")
 
 
-@register_dataset("parity", rho_train=0.1, fcn_widths=(200, 200, 200), check=_check_parity, options={
+@register_dataset("parity", rho_train=0.1, fcn_widths=(200, 200, 200), draws=True, check=_check_parity, options={
     "rho_test": RHO_TEST,
     "n_train": option(int, lo=1, hi=MAX_SAMPLES, help="training samples"),
     "n_test": option(int, lo=1, hi=MAX_SAMPLES, help="test samples"),
@@ -160,7 +160,7 @@ def _check_moon_star(o: dict) -> None:
                               f"render ({n:,} pixels per split; the limit is {2**28:,})")
 
 
-@register_dataset("moon_star", rho_train=0.1, fcn_widths=(200, 200, 200), check=_check_moon_star, options={
+@register_dataset("moon_star", rho_train=0.1, fcn_widths=(200, 200, 200), draws=True, check=_check_moon_star, options={
     "rho_test": RHO_TEST,
     "n_train": option(int, lo=1, hi=MAX_SAMPLES, help="training samples"),
     "n_test": option(int, lo=1, hi=MAX_SAMPLES, help="test samples"),
