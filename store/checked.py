@@ -397,7 +397,7 @@ def _endian(codecs: list[dict]) -> str:
 def guessed_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     """The chunk shape Zarr chooses when none is given (what xarray writes probe results with,
     and the writer's arrays of zero size)."""
-    from zarr.core.chunk_grids import normalize_chunks
+    from .zarr_internals import normalize_chunks
 
     return tuple(normalize_chunks(None, tuple(shape), max(1, itemsize)))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import xarray as xr
 import zarr
-from zarr.core.sync import sync
+from .zarr_internals import sync
 
 from . import schema as S
 from .checked import COMPRESSORS
@@ -71,7 +71,7 @@ async def _copy_store(src, dst, prefix: str) -> None:
     """Every key of `src` written to `dst` under `prefix`, concurrently."""
     import asyncio
 
-    from zarr.core.buffer import default_buffer_prototype
+    from .zarr_internals import default_buffer_prototype
 
     proto = default_buffer_prototype()
 

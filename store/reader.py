@@ -272,7 +272,7 @@ def _metadata_checker(store: CheckedStore, path, attrs: dict):
     (open_run, load_model, a resume, the explorer): run arrays against schema.array_spec, probe
     results' against check_probe_metadata; others (the optimizer state, arrays lrscope does not
     write) are left to their readers."""
-    from zarr.core.metadata.v3 import ArrayV3Metadata
+    from .zarr_internals import ArrayV3Metadata
 
     crc = True if attrs[S.ATTR_SCHEMA] >= S.CHECKSUM_SCHEMA else None
 
@@ -322,7 +322,7 @@ def _read_many(arrays: list[zarr.Array]) -> list[np.ndarray]:
     """Read several small arrays whole, concurrently (one trip through Zarr's event loop)."""
     import asyncio
 
-    from zarr.core.sync import sync
+    from .zarr_internals import sync
 
     async def all_():
         return await asyncio.gather(*(a.async_array.getitem(Ellipsis) for a in arrays))
@@ -465,8 +465,7 @@ def _index_array(path, root: zarr.Group, attrs: dict, group: str) -> zarr.Array:
 
 
 def _open_with_layout(path, root, attrs, layout, token, probes, describe) -> xr.Dataset:
-    from zarr.core.array import Array, AsyncArray
-    from zarr.storage import StorePath
+    from .zarr_internals import array_from_metadata
 
     com = attrs[S.ATTR_COMMITTED]
     n_it, n_snap, n_ck = com["iteration"], com["snapshot"], com["checkpoint"]
@@ -489,7 +488,7 @@ def _open_with_layout(path, root, attrs, layout, token, probes, describe) -> xr.
             m = meta.update_shape((n, *meta.shape[1:])) if n is not None else meta
             if isinstance(store, CheckedStore):
                 store.register(name, m)  # the layout's checked metadata bound this run's chunks
-            arr = Array(AsyncArray(metadata=m, store_path=StorePath(store, name)))
+            arr = array_from_metadata(m, store, name)
             vname = S.READ_AS.get(parts[-1], parts[-1]) if parts[0] == S.G_LOG else \
                 parts[-1] if parts[0] != S.G_DATA else "probe_inputs"
             variables[vname] = xr.Variable(dims, _lazy(arr, None, token))
@@ -751,7 +750,7 @@ def _pad_to_longest(dsets: list[xr.Dataset]) -> list[xr.Dataset]:
     the runs, so that the concat neither reindexes (xarray's outer join masks every chunk of a
     lazy array) nor unifies chunk boundaries (a run shorter than one chunk would cut every other
     run's chunks at its length). Dims whose indexes are not prefixes are left to the outer join."""
-    from xarray.core.dtypes import maybe_promote  # the reindex's own promotion (int -> float, ...)
+    from .zarr_internals import maybe_promote  # the reindex's own promotion (int -> float, ...)
 
     longest: dict[str, np.ndarray] = {}
     chunk: dict[tuple[str, str], int] = {}

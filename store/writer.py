@@ -361,7 +361,7 @@ def _write_many(items: list[tuple[zarr.Array, int, np.ndarray]]) -> None:
     """Write rows into several arrays concurrently (one trip through Zarr's event loop)."""
     import asyncio
 
-    from zarr.core.sync import sync
+    from .zarr_internals import sync
 
     async def one(arr: zarr.Array, start: int, values: np.ndarray) -> None:
         aa = arr.async_array
