@@ -24,7 +24,7 @@ import xarray as xr
 from torch import nn
 
 from ..errors import LrscopeError
-from .metrics import SAMPLE, MetricError, _attrs, _resolve
+from .metrics import SAMPLE, MetricError, annotate, resolve_dims
 
 METHODS = ("integrated_gradients", "deeplift")
 SMALL_INPUT = 4096  # inputs with fewer values than this take proportionally larger IG passes
@@ -130,9 +130,9 @@ def positively_homogeneous(model: nn.Module) -> bool:
     unit's reference activation is 0, so DeepLift's rescale multipliers (ReLU: out/in; max pool:
     the winner's) are the gradient's and DeepLift is x ⊙ ∇f(x) too (checked against Captum: equal
     to 1e-7 relative on the Colored MNIST CNN, tests/test_pruning_probe.py)."""
-    from .pruning import _chain
+    from .pruning import layer_chain
 
-    chain = _chain(model)
+    chain = layer_chain(model)
     return chain is not None and all(getattr(m, "bias", None) is None for m in chain
                                      if isinstance(m, (nn.Linear, nn.Conv2d)))
 
@@ -211,7 +211,7 @@ def _attr_input(fn: str, attr, sample_dim: str | None) -> tuple[xr.DataArray, st
         if a.ndim < 1:
             raise MetricError(f"{fn}: expected (sample, *input) attributions, got a scalar")
         attr = xr.DataArray(a, dims=[sample_dim or SAMPLE, *(f"input_{i}" for i in range(a.ndim - 1))])
-    s = _resolve(fn, attr, {"sample": sample_dim})["sample"]
+    s = resolve_dims(fn, attr, {"sample": sample_dim})["sample"]
     return attr, s, [str(d) for d in attr.dims if d != s]
 
 
@@ -262,7 +262,7 @@ def region_shares(attr, regions, *, sample_dim: str | None = None) -> xr.DataArr
     reg, own = _masks_like(fn, regions, attr.isel({s: 0}, drop=True), "regions")
     out = region_shares_np(attr.values, reg.values)
     coords = {k: c.variable for k, c in reg.coords.items() if set(c.dims) <= set(own)}
-    return _attrs(xr.DataArray(out, dims=own, coords=coords), "share of attribution mass", None)
+    return annotate(xr.DataArray(out, dims=own, coords=coords), "share of attribution mass", None)
 
 
 def attribution_entropy_np(attr) -> float:
@@ -291,7 +291,7 @@ def attribution_entropy(attr, *, sample_dim: str | None = None) -> xr.DataArray:
     fn = "attribution_entropy"
     attr, s, feat = _attr_input(fn, attr, sample_dim)
     h = attribution_entropy_np(attr.transpose(s, *feat).values)
-    return _attrs(xr.DataArray(h), "normalised attribution entropy", None)
+    return annotate(xr.DataArray(h), "normalised attribution entropy", None)
 
 
 def background_share_np(attr, masks) -> float:
@@ -324,4 +324,4 @@ def background_share(attr, masks, *, sample_dim: str | None = None) -> xr.DataAr
     m, own = _masks_like(fn, masks, attr, "masks")
     if own:
         raise MetricError(f"{fn}: masks have dims the attributions lack ({', '.join(own)})")
-    return _attrs(xr.DataArray(background_share_np(attr.values, m.values)), "attribution share on background", False)
+    return annotate(xr.DataArray(background_share_np(attr.values, m.values)), "attribution share on background", False)

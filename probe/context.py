@@ -189,24 +189,24 @@ def require_bias(ds: xr.Dataset) -> None:
 
 
 def without_bias(out: xr.Dataset, ds: xr.Dataset, names) -> xr.Dataset:
-    """`out` less the variables `names` (and their `_final`) where the data has no bias attribute,
+    """`out` less the variables `names` (and their `final_value`) where the data has no bias attribute,
     named in its `not_defined` attribute; `out` as it is otherwise."""
     if has_bias(ds):
         return out
-    named = [v for v in names if v in out or f"{v}_final" in out]  # *_final go with their variable, unsaid
+    named = [v for v in names if v in out or f"{v}_final" in out]  # *final_value go with their variable, unsaid
     out = out.drop_vars([n for v in named for n in (v, f"{v}_final") if n in out])
     out.attrs["not_defined"] = f"{', '.join(named)}: {NO_BIAS}"
     return out
 
 
-def _final(da: xr.DataArray, name: str) -> xr.DataArray:
+def final_value(da: xr.DataArray, name: str) -> xr.DataArray:
     out = da.isel(snapshot=-1, drop=True) if "snapshot" in da.dims else da
     out.attrs = dict(da.attrs)
     out.attrs["long_name"] = f"{da.attrs.get('long_name', name)} (final)"
     return out
 
 
-def _evaluated(logits: xr.DataArray, sample_dim: str) -> np.ndarray:
+def evaluated_rows(logits: xr.DataArray, sample_dim: str) -> np.ndarray:
     """Snapshot positions whose logits were evaluated (light snapshots leave NaN rows)."""
     return np.flatnonzero(logits.notnull().all((sample_dim, "class")).values)
 
@@ -214,7 +214,7 @@ def _evaluated(logits: xr.DataArray, sample_dim: str) -> np.ndarray:
 IN_MEMORY_BYTES = 256 << 20  # arrays up to this size are read once, whole, rather than through dask
 
 
-def _in_memory(x: xr.DataArray) -> xr.DataArray:
+def in_memory(x: xr.DataArray) -> xr.DataArray:
     """`x` read whole when it is small (a few MB of logits: dask's scheduling costs more than the
     work), lazy otherwise."""
     return x.load() if x.nbytes <= IN_MEMORY_BYTES else x

@@ -273,7 +273,7 @@ def _row_blocks(x) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def _unwrap(x):
+def unwrap_record(x):
     return x.data if isinstance(x, xr.DataArray) else x
 
 
@@ -283,7 +283,7 @@ def stream_log(arrays: list, block_rows: int):
     a thread while this one is processed, each chunk cut into blocks of at most `block_rows`."""
     import dask
 
-    arrays = [_unwrap(x) for x in arrays]
+    arrays = [unwrap_record(x) for x in arrays]
     lazy = any(hasattr(x, "dask") for x in arrays)
     blocks = _row_blocks(arrays[-1])
 
@@ -335,18 +335,18 @@ def sample_dynamics(batch_index, batch_logits=None, y=None, n_train: int | None 
     ``unforgettable``; and per epoch × (aligned, conflicting): ``epoch_predictions``,
     ``epoch_correct``, ``epoch_confidence_sum``. Conventions: this module's docstring.
     """
-    bi = _unwrap(batch_index)
+    bi = unwrap_record(batch_index)
     if y is None or n_train is None:
         raise TypeError("sample_dynamics needs y and n_train")
     if batch_logits is not None:
-        bl = _unwrap(batch_logits)
+        bl = unwrap_record(batch_logits)
         if bi.ndim != 2 or bl.ndim != 3 or bl.shape[:2] != bi.shape:
             raise ValueError(f"batch_index {bi.shape} and batch_logits {bl.shape} do not match")
         record, per_slot = [bl], bl.shape[2]
     else:
         if batch_true_logprob is None or batch_correct is None:
             raise TypeError("sample_dynamics needs batch_logits, or batch_true_logprob and batch_correct")
-        lp, ok = _unwrap(batch_true_logprob), _unwrap(batch_correct)
+        lp, ok = unwrap_record(batch_true_logprob), unwrap_record(batch_correct)
         if bi.ndim != 2 or lp.shape != bi.shape or ok.shape != bi.shape:
             raise ValueError(f"batch_index {bi.shape}, batch_true_logprob {lp.shape} and batch_correct {ok.shape} "
                              "do not match")

@@ -29,7 +29,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import StoreError
-from .dynamics import BLOCK_ELEMS, SUBSETS, _unwrap, log_record, stream_log
+from .dynamics import BLOCK_ELEMS, SUBSETS, log_record, stream_log, unwrap_record
 from .metrics import gini_np, lorenz_curve_np
 
 LORENZ_EPOCHS = 6  # Lorenz curves kept per run, from the first to the last complete epoch
@@ -157,12 +157,12 @@ def importance_trajectory(batch_index, y, n_train: int, *, steps_per_epoch: int 
     ``batch_index`` (iteration, batch_slot) and either ``batch_logits`` (full record) or
     ``batch_true_logprob`` (summary record; ``batch_correct`` is accepted and unused), numpy or
     dask, streamed one stored chunk at a time. Returns :meth:`ImportanceTrajectory.result`."""
-    bi = _unwrap(batch_index)
+    bi = unwrap_record(batch_index)
     if batch_logits is not None:
-        rec = _unwrap(batch_logits)
+        rec = unwrap_record(batch_logits)
         per_slot = rec.shape[2]
     elif batch_true_logprob is not None:
-        rec, per_slot = _unwrap(batch_true_logprob), 1
+        rec, per_slot = unwrap_record(batch_true_logprob), 1
     else:
         raise TypeError("importance_trajectory needs batch_logits or batch_true_logprob")
     if rec.shape[:2] != bi.shape:

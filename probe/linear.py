@@ -19,7 +19,7 @@ import torch
 import xarray as xr
 from scipy.optimize import minimize
 
-from .metrics import MetricError, _attrs, _hint, _input, _labels, _plain_names, _resolve
+from .metrics import MetricError, _hint, annotate, as_labelled, label_vector, plain_names, resolve_dims
 
 NEWTON_MAX_FEATURES = 512  # above this the (d+1)² Hessians cost more than L-BFGS's passes
 NEWTON_BATCH = 32  # problems per batched Newton solve (bounds the memory of the Hessians)
@@ -211,14 +211,14 @@ def feature_probe(acts, y, b, *, sample_dim: str | None = None, feature_dim: str
     """
     fn = "feature_probe"
     given = {"sample": sample_dim, "feature": feature_dim}
-    acts = _input(acts, fn, _plain_names(given))
-    d = _resolve(fn, acts, given, _hint(y, b))
-    yv = _labels(fn, y, acts, d["sample"], "y")
-    bv = _labels(fn, b, acts, d["sample"], "b")
+    acts = as_labelled(acts, fn, plain_names(given))
+    d = resolve_dims(fn, acts, given, _hint(y, b))
+    yv = label_vector(fn, y, acts, d["sample"], "y")
+    bv = label_vector(fn, b, acts, d["sample"], "b")
     core, spurious = xr.apply_ufunc(feature_probe_np, acts, input_core_dims=[[d["sample"], d["feature"]]],
                                     output_core_dims=[[], []], kwargs={"y": yv, "b": bv, "C": C, "seed": seed},
                                     dask="allowed", keep_attrs=False)
     return xr.Dataset({
-        "core_probe_error": _attrs(core, "linear-probe error for the core label", False),
-        "spurious_probe_error": _attrs(spurious, "linear-probe error for the spurious label", None),
+        "core_probe_error": annotate(core, "linear-probe error for the core label", False),
+        "spurious_probe_error": annotate(spurious, "linear-probe error for the spurious label", None),
     })

@@ -36,7 +36,7 @@ class MetricError(LrscopeError, ValueError):
     """A metric asked of inputs it is not defined on (one class, no samples, a missing dim, ...)."""
 
 
-def _attrs(da: xr.DataArray, long_name: str, higher_is_better: bool | None, **extra) -> xr.DataArray:
+def annotate(da: xr.DataArray, long_name: str, higher_is_better: bool | None, **extra) -> xr.DataArray:
     da.attrs.update({"long_name": long_name, **extra})
     if higher_is_better is not None:
         da.attrs["higher_is_better"] = int(higher_is_better)
@@ -55,7 +55,7 @@ _NAMED = {  # role -> which dimension names lrscope uses for it
 _DEFAULT = {"sample": SAMPLE, "feature": FEATURE, "class": CLASS, "time": "snapshot", "kappa": "kappa"}
 
 
-def _input(x, fn: str, names: list[str]) -> xr.DataArray:
+def as_labelled(x, fn: str, names: list[str]) -> xr.DataArray:
     """`x` as a DataArray; a plain array's trailing axes are named `names`, the others dim_0, ..."""
     if isinstance(x, xr.DataArray):
         return x
@@ -66,11 +66,11 @@ def _input(x, fn: str, names: list[str]) -> xr.DataArray:
     return xr.DataArray(a, dims=[f"dim_{i}" for i in range(a.ndim - len(names))] + list(names))
 
 
-def _plain_names(given: dict[str, str | None]) -> list[str]:
+def plain_names(given: dict[str, str | None]) -> list[str]:
     return [d if d is not None else _DEFAULT[role] for role, d in given.items()]
 
 
-def _resolve(fn: str, x: xr.DataArray, given: dict[str, str | None], hints=()) -> dict[str, str]:
+def resolve_dims(fn: str, x: xr.DataArray, given: dict[str, str | None], hints=()) -> dict[str, str]:
     """role -> dimension of `x` for each role in `given` (role -> the name the caller gave, or None).
 
     Given names must be dims of `x`; open roles take a hint (a dim of the labels), else the one
@@ -116,7 +116,7 @@ def _hint(*labels) -> tuple[tuple[str, str], ...]:
     return ()
 
 
-def _labels(fn: str, labels, x: xr.DataArray, sample_dim: str, what: str = "labels") -> np.ndarray:
+def label_vector(fn: str, labels, x: xr.DataArray, sample_dim: str, what: str = "labels") -> np.ndarray:
     """1-d labels, one per sample of `x` (a DataArray of labels must lie along the sample dim)."""
     if isinstance(labels, xr.DataArray) and labels.ndim == 1 and labels.dims[0] != sample_dim:
         raise MetricError(f"{fn}: {what} lie along {labels.dims[0]!r}, the sample dim is {sample_dim!r}")
@@ -192,10 +192,10 @@ def group_accuracy(logits, y, b, *, sample_dim: str | None = None, class_dim: st
     """
     fn = "group_accuracy"
     given = {"sample": sample_dim, "class": class_dim}
-    logits = _input(logits, fn, _plain_names(given))
-    d = _resolve(fn, logits, given, _hint(y, b))
-    yv = _labels(fn, y, logits, d["sample"], "y")
-    bv = _labels(fn, b, logits, d["sample"], "b")
+    logits = as_labelled(logits, fn, plain_names(given))
+    d = resolve_dims(fn, logits, given, _hint(y, b))
+    yv = label_vector(fn, y, logits, d["sample"], "y")
+    bv = label_vector(fn, b, logits, d["sample"], "b")
     t = logits.transpose(..., d["sample"], d["class"])
     lead = t.dims[:-2]
     coords = {k: c.variable for k, c in t.coords.items() if set(c.dims) <= set(lead)}
@@ -206,14 +206,14 @@ def group_accuracy(logits, y, b, *, sample_dim: str | None = None, class_dim: st
 
     per_group = lab(r["group_accuracy"], ("group",)).assign_coords(group=r["groups"]).transpose("group", ...)
     out = xr.Dataset({
-        "unbiased_accuracy": _attrs(lab(r["unbiased_accuracy"]), "unbiased test accuracy", True),
-        "group_accuracy": _attrs(per_group, "accuracy per (y, b) group", True),
-        "worst_group_accuracy": _attrs(lab(r["worst_group_accuracy"]), "worst-group accuracy", True),
+        "unbiased_accuracy": annotate(lab(r["unbiased_accuracy"]), "unbiased test accuracy", True),
+        "group_accuracy": annotate(per_group, "accuracy per (y, b) group", True),
+        "worst_group_accuracy": annotate(lab(r["worst_group_accuracy"]), "worst-group accuracy", True),
     })
     if "bc_accuracy" in r:
-        out["bc_accuracy"] = _attrs(lab(r["bc_accuracy"]), "bias-conflicting accuracy", True)
+        out["bc_accuracy"] = annotate(lab(r["bc_accuracy"]), "bias-conflicting accuracy", True)
     if "ba_accuracy" in r:
-        out["ba_accuracy"] = _attrs(lab(r["ba_accuracy"]), "bias-aligned accuracy", True)
+        out["ba_accuracy"] = annotate(lab(r["ba_accuracy"]), "bias-aligned accuracy", True)
     return out
 
 
@@ -236,9 +236,9 @@ def loss_ratio(bc_loss_sum, ba_loss_sum) -> xr.DataArray:
     ...            xr.DataArray([3.0, 0.0, 1.0], dims=["iteration"])).values.tolist()
     [0.25, nan, 0.75]
     """
-    bc, ba = _input(bc_loss_sum, "loss_ratio", []), _input(ba_loss_sum, "loss_ratio", [])
+    bc, ba = as_labelled(bc_loss_sum, "loss_ratio", []), as_labelled(ba_loss_sum, "loss_ratio", [])
     r = xr.apply_ufunc(loss_ratio_np, bc, ba, dask="allowed", join="inner", keep_attrs=False)
-    return _attrs(r, "bias-conflicting loss ratio", None)
+    return annotate(r, "bias-conflicting loss ratio", None)
 
 
 def per_sample_ce_np(logits, y):
@@ -264,10 +264,10 @@ def _along(fn: str, y, logits: xr.DataArray, sample_dim: str | None, class_dim: 
     sample) along the sample dim."""
     if isinstance(y, xr.DataArray) and sample_dim is None:
         return y
-    s = _resolve(fn, logits, {"sample": sample_dim, "class": class_dim}, _hint(y))["sample"]
+    s = resolve_dims(fn, logits, {"sample": sample_dim, "class": class_dim}, _hint(y))["sample"]
     if isinstance(y, xr.DataArray):
         return y
-    return xr.DataArray(_labels(fn, y, logits, s), dims=[s])
+    return xr.DataArray(label_vector(fn, y, logits, s), dims=[s])
 
 
 def per_sample_ce(logits, y, *, sample_dim: str | None = None, class_dim: str | None = None) -> xr.DataArray:
@@ -283,12 +283,12 @@ def per_sample_ce(logits, y, *, sample_dim: str | None = None, class_dim: str | 
     [0.6931, 2.1269]
     """
     fn = "per_sample_ce"
-    logits = _input(logits, fn, _plain_names({"sample": sample_dim, "class": class_dim}))
-    c = _resolve(fn, logits, {"class": class_dim})["class"]
+    logits = as_labelled(logits, fn, plain_names({"sample": sample_dim, "class": class_dim}))
+    c = resolve_dims(fn, logits, {"class": class_dim})["class"]
     yd = _along(fn, y, logits, sample_dim, c)
     _check_classes(fn, yd, logits.sizes[c])
     ce = xr.apply_ufunc(per_sample_ce_np, logits, yd, input_core_dims=[[c], []], dask="allowed", keep_attrs=False)
-    return _attrs(ce, "cross-entropy per sample", False, units="nats")
+    return annotate(ce, "cross-entropy per sample", False, units="nats")
 
 
 def ba_bc_loss_ratio_np(logits, y, bias_conflicting):
@@ -318,13 +318,13 @@ def ba_bc_loss_ratio(logits, y, bias_conflicting, *, sample_dim: str | None = No
     """
     fn = "ba_bc_loss_ratio"
     given = {"sample": sample_dim, "class": class_dim}
-    logits = _input(logits, fn, _plain_names(given))
-    d = _resolve(fn, logits, given, _hint(y, bias_conflicting))
-    yv = _labels(fn, y, logits, d["sample"], "y")
-    bc = _labels(fn, bias_conflicting, logits, d["sample"], "bias_conflicting")
+    logits = as_labelled(logits, fn, plain_names(given))
+    d = resolve_dims(fn, logits, given, _hint(y, bias_conflicting))
+    yv = label_vector(fn, y, logits, d["sample"], "y")
+    bc = label_vector(fn, bias_conflicting, logits, d["sample"], "bias_conflicting")
     _check_classes(fn, yv, logits.sizes[d["class"]])
     r = _ufunc(ba_bc_loss_ratio_np, logits, [d["sample"], d["class"]], y=yv, bias_conflicting=bc)
-    return _attrs(r, "average BA loss / average BC loss", None)
+    return annotate(r, "average BA loss / average BC loss", None)
 
 
 # ------------------------------------------------------------------------------- compressibility
@@ -368,10 +368,10 @@ def compressibility(x, *, feature_dim: str | None = None, q: float = 2, kappa: f
     """
     fn = "compressibility"
     given = {"feature": feature_dim}
-    x = _input(x, fn, _plain_names(given))
-    f = _resolve(fn, x, given)["feature"]
+    x = as_labelled(x, fn, plain_names(given))
+    f = resolve_dims(fn, x, given)["feature"]
     out = _ufunc(compressibility_np, x, [f], q=q, kappa=kappa)
-    return _attrs(out, f"({q:g}, {kappa:g})-compressibility", True, q=q, kappa=kappa)
+    return annotate(out, f"({q:g}, {kappa:g})-compressibility", True, q=q, kappa=kappa)
 
 
 def sparsity_np(a, tol: float = 0.0) -> np.ndarray:
@@ -389,9 +389,9 @@ def sparsity(x, *, feature_dim: str | None = None, tol: float = 0.0) -> xr.DataA
     """
     fn = "sparsity"
     given = {"feature": feature_dim}
-    x = _input(x, fn, _plain_names(given))
-    f = _resolve(fn, x, given)["feature"]
-    return _attrs(_ufunc(sparsity_np, x, [f], tol=tol), "sparsity", True)
+    x = as_labelled(x, fn, plain_names(given))
+    f = resolve_dims(fn, x, given)["feature"]
+    return annotate(_ufunc(sparsity_np, x, [f], tol=tol), "sparsity", True)
 
 
 def pq_index_np(a, p: float = 1, q: float = 2):
@@ -419,9 +419,9 @@ def pq_index(x, *, feature_dim: str | None = None, p: float = 1, q: float = 2) -
     """
     fn = "pq_index"
     given = {"feature": feature_dim}
-    x = _input(x, fn, _plain_names(given))
-    f = _resolve(fn, x, given)["feature"]
-    return _attrs(_ufunc(pq_index_np, x, [f], p=p, q=q), f"PQ-index (p={p:g}, q={q:g})", True, p=p, q=q)
+    x = as_labelled(x, fn, plain_names(given))
+    f = resolve_dims(fn, x, given)["feature"]
+    return annotate(_ufunc(pq_index_np, x, [f], p=p, q=q), f"PQ-index (p={p:g}, q={q:g})", True, p=p, q=q)
 
 
 # ------------------------------------------------------------------------------- representation
@@ -469,10 +469,10 @@ def class_separation(acts, labels, *, sample_dim: str | None = None, feature_dim
     """
     fn = "class_separation"
     given = {"sample": sample_dim, "feature": feature_dim}
-    acts = _input(acts, fn, _plain_names(given))
-    d = _resolve(fn, acts, given, _hint(labels))
-    lab = _labels(fn, labels, acts, d["sample"])
-    return _attrs(_ufunc(class_separation_np, acts, [d["sample"], d["feature"]], labels=lab),
+    acts = as_labelled(acts, fn, plain_names(given))
+    d = resolve_dims(fn, acts, given, _hint(labels))
+    lab = label_vector(fn, labels, acts, d["sample"])
+    return annotate(_ufunc(class_separation_np, acts, [d["sample"], d["feature"]], labels=lab),
                   "class separation R²", True)
 
 
@@ -517,14 +517,14 @@ def selectivity(acts, labels, *, sample_dim: str | None = None, feature_dim: str
     """
     fn = f"{name}_selectivity" if name in ("class", "bias") else "selectivity"
     given = {"sample": sample_dim, "feature": feature_dim}
-    acts = _input(acts, fn, _plain_names(given))
-    d = _resolve(fn, acts, given, _hint(labels))
-    lab = _labels(fn, labels, acts, d["sample"])
+    acts = as_labelled(acts, fn, plain_names(given))
+    d = resolve_dims(fn, acts, given, _hint(labels))
+    lab = label_vector(fn, labels, acts, d["sample"])
     if len(np.unique(lab)) < 2:
         raise MetricError(f"{name} selectivity needs at least 2 distinct labels")
     out = _ufunc(selectivity_np, acts, [d["sample"], d["feature"]], [[d["feature"]]], labels=lab, eps=eps)
     long = {"class": "class selectivity index (CSI)", "bias": "bias selectivity index (BSI)"}.get(name, name)
-    return _attrs(out, long, name == "class")
+    return annotate(out, long, name == "class")
 
 
 def class_selectivity(acts, labels, *, sample_dim: str | None = None, feature_dim: str | None = None) -> xr.DataArray:
@@ -579,18 +579,18 @@ def neuron_survival(csi, bsi, *, feature_dim: str | None = None, time_dim: str |
     """
     fn = "neuron_survival"
     given = {"time": time_dim, "feature": feature_dim}
-    csi = _input(csi, fn, _plain_names(given))
-    bsi = _input(bsi, fn, _plain_names(given))
-    d = _resolve(fn, csi, given)
+    csi = as_labelled(csi, fn, plain_names(given))
+    bsi = as_labelled(bsi, fn, plain_names(given))
+    d = resolve_dims(fn, csi, given)
     core = [d["time"], d["feature"]]
     if set(core) - set(bsi.dims):
         raise MetricError(f"{fn}: bsi lacks the dims {', '.join(sorted(set(core) - set(bsi.dims)))}")
     frac, sc, sb = xr.apply_ufunc(neuron_survival_np, csi, bsi, input_core_dims=[core, core],
                                   output_core_dims=[[d["time"]]] * 3, dask="allowed", keep_attrs=False)
     return xr.Dataset({
-        "class_dominant_fraction": _attrs(frac, "share of class-dominant neurons", True),
-        "class_neuron_survival": _attrs(sc, "class-dominant neurons surviving to the end", None),
-        "bias_neuron_survival": _attrs(sb, "bias-dominant neurons surviving to the end", None),
+        "class_dominant_fraction": annotate(frac, "share of class-dominant neurons", True),
+        "class_neuron_survival": annotate(sc, "class-dominant neurons surviving to the end", None),
+        "bias_neuron_survival": annotate(sb, "bias-dominant neurons surviving to the end", None),
     })
 
 
@@ -625,12 +625,12 @@ def importance_weights(logits, y, *, sample_dim: str | None = None, class_dim: s
     [0.5, 1.0]
     """
     fn = "importance_weights"
-    logits = _input(logits, fn, _plain_names({"sample": sample_dim, "class": class_dim}))
-    c = _resolve(fn, logits, {"class": class_dim})["class"]
+    logits = as_labelled(logits, fn, plain_names({"sample": sample_dim, "class": class_dim}))
+    c = resolve_dims(fn, logits, {"class": class_dim})["class"]
     yd = _along(fn, y, logits, sample_dim, c)
     _check_classes(fn, yd, logits.sizes[c])
     w = xr.apply_ufunc(importance_weights_np, logits, yd, input_core_dims=[[c], []], dask="allowed", keep_attrs=False)
-    return _attrs(w, "importance weight 1 - p(y|x)", None)
+    return annotate(w, "importance weight 1 - p(y|x)", None)
 
 
 def lorenz_curve_np(w, points: int = 101) -> np.ndarray:
@@ -661,10 +661,10 @@ def lorenz_curve(w, *, sample_dim: str | None = None, points: int = 101) -> xr.D
     """
     fn = "lorenz_curve"
     given = {"sample": sample_dim}
-    w = _input(w, fn, _plain_names(given))
-    s = _resolve(fn, w, given)["sample"]
+    w = as_labelled(w, fn, plain_names(given))
+    s = resolve_dims(fn, w, given)["sample"]
     out = _ufunc(lorenz_curve_np, w, [s], [["fraction"]], points=points)
-    return _attrs(out.assign_coords(fraction=np.linspace(0, 1, points)), "cumulative importance share", None)
+    return annotate(out.assign_coords(fraction=np.linspace(0, 1, points)), "cumulative importance share", None)
 
 
 def _non_negative(a: np.ndarray, fn: str) -> np.ndarray:
@@ -694,9 +694,9 @@ def gini(w, *, sample_dim: str | None = None) -> xr.DataArray:
     """
     fn = "gini"
     given = {"sample": sample_dim}
-    w = _input(w, fn, _plain_names(given))
-    s = _resolve(fn, w, given)["sample"]
-    return _attrs(_ufunc(gini_np, w, [s]), "Gini coefficient of importance weights", False)
+    w = as_labelled(w, fn, plain_names(given))
+    s = resolve_dims(fn, w, given)["sample"]
+    return annotate(_ufunc(gini_np, w, [s]), "Gini coefficient of importance weights", False)
 
 
 def last_mistake(batch_index, batch_logits, y, *, n_samples: int) -> xr.DataArray:
@@ -730,4 +730,4 @@ def last_mistake(batch_index, batch_logits, y, *, n_samples: int) -> xr.DataArra
     it = np.broadcast_to(np.arange(idx.shape[0])[:, None], idx.shape)
     out = np.full(n_samples, -1, dtype=np.int64)
     np.maximum.at(out, safe[wrong], it[wrong])
-    return _attrs(xr.DataArray(out, dims=["train_sample"]), "last iteration misclassified in its minibatch", None)
+    return annotate(xr.DataArray(out, dims=["train_sample"]), "last iteration misclassified in its minibatch", None)

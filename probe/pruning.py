@@ -40,7 +40,7 @@ import xarray as xr
 from torch import nn
 
 from ..errors import LrscopeError
-from .metrics import MetricError, _attrs, _input, _plain_names, _resolve
+from .metrics import MetricError, annotate, as_labelled, plain_names, resolve_dims
 
 KAPPAS = tuple(round(0.1 * i, 1) for i in range(10))
 KINDS = ("structured", "magnitude", "column")
@@ -72,7 +72,7 @@ def check_criteria(criteria) -> list[str]:
     return [DEFAULT_CRITERION] + [c for c in CRITERIA if c in items and c != DEFAULT_CRITERION]
 
 
-def _prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Linear and Conv layers except the output head (kept, per the paper)."""
     head = getattr(model, "head", None)
     return [(n, m) for n, m in model.named_modules()
@@ -115,7 +115,7 @@ def _kept(norms: torch.Tensor, kappa: float) -> torch.Tensor:
 _CHANNELWISE = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d)
 
 
-def _chain(model: nn.Module) -> list[nn.Module] | None:
+def layer_chain(model: nn.Module) -> list[nn.Module] | None:
     """The modules of lrscope's FCN or VGG-like CNN in order, head last, when they form a chain of
     Linear/Conv layers with only channel-wise operations between them (each unit of a layer feeds
     only the matching input of the next); None otherwise."""
@@ -155,7 +155,7 @@ def _outgoing_norms(model: nn.Module, layers: list[tuple[str, nn.Module]],
                     weights: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """Per prunable layer of a chain, the L2 norm of each unit's outgoing weights (the next layer's
     input column for that unit, or the head's)."""
-    if _chain(model) is None:
+    if layer_chain(model) is None:
         raise MetricError(f"outgoing-weight pruning criteria need a network whose layers form a chain "
                           f"(lrscope's fcn or cnn); {type(model).__name__} is not one")
     nxt = [weights[n] for n, _ in layers[1:]] + [model.head.weight.detach()]
@@ -165,9 +165,9 @@ def _outgoing_norms(model: nn.Module, layers: list[tuple[str, nn.Module]],
 def structured_keep(model: nn.Module, kappa: float, criterion: str = DEFAULT_CRITERION,
                     weights: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
     """The units structured pruning keeps at κ under `criterion`: one boolean mask per prunable
-    layer (in `_prunable_layers` order). `weights`: the layers' weights by name (default: the
+    layer (in `prunable_layers` order). `weights`: the layers' weights by name (default: the
     model's own)."""
-    layers = _prunable_layers(model)
+    layers = prunable_layers(model)
     if weights is None:
         weights = {n: m.weight.detach() for n, m in layers}
     if criterion not in CRITERIA:
@@ -233,7 +233,7 @@ def _magnitude_weights(originals: list[torch.Tensor], kappa: float) -> list[torc
 
 def _cut(model: nn.Module, kind: str, kappa: float, criterion: str, originals: list[torch.Tensor],
          chain: bool) -> _Cut:
-    layers = _prunable_layers(model)
+    layers = prunable_layers(model)
     n = len(layers)
     if kind == "magnitude" or (kind == "column" and not chain):
         k = int(math.floor(kappa * (sum(w.numel() for w in originals) if kind == "magnitude" else 1)))
@@ -300,7 +300,7 @@ class _ChainEval:
 
 def _masked(model: nn.Module, cut: _Cut, originals: list[torch.Tensor]) -> list:
     """Set the prunable weights to the cut's masked weights; returns the output hooks to remove."""
-    layers = _prunable_layers(model)
+    layers = prunable_layers(model)
     masked = cut.weights(originals)
     if masked is not None:
         for (_, m), w in zip(layers, masked):
@@ -345,11 +345,11 @@ def pruned_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, specs, ka
     next. `x` holds raw stored inputs (uint8 images are scaled); the model is restored afterwards."""
     from ..train.data import as_model_input
 
-    layers = _prunable_layers(model)
+    layers = prunable_layers(model)
     if not layers:
         raise LrscopeError("model has no prunable Linear/Conv layers besides its head")
     originals = [m.weight.detach().clone() for _, m in layers]
-    chain = _chain(model) if sliced else None
+    chain = layer_chain(model) if sliced else None
     cuts, where = {}, np.zeros((len(specs), len(kappas)), dtype=np.int64)
     order = []
     for s, (kind, criterion) in enumerate(specs):
@@ -423,7 +423,7 @@ def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: s
     correct = pruned_correct(model, x, y, [(kind, criterion)], kappas, sliced=sliced)[0]
     da = xr.DataArray(correct / len(y), dims=["kappa"], coords={"kappa": kappas})
     extra = {"criterion": criterion} if kind == "structured" else {}
-    return _attrs(da, f"accuracy after {kind} pruning", True, kind=kind, evaluated_samples=len(y), **extra)
+    return annotate(da, f"accuracy after {kind} pruning", True, kind=kind, evaluated_samples=len(y), **extra)
 
 
 def accuracy_se(acc, n: int):
@@ -434,8 +434,8 @@ def accuracy_se(acc, n: int):
 # a pruning curve's attrs (kind, evaluated_on) stay on the measures made from it
 def _kappa_curve(fn: str, curve, kappa_dim) -> tuple[xr.DataArray, str]:
     given = {"kappa": kappa_dim}
-    curve = _input(curve, fn, _plain_names(given))
-    return curve, _resolve(fn, curve, given)["kappa"]
+    curve = as_labelled(curve, fn, plain_names(given))
+    return curve, resolve_dims(fn, curve, given)["kappa"]
 
 
 def prunability_np(acc, kappas=None) -> np.ndarray:
@@ -469,7 +469,7 @@ def prunability(curve, *, kappa_dim: str | None = None) -> xr.DataArray:
     curve, k = _kappa_curve("prunability", curve, kappa_dim)
     kappas = curve[k].values if k in curve.coords else None
     p = xr.apply_ufunc(prunability_np, curve, input_core_dims=[[k]], kwargs={"kappas": kappas}, keep_attrs=True)
-    return _attrs(p, "κ-prunability (mean accuracy retention)", True)
+    return annotate(p, "κ-prunability (mean accuracy retention)", True)
 
 
 def prunability_sum_np(acc, kappas=None) -> np.ndarray:
@@ -492,7 +492,7 @@ def prunability_sum(curve, *, kappa_dim: str | None = None) -> xr.DataArray:
     curve, k = _kappa_curve("prunability_sum", curve, kappa_dim)
     kappas = curve[k].values if k in curve.coords else None
     p = xr.apply_ufunc(prunability_sum_np, curve, input_core_dims=[[k]], kwargs={"kappas": kappas}, keep_attrs=True)
-    return _attrs(p, "κ-prunability as a sum over κ (the paper's text)", True)
+    return annotate(p, "κ-prunability as a sum over κ (the paper's text)", True)
 
 
 def pruned_accuracy_np(acc) -> np.ndarray:
@@ -514,5 +514,5 @@ def pruned_accuracy(curve, *, kappa_dim: str | None = None) -> xr.DataArray:
     0.795
     """
     curve, k = _kappa_curve("pruned_accuracy", curve, kappa_dim)
-    return _attrs(xr.apply_ufunc(pruned_accuracy_np, curve, input_core_dims=[[k]], keep_attrs=True),
+    return annotate(xr.apply_ufunc(pruned_accuracy_np, curve, input_core_dims=[[k]], keep_attrs=True),
                   "mean pruned accuracy (over κ)", True)

@@ -90,14 +90,14 @@ def probe_neuron_resets(ctx) -> xr.Dataset:
               "reset_neuron": np.arange(n_neurons), "reset_neuron_index": ("reset_neuron", neurons.astype(np.int64))}
     out = xr.Dataset(coords=coords)
     dims = ["reset_checkpoint", "reset_neuron"]
-    out["neuron_spurious_share"] = M._attrs(
+    out["neuron_spurious_share"] = M.annotate(
         xr.DataArray(share, dims=dims), "spurious attribution share of a neuron", False, units="fraction",
         description="Σ_spurious |InputXGradient| / Σ_all |InputXGradient| of the neuron's activation, mean over "
                     f"{n} probe inputs; the neurons are the {n_neurons} with the highest final BSI")
-    out["neuron_update_norm"] = M._attrs(
+    out["neuron_update_norm"] = M.annotate(
         xr.DataArray(update, dims=dims), "update norm of a neuron's incoming weights", None,
         description=f"‖θ_j(k) − θ_j(previous chosen checkpoint)‖₂ over the rows of {pname}")
-    out["neuron_resets"] = M._attrs(
+    out["neuron_resets"] = M.annotate(
         xr.DataArray(resets, dims=dims), "attribution reset", None,
         description=f"the spurious share fell by at least {RESET_DROP} since the previous chosen checkpoint")
     d, u = drop[1:].ravel(), update[1:].ravel()
@@ -107,11 +107,11 @@ def probe_neuron_resets(ctx) -> xr.Dataset:
         from scipy import stats
 
         rho = float(stats.spearmanr(u[ok], d[ok]).statistic)
-    out["reset_count"] = M._attrs(xr.DataArray(int(resets.sum())), "attribution resets (all chosen neurons)", None,
+    out["reset_count"] = M.annotate(xr.DataArray(int(resets.sum())), "attribution resets (all chosen neurons)", None,
                                   description=f"falls of a neuron's spurious share by at least {RESET_DROP} between "
                                               "consecutive chosen checkpoints, counted over the chosen neurons",
                                   units="count")
-    out["update_drop_correlation"] = M._attrs(
+    out["update_drop_correlation"] = M.annotate(
         xr.DataArray(rho), "Spearman ρ (update norm, fall of the spurious share)", None,
         description="over (neuron, consecutive chosen checkpoints): do larger updates go with larger falls?")
     return out

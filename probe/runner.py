@@ -29,9 +29,9 @@ from . import metrics as M
 from .context import (  # noqa: F401 - the names probes and tests import from here
     NO_BIAS,
     Context,
-    _final,
     balanced_subset,
     check_device,
+    final_value,
     has_bias,
     load_aware_threads,
     probe_device,

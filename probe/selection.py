@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from .metrics import MetricError, _attrs, group_accuracy_np
+from .metrics import MetricError, annotate, group_accuracy_np
 
 NO_VAL = "not defined: the run has no validation split"
 NO_VAL_SWEEP = "not defined: no run of the sweep has a validation split"
@@ -69,7 +69,7 @@ def worst_class_accuracy_np(logits, y) -> np.ndarray:
 def probe_selection(ctx) -> xr.Dataset:
     """The selection criteria of one run per full snapshot (NaN at the light ones): on the
     validation split where the run has one, on the test split always."""
-    from .context import _evaluated, _in_memory, has_bias
+    from .context import evaluated_rows, has_bias, in_memory
 
     ds = ctx.ds
     bias = has_bias(ds)
@@ -80,11 +80,11 @@ def probe_selection(ctx) -> xr.Dataset:
     def per_snapshot(values: np.ndarray, full: np.ndarray, long_name: str, description: str) -> xr.DataArray:
         v = np.full(len(snaps), np.nan)
         v[full] = values
-        return _attrs(xr.DataArray(v, dims=["snapshot"], coords={"snapshot": snaps}), long_name, True,
+        return annotate(xr.DataArray(v, dims=["snapshot"], coords={"snapshot": snaps}), long_name, True,
                       description=description, units="fraction")
 
-    tl = _in_memory(ds.test_logits)
-    full = _evaluated(tl, "test_sample")
+    tl = in_memory(ds.test_logits)
+    full = evaluated_rows(tl, "test_sample")
     logits = np.asarray(tl.isel(snapshot=full).values, dtype=np.float64)
     y, b = ds.test_y.values.astype(np.int64), ds.test_b.values.astype(np.int64)
     if len(full):
@@ -105,15 +105,15 @@ def probe_selection(ctx) -> xr.Dataset:
         not_defined.append(f"selection_test_worst_group_accuracy, val_worst_group_accuracy: {NO_BIAS}")
     npv = np.full(len(snaps), np.nan)
     npv[full] = n_pred
-    out["predicted_classes"] = _attrs(
+    out["predicted_classes"] = annotate(
         xr.DataArray(npv, dims=["snapshot"], coords={"snapshot": snaps}), "classes predicted (test split)", True,
         description="number of distinct classes the network predicts over the test split at the snapshot; 1: a "
                     "degenerate network that predicts one class everywhere; NaN at light snapshots",
         units="count")
 
     if "val_logits" in ds:
-        vl = _in_memory(ds.val_logits)
-        vfull = _evaluated(vl, "val_sample")
+        vl = in_memory(ds.val_logits)
+        vfull = evaluated_rows(vl, "val_sample")
         vlog = np.asarray(vl.isel(snapshot=vfull).values, dtype=np.float64)
         vy, vb = ds.val_y.values.astype(np.int64), ds.val_b.values.astype(np.int64)
         if len(vfull):
@@ -223,7 +223,7 @@ def selection_table(sw: xr.Dataset) -> xr.Dataset:
     described = xr.DataArray([CRITERIA[n][1] for n in names], dims=["criterion"])
 
     def col(v, long_name, description, units=None):
-        return _attrs(xr.DataArray(np.asarray(v), dims=["criterion"]), long_name, None, description=description,
+        return annotate(xr.DataArray(np.asarray(v), dims=["criterion"]), long_name, None, description=description,
                       **({"units": units} if units else {}))
 
     out = xr.Dataset({

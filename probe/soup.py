@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .metrics import MetricError, _attrs, group_accuracy_np
+from .metrics import MetricError, annotate, group_accuracy_np
 
 # config fields that fix a run's architecture and initialisation (besides the seed)
 SHARED_INIT = ("dataset", "model", "model_options", "widths", "data_options", "data_seed", "bias_conflicting_ratio",
@@ -187,17 +187,17 @@ def model_soup(sw: xr.Dataset, *, lrs=None, seeds=None, data_root: str | None = 
     dims1, dims2 = ["seed"], ["seed", "lr"]
     out = xr.Dataset(
         {
-            "soup_unbiased_accuracy": _attrs(xr.DataArray(soup["unbiased"], dims=dims1),
+            "soup_unbiased_accuracy": annotate(xr.DataArray(soup["unbiased"], dims=dims1),
                                              f"unbiased accuracy of the model soup on {split}", None),
-            "soup_worst_group_accuracy": _attrs(xr.DataArray(soup["worst"], dims=dims1),
+            "soup_worst_group_accuracy": annotate(xr.DataArray(soup["worst"], dims=dims1),
                                                 f"worst-group accuracy of the model soup on {split}", None),
-            "soup_param_compressibility": _attrs(xr.DataArray(soup["comp"], dims=dims1),
+            "soup_param_compressibility": annotate(xr.DataArray(soup["comp"], dims=dims1),
                                                  "parameter (2, 0.1)-compressibility of the model soup", None),
-            "ingredient_unbiased_accuracy": _attrs(xr.DataArray(ing["unbiased"], dims=dims2),
+            "ingredient_unbiased_accuracy": annotate(xr.DataArray(ing["unbiased"], dims=dims2),
                                                    f"unbiased accuracy of each ingredient on {split}", None),
-            "ingredient_worst_group_accuracy": _attrs(xr.DataArray(ing["worst"], dims=dims2),
+            "ingredient_worst_group_accuracy": annotate(xr.DataArray(ing["worst"], dims=dims2),
                                                       f"worst-group accuracy of each ingredient on {split}", None),
-            "ingredient_param_compressibility": _attrs(xr.DataArray(ing["comp"], dims=dims2),
+            "ingredient_param_compressibility": annotate(xr.DataArray(ing["comp"], dims=dims2),
                                                        "parameter (2, 0.1)-compressibility of each ingredient", None),
             "ingredient_run": xr.DataArray(ing_run.astype(str), dims=dims2),
             "n_ingredients": xr.DataArray(n_ing, dims=dims1),

@@ -99,10 +99,10 @@ def dead_fractions(features: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
     zero = features == 0
     inputs = zero.all("neuron").mean("probe_sample")
     units = zero.all("probe_sample").mean("neuron")
-    return (M._attrs(inputs.astype("float64"), "dead inputs", False, units="fraction",
+    return (M.annotate(inputs.astype("float64"), "dead inputs", False, units="fraction",
                      description="fraction of probe-subset inputs whose non-negative penultimate representation "
                                  "is all zero (every unit inactive)"),
-            M._attrs(units.astype("float64"), "dead units", False, units="fraction",
+            M.annotate(units.astype("float64"), "dead units", False, units="fraction",
                      description="fraction of penultimate units that are zero on every probe-subset input"))
 
 
@@ -127,12 +127,12 @@ def stall(acc: np.ndarray, batch_size: int, n_train: int, snap_iter: np.ndarray,
 
 def probe_stall(ctx) -> xr.Dataset:
     """The `stall` probe (declared in probe/probes/stall.py): see the module docstring."""
-    from .context import _in_memory
+    from .context import in_memory
 
     ds = ctx.ds
     if ds.sizes.get("iteration", 0) == 0:
         raise M.MetricError("no training step is committed yet")
-    acc = _in_memory(ds["accuracy"]).values.astype(np.float64)
+    acc = in_memory(ds["accuracy"]).values.astype(np.float64)
     dead_in, dead_units = dead_fractions(ctx.selective_features)
     snap_iter = ds["snapshot_iteration"].values.astype(np.float64)
     cfg = ds.attrs["config"]
@@ -140,17 +140,18 @@ def probe_stall(ctx) -> xr.Dataset:
     common = dict(block_steps=s["block"], **THRESHOLDS)
     out = xr.Dataset({
         "dead_input_fraction": dead_in, "dead_unit_fraction": dead_units,
-        "plateau_steps": M._attrs(xr.DataArray(s["length"]), "longest training-accuracy plateau", False, units="steps",
+        "plateau_steps": M.annotate(xr.DataArray(s["length"]), "longest training-accuracy plateau", False,
+                                    units="steps",
                                   description="the longest stretch of epoch-averaged minibatch accuracy within "
                                               f"{BAND:g} of itself, its mean below {FITTED:g}", **common),
-        "plateau_start": M._attrs(xr.DataArray(s["start"]), "plateau start", None, units="steps",
+        "plateau_start": M.annotate(xr.DataArray(s["start"]), "plateau start", None, units="steps",
                                   description="the iteration the longest plateau starts at"),
-        "plateau_accuracy": M._attrs(xr.DataArray(s["accuracy"]), "plateau training accuracy", None, units="fraction",
+        "plateau_accuracy": M.annotate(xr.DataArray(s["accuracy"]), "plateau training accuracy", None, units="fraction",
                                      description="mean minibatch accuracy over the longest plateau"),
-        "plateau_dead_input_fraction": M._attrs(
+        "plateau_dead_input_fraction": M.annotate(
             xr.DataArray(s["dead_in"]), "dead inputs on the plateau", False, units="fraction",
             description="the largest dead-input fraction at a snapshot inside the longest plateau"),
-        "stalled": M._attrs(xr.DataArray(s["stalled"]), "stalled run", False, **common,
+        "stalled": M.annotate(xr.DataArray(s["stalled"]), "stalled run", False, **common,
                             description=f"the longest plateau lasts at least max({MIN_STEPS}, {LONG:g} x the run's "
                                         f"steps) and at a snapshot inside it at least {DEAD_INPUTS:g} of the probe "
                                         f"inputs or {DEAD_UNITS:g} of the units are dead (lrscope's diagnostic, not "

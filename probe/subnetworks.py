@@ -66,7 +66,7 @@ def subnetwork_grad_norms_np(logits, feats, y, spurious) -> tuple[np.ndarray, np
 
 
 def probe_subnetwork_gradients(ctx) -> xr.Dataset:
-    from .context import _final, require_bias
+    from .context import final_value, require_bias
 
     ds = ctx.ds
     require_bias(ds)  # the subnetworks are split by CSI against BSI
@@ -87,21 +87,21 @@ def probe_subnetwork_gradients(ctx) -> xr.Dataset:
     desc = ("Σ over probe samples of the head columns' gradient norm for the bias-dominant neurons over the same "
             "sum for the class-dominant ones (per sample this is ‖h_S‖/‖h_C‖: not Prop. 2's quantity, which is "
             "prop2_grad_ratio); subnetworks: " + SPLIT)
-    out["head_column_grad_ratio"] = M._attrs(
+    out["head_column_grad_ratio"] = M.annotate(
         xr.DataArray(ratio(np.ones_like(bc)), dims=["snapshot"]),
         "spurious / core head-column gradient-norm ratio (probe subset)", None,
         description=desc + "; all probe samples", units="ratio")
     if bc.any():
-        out["head_column_grad_ratio_bc"] = M._attrs(
+        out["head_column_grad_ratio_bc"] = M.annotate(
             xr.DataArray(ratio(bc), dims=["snapshot"]),
             "spurious / core head-column gradient-norm ratio (probe subset, bias-conflicting)", None,
             description=desc + "; bias-conflicting probe samples only", units="ratio")
-    out["bias_dominant_fraction"] = M._attrs(
+    out["bias_dominant_fraction"] = M.annotate(
         xr.DataArray(spurious.mean(-1), dims=["snapshot"]), "share of bias-dominant penultimate neurons", None,
         description="neurons with CSI <= BSI at the snapshot")
     for v in ("head_column_grad_ratio", "head_column_grad_ratio_bc"):
         if v in out:
-            out[f"{v}_final"] = _final(out[v], v)
+            out[f"{v}_final"] = final_value(out[v], v)
     return out
 
 
@@ -199,7 +199,7 @@ def probe_prop2_gradients(ctx) -> xr.Dataset:
     import torch
 
     from ..train.data import as_model_input
-    from .context import _final, require_bias
+    from .context import final_value, require_bias
 
     ds = ctx.ds
     require_bias(ds)  # the units are split by CSI against BSI; BA/BC need a bias label
@@ -265,22 +265,22 @@ def probe_prop2_gradients(ctx) -> xr.Dataset:
              "checkpoint's weights (eval mode)")
     split = ("subnetworks: each penultimate unit's incoming weights and the head column reading it; core: CSI > BSI, "
              "spurious: BSI ≥ CSI, dead: CSI = BSI = 0 (at the last snapshot at or before the checkpoint)")
-    out["prop2_grad_norm_sum"] = M._attrs(
+    out["prop2_grad_norm_sum"] = M.annotate(
         xr.DataArray(sums, dims=["prop2_checkpoint", "subnetwork", "minibatch_part"]),
         "Σ per-sample gradient norm of a subnetwork", None, units="gradient norm",
         description=f"Σ_i ‖∇_S ℓ(y_i, f(x_i))‖ (Frobenius) {where}; {split}")
     for name, sel, what in (("prop2_grad_ratio", None, "Ω"), ("prop2_grad_ratio_bc", 1, "Ω_bc"),
                             ("prop2_grad_ratio_ba", 0, "Ω_ba")):
         num, den = (tot[:, 1], tot[:, 0]) if sel is None else (sums[:, 1, sel], sums[:, 0, sel])
-        out[name] = M._attrs(
+        out[name] = M.annotate(
             xr.DataArray(ratio(num, den), dims=["prop2_checkpoint"]),
             f"spurious / core subnetwork gradient-norm ratio over {what} (Prop. 2)", None, units="ratio",
             description=f"Σ_{what} ‖∇_s ℓ‖ / Σ_{what} ‖∇_c ℓ‖ (Barsbey et al. 2025, supplement Eq. 8) {where}; {split}")
-    out["prop2_logit_norm"] = M._attrs(
+    out["prop2_logit_norm"] = M.annotate(
         xr.DataArray(logit_norm, dims=["prop2_checkpoint", "minibatch_part"]), "mean logit norm of the minibatch",
         None, units="logit", description=f"mean ‖f(x)‖₂ {where}: the logit scale k the proposition's ratio grows with")
-    out["prop2_units"] = M._attrs(xr.DataArray(units, dims=["prop2_checkpoint", "subnetwork"]),
+    out["prop2_units"] = M.annotate(xr.DataArray(units, dims=["prop2_checkpoint", "subnetwork"]),
                                   "penultimate units per subnetwork", None, units="count", description=split)
     last = out["prop2_grad_ratio"].isel(prop2_checkpoint=-1, drop=True)
-    out["prop2_grad_ratio_final"] = _final(last.drop_vars(list(last.coords)), "prop2_grad_ratio")
+    out["prop2_grad_ratio_final"] = final_value(last.drop_vars(list(last.coords)), "prop2_grad_ratio")
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from .metrics import MetricError, _attrs
+from .metrics import MetricError, annotate
 
 
 def last_snapshot(sw: xr.Dataset | xr.DataArray, var: str | None = None) -> xr.DataArray | xr.Dataset:
@@ -39,14 +39,15 @@ def lr_sensitive_samples(sw: xr.Dataset, *, low_lrs, high_lrs, high_frac: float 
     frac_hi, frac_lo = hi.mean("run").compute(), lo.mean("run").compute()
     selected = ((frac_hi > high_frac) & (frac_lo < low_frac)).values
     out = xr.Dataset({
-        "high_lr_correct": _attrs(frac_hi, f"share of the high-LR runs ({', '.join(map(str, high_lrs))}) right", None),
-        "low_lr_correct": _attrs(frac_lo, f"share of the low-LR runs ({', '.join(map(str, low_lrs))}) right", None),
-        "selected": _attrs(xr.DataArray(selected, dims=[dim]), "right at high LR, wrong at low LR (Fig. 8)", None),
+        "high_lr_correct": annotate(frac_hi, f"share of the high-LR runs ({', '.join(map(str, high_lrs))}) right",
+                                    None),
+        "low_lr_correct": annotate(frac_lo, f"share of the low-LR runs ({', '.join(map(str, low_lrs))}) right", None),
+        "selected": annotate(xr.DataArray(selected, dims=[dim]), "right at high LR, wrong at low LR (Fig. 8)", None),
     })
     if split == "test":
         pos = np.full(sw.sizes["test_sample"], -1, dtype=np.int64)
         pos[sw.probe_test_index.values.astype(np.int64)] = np.arange(sw.sizes["probe_sample"])
-        out["probe_position"] = _attrs(xr.DataArray(pos, dims=[dim]), "position in the probe subset (-1: not in it)",
+        out["probe_position"] = annotate(xr.DataArray(pos, dims=[dim]), "position in the probe subset (-1: not in it)",
                                        None)
         out["in_probe_subset"] = xr.DataArray(pos >= 0, dims=[dim])
     return out
@@ -65,5 +66,5 @@ def loss_ratio_correlation(sw: xr.Dataset, variable: str = "max_loss_ratio") -> 
     if m.sum() < 3 or np.std(x[m]) == 0 or np.std(y[m]) == 0:
         raise MetricError("the correlation needs at least 3 finished runs with varying values")
     r, p = stats.pearsonr(x[m], y[m])
-    return xr.Dataset({"pearson_r": _attrs(xr.DataArray(r), "Pearson r (max BC loss ratio, unbiased accuracy)", None),
+    return xr.Dataset({"pearson_r": annotate(xr.DataArray(r), "Pearson r (max BC loss ratio, unbiased accuracy)", None),
                        "p_value": xr.DataArray(p), "n_runs": xr.DataArray(int(m.sum()))})

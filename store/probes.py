@@ -15,12 +15,12 @@ from pathlib import Path
 
 import xarray as xr
 import zarr
-from .zarr_internals import sync
 
 from . import schema as S
 from .checked import COMPRESSORS
 from .reader import open_store
-from .writer import _crash_point
+from .writer import crash_point
+from .zarr_internals import sync
 
 
 def stored_provenance(root: zarr.Group, name: str) -> dict | None:
@@ -47,9 +47,9 @@ def write_probe(path: Path, name: str, res: xr.Dataset) -> None:
     probes = root[S.G_PROBES] if S.G_PROBES in root else root.create_group(S.G_PROBES)
     if name in probes:
         probes[name].attrs.update({"complete": 0})
-        _crash_point("probe")  # the crash tests stop here (old arrays intact, unmarked) or after the delete
+        crash_point("probe")  # the crash tests stop here (old arrays intact, unmarked) or after the delete
         sync(root.store.delete_dir(group))
-        _crash_point("probe")
+        crash_point("probe")
     res = res.copy()
     for k, v in list(res.variables.items()):
         v.encoding = {}
@@ -61,7 +61,7 @@ def write_probe(path: Path, name: str, res: xr.Dataset) -> None:
     res.to_zarr(mem, mode="w", zarr_format=3, consolidated=False, compute=True, encoding=encoding,
                 write_empty_chunks=True)
     sync(_copy_store(mem, root.store, group))
-    _crash_point("probe")  # arrays written, not yet marked
+    crash_point("probe")  # arrays written, not yet marked
     # the arrays it wrote, with the mark (one metadata write): readers read these and ignore any other
     zarr.open_group(str(path), path=group, mode="r+").attrs.update(
         {S.ATTR_PROBE_ARRAYS: sorted(str(k) for k in res.variables), "complete": 1})

@@ -230,10 +230,10 @@ def expected_chunks(shape: tuple[int, ...], rows: int | None, itemsize: int) -> 
     """The chunk shape the writer gives an array of `shape` (store/writer.py): `rows` along the
     appendable first dim and the per-sample dims split to stay under MAX_CHUNK_ELEMS; an array
     written whole is one chunk (Zarr's own chunks when it is empty)."""
-    from .writer import _chunk_rows
+    from .writer import chunk_rows
 
     if rows is not None:
-        return _chunk_rows(tuple(shape[1:]), rows)
+        return chunk_rows(tuple(shape[1:]), rows)
     return tuple(shape) if all(shape) else guessed_chunks(tuple(shape), itemsize)
 
 
@@ -849,7 +849,7 @@ def open_sweep(paths, *, probes: bool = True) -> xr.Dataset:
     every run's step 500, NaN past a run's end) and padded at the end of ``snapshot`` and
     ``checkpoint``, which are positions in each run's schedule: the iteration of each is
     ``snapshot_iteration`` (run, snapshot). So ``isel(snapshot=-1)`` is the longest runs' last
-    snapshot and NaN for the others: a run's end is ``last_snapshot(x)`` (the ``_final``
+    snapshot and NaN for the others: a run's end is ``last_snapshot(x)`` (the ``final_value``
     variables hold it already), a common point in training is ``at_iteration(x, it)``.
 
     Examples

@@ -29,7 +29,7 @@ _CRASH = os.environ.get("LRSCOPE_CRASH_AT", "")
 _crash_hits: dict[str, int] = {}
 
 
-def _crash_point(name: str) -> None:
+def crash_point(name: str) -> None:
     if not _CRASH:
         return
     point, _, nth = _CRASH.partition(":")
@@ -234,7 +234,7 @@ class RunWriter:
             n = len(block["loss"])
             _write_many([(self._array(S.G_LOG, name), start, values) for name, values in block.items()])
             self.committed["iteration"] = start + n  # takes effect at the next commit()
-        _crash_point("flush")
+        crash_point("flush")
         if self._snap_buf:
             k0 = self.committed["snapshot"]
             snaps, self._snap_buf, self.buffered_snapshot_bytes = self._snap_buf, [], 0
@@ -263,7 +263,7 @@ class RunWriter:
                     writes.append((arr, k0 + j, np.stack([snaps[q][name] for q in range(j, e)]).astype(np.float32)))
                     j = e
             _write_many(writes[: len(writes) // 2])
-            _crash_point("snapshot")
+            crash_point("snapshot")
             _write_many(writes[len(writes) // 2:])
             self.committed["snapshot"] = k0 + len(snaps)
 
@@ -288,7 +288,7 @@ class RunWriter:
         _write_rows(self._array(S.G_CKPT, S.A_CKPT_ITER), k, np.array([iteration], dtype=np.int64))
         items = [(self._array(S.G_PARAMS, name), k, arr[None]) for name, arr in params.items()]
         _write_many(items[:1])
-        _crash_point("checkpoint")
+        crash_point("checkpoint")
         _write_many(items[1:])
         slot = k % S.OPTIM_SLOTS
         og = self.root[S.G_OPTIM]
@@ -301,7 +301,7 @@ class RunWriter:
                 sg.create_array(name, shape=arr.shape, dtype=arr.dtype, overwrite=True,
                                 chunks=arr.shape if arr.size else None, compressors=COMPRESSORS,
                                 config=ARRAY_CONFIG)[...] = arr
-            _crash_point("optimizer")
+            crash_point("optimizer")
         self.optim_keys[str(slot)] = sorted(optim)
         self.committed["checkpoint"] = k + 1
 
@@ -314,7 +314,7 @@ class RunWriter:
         if reason is not None:
             attrs[S.ATTR_REASON] = reason
         attrs.update(extra)
-        _crash_point("commit")
+        crash_point("commit")
         self.root.attrs.update(attrs)
 
     def finish(self, status: str, reason: str, **extra: Any) -> None:
@@ -324,7 +324,7 @@ class RunWriter:
 
 
 # ------------------------------------------------------------------------ array helpers
-def _chunk_rows(shape: tuple[int, ...], rows: int) -> tuple[int, ...]:
+def chunk_rows(shape: tuple[int, ...], rows: int) -> tuple[int, ...]:
     """Chunk shape: `rows` along the appendable dim; per-sample dims split so a chunk stays
     under MAX_CHUNK_ELEMS."""
     if not shape:
@@ -337,7 +337,7 @@ def _chunk_rows(shape: tuple[int, ...], rows: int) -> tuple[int, ...]:
 def _append_array(group: zarr.Group, name: str, row_shape: tuple[int, ...], dtype: str,
                   dims: tuple[str, ...], rows_per_chunk: int, fill: float | int | None = 0) -> zarr.Array:
     return group.create_array(
-        name, shape=(0, *row_shape), dtype=dtype, chunks=_chunk_rows(tuple(row_shape), rows_per_chunk),
+        name, shape=(0, *row_shape), dtype=dtype, chunks=chunk_rows(tuple(row_shape), rows_per_chunk),
         dimension_names=dims, fill_value=fill, compressors=COMPRESSORS, config=ARRAY_CONFIG)
 
 

@@ -489,7 +489,7 @@ def test_structured_pruning_zeroes_channels_after_batchnorm():
     """torchvision ResNet: a pruned conv filter's channel is zero after its BatchNorm too."""
     import torchvision
 
-    from lrscope.probe.pruning import _cut, _masked, _prunable_layers
+    from lrscope.probe.pruning import _cut, _masked, prunable_layers
 
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=3).eval()
@@ -497,8 +497,8 @@ def test_structured_pruning_zeroes_channels_after_batchnorm():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.bias.uniform_(0.5, 1.0)
-    originals = [m.weight.detach().clone() for _, m in _prunable_layers(net)]
-    assert _prunable_layers(net)[0][0] == "conv1"
+    originals = [m.weight.detach().clone() for _, m in prunable_layers(net)]
+    assert prunable_layers(net)[0][0] == "conv1"
     pruned = originals[0].flatten(1).norm(dim=1).argsort()[:32]
     with torch.no_grad():
         hooks = _masked(net, _cut(net, "structured", 0.5, "incoming", originals, chain=False), originals)

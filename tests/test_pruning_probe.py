@@ -16,7 +16,7 @@ from click.testing import CliRunner
 import lrscope
 from lrscope import probe
 from lrscope.cli.probe import main as lrprobe
-from lrscope.probe.pruning import CRITERIA, _prunable_layers, pruned_correct, structured_keep
+from lrscope.probe.pruning import CRITERIA, prunable_layers, pruned_correct, structured_keep
 from lrscope.train.nets import FCN, VGGLike
 
 KAPPAS = [0.0, 0.25, 0.5, 0.75]
@@ -39,7 +39,7 @@ def test_prunability_is_not_clipped():
 
 def _manual_keep(net, criterion: str, kappa: float) -> list[np.ndarray]:
     """The kept units of each prunable layer, computed here with numpy from the weights."""
-    ws = [m.weight.detach().numpy() for _, m in _prunable_layers(net)]
+    ws = [m.weight.detach().numpy() for _, m in prunable_layers(net)]
     head = net.head.weight.detach().numpy()
     inc = [np.sqrt((w.reshape(len(w), -1) ** 2).sum(1)) for w in ws]
     nxt = ws[1:] + [head]
@@ -59,7 +59,7 @@ def _manual_keep(net, criterion: str, kappa: float) -> list[np.ndarray]:
 
 def _masked_accuracy(net, keeps, x, y) -> float:
     """Zero the pruned units' incoming weights (bias-free nets: the unit then outputs exactly 0)."""
-    layers = _prunable_layers(net)
+    layers = prunable_layers(net)
     saved = [m.weight.detach().clone() for _, m in layers]
     try:
         with torch.no_grad():
@@ -114,10 +114,10 @@ def test_cnn_slicing_equals_masking_for_every_kind():
     masked = pruned_correct(net, x, y, specs, kappas, sliced=False)
     np.testing.assert_array_equal(fast, masked)
     assert len(np.unique(fast)) > 4  # pruning changes the predictions
-    before = [m.weight.detach().clone() for _, m in _prunable_layers(net)]
+    before = [m.weight.detach().clone() for _, m in prunable_layers(net)]
     pruned_correct(net, x, y, specs, kappas, batch=7)  # in several batches: the same counts
     np.testing.assert_array_equal(pruned_correct(net, x, y, specs, kappas, batch=7), fast)
-    assert all(torch.equal(a, m.weight) for a, (_, m) in zip(before, _prunable_layers(net)))  # restored
+    assert all(torch.equal(a, m.weight) for a, (_, m) in zip(before, prunable_layers(net)))  # restored
 
 
 def test_outgoing_criteria_need_a_chain():

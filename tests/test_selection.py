@@ -139,7 +139,7 @@ VAL_SIZES = (2, 2, 4, 16)
 GROUPS = ((0, 0), (0, 1), (1, 0), (1, 1))
 
 
-def _labels(sizes):
+def label_vector(sizes):
     y = np.concatenate([[g[0]] * n for g, n in zip(GROUPS, sizes)]).astype(np.int64)
     b = np.concatenate([[g[1]] * n for g, n in zip(GROUPS, sizes)]).astype(np.int64)
     return y, b
@@ -147,7 +147,7 @@ def _labels(sizes):
 
 def _logits(sizes, wrong):
     """Logits that get the first wrong[g] samples of each group wrong ("all1": class 1 everywhere)."""
-    y, _ = _labels(sizes)
+    y, _ = label_vector(sizes)
     if wrong == "all1":
         pred = np.ones_like(y)
     else:
@@ -161,8 +161,8 @@ def _logits(sizes, wrong):
 
 def fabricate(path, lr: float, snaps, *, val: bool = True, has_bias: bool = True):
     """A finished run store written through RunWriter, its snapshots' test/val predictions given."""
-    ty, tb = _labels(TEST_SIZES)
-    vy, vb = _labels(VAL_SIZES)
+    ty, tb = label_vector(TEST_SIZES)
+    vy, vb = label_vector(VAL_SIZES)
     if not has_bias:
         tb, vb = ty, vy
 

@@ -214,7 +214,8 @@ class RunConfig:
                                     "pool out, stratified by (y, b) group, drawn from `data_seed`, and train on the "
                                     "rest; 0: no validation split (stores written before this field)")
     widths: list[int] | None = knob(None, lo=1, hi=MAX_WIDTH,
-                                    help="hidden widths of the FCN (default: the paper's FCN for the dataset - 3x200 on "
+                                    help="hidden widths of the FCN (default: the paper's FCN for the dataset - 3x200 "
+                                         "on "
                                          "parity and moon_star, 2x1024 on Colored/Double MNIST, 2x2048 on "
                                          "MNIST-CIFAR and Corrupted CIFAR-10; elsewhere 3x200 on vectors, 2x1024 "
                                          "on images)")

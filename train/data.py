@@ -12,7 +12,6 @@ fills `DATASETS`. None of them imports torch at the top: the registry loads with
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import importlib
 import json

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     "per-group, bias-aligned and bias-conflicting accuracy per snapshot, and the 'average accuracy' of "
     "Waterbirds/CelebA papers (test group accuracies weighted by the training groups' sizes): on the test "
     "split at full snapshots, on the group-balanced probe subset at every snapshot; train accuracy where "
-    "train logits were recorded. *_final: the last snapshot's.",
+    "train logits were recorded. *final_value: the last snapshot's.",
     format=4,  # average_accuracy added
     cost="reads the stored logits (~0.01x of training on the demo sweep)",
     samples="the whole test split (full snapshots), the group-balanced probe subset (every snapshot), the "
@@ -33,24 +33,24 @@ def probe_accuracy(ctx: Context) -> xr.Dataset:
     snapshots; the group-balanced probe subset at every snapshot), train accuracy."""
 
     from .. import metrics as M
-    from ..context import NO_BIAS, _evaluated, _final, _in_memory, has_bias, without_bias
+    from ..context import NO_BIAS, evaluated_rows, final_value, has_bias, in_memory, without_bias
 
     ds = ctx.ds
-    test_logits = _in_memory(ds.test_logits)
-    full = _evaluated(test_logits, "test_sample")
+    test_logits = in_memory(ds.test_logits)
+    full = evaluated_rows(test_logits, "test_sample")
     out = M.group_accuracy(test_logits.isel(snapshot=full), ds.test_y, ds.test_b, sample_dim="test_sample")
     # computed before reindexing: a lazy reindex splits every chunk (dask PerformanceWarning)
     out = out.compute().reindex(snapshot=ds.snapshot.values)  # NaN at light snapshots
     out["average_accuracy"] = _train_weighted(out.group_accuracy, ds)
-    pr = M.group_accuracy(_in_memory(ds.probe_logits), ds.probe_y, ds.probe_b, sample_dim="probe_sample")
-    out["probe_accuracy"] = M._attrs(pr.unbiased_accuracy, "accuracy on the group-balanced probe subset", True)
-    out["probe_worst_group_accuracy"] = M._attrs(pr.worst_group_accuracy, "worst-group accuracy (probe subset)", True)
-    tl = _in_memory(ds.train_logits)
-    tr = _evaluated(tl, "train_sample")
-    out["train_accuracy"] = M._attrs(M.group_accuracy(tl.isel(snapshot=tr), ds.train_y, ds.train_y,
+    pr = M.group_accuracy(in_memory(ds.probe_logits), ds.probe_y, ds.probe_b, sample_dim="probe_sample")
+    out["probe_accuracy"] = M.annotate(pr.unbiased_accuracy, "accuracy on the group-balanced probe subset", True)
+    out["probe_worst_group_accuracy"] = M.annotate(pr.worst_group_accuracy, "worst-group accuracy (probe subset)", True)
+    tl = in_memory(ds.train_logits)
+    tr = evaluated_rows(tl, "train_sample")
+    out["train_accuracy"] = M.annotate(M.group_accuracy(tl.isel(snapshot=tr), ds.train_y, ds.train_y,
                                                       sample_dim="train_sample").unbiased_accuracy
                                      .compute().reindex(snapshot=ds.snapshot.values), "train accuracy", True)
-    out["train_loss"] = M._attrs(M.per_sample_ce(tl.isel(snapshot=tr), ds.train_y, sample_dim="train_sample")
+    out["train_loss"] = M.annotate(M.per_sample_ce(tl.isel(snapshot=tr), ds.train_y, sample_dim="train_sample")
                                  .mean("train_sample").compute().reindex(snapshot=ds.snapshot.values),
                                  "training loss (whole training set)", False, units="nats",
                                  description="mean cross-entropy of the stored train logits (the whole training set, "
@@ -58,7 +58,7 @@ def probe_accuracy(ctx: Context) -> xr.Dataset:
     for v in ("unbiased_accuracy", "worst_group_accuracy", "average_accuracy", "bc_accuracy", "ba_accuracy",
               "train_accuracy", "train_loss"):
         if v in out:
-            out[f"{v}_final"] = _final(out[v], v)
+            out[f"{v}_final"] = final_value(out[v], v)
     out = out.drop_vars([c for c in out.coords if c not in ("snapshot", "group")])
     if not has_bias(ds):  # the test accuracy stands; groups of a placeholder b do not
         out = without_bias(out, ds, ("group_accuracy", "worst_group_accuracy", "average_accuracy", "bc_accuracy",
@@ -83,7 +83,7 @@ def _train_weighted(group_acc: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
     groups = ds.train_y.values.astype(np.int64) * n_b + ds.train_b.values.astype(np.int64)
     counts = np.bincount(groups, minlength=int(group_acc.group.max()) + 1)[group_acc.group.values]
     w = xr.DataArray(counts / counts.sum(), dims=["group"], coords={"group": group_acc.group.values})
-    return M._attrs((group_acc * w).sum("group", skipna=False), "average accuracy (training-group weighted)", True,
+    return M.annotate((group_acc * w).sum("group", skipna=False), "average accuracy (training-group weighted)", True,
                     description="test accuracy of each (y, b) group weighted by the group's share of the training "
                                 "set (the 'average accuracy' of Waterbirds/CelebA papers); the paper's unbiased "
                                 "accuracy weights the groups equally", units="fraction")
@@ -102,7 +102,7 @@ def probe_loss_ratio(ctx: Context) -> xr.Dataset:
     import xarray as xr
 
     from .. import metrics as M
-    from ..context import _evaluated, require_bias
+    from ..context import evaluated_rows, require_bias
 
     ds = ctx.ds
     require_bias(ds)  # bias-conflicting over bias-aligned: nothing conflicts with a placeholder b = y
@@ -116,12 +116,12 @@ def probe_loss_ratio(ctx: Context) -> xr.Dataset:
     n_train = ds.sizes["train_sample"]
     window = max(1, -(-n_train // int(ds.attrs["config"]["batch_size"])))
     smooth = r.rolling(iteration=window, min_periods=1).mean()
-    out["max_loss_ratio"] = M._attrs(r.max("iteration", skipna=True),
+    out["max_loss_ratio"] = M.annotate(r.max("iteration", skipna=True),
                                      "maximum BC loss ratio of a minibatch over training", None)
-    out["max_loss_ratio_smoothed"] = M._attrs(smooth.max("iteration", skipna=True),
+    out["max_loss_ratio_smoothed"] = M.annotate(smooth.max("iteration", skipna=True),
                                               "maximum BC loss ratio over training (epoch running mean)", None,
                                               window=window)
-    tr = _evaluated(ds.train_logits, "train_sample")
+    tr = evaluated_rows(ds.train_logits, "train_sample")
     bc = ds.train_bias_conflicting.values
     if len(tr) and bc.any() and (~bc).any():
         ratio = M.ba_bc_loss_ratio(ds.train_logits.isel(snapshot=tr), ds.train_y, ds.train_bias_conflicting,

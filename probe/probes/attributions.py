@@ -179,10 +179,10 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
             for method in METHODS}
     for method in METHODS:
         m = short[method]
-        out[f"{m}_entropy"] = M._attrs(xr.DataArray(ents[method], dims=["attr_checkpoint"]),
+        out[f"{m}_entropy"] = M.annotate(xr.DataArray(ents[method], dims=["attr_checkpoint"]),
                                        f"{method} normalised attribution entropy", None, **rule[method])
         for name, vals in shares[method].items():
-            out[f"{m}_{name}_share"] = M._attrs(xr.DataArray(vals, dims=["attr_checkpoint"]),
+            out[f"{m}_{name}_share"] = M.annotate(xr.DataArray(vals, dims=["attr_checkpoint"]),
                                                 f"{method} attribution share on {name} inputs",
                                                 True if name == "core" else None,
                                                 description="share of the absolute attribution mass on these inputs "
@@ -194,31 +194,31 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
             per = raw / np.where(size > 0, size, np.nan)[:, None]
             per = per / np.nansum(per, 0, keepdims=True)
             for r, name in enumerate(names):
-                out[f"{m}_{name}_share_per_input"] = M._attrs(
+                out[f"{m}_{name}_share_per_input"] = M.annotate(
                     xr.DataArray(per[r], dims=["attr_checkpoint"]),
                     f"{method} attribution share on {name} inputs, size-normalised", True if name == "core" else None,
                     description=f"mean absolute attribution per {name} input over the regions' means (the regions' "
                                 f"values sum to 1): {int(size[r])} inputs; independent of how many inputs each "
                                 "region has")
         if masks is not None:
-            out[f"{m}_background_share"] = M._attrs(
+            out[f"{m}_background_share"] = M.annotate(
                 xr.DataArray(bg[method], dims=["attr_checkpoint"]), f"{method} attribution share on background",
                 False, description="the paper's background attribution percentage (Fig. 10) as a fraction: share of "
                                    "the absolute attribution mass on the pixels the segmenter calls background "
                                    "(all channels), per input, mean over the attributed inputs",
                 units="fraction", **seg_note)
-        out[f"{m}_maps"] = M._attrs(maps[method].rename(attr_sample="map_sample"),
+        out[f"{m}_maps"] = M.annotate(maps[method].rename(attr_sample="map_sample"),
                                     f"{method} maps (samples from every group, last checkpoint)", None, **rule[method])
     sel = pos[picks]
     out = out.assign_coords(map_sample_index=("map_sample", sel), map_y=("map_sample", ds.probe_y.values[sel]),
                             map_b=("map_sample", ds.probe_b.values[sel]),
                             map_bias_conflicting=("map_sample", ds.probe_y.values[sel] != ds.probe_b.values[sel]))
     if masks is not None:
-        out["foreground_fraction"] = M._attrs(xr.DataArray(float(masks.mean())), "foreground fraction", None,
+        out["foreground_fraction"] = M.annotate(xr.DataArray(float(masks.mean())), "foreground fraction", None,
                                               description="share of the attributed inputs' pixels the segmenter "
                                                           "calls foreground (any VOC class but background), mean "
                                                           "over the inputs", units="fraction", **seg_note)
-        out["foreground_masks"] = M._attrs(masks.isel(attr_sample=picks).rename(attr_sample="map_sample"),
+        out["foreground_masks"] = M.annotate(masks.isel(attr_sample=picks).rename(attr_sample="map_sample"),
                                            "foreground masks of the map samples", None,
                                            description="True = foreground (the segmenter's class is not background)",
                                            units="boolean", **seg_note)

@@ -111,11 +111,11 @@ def probe_pruning(ctx: Context) -> xr.Dataset:
         crit = DEFAULT_CRITERION if kind == "structured" else None
         i = specs.index((kind, crit))
         words = f", {crit} criterion" if crit else ""
-        curve = M._attrs(xr.DataArray(acc[i], dims=["kappa"], coords=coords),
+        curve = M.annotate(xr.DataArray(acc[i], dims=["kappa"], coords=coords),
                          f"accuracy after {kind} pruning{words}", True, kind=kind, **where_attrs,
                          **({"criterion": crit} if crit else {}))
         out[f"pruning_{kind}"] = curve
-        out[f"pruning_{kind}_se"] = M._attrs(xr.DataArray(se[i], dims=["kappa"], coords=coords),
+        out[f"pruning_{kind}_se"] = M.annotate(xr.DataArray(se[i], dims=["kappa"], coords=coords),
                                              f"standard error of the {kind} pruning curve", None, **where_attrs)
         p = prunability(curve)
         p.attrs["long_name"] = f"κ-prunability ({kind}{words})"
@@ -132,16 +132,16 @@ def probe_pruning(ctx: Context) -> xr.Dataset:
     undefined = [c for c in criteria if c not in defined]
     crit_attrs = {**where_attrs, "criteria": "; ".join(f"{c}: {CRITERION_WORDS[c]}" for c in criteria),
                   **({"undefined": ", ".join(undefined)} if undefined else {})}
-    curves = M._attrs(xr.DataArray(by, dims=["criterion", "kappa"], coords=ccoords),
+    curves = M.annotate(xr.DataArray(by, dims=["criterion", "kappa"], coords=ccoords),
                       "accuracy after structured pruning, per criterion", True, kind="structured", **crit_attrs)
     out["pruning_by_criterion"] = curves
-    out["pruning_by_criterion_se"] = M._attrs(xr.DataArray(accuracy_se(by, n), dims=["criterion", "kappa"],
+    out["pruning_by_criterion_se"] = M.annotate(xr.DataArray(accuracy_se(by, n), dims=["criterion", "kappa"],
                                                            coords=ccoords),
                                               "standard error of the structured pruning curves", None, **where_attrs)
     pc = prunability(curves)
     pc.attrs["long_name"] = "κ-prunability (structured), per criterion"
     out["prunability_by_criterion"] = pc
-    out["pruning_samples"] = M._attrs(xr.DataArray(n), "pruning evaluation samples", None, evaluated_on=where)
+    out["pruning_samples"] = M.annotate(xr.DataArray(n), "pruning evaluation samples", None, evaluated_on=where)
     out.attrs["evaluated_on"] = where
     return out
 
@@ -158,7 +158,7 @@ def plugin_pruning_reason(model, x) -> str | None:
 
     from ...train.data import as_model_input
     from ...train.tapped import TappedNet
-    from ..pruning import _prunable_layers
+    from ..pruning import prunable_layers
 
     if not isinstance(model, TappedNet):
         return None
@@ -166,7 +166,7 @@ def plugin_pruning_reason(model, x) -> str | None:
     if model.head is None:
         return (f"{name}: that module is a {type(model.tap).__name__}, not a torch.nn.Linear; structured pruning "
                 f"keeps the classifier whole and needs it to be one")
-    layers = _prunable_layers(model)
+    layers = prunable_layers(model)
     if not layers:
         return f"{name}: no Linear or Conv2d layer besides the classifier to prune"
     called: set[str] = set()

@@ -33,7 +33,7 @@ def probe_compressibility(ctx: Context) -> xr.Dataset:
     import xarray as xr
 
     from .. import metrics as M
-    from ..context import _final
+    from ..context import final_value
 
     f = ctx.features
     q, k = ctx.param("q"), ctx.param("kappa")
@@ -41,10 +41,10 @@ def probe_compressibility(ctx: Context) -> xr.Dataset:
     spar = M.sparsity(ctx.selective_features, feature_dim="neuron").mean("probe_sample")
     pq = M.pq_index(f, feature_dim="neuron").mean("probe_sample")
     out = xr.Dataset({
-        "activation_compressibility": M._attrs(comp, f"activation ({q:g}, {k:g})-compressibility", True),
-        "activation_sparsity": M._attrs(spar, "activation sparsity", True,
+        "activation_compressibility": M.annotate(comp, f"activation ({q:g}, {k:g})-compressibility", True),
+        "activation_sparsity": M.annotate(spar, "activation sparsity", True,
                                         representation=ctx.selective_features.attrs["representation"]),
-        "activation_pq_index": M._attrs(pq, "activation PQ-index", True),
+        "activation_pq_index": M.annotate(pq, "activation PQ-index", True),
     })
     # parameters, as Diao et al. (2023) compute the PQ-index: the weight tensors with more than one
     # dimension (linear and convolution weights) of the last checkpoint; biases and normalisation
@@ -57,14 +57,14 @@ def probe_compressibility(ctx: Context) -> xr.Dataset:
     # per layer (one value per parameter tensor, in state-dict order; names in attrs)
     per = [float(M.compressibility(xr.DataArray(w, dims=["weight"]), feature_dim="weight", q=q, kappa=k))
            for _, w in named]
-    out["layer_param_compressibility"] = M._attrs(
+    out["layer_param_compressibility"] = M.annotate(
         xr.DataArray(per, dims=["layer"]), f"parameter ({q:g}, {k:g})-compressibility per layer", True,
         layers=json.dumps([n for n, _ in named]))
-    out["layer_param_pq_index"] = M._attrs(
+    out["layer_param_pq_index"] = M.annotate(
         xr.DataArray([float(M.pq_index(xr.DataArray(w, dims=["weight"]), feature_dim="weight")) for _, w in named],
                      dims=["layer"]), "parameter PQ-index per layer", True)
     for v in ("activation_compressibility", "activation_sparsity", "activation_pq_index"):
-        out[f"{v}_final"] = _final(out[v], v)
+        out[f"{v}_final"] = final_value(out[v], v)
     return out.drop_vars([c for c in out.coords if c not in ("snapshot",)])
 
 
@@ -84,7 +84,7 @@ def probe_representation(ctx: Context) -> xr.Dataset:
     import xarray as xr
 
     from .. import metrics as M
-    from ..context import _final, without_bias
+    from ..context import final_value, without_bias
 
     ds = ctx.ds
     f = ctx.features
@@ -93,13 +93,13 @@ def probe_representation(ctx: Context) -> xr.Dataset:
     out = xr.Dataset({
         "csi": csi,
         "bsi": bsi,
-        "csi_mean": M._attrs(csi.mean("neuron"), "average CSI (core-feature utilisation)", True),
-        "bsi_mean": M._attrs(bsi.mean("neuron"), "average BSI (spurious-feature utilisation)", False),
+        "csi_mean": M.annotate(csi.mean("neuron"), "average CSI (core-feature utilisation)", True),
+        "bsi_mean": M.annotate(bsi.mean("neuron"), "average BSI (spurious-feature utilisation)", False),
         "class_separation": M.class_separation(f, ds.probe_y.values, **kw),
     })
     out = out.merge(M.neuron_survival(csi, bsi))
     for v in ("csi_mean", "bsi_mean", "class_separation"):
-        out[f"{v}_final"] = _final(out[v], v)
+        out[f"{v}_final"] = final_value(out[v], v)
     out = out.drop_vars([c for c in out.coords if c not in ("snapshot",)])
     # BSI and what compares CSI with it (class- vs bias-dominant neurons): not without a bias attribute
     return without_bias(out, ds, ("bsi", "bsi_mean", "class_dominant_fraction", "class_neuron_survival",
@@ -116,13 +116,13 @@ def probe_representation(ctx: Context) -> xr.Dataset:
     samples="the probe subset: fitted on one half, the error measured on the other (halves stratified by group)",
 )
 def probe_feature_quality(ctx: Context) -> xr.Dataset:
-    from ..context import _final, without_bias
+    from ..context import final_value, without_bias
     from ..linear import feature_probe
 
     ds = ctx.ds
     out = feature_probe(ctx.features, ds.probe_y.values, ds.probe_b.values,
                         sample_dim="probe_sample", feature_dim="neuron")
     for v in ("core_probe_error", "spurious_probe_error"):
-        out[f"{v}_final"] = _final(out[v], v)
+        out[f"{v}_final"] = final_value(out[v], v)
     out = out.drop_vars([c for c in out.coords if c not in ("snapshot",)])
     return without_bias(out, ds, ("spurious_probe_error",))
