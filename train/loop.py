@@ -572,7 +572,8 @@ def train_steps(trainers: list[Trainer], step, *, start: int = 0, progress: bool
                 else:
                     tr0.keep(logits, norms)
                 t += 1
-                if not is_recording_point(t, cfg, spe, t - row_t0, stop.signal):
+                sig = stop.signal  # read once: a signal arriving while the runs record is acted on at the next step
+                if not is_recording_point(t, cfg, spe, t - row_t0, sig):
                     continue
                 leaving = []
                 for j, k in enumerate(active):
@@ -580,10 +581,10 @@ def train_steps(trainers: list[Trainer], step, *, start: int = 0, progress: bool
                         tr = trainers[k]
                         for lg, nm in zip(block_logits, block_norms):
                             tr.keep(lg[j], nm[:, j])
-                        ended = recs[k].record(row_t0, t, stop_signal=stop.signal,
+                        ended = recs[k].record(row_t0, t, stop_signal=sig,
                                                sync=partial(step.load_into, j, tr.model, tr.opt))
                     else:  # the model stepped is the run's own
-                        ended = recs[k].record(row_t0, t, stop_signal=stop.signal)
+                        ended = recs[k].record(row_t0, t, stop_signal=sig)
                     if ended:
                         leaving.append(j)
                 block_logits, block_norms = [], []
@@ -601,9 +602,9 @@ def train_steps(trainers: list[Trainer], step, *, start: int = 0, progress: bool
                         perm = perm[keep]
                     if feed is not None:  # the next batch was gathered for the old stack
                         feed.invalidate()
-                if stop.signal and active:
+                if sig and active:
                     for k in active:
-                        err = recs[k].interrupt(stop.signal, stopped and stopped.format(t=t))
+                        err = recs[k].interrupt(sig, stopped and stopped.format(t=t))
                     raise err
             for k in active:  # resumed at max_steps (killed while finishing)
                 if not recs[k].ended:
