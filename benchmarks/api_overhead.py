@@ -112,13 +112,12 @@ def steps_only(case: str = "parity_fcn", chunk: int = 100, repeats: int = 9, thr
         model = build_model(cfg, bundle.input_shape, bundle.num_classes)
         opt = make_optimizer(cfg, model.parameters())
         tr = Trainer(cfg, bundle, model, opt, None, torch.device("cpu"), probe_subset(bundle, cfg.probe_size, 0))
-        tr.scheduled = False
         X, Y, bs, spe = tr.X, tr.Y, tr.bs, tr.steps_per_epoch
         perm = tr.epoch_perm(0)
         with tempfile.TemporaryDirectory() as d:
             rec = lrscope.Recorder(d, model=model, optimizer=opt, data=bundle,
                                    config={k: getattr(cfg, k) for k in API_KEYS})
-            lt = rec._trainer
+            lt = rec.trainer
             bare, lrtrain_step = chunk_steppers(tr, model, opt, cfg, chunk)
 
             def api_step():

@@ -5,7 +5,8 @@ recording, (a) sequentially through `train_run`, (b) as one stack through `train
 and process-CPU time, on the same number of torch threads (default 1), best of `repeats`
 interleaved. Torch's one-off lazy imports (the first optimizer built in a process imports
 torch._dynamo, ~1.5 s) are paid before either is timed. Beside it, the steps alone: K bare
-sequential steps against one stacked step (`_Stack`'s step and SGD update, no recording), the most
+sequential steps against one stacked step (`StackedStep`: forward, loss, norms and SGD update, no
+recording), the most
 stacking can give on these cores (on `threads` and on 2 threads).
 
     python benchmarks/batched_bench.py [--steps N] [--repeats R] [--threads T]
@@ -23,12 +24,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lrscope.train.batched import _Stack, train_batched
+from lrscope.train.batched import train_batched
 from lrscope.train.config import RunConfig
 from lrscope.train.data import as_model_input, build_dataset
 from lrscope.train.loop import train_run
 from lrscope.train.optim import make_optimizer
 from lrscope.train.restore import build_model
+from lrscope.train.step import StackedStep
 
 
 def configs_for(steps: int, k: int, **config) -> list[RunConfig]:
@@ -49,8 +51,7 @@ def steps_only(configs: list[RunConfig], chunk: int = 50, repeats: int = 5) -> d
         torch.manual_seed(c.seed)
         models.append(build_model(c, bundle.input_shape, bundle.num_classes))
     opts = [make_optimizer(c, m.parameters()) for c, m in zip(configs, models)]
-    stack = _Stack(models, cfg0, torch.device("cpu"))
-    lrs = torch.tensor([c.lr for c in configs])
+    stack = StackedStep(models, configs, torch.device("cpu"))
     X, Y, bs, k = bundle.train.x, bundle.train.y, min(cfg0.batch_size, len(bundle.train)), len(configs)
     perms = torch.stack([torch.randperm(len(Y), generator=torch.Generator().manual_seed(i)) for i in range(k)])
     nb = max(1, len(Y) // bs)  # whole minibatches in an epoch
@@ -67,8 +68,7 @@ def steps_only(configs: list[RunConfig], chunk: int = 50, repeats: int = 5) -> d
     def stacked():
         for t in range(chunk):
             idx = perms[:, (t % nb) * bs:(t % nb + 1) * bs]
-            grads, _ = stack.step_fn(stack.params, stack.buffers, as_model_input(X[idx]), Y[idx])
-            stack.sgd(grads, lrs)
+            stack(t, as_model_input(X[idx]), Y[idx])
 
     best = {"sequential": math.inf, "stacked": math.inf}
     for _ in range(repeats):

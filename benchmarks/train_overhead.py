@@ -141,11 +141,11 @@ def chunk_steppers(tr, model, opt, cfg, chunk: int):
         r0 = 0
         for t in range(chunk):
             idx = perm[(t % spe) * bs:(t % spe + 1) * bs]
-            tr.step(t, X[idx], Y[idx], False)
+            tr.step(t, X[idx], Y[idx])
             if is_recording_point(t + 1, cfg, spe, t + 1 - r0, None):
-                tr._logits, tr._norms = [], []
+                tr.drop()
                 r0 = t + 1
-        tr._logits, tr._norms = [], []
+        tr.drop()
 
     return bare, lrtrain_step
 
@@ -175,7 +175,6 @@ def breakdown(case: str, steps: int, repeats: int = 5, threads: int = 1, chunk: 
         opt = make_optimizer(cfg, model.parameters())
         tr = Trainer(cfg, bundle, model, opt, None, torch.device("cpu"),
                      probe_subset(bundle, cfg.probe_size, cfg.data_seed))
-        tr.scheduled = False
         bs = tr.bs
         params = tr.params
         bare, lrtrain_step = chunk_steppers(tr, model, opt, cfg, chunk)

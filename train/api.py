@@ -44,7 +44,7 @@ from ..store.reader import open_store
 from ..store.writer import RunWriter
 from .config import EXECUTION_FIELDS, OPTIMIZERS, RunConfig, check_run_id
 from .data import DataBundle, as_model_input, probe_subset
-from .loop import Trainer, _create_store, _half_created, locked_output, store_path
+from .loop import Trainer, _half_created, create_store, locked_output, store_path
 from .optim import load_optimizer
 from .placement import Placed, choose, dataset_bytes
 from .recipes import bundle_from_arrays
@@ -391,7 +391,7 @@ class Recorder:
         info = {"recorded_by": RECORDED_BY, "model_class": f"{type(self._user_model).__module__}."
                 f"{type(self._user_model).__qualname__}", "features_at": getattr(self.net, "features_at", None)}
         try:
-            w = _create_store(self.path, self.cfg, self.data, self.net, probe_idx, self.device, self.lock,
+            w = create_store(self.path, self.cfg, self.data, self.net, probe_idx, self.device, self.lock,
                               placed.placement, config=self.config, extra_info=info)
         except OSError as e:
             raise LrscopeError(f"cannot create {self.path}: {e.strerror or e}") from None
@@ -446,6 +446,13 @@ class Recorder:
         last = int(reader[S.G_SNAP][S.A_SNAP_ITER][snaps - 1]) if snaps else None
         self._start(writer, probe_idx, writer.committed["iteration"], last_snapshot=last)
         return self.t
+
+    @property
+    def trainer(self):
+        """The run's `Trainer` (train/loop.py), fed one step at a time by `step` (its `add`, and
+        `drop` at recording points); None before the store is open. benchmarks/api_overhead.py
+        times that per-step keeping apart from the store."""
+        return self._trainer
 
     @property
     def iteration(self) -> int:

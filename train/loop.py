@@ -18,7 +18,7 @@ import shutil
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +40,12 @@ from .optim import (
     mean_cross_entropy,
     optimizer_arrays,
     per_sample_loss_np,
-    sam_perturb,
-    training_loss,
 )
 from .placement import PLACED_TEXT, Placed, choose, dataset_bytes
 from .plugins import check_run, is_import_path, run_provenance
-from .recorder import Recorder, is_recording_point, recording_errors
+from .recorder import Recorder, RunResult, is_recording_point, recording_errors
 from .restore import build_model, check_on_data, fcn_widths, parameter_names, state_arrays
+from .step import Step
 
 EVAL_BATCH = 4096
 CHECK_SAMPLES = 4  # a plugin model is checked on this many training inputs before its store is created
@@ -55,27 +54,12 @@ STOCHASTIC_MODULES = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDr
 TRAIN_LOGITS_BUDGET = 0.02  # "auto": train logits at full snapshots when a pass costs <= 2% of the interval
 
 
-@dataclass
-class RunResult:
-    path: Path
-    status: str
-    message: str
-    iterations: int = 0
-    resumed_from: int | None = None  # the iteration a resumed run went on from
-    skipped: bool = False  # already finished: nothing was done
-
-
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but torch sees no CUDA device")
     return torch.device(name)
-
-
-def is_snapshot(t: int, every: int) -> bool:
-    """Log-spaced early (0, 1, 2, 4, ... below `every`), then every `every` steps."""
-    return t == 0 or t % every == 0 or (t < every and (t & (t - 1)) == 0)
 
 
 def is_light_snapshot(t: int, cfg: RunConfig) -> bool:
@@ -279,7 +263,7 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
         writer.root.attrs.update({S.ATTR_DATA_PLACEMENT: placement})  # this session's
     else:
         try:
-            writer = _create_store(path, cfg, bundle, model, probe_idx, device, lock, placement)
+            writer = create_store(path, cfg, bundle, model, probe_idx, device, lock, placement)
         except OSError as e:
             raise LrscopeError(f"cannot create {path}: {e.strerror or e}") from None
         start = 0
@@ -303,8 +287,8 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
     return result
 
 
-def _create_store(path, cfg, bundle, model, probe_idx, device, lock, placement: str, *,
-                  config: dict | None = None, extra_info: dict | None = None) -> RunWriter:
+def create_store(path, cfg, bundle, model, probe_idx, device, lock, placement: str, *,
+                 config: dict | None = None, extra_info: dict | None = None) -> RunWriter:
     """A new run store for `cfg` (stored as `config` when given: the public API's config, the
     RunConfig's fields plus the user's own keys) with the `extra_info` entries in its model_info."""
     labels = {}
@@ -383,10 +367,23 @@ class Trainer:
         # uninterrupted one would (models without them are untouched); likewise PSGD-Kron's probe vectors
         self.stochastic = (any(type(m).__name__ in STOCHASTIC_MODULES for m in model.modules())
                            or cfg.optimizer in RANDOM_OPTIMIZERS)
+        # the optimizer step (train/step.py); a batched run's steps are its stack's (train/batched.py)
+        self.stepper = Step(cfg, model, opt, amp=self.amp, channels_last=self.channels_last,
+                            stochastic=self.stochastic)
         self._logits: list[torch.Tensor] = []
         self._norms: list[torch.Tensor] = []  # per step: a vector of the grads' norms, then the params'
         self.perm_cpu: torch.Tensor | None = None
         self._perms: dict[int, torch.Tensor] = {}
+
+    def keep(self, logits: torch.Tensor, norms: torch.Tensor) -> None:
+        """Keep one step's references for the recorder: its minibatch logits and its norms (each
+        gradient's, then each weight tensor's), until the next recording point (`block`)."""
+        self._logits.append(logits)
+        self._norms.append(norms)
+
+    def drop(self) -> None:
+        """Forget the kept steps (as `block` does once it has read them)."""
+        self._logits, self._norms = [], []
 
     def perm(self, epoch: int) -> torch.Tensor:
         """The minibatch order of an epoch (CPU): a pure function of (seed, epoch), so resumes
@@ -505,16 +502,6 @@ class Trainer:
                 block.update(minibatch_summary(logits, y, valid, loss, correct))
         return block, int(correct.sum()), int(cnt.sum())
 
-    def objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Minibatch logits and the training loss (CE or focal, + L1 penalty)."""
-        cfg = self.cfg
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with self.amp():
-            logits = self.model(x)
-        logits = logits.float()
-        return logits, training_loss(cfg, logits, y, self.params if cfg.l1 > 0 else ())
-
     def converged(self, t: int) -> tuple[bool, str]:
         """The stop criterion on the whole training set (only called when the epoch's running
         statistics say it may hold): 100% accuracy, and for train-loss also CE below stop_loss."""
@@ -531,85 +518,112 @@ class Trainer:
         return False, ""
 
     # -------------------------------------------------------------------- main loop
-    def step(self, t: int, xb: torch.Tensor, yb: torch.Tensor, sam: bool) -> None:
-        """One optimizer step on the minibatch (`xb` raw inputs, `yb` labels, on the device),
-        keeping references to its logits and the gradient/parameter norms for the recorder (no
-        copies, no host syncs)."""
-        cfg, opt = self.cfg, self.opt
-        xb = as_model_input(xb)
-        if self.stochastic:
-            torch.manual_seed((self.cfg.seed * 1_000_003 + t) % 2**63)
-        if self.scheduled:
-            lr_t = cfg.lr_at(t)
-            for g in opt.param_groups:
-                g["lr"] = lr_t
-        logits, loss = self.objective(xb, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        with torch.no_grad():
-            self._logits.append(logits.detach())
-            # grads and params in one fused call, stacked: one kept tensor a step, not one per
-            # tensor (holding 16 0-d tensors a step cost a parity FCN step ~30-60 µs, most of it
-            # the garbage collector walking them; benchmarks/RESULTS.md)
-            self._norms.append(torch.stack(torch._foreach_norm(
-                [p.grad for p in self.params if p.grad is not None] + self.params)))
-        if sam:  # second gradient at the perturbed weights, then back to w for the step
-            ps, e = sam_perturb(self.params, cfg.sam_rho, cfg.optimizer == "asam")
-            opt.zero_grad(set_to_none=True)
-            self.objective(xb, yb)[1].backward()
-            with torch.no_grad():
-                torch._foreach_sub_(ps, e)
-        opt.step()
+    def step(self, t: int, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        """Step t on the minibatch (`xb` raw inputs, `yb` labels, on the device), its logits and
+        norms kept for the recorder (no copies, no host syncs)."""
+        self.keep(*self.stepper(t, as_model_input(xb), yb))
 
     def run(self, start: int, progress: bool) -> RunResult:
         """Step from iteration `start` to the end; the `Recorder` logs, snapshots, checkpoints and
         decides when the run ends (train/recorder.py)."""
-        cfg, w = self.cfg, self.writer
-        self.model.train()
-        rec = Recorder(self)
-        self.scheduled = cfg.schedule != "constant" or cfg.warmup_steps > 0
-        sam = cfg.optimizer in ("sam", "asam")
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+        return train_steps([self], self.stepper, start=start, progress=progress)[0]
 
-            bar = tqdm(total=cfg.max_steps, initial=start, desc=w.path.stem, unit="step", leave=False,
-                       dynamic_ncols=True)
-        t = row_t0 = start
-        epoch_perm = None
-        feed = None if self.placed.on_device else self.placed.feeder(self.order, cfg.max_steps)
-        try:
-            with _StopFlag() as stop, recording_errors(lambda: [rec], w.path.name):
-                rec.begin(start)
-                while t < cfg.max_steps:
-                    epoch, pos = divmod(t, self.steps_per_epoch)
-                    if epoch_perm is None or pos == 0:
-                        epoch_perm = self.epoch_perm(epoch)
-                    if feed is None:
-                        idx = epoch_perm[pos * self.bs:(pos + 1) * self.bs]
-                        xb, yb = self.X[idx], self.Y[idx]
-                    else:
-                        xb, yb = feed.get(t)
-                    self.step(t, xb, yb, sam)
-                    t += 1
-                    if not is_recording_point(t, cfg, self.steps_per_epoch, t - row_t0, stop.signal):
-                        continue
-                    ended = rec.record(row_t0, t, stop_signal=stop.signal)
-                    row_t0 = t
-                    if bar is not None:
-                        if rec.last_epoch_accuracy is not None and t % self.steps_per_epoch == 0:
-                            bar.set_postfix(acc=f"{rec.last_epoch_accuracy:.3f}", refresh=False)
-                        bar.update(rec.t - bar.n)
+
+def train_steps(trainers: list[Trainer], step, *, start: int = 0, progress: bool = True,
+                extra_timings: dict | None = None, desc: str | None = None, reason: str = "training",
+                stopped: str | None = None) -> list[RunResult]:
+    """The training loop of every built-in stepper: step the runs of `trainers` (their data,
+    placement, batch size and max_steps shared) from iteration `start` to the end with `step`
+    (train/step.py: a `Step` for one run, a `StackedStep` for the stacked runs of a batched sweep,
+    stack position j = trainers[j] while every run trains). Each run's `Recorder` logs, snapshots,
+    checkpoints and decides when it ends (train/recorder.py); a run that ends leaves the stack.
+    `extra_timings`, `reason`: added to each run's stored timings, its first commit's reason;
+    `desc`: the progress bar's label; `stopped`: the message of a stop signal's RunInterrupted
+    ({t}: the iteration)."""
+    tr0 = trainers[0]
+    cfg, w = tr0.cfg, tr0.writer
+    X, Y, bs, spe = tr0.X, tr0.Y, tr0.bs, tr0.steps_per_epoch
+    K = len(trainers)
+    active = list(range(K))  # run numbers still training, in stack order
+    recs = [Recorder(tr, extra_timings=extra_timings) for tr in trainers]
+    stacked = step.stacked
+    for tr in trainers:
+        tr.model.train()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=start, desc=desc or w.path.stem, unit="step", leave=False,
+                   dynamic_ncols=True)
+    block_logits, block_norms = [], []  # a stack's steps, handed to each run's trainer at a recording point
+    t = row_t0 = start
+    perm = None
+    feed = None
+    if not tr0.placed.on_device:  # host or mapped data: the (stacked) batch gathered a step ahead
+        order = (lambda s: torch.stack([trainers[k].order(s) for k in active])) if stacked else tr0.order
+        feed = tr0.placed.feeder(order, cfg.max_steps)
+    try:
+        with _StopFlag() as stop, recording_errors(lambda: [recs[k] for k in active], desc or w.path.name):
+            for k in active:
+                recs[k].begin(start, reason=reason)
+            while active and t < cfg.max_steps:
+                epoch, pos = divmod(t, spe)
+                if perm is None or pos == 0:
+                    perm = (torch.stack([trainers[k].epoch_perm(epoch) for k in active]) if stacked
+                            else tr0.epoch_perm(epoch))
+                if feed is None:
+                    idx = perm[..., pos * bs:(pos + 1) * bs]
+                    xb, yb = X[idx], Y[idx]
+                else:
+                    xb, yb = feed.get(t)
+                logits, norms = step(t, as_model_input(xb), yb)
+                if stacked:
+                    block_logits.append(logits)
+                    block_norms.append(norms)
+                else:
+                    tr0.keep(logits, norms)
+                t += 1
+                sig = stop.signal  # read once: a signal arriving while the runs record is acted on at the next step
+                if not is_recording_point(t, cfg, spe, t - row_t0, sig):
+                    continue
+                leaving = []
+                for j, k in enumerate(active):
+                    if stacked:  # run k: its slice of the stack's steps, its weights loaded when needed
+                        tr = trainers[k]
+                        for lg, nm in zip(block_logits, block_norms):
+                            tr.keep(lg[j], nm[:, j])
+                        ended = recs[k].record(row_t0, t, stop_signal=sig,
+                                               sync=partial(step.load_into, j, tr.model, tr.opt))
+                    else:  # the model stepped is the run's own
+                        ended = recs[k].record(row_t0, t, stop_signal=sig)
                     if ended:
-                        break
-                    if stop.signal:
-                        raise rec.interrupt(stop.signal)
-                if not rec.ended:  # resumed at max_steps (killed while finishing)
-                    rec.out_of_steps()
-                    rec.finish(t)
-        finally:
-            if feed is not None:
-                feed.invalidate()
-            if bar is not None:
-                bar.close()
-        return rec.result()
+                        leaving.append(j)
+                block_logits, block_norms = [], []
+                row_t0 = t
+                if bar is not None:
+                    acc = recs[active[0]].last_epoch_accuracy
+                    if K == 1 and acc is not None and t % spe == 0:
+                        bar.set_postfix(acc=f"{acc:.3f}", refresh=False)
+                    bar.update(t - bar.n)
+                if leaving:
+                    keep = [j for j in range(len(active)) if j not in leaving]
+                    active = [active[j] for j in keep]
+                    if stacked and active:
+                        step.keep(keep)
+                        perm = perm[keep]
+                    if feed is not None:  # the next batch was gathered for the old stack
+                        feed.invalidate()
+                if sig and active:
+                    for k in active:
+                        err = recs[k].interrupt(sig, stopped and stopped.format(t=t))
+                    raise err
+            for k in active:  # resumed at max_steps (killed while finishing)
+                if not recs[k].ended:
+                    recs[k].out_of_steps()
+                    recs[k].finish(t)
+    finally:
+        if feed is not None:
+            feed.invalidate()
+        if bar is not None:
+            bar.close()
+    return [rec.result() for rec in recs]

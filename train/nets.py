@@ -41,6 +41,16 @@ class FCN(FeatureNet):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
+    def stacked_forward(self, weights: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """K copies of this net at once (a batched sweep's stack, train/step.py): `weights` its
+        weight matrices in `parameters()` order, each stacked along a leading run dimension,
+        `x` (K, batch, ...) -> logits (K, batch, classes), as batched matmuls."""
+        k, b = x.shape[:2]
+        h = x.reshape(k, b, -1)
+        for w in weights[:-1]:
+            h = torch.relu(torch.bmm(h, w.transpose(1, 2)))
+        return torch.bmm(h, weights[-1].transpose(1, 2))
+
 class VGGLike(FeatureNet):
     """VGG11-like CNN without bias terms or normalisation, one linear layer after the convs.
 

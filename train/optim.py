@@ -1,5 +1,6 @@
 """Optimizers, SAM's ascent step and the training losses: the step's mathematics, apart from the
-loop that runs it (train/loop.py, train/batched.py) and the recorder that logs it (train/recorder.py).
+step that takes it (train/step.py, for one run and for stacked runs) and the recorder that logs
+it (train/recorder.py).
 
 The per-sample loss is defined once, on the device (`per_sample_loss`, autograd) and on the host
 (`per_sample_loss_np`, float64, from the logged logits); the step's loss is their mean, with the
@@ -25,6 +26,17 @@ def training_loss(cfg: RunConfig, logits: torch.Tensor, y: torch.Tensor, params=
         loss = per_sample_loss(cfg, logits, y).mean()
     if cfg.l1 > 0:
         loss = loss + cfg.l1 * sum(p.abs().sum() for p in params)
+    return loss
+
+
+def stacked_training_loss(cfg: RunConfig, logits: torch.Tensor, y: torch.Tensor, params=()) -> torch.Tensor:
+    """The objective of stacked runs (train/step.py), one per run: `logits` (runs..., batch,
+    classes), `y` (runs..., batch), `params` each with the same leading run dimensions. The
+    mean per-sample loss (CE or focal), plus the L1 penalty of each run's weights."""
+    loss = per_sample_loss(cfg, logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).view(y.shape).mean(-1)
+    if cfg.l1 > 0:
+        lead = y.ndim - 1
+        loss = loss + cfg.l1 * sum(p.abs().flatten(lead).sum(-1) for p in params)
     return loss
 
 
@@ -63,6 +75,21 @@ def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def stacked_sgd_(params: list[torch.Tensor], grads, bufs: list[torch.Tensor] | None, lrs: torch.Tensor, *,
+                 momentum: float, weight_decay: float) -> None:
+    """torch.optim.SGD's update (weight decay, momentum without dampening) of stacked runs
+    (train/step.py), in place: `params`, `grads` and the momentum buffers `bufs` (zeros at first;
+    None without momentum) stacked along a leading run dimension, each run its own LR (`lrs`)."""
+    d = torch._foreach_add(grads, params, alpha=weight_decay) if weight_decay else grads
+    if bufs is not None:
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, d)
+        d = bufs
+    for p, g in zip(params, d):
+        p.sub_(g * lrs.view(-1, *([1] * (p.ndim - 1))))
 
 
 # Optimizers whose step draws from torch's global RNG (PSGD's random probe vectors): the loop

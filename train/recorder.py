@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
@@ -33,6 +35,21 @@ FLUSH_SECONDS = 20.0
 FLUSH_BYTES = 256 * 2**20
 MAX_BLOCK_ROWS = 512  # at most this many steps' logits are held before the host statistics run
 GRAD_UNKNOWN = "grad_unknown"  # a block's optional mask of rows without a gradient norm (not stored)
+
+
+@dataclass
+class RunResult:
+    path: Path
+    status: str
+    message: str
+    iterations: int = 0
+    resumed_from: int | None = None  # the iteration a resumed run went on from
+    skipped: bool = False  # already finished: nothing was done
+
+
+def is_snapshot(t: int, every: int) -> bool:
+    """Log-spaced early (0, 1, 2, 4, ... below `every`), then every `every` steps."""
+    return t == 0 or t % every == 0 or (t < every and (t & (t - 1)) == 0)
 
 
 def block_loss_sum(block: dict[str, np.ndarray]) -> float:
@@ -55,7 +72,7 @@ def may_have_converged(cfg, epoch: int, correct: int, count: int, loss_sum: floa
 def is_recording_point(t: int, cfg, steps_per_epoch: int, rows: int, stop_signal=None) -> bool:
     """Whether `rows` steps ending at iteration `t` (the steps taken so far) end a block: the end
     of an epoch, a snapshot or checkpoint iteration, the last step, a stop signal, or a full block."""
-    every = cfg.snapshot_every  # is_snapshot (train/loop.py) inlined: this runs after every step
+    every = cfg.snapshot_every  # is_snapshot inlined: this runs after every step
     return (t % steps_per_epoch == 0 or t % every == 0 or (t < every and (t & (t - 1)) == 0)
             or t % cfg.checkpoint_every == 0 or t == cfg.max_steps or bool(stop_signal) or rows >= MAX_BLOCK_ROWS)
 
@@ -112,8 +129,6 @@ class Recorder:
         cfg, w = self.cfg, self.w
         epoch, pos = divmod(t - 1, self.tr.steps_per_epoch)
         end_of_epoch = pos == self.tr.steps_per_epoch - 1
-        from .loop import is_snapshot
-
         snap = is_snapshot(t, cfg.snapshot_every)
         ckpt = t % cfg.checkpoint_every == 0
         r0 = time.perf_counter()
@@ -211,8 +226,6 @@ class Recorder:
                 "train_seconds": old.get("train_seconds", 0.0) + wall - rec, **self.extra}
 
     def result(self):
-        from .loop import RunResult
-
         return RunResult(self.w.path, self.status, f"{self.w.path.name}: {self.status} ({self.reason})", self.t)
 
 
