@@ -613,6 +613,8 @@ def train_steps(trainers: list[Trainer], step, *, start: int = 0, progress: bool
                         perm = perm[keep]
                     if feed is not None:  # the next batch was gathered for the old stack
                         feed.invalidate()
+                if not sig and stop.signal and t % cfg.checkpoint_every == 0:
+                    sig = stop.signal  # arrived while the runs recorded a checkpoint at t: stop at it
                 if sig and active:
                     for k in active:
                         err = recs[k].interrupt(sig, stopped and stopped.format(t=t))
