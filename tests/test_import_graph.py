@@ -129,3 +129,34 @@ def test_the_check_sees_cycles(tmp_path):
     (pkg / "sub" / "b.py").write_text("import p.c\n")
     top, _ = import_graph(pkg, "p")
     assert cycles(top) == [["p.a", "p.c", "p.sub.b"]]
+
+
+# DESIGN.md's dependency rule, package by package (module- and function-level imports alike): what
+# each subpackage may import besides itself and the root's small shared modules (errors, parallel,
+# machine). store reaches probe only for the probe declarations (probe/registry.py,
+# probe/declare.py: names, descriptions, per-run coordinates; no computation), train only for a
+# plugin's ProbeEntry type (train/plugins.py).
+ALLOWED = {
+    "store": {"probe.registry", "probe.declare"},
+    "train": {"store", "probe.registry", "probe.declare"},
+    "probe": {"store", "train"},
+    "viz": {"store", "probe", "train"},
+    "cli": {"store", "probe", "train", "viz"},
+}
+
+
+def test_packages_depend_as_design_md_says():
+    top, inner = import_graph()
+    bad = []
+    for mod in top:
+        parts = mod.split(".")
+        if len(parts) < 3 or parts[1] not in ALLOWED:
+            continue
+        for tgt in top[mod] | inner[mod]:
+            t = tgt.split(".")[1:]
+            if not t or t[0] == parts[1] or t[0] in ("errors", "parallel", "machine"):
+                continue
+            ok = ALLOWED[parts[1]]
+            if not (t[0] in ok or ".".join(t[:2]) in ok):
+                bad.append(f"{mod} -> {tgt}")
+    assert not bad, "imports against DESIGN.md's dependency rule:\n" + "\n".join(sorted(bad))
