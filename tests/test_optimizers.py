@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_reliability_round2 import _arrays, check_finishes_and_resumes, tiny_cfg
+from test_interrupted_runs import _arrays, check_finishes_and_resumes, tiny_cfg
 
 import lrscope
 from lrscope.errors import ConfigError

@@ -233,7 +233,7 @@ def test_importance_of_a_hand_made_log():
 
 # ------------------------------------------------------------------------------ resume, old stores
 def _interrupt_after_first_checkpoint(monkeypatch):
-    from test_reliability_round2 import interrupt_after_first_checkpoint
+    from test_interrupted_runs import interrupt_after_first_checkpoint
 
     return interrupt_after_first_checkpoint(monkeypatch)
 

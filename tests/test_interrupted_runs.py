@@ -1,4 +1,4 @@
-"""Issue #16, round 2 of reliability: every optimizer on every model family finishes and resumes
+"""Interrupted and unusual runs: every optimizer on every model family finishes and resumes
 bit for bit; diverged runs are probed; probe results record the view they were computed from;
 a sweep stops on Ctrl-C and its workers die with it; an interrupted run says so."""
 
