@@ -64,7 +64,8 @@ class Param:
         if kind is list and isinstance(value, tuple):
             value = list(value)
         check_value(f"probe parameter {name}", value, kind, lo=self.lo, hi=self.hi, lo_open=self.lo_open,
-                    hi_open=self.hi_open, choices=self.choices, item=self.item, error=LrscopeError)
+                    hi_open=self.hi_open, choices=self.choices, item=self.item, error=LrscopeError,
+                    choice_label=name)
         if self.check is not None:
             self.check(value)
 

@@ -169,7 +169,7 @@ def test_bad_segmenter_options_exit_2_and_touch_nothing(cifar_run, seg_file, tmp
     for args, says in ((["--segmenter-weights", str(tmp_path / "missing.pth")], "no such file"),
                        (["--segmenter-weights", str(junk)], "not a loadable state dict"),
                        (["--segmenter-weights", seg_file], "does not match deeplabv3_resnet50"),  # default arch
-                       (["--segmenter-weights", seg_file, "--segmenter", "unet"], "unknown; valid"),
+                       (["--segmenter-weights", seg_file, "--segmenter", "unet"], "unknown segmenter 'unet'; valid"),
                        (["--segmenter", ARCH], "needs --segmenter-weights")):
         res = CliRunner().invoke(lrprobe, ["compute", str(cifar_run), "--force", "--quiet", *args])
         assert res.exit_code == 2, (args, res.output)
