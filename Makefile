@@ -35,8 +35,10 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 
+# The fast suite on TEST_WORKERS processes (pytest-xdist; -n 0 runs it in this process).
+TEST_WORKERS ?= 2
 test: lint system
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test-slow: venv system
 	$(BIN)/python -m pytest -q -m 'slow or integration'

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCH = Path(__file__).parents[1] / "benchmarks"
@@ -17,6 +18,7 @@ def digest(p: Path):
     return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
 
 
+@pytest.mark.integration  # the whole benchmark script in a subprocess (~40 s): after the fast suite
 def test_gpu_check_runs_and_reports_every_row(tmp_path):
     before = digest(BENCH / "GPU.md")
     out = tmp_path / "GPU.md"
