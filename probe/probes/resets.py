@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     "neurons (highest final BSI), the spurious-region share of each neuron's InputXGradient attribution at "
     "up to 24 evenly spaced checkpoints, the norm of its incoming weights' update since the previous one, the "
     "resets (falls of the share by >= 0.2) and the rank correlation of update size and fall. Needs input "
-    "regions (parity, moon-star, the MNIST-style sets); resolution: the checkpoint interval.",
+    "regions (parity, Double MNIST, MNIST-CIFAR: moon-star and Colored MNIST have none, their cue is in the "
+    "class's own pixels); resolution: the checkpoint interval.",
     cost="one backward pass per chosen neuron and checkpoint over the probe inputs (~0.3 s a parity run "
     "for 8 neurons; asked by name: lrprobe compute --only neuron_resets)",
     samples="up to 256 probe-subset samples, evenly spaced through it (neurons chosen by BSI on the whole subset)",
