@@ -6,7 +6,7 @@ import math
 
 from ..probe.registry import headlines
 from ..store import schema as S
-from ..store.reader import find_runs, lock_held, open_run
+from ..store.reader import find_runs, lock_held, open_run, sweep_key
 
 HEAD = [(h.var, h.short) for h in headlines() if h.short]  # declared with their probes (probe/registry.py)
 
@@ -22,7 +22,8 @@ def run_rows(paths) -> list[dict]:
         elif status == S.STATUS_COMPLETED and ds.attrs.get("stop_criterion_met") is False:
             status = "max_steps"  # completed, but its stop criterion never held (the reason says how far)
         row = {"run_id": ds.attrs["run_id"], "status": status, "reason": ds.attrs["reason"],
-               "dataset": cfg["dataset"], "model": cfg["model"], "lr": cfg["lr"], "seed": cfg["seed"],
+               "dataset": cfg["dataset"], "model": cfg["model"], "sweep": sweep_key(cfg), "lr": cfg["lr"],
+               "seed": cfg["seed"],
                "iterations": int(ds.sizes.get("iteration", 0)), "path": str(p),
                "has_bias": bool(ds.attrs.get(S.ATTR_HAS_BIAS, True)),
                "data": ds.attrs.get("model_info", {}).get("dataset_description", ""),
