@@ -20,6 +20,13 @@ What it shows, for one (dataset, model) sweep at a time:
 Everything the slider and the metric selector need is read once into small numpy arrays, so an
 interaction only rebuilds a few curves; per-sample trajectories read only the log chunks that
 hold the sample's presentations.
+
+It shows what the stores hold and computes nothing of its own: runs are read through the store's
+reader (`group_sweeps`, the report's grouping into sweeps; `open_sweep`, `open_run`,
+`open_store`), the metric plot is the report's `figures.metric_panel`, the BC loss ratio is the
+loss_ratio probe's function, trajectories follow the dynamics probe's rule
+(`presentation_predictions`) and attributions the attributions probe's path
+(`probe.runner.attribution_maps`).
 """
 
 from __future__ import annotations
