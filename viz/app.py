@@ -360,9 +360,11 @@ class Explorer:
         label = d.labels.get(metric, metric)
         panel = metric_panel(d.table.isel(run=self._chosen()), metric, label)
         self._tick(f"metric {metric}")
-        return panel.opts(responsive=True, height=340, framewise=True,
-                          title=f"{label} against the learning rate (every run; line: seed mean ± sd of the "
-                                "completed runs)")
+        # framewise on the elements too: the axes follow the metric chosen (the y range stayed the first one's)
+        return panel.opts(hv.opts.Points(framewise=True), hv.opts.Curve(framewise=True),
+                          hv.opts.Spread(framewise=True)).opts(
+            responsive=True, height=340, framewise=True,
+            title=f"{label} against the learning rate (every run; line: seed mean ± sd of the completed runs)")
 
     def _at_iteration(self, it: int) -> list[int]:
         """Per run: the last snapshot at or before iteration `it` (-1: none)."""
@@ -408,6 +410,7 @@ class Explorer:
                           hv.Scatter((lrs, mean), "lr", "value", label=label).opts(size=6))
         self._tick(f"iteration {it}")
         return hv.Overlay(curves or [hv.Curve([], "lr", "value")]).opts(
+            hv.opts.Curve(framewise=True), hv.opts.Scatter(framewise=True)).opts(
             logx=True, title=f"representation against the LR at iteration {it} (seed mean)", responsive=True,
             height=300, legend_position="right", xlabel="learning rate", framewise=True)
 
@@ -423,7 +426,7 @@ class Explorer:
                 curves.append(hv.Curve((x, y), "iteration", which, label=f"lr={d.runs[i].lr:g} s{d.runs[i].seed}")
                               .opts(color=c, tools=["hover"]))
         logy = v in ("loss", "grad_norm", "param_norm", "logit_norm")
-        return hv.Overlay(curves or [hv.Curve([], "iteration", which)]).opts(
+        return hv.Overlay(curves or [hv.Curve([], "iteration", which)]).opts(hv.opts.Curve(framewise=True)).opts(
             title=f"{which} through training (block means)", responsive=True, height=320, legend_position="right",
             logy=logy, framewise=True)
 
