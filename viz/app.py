@@ -136,9 +136,8 @@ class SweepData:
                 sd.labels[v] = da.attrs.get("long_name", v)
                 sd.scalars[v] = np.asarray(da.values, dtype=float)
         sd.table = xr.Dataset({v: ("run", a, sw[v].attrs) for v, a in sd.scalars.items()},
-                              coords={"run": [r.run_id for r in runs], "run_id": ("run", [r.run_id for r in runs]),
-                                      "lr": ("run", [r.lr for r in runs]), "seed": ("run", [r.seed for r in runs]),
-                                      "status": ("run", [r.status for r in runs])})
+                              coords={"run": sw.run.values, "run_id": ("run", [r.run_id for r in runs]),
+                                      **{c: ("run", sw[c].values) for c in ("lr", "seed", "status")}})
         snap_it = np.asarray(sw.snapshot_iteration.values, dtype=float) if "snapshot_iteration" in sw else \
             np.zeros((n, 0))
         valid = np.isfinite(snap_it)
