@@ -359,9 +359,7 @@ class Explorer:
         label = d.labels.get(metric, metric)
         panel = metric_panel(d.table.isel(run=self._chosen()), metric, label)
         self._tick(f"metric {metric}")
-        # framewise on the elements too: the axes follow the metric chosen (the y range stayed the first one's)
-        return panel.opts(hv.opts.Points(framewise=True), hv.opts.Curve(framewise=True),
-                          hv.opts.Spread(framewise=True)).opts(
+        return panel.opts(
             responsive=True, height=340, framewise=True,
             title=f"{label} against the learning rate (every run; line: seed mean ± sd of the completed runs)")
 
@@ -409,7 +407,6 @@ class Explorer:
                           hv.Scatter((lrs, mean), "lr", "value", label=label).opts(size=6))
         self._tick(f"iteration {it}")
         return hv.Overlay(curves or [hv.Curve([], "lr", "value")]).opts(
-            hv.opts.Curve(framewise=True), hv.opts.Scatter(framewise=True)).opts(
             logx=True, title=f"representation against the LR at iteration {it} (seed mean)", responsive=True,
             height=300, legend_position="right", xlabel="learning rate", framewise=True)
 
@@ -425,7 +422,7 @@ class Explorer:
                 curves.append(hv.Curve((x, y), "iteration", which, label=f"lr={d.runs[i].lr:g} s{d.runs[i].seed}")
                               .opts(color=c, tools=["hover"]))
         logy = v in ("loss", "grad_norm", "param_norm", "logit_norm")
-        return hv.Overlay(curves or [hv.Curve([], "iteration", which)]).opts(hv.opts.Curve(framewise=True)).opts(
+        return hv.Overlay(curves or [hv.Curve([], "iteration", which)]).opts(
             title=f"{which} through training (block means)", responsive=True, height=320, legend_position="right",
             logy=logy, framewise=True)
 
