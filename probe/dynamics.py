@@ -58,6 +58,40 @@ NEVER = -1  # the iteration sentinel of dyn_first_learned / dyn_last_mistake
 SUBSETS = ("all", "bias_aligned", "bias_conflicting")
 
 
+def presentation_predictions(logits, y) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """What each presentation predicted, from its logged logits (m, classes) and labels (m,):
+    ``(keep, p, correct)``: the positions with all logits finite (None: every one; the others have
+    no prediction and are dropped), p(y_true) = softmax(logits)_y (computed in float32, returned
+    as float64) and whether the argmax is y (ties to the lowest class) of those kept. The
+    dynamics probe's rule, and the explorer's per-sample trajectories."""
+    z = np.asarray(logits)
+    ys = np.asarray(y, dtype=np.intp)
+    # few classes: class-major (classes, m) float32, so that every reduction over the classes
+    # is an elementwise operation over samples; many: sample-major
+    small = z.shape[1] <= SMALL_CLASSES
+    z = z.T.astype(np.float32, order="C") if small else z.astype(np.float32)
+    finite = np.isfinite(z).all(0 if small else 1)
+    keep = None
+    if not finite.all():
+        keep = np.flatnonzero(finite)
+        z, ys = (z[:, keep] if small else z[keep]), ys[keep]
+        if not len(keep):
+            return keep, np.zeros(0), np.zeros(0, bool)
+    ar = np.arange(len(ys))
+    if small:
+        mx = z.max(0)
+        e = np.exp(z - mx)
+        p = (e[ys, ar] / e.sum(0)).astype(np.float64)
+        pred = np.full(len(ys), z.shape[0] - 1)
+        for j in range(z.shape[0] - 2, -1, -1):  # argmax: the lowest class at the maximum
+            pred[z[j] == mx] = j
+    else:
+        e = np.exp(z - z.max(1, keepdims=True))
+        p = (e[ar, ys] / e.sum(1)).astype(np.float64)
+        pred = z.argmax(1)
+    return keep, p, pred == ys
+
+
 class DynamicsState:
     """The O(n_train) running state of :func:`sample_dynamics`; ``update`` takes consecutive
     blocks of log rows in order."""
@@ -132,31 +166,11 @@ class DynamicsState:
     def _from_logits(self, s, pos, z):
         """p(y_true) and correctness of the presentations `s` (at flat positions `pos`, None: all)
         from their logits `z` (m, classes); those without finite logits are dropped."""
-        # few classes: class-major (classes, m) float32, so that every reduction over the classes
-        # is an elementwise operation over samples; many: sample-major
-        small = z.shape[1] <= SMALL_CLASSES
-        z = z.T.astype(np.float32, order="C") if small else z.astype(np.float32)
-        finite = np.isfinite(z).all(0 if small else 1)
-        if not finite.all():  # no prediction: counted as a presentation only
-            keep = np.flatnonzero(finite)
-            s, z = s[keep], (z[:, keep] if small else z[keep])
+        keep, p, c = presentation_predictions(z, self.y[s])
+        if keep is not None:
+            s = s[keep]
             pos = keep if pos is None else pos[keep]
-            if not s.size:
-                return s, pos, np.zeros(0), np.zeros(0, bool)
-        ys = self.y[s]
-        ar = np.arange(len(s))
-        if small:
-            mx = z.max(0)
-            e = np.exp(z - mx)
-            p = (e[ys, ar] / e.sum(0)).astype(np.float64)
-            pred = np.full(len(s), z.shape[0] - 1)
-            for j in range(z.shape[0] - 2, -1, -1):  # argmax: the lowest class at the maximum
-                pred[z[j] == mx] = j
-        else:
-            e = np.exp(z - z.max(1, keepdims=True))
-            p = (e[ar, ys] / e.sum(1)).astype(np.float64)
-            pred = z.argmax(1)
-        return s, pos, p, pred == ys
+        return s, pos, p, c
 
     def _fold(self, s, t, p, c) -> None:
         """Fold in presentations with a prediction: sample ids, iterations (time order), p(y_true)

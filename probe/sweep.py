@@ -5,15 +5,9 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from ..store import schema as S
+from ..store.reader import last_snapshot  # noqa: F401  (the one last_snapshot: probe.last_snapshot is lrscope's)
 from .metrics import MetricError, annotate
-
-
-def last_snapshot(sw: xr.Dataset | xr.DataArray, var: str | None = None) -> xr.DataArray | xr.Dataset:
-    """Each run's value of a per-snapshot variable at its own last snapshot (runs are NaN-padded
-    to the longest): ``lrscope.last_snapshot(sw[var])``, or of `sw` itself without `var`."""
-    from ..store.reader import last_snapshot as at_end
-
-    return at_end(sw if var is None else sw[var])
 
 
 def lr_sensitive_samples(sw: xr.Dataset, *, low_lrs, high_lrs, high_frac: float = 0.75,
@@ -28,14 +22,14 @@ def lr_sensitive_samples(sw: xr.Dataset, *, low_lrs, high_lrs, high_frac: float 
     if split not in ("test", "probe"):
         raise MetricError(f"split must be 'test' or 'probe', got {split!r}")
     dim = f"{split}_sample"
-    logits = last_snapshot(sw, f"{split}_logits")
+    logits = last_snapshot(sw[f"{split}_logits"])
     finite = np.isfinite(logits).all("class")
     correct = (logits.fillna(-np.inf).argmax("class") == sw[f"{split}_y"]).where(finite).astype(float)
-    ok = sw.status == "completed"
+    ok = sw.status == S.STATUS_COMPLETED  # completed runs only: a diverged run's end predicts nothing
     hi = correct.where(ok & sw.lr.isin(list(high_lrs)), drop=True)
     lo = correct.where(ok & sw.lr.isin(list(low_lrs)), drop=True)
     if hi.sizes.get("run", 0) == 0 or lo.sizes.get("run", 0) == 0:
-        raise MetricError("need finished runs at both the low and the high learning rates")
+        raise MetricError("need completed runs at both the low and the high learning rates")
     frac_hi, frac_lo = hi.mean("run").compute(), lo.mean("run").compute()
     selected = ((frac_hi > high_frac) & (frac_lo < low_frac)).values
     out = xr.Dataset({
@@ -54,17 +48,17 @@ def lr_sensitive_samples(sw: xr.Dataset, *, low_lrs, high_lrs, high_frac: float 
 
 
 def loss_ratio_correlation(sw: xr.Dataset, variable: str = "max_loss_ratio") -> xr.Dataset:
-    """Pearson correlation, over finished runs, of the maximum bias-conflicting loss ratio with
+    """Pearson correlation, over completed runs, of the maximum bias-conflicting loss ratio with
     unbiased test accuracy (Barsbey et al. Fig. 12). `variable`: the per-minibatch maximum
     (the paper's), or ``max_loss_ratio_smoothed`` (the epoch running mean's)."""
     from scipy import stats
 
-    ok = (sw.status == "completed").values
+    ok = (sw.status == S.STATUS_COMPLETED).values
     x = sw[variable].values[ok].astype(float)
     y = sw.unbiased_accuracy_final.values[ok].astype(float)
     m = np.isfinite(x) & np.isfinite(y)
     if m.sum() < 3 or np.std(x[m]) == 0 or np.std(y[m]) == 0:
-        raise MetricError("the correlation needs at least 3 finished runs with varying values")
+        raise MetricError("the correlation needs at least 3 completed runs with varying values")
     r, p = stats.pearsonr(x[m], y[m])
     return xr.Dataset({"pearson_r": annotate(xr.DataArray(r), "Pearson r (max BC loss ratio, unbiased accuracy)", None),
                        "p_value": xr.DataArray(p), "n_runs": xr.DataArray(int(m.sum()))})

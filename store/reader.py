@@ -34,6 +34,21 @@ def open_store(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
     """Open a run store's root group after checking it is one this version can read. Reads go
     through a `CheckedStore`: symlinks inside the store are refused and, for schema 2 stores,
     missing chunks and chunks failing their checksum are errors naming the array."""
+    store, root, attrs = _open_root(path, mode)
+    store.check_array_metadata = _metadata_checker(store, path, attrs)
+    if attrs[S.ATTR_SCHEMA] >= S.CHECKSUM_SCHEMA:
+        _make_strict(store, root, attrs, path)
+    return root
+
+
+def run_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """A run store's root attributes, checked as `open_store` checks them (`check_attrs`), read
+    through a `CheckedStore` without opening any array: what listing runs needs (the explorer's
+    sweeps, `group_sweeps`)."""
+    return _open_root(path, "r")[2]
+
+
+def _open_root(path, mode: str) -> tuple[CheckedStore, zarr.Group, dict[str, Any]]:
     p = as_path(path)
     try:
         st = os.stat(p)
@@ -54,10 +69,7 @@ def open_store(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
     except Exception as e:  # corrupted metadata of any other kind
         raise StoreError(f"{path}: not a readable run store ({type(e).__name__}: {e})") from None
     check_attrs(attrs, path)
-    store.check_array_metadata = _metadata_checker(store, path, attrs)
-    if attrs[S.ATTR_SCHEMA] >= S.CHECKSUM_SCHEMA:
-        _make_strict(store, root, attrs, path)
-    return root
+    return store, root, attrs
 
 
 def as_path(path: Any, what: str = "path") -> Path:
@@ -737,6 +749,29 @@ def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
     if not found:
         raise StoreError(f"{_shown(', '.join(map(str, paths)), 200)}: no run stores found")
     return found
+
+
+def sweep_key(config: dict) -> tuple[str, str]:
+    """The sweep a run belongs to: its (dataset, model)."""
+    return str(config["dataset"]), str(config["model"])
+
+
+def group_sweeps(paths, *, skip_unreadable: bool = False) -> dict[tuple[str, str], list[tuple[Path, dict]]]:
+    """The run stores under `paths` (as `find_runs`) grouped into sweeps by `sweep_key`, each run
+    with its checked root attributes (`run_attrs`: no array is opened), sweeps and runs in the
+    order found. The one grouping of the report, the figures and the explorer. A store that
+    cannot be read is a `StoreError`, or with `skip_unreadable` left out (the explorer: a store
+    being created, a damaged one; `lrprobe ls` says why)."""
+    groups: dict[tuple[str, str], list[tuple[Path, dict]]] = {}
+    for p in find_runs(paths):
+        try:
+            attrs = run_attrs(p)
+        except Exception:  # a StoreError in one line; in the explorer, whatever a half-written store raises
+            if skip_unreadable:
+                continue
+            raise
+        groups.setdefault(sweep_key(attrs[S.ATTR_CONFIG]), []).append((p, attrs))
+    return groups
 
 
 def _regular(chunks: tuple[int, ...], size: int) -> bool:

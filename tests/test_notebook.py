@@ -83,7 +83,7 @@ def test_readme_notebook_snippet_runs_as_written(small_sweep):
 
 @pytest.mark.parametrize("lrs", [(0.75,), (0.01, 0.75)], ids=["one-run", "two-runs"])
 def test_explore_notebook_runs_on_a_small_sweep(lrs, tmp_path, monkeypatch):
-    """Pointed at a sweep with fewer runs than a cell needs (Fig. 12's correlation: 3 finished runs;
+    """Pointed at a sweep with fewer runs than a cell needs (Fig. 12's correlation: 3 completed runs;
     Fig. 8's selection: two learning rates), the notebook says so in that cell's output and goes on."""
     from lrscope.probe.runner import compute_paths
 
@@ -99,6 +99,6 @@ def test_explore_notebook_runs_on_a_small_sweep(lrs, tmp_path, monkeypatch):
     out_ = outputs(nb)
     assert not [o for o in out_ if o.output_type == "error"]
     text = "\n".join(o.get("data", {}).get("text/plain", "") + o.get("text", "") for o in out_)
-    assert "Fig. 12 skipped, this sweep has too few runs: the correlation needs at least 3 finished runs" in text
+    assert "Fig. 12 skipped, this sweep has too few runs: the correlation needs at least 3 completed runs" in text
     assert ("Fig. 8's selection skipped" in text) == (len(lrs) == 1)
     assert sum("application/vnd.holoviews_exec.v0+json" in o.get("data", {}) for o in out_) >= 5

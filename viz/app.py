@@ -20,6 +20,13 @@ What it shows, for one (dataset, model) sweep at a time:
 Everything the slider and the metric selector need is read once into small numpy arrays, so an
 interaction only rebuilds a few curves; per-sample trajectories read only the log chunks that
 hold the sample's presentations.
+
+It shows what the stores hold and computes nothing of its own: runs are read through the store's
+reader (`group_sweeps`, the report's grouping into sweeps; `open_sweep`, `open_run`,
+`open_store`), the metric plot is the report's `figures.metric_panel`, the BC loss ratio is the
+loss_ratio probe's function, trajectories follow the dynamics probe's rule
+(`presentation_predictions`) and attributions the attributions probe's path
+(`probe.probes.attributions.attribution_maps`).
 """
 
 from __future__ import annotations
@@ -33,9 +40,11 @@ from pathlib import Path
 import holoviews as hv
 import numpy as np
 import panel as pn
+import xarray as xr
 
+from ..probe.metrics import loss_ratio
 from ..store import schema as S
-from .figures import _palette, block_mean
+from .figures import _palette, block_mean, metric_panel
 
 CURVES = {  # training-curve choices: label -> how to get it from a run's log
     "loss": "loss", "accuracy": "accuracy", "BC loss ratio": "bc_share", "gradient norm": "grad_norm",
@@ -81,22 +90,16 @@ class Run:
 
 
 def discover(paths) -> dict[str, list[Run]]:
-    """Run stores under `paths`, grouped by (dataset, model): only their root attributes are read."""
-    from ..store.reader import check_attrs, find_runs
+    """Run stores under `paths`, one group per sweep (`store.reader.group_sweeps`, the report's
+    grouping: only their checked root attributes are read), runs in LR, seed order. A store
+    being created or a damaged one is not shown (`lrprobe ls` says why)."""
+    from ..store.reader import group_sweeps
 
     groups: dict[str, list[Run]] = {}
-    for p in find_runs(paths):
-        try:
-            attrs = json.loads((p / "zarr.json").read_text())["attributes"]
-            check_attrs(attrs, p)
-        except Exception:  # a store being created, a damaged one: not shown (the CLI's ls says why)
-            continue
-        cfg = attrs[S.ATTR_CONFIG]
-        key = f"{cfg['dataset']} / {cfg['model']}"
-        groups.setdefault(key, []).append(Run(p, attrs.get(S.ATTR_RUN_ID, p.stem), cfg, attrs[S.ATTR_STATUS],
-                                              attrs[S.ATTR_COMMITTED]))
-    for runs in groups.values():
-        runs.sort(key=lambda r: (r.lr, r.seed, r.run_id))
+    for (dataset, model), found in group_sweeps(paths, skip_unreadable=True).items():
+        runs = [Run(p, attrs.get(S.ATTR_RUN_ID, p.stem), attrs[S.ATTR_CONFIG], attrs[S.ATTR_STATUS],
+                    attrs[S.ATTR_COMMITTED]) for p, attrs in found]
+        groups[f"{dataset} / {model}"] = sorted(runs, key=lambda r: (r.lr, r.seed, r.run_id))
     return groups
 
 
@@ -108,6 +111,7 @@ class SweepData:
 
     runs: list[Run]
     scalars: dict[str, np.ndarray] = field(default_factory=dict)  # metric -> value per run
+    table: xr.Dataset | None = None  # the per-run scalars along `run` with lr, seed, status: figures.metric_panel
     labels: dict[str, str] = field(default_factory=dict)  # metric -> long name
     snap_iter: list[np.ndarray] = field(default_factory=list)  # per run: snapshot iterations
     per_snap: dict[str, list[np.ndarray]] = field(default_factory=dict)  # var -> per run (snapshot,)
@@ -131,6 +135,9 @@ class SweepData:
             if da.dims == ("run",) and da.dtype.kind in "biuf":
                 sd.labels[v] = da.attrs.get("long_name", v)
                 sd.scalars[v] = np.asarray(da.values, dtype=float)
+        sd.table = xr.Dataset({v: ("run", a, sw[v].attrs) for v, a in sd.scalars.items()},
+                              coords={"run": sw.run.values, "run_id": ("run", [r.run_id for r in runs]),
+                                      **{c: ("run", sw[c].values) for c in ("lr", "seed", "status")}})
         snap_it = np.asarray(sw.snapshot_iteration.values, dtype=float) if "snapshot_iteration" in sw else \
             np.zeros((n, 0))
         valid = np.isfinite(snap_it)
@@ -150,11 +157,8 @@ class SweepData:
                       None)
         for v in CURVES.values():
             name = lr_log if v == "lr" else v
-            if v == "bc_share" and "bc_loss_sum" in sw:
-                bc = np.asarray(sw.bc_loss_sum.values, dtype=float)
-                ba = np.asarray(sw.ba_loss_sum.values, dtype=float)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    arr = bc / (bc + ba)
+            if v == "bc_share" and "bc_loss_sum" in sw:  # the loss_ratio probe's function, on the logged sums
+                arr = np.asarray(loss_ratio(sw.bc_loss_sum, sw.ba_loss_sum).values, dtype=float)
             elif name is not None and name in sw and sw[name].dims == ("run", "iteration"):
                 arr = np.asarray(sw[name].values, dtype=float)
             else:
@@ -205,24 +209,25 @@ class LogIndex:
 
 
 def sample_trajectory(run: Run, sample: int) -> tuple[np.ndarray, np.ndarray]:
-    """(iterations, true-class probability) of one training sample at each of its presentations,
-    from the minibatch log (its logits, or the summary's true-class log-probability): only the log
-    chunks that hold them are read."""
+    """(iterations, true-class probability) of one training sample at each of its presentations
+    with a prediction, from the minibatch log (its logits, or the summary's true-class
+    log-probability) by the dynamics probe's rule (`presentation_predictions`: their mean is the
+    sample's stored `dyn_confidence`): only the log chunks that hold them are read."""
+    from ..probe.dynamics import presentation_predictions
+
     li = LogIndex.of(run)
     it, slot = np.nonzero(li.index == sample)
     if len(it) == 0:
         return it, np.zeros(0)
     if S.log_policy(li.root.attrs.asdict()) == S.LOG_SUMMARY:  # the summary record: log p(y|x) itself
-        lp = li.root[f"{S.G_LOG}/{S.A_BATCH_TRUE_LOGPROB}"]
-        return it, np.exp(np.asarray(lp.vindex[it, slot], dtype=np.float64))
+        lp = np.asarray(li.root[f"{S.G_LOG}/{S.A_BATCH_TRUE_LOGPROB}"].vindex[it, slot], dtype=np.float64)
+        keep = np.isfinite(lp)  # NaN: no prediction (the dynamics probe's rule)
+        return it[keep], np.exp(lp[keep])
     arr = li.root[f"{S.G_LOG}/{S.A_BATCH_LOGITS}"]
     c = np.arange(arr.shape[2])
-    logits = np.asarray(arr.vindex[it[:, None], slot[:, None], c[None, :]], dtype=np.float64)  # (n, class)
-    y = int(li.y[sample])
-    with np.errstate(over="ignore", invalid="ignore"):
-        z = logits - logits.max(-1, keepdims=True)
-        p = np.exp(z[:, y]) / np.exp(z).sum(-1)
-    return it, p
+    logits = np.asarray(arr.vindex[it[:, None], slot[:, None], c[None, :]])  # (n, class)
+    keep, p, _ = presentation_predictions(logits, np.full(len(it), int(li.y[sample])))
+    return (it if keep is None else it[keep]), p
 
 
 _BUNDLES: dict[str, object] = {}
@@ -348,25 +353,16 @@ class Explorer:
 
     # ------------------------------------------------------------------ views
     def metric_vs_lr(self, metric, seeds, group):
+        """The report's metric panel (`figures.metric_panel`) of the chosen seeds' runs."""
         d = self.data
         if metric is None or metric not in d.scalars:
             return hv.Overlay([hv.Text(0, 0, "no probe results yet: run lrprobe compute")])
-        idx = self._chosen()
-        vals = d.scalars[metric]
         label = d.labels.get(metric, metric)
-        pts = [(d.runs[i].lr, vals[i], d.runs[i].run_id, d.runs[i].seed, d.runs[i].status) for i in idx]
-        points = hv.Points(pts, kdims=["lr", label], vdims=["run_id", "seed", "status"]).opts(
-            color="seed", cmap="Category10", size=9, tools=["hover"], logx=True, line_color="black",
-            responsive=True, height=340, title=f"{label} against the learning rate (every run; line: seed mean ± sd)",
-            xlabel="learning rate", show_legend=False)
-        lrs = sorted({d.runs[i].lr for i in idx})
-        ok = [i for i in idx if d.runs[i].status == "completed"]
-        mean = np.array([np.nanmean([vals[i] for i in ok if d.runs[i].lr == lr] or [np.nan]) for lr in lrs])
-        sd = np.array([np.nanstd([vals[i] for i in ok if d.runs[i].lr == lr] or [np.nan]) for lr in lrs])
-        curve = hv.Curve((lrs, mean), "lr", label).opts(color="black", line_width=2)
-        band = hv.Spread((lrs, mean, sd), "lr", [label, "sd"]).opts(fill_alpha=0.15, color="grey")
+        panel = metric_panel(d.table.isel(run=self._chosen()), metric, label)
         self._tick(f"metric {metric}")
-        return (band * curve * points).opts(responsive=True, height=340, framewise=True)
+        return panel.opts(
+            responsive=True, height=340, framewise=True,
+            title=f"{label} against the learning rate (every run; line: seed mean ± sd of the completed runs)")
 
     def _at_iteration(self, it: int) -> list[int]:
         """Per run: the last snapshot at or before iteration `it` (-1: none)."""
@@ -494,7 +490,7 @@ class Explorer:
         views = [pn.pane.Markdown(head), pn.pane.HoloViews(trajectory, sizing_mode="stretch_width")]
         if x is not None:
             views.append(pn.pane.HoloViews(self._input_view(x, ds, "input"), sizing_mode="stretch_width"))
-            attr = self._attribution(run, x, y)
+            attr = self._attribution(run, ds, x, y)
             if isinstance(attr, str):  # a plugin model that cannot be rebuilt here: why
                 views.append(pn.pane.Markdown(f"*attributions not shown: {attr}*"))
             elif attr is not None:
@@ -505,21 +501,23 @@ class Explorer:
         self._tick(f"sample {sample}")
         return pn.Column(*views, sizing_mode="stretch_width")
 
-    def _attribution(self, run: Run, x: np.ndarray, y: int):
+    def _attribution(self, run: Run, ds, x: np.ndarray, y: int):
+        """Integrated Gradients of one training sample by the attributions probe's code path
+        (`probe.probes.attributions.attribution_maps`, its parameters and its last checkpoint); a string says
+        why not (a plugin model missing or changed), None when it cannot be computed."""
         try:
-            import torch
-
             from ..errors import PluginError
-            from ..probe.attribution import attributions
-            from ..train.data import as_model_input
-            from ..train.restore import load_model
+            from ..probe.context import Context
+            from ..probe.probes.attributions import attributed_checkpoints, attribution_inputs, attribution_maps
 
+            ctx = Context(run.path, ds, device="cpu", allow_changed_plugins=ALLOW_CHANGED_PLUGINS)
             try:
-                model = load_model(run.path, checkpoint=-1, allow_changed_plugins=ALLOW_CHANGED_PLUGINS)
+                model = ctx.load_model(attributed_checkpoints(ctx)[-1])
             except PluginError as e:  # missing, or changed since training (lrprobe serve --allow-changed-plugins)
                 return str(e)
-            a = attributions(model, as_model_input(torch.from_numpy(x[None])), torch.tensor([y]),
-                             method="integrated_gradients", n_steps=32)
+            xt, yt = attribution_inputs(ctx, x[None], [y])
+            a = attribution_maps(ctx, model.to(ctx.torch_device), xt, yt, "integrated_gradients",
+                                 list(ds.probe_inputs.dims[1:]))
             return a.values[0]
         except Exception:
             return None

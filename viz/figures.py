@@ -16,9 +16,13 @@ import xarray as xr
 from bokeh.palettes import Viridis256
 
 from ..probe.registry import headlines
+from ..store import schema as S
 
 HEADLINE = [(h.var, h.label) for h in headlines()]  # each declared with its probe (probe/registry.py)
-FINISHED = ("completed",)
+# The figures' seed means, trends and picks take the *completed* runs only: a diverged run has
+# finished training (schema.FINISHED), but its numbers are those of a network that blew up, so it
+# is drawn apart (a red x, its own colour) and enters no mean.
+COMPLETED = (S.STATUS_COMPLETED,)
 
 
 def _palette(n: int) -> list[str]:
@@ -28,7 +32,8 @@ def _palette(n: int) -> list[str]:
 
 
 def _ok(sw: xr.Dataset) -> np.ndarray:
-    return np.isin(sw.status.values, FINISHED)
+    """Which runs of `sw` completed (`COMPLETED`)."""
+    return np.isin(sw.status.values, COMPLETED)
 
 
 def lr_values(sw: xr.Dataset) -> np.ndarray:
@@ -36,7 +41,7 @@ def lr_values(sw: xr.Dataset) -> np.ndarray:
 
 
 def per_lr(sw: xr.Dataset, var: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seed mean and standard deviation of a per-run scalar at each learning rate (finished runs)."""
+    """Seed mean and standard deviation of a per-run scalar at each learning rate (completed runs)."""
     ok = _ok(sw)
     vals = sw[var].values.astype(float)
     lrs = lr_values(sw)
@@ -331,7 +336,7 @@ def knob_comparison(sw: xr.Dataset, metrics=(("unbiased_accuracy_final", "unbias
                                               ("prunability", "prunability"), ("csi_mean_final", "average CSI"))
                     ) -> hv.Layout:
     """Rival hyperparameters (Fig. 6 / Table 2): one row per knob that varies in the sweep, its
-    value on x and each metric (seed mean ± std over finished runs) on y."""
+    value on x and each metric (seed mean ± std over completed runs) on y."""
     ok = _ok(sw)
     rows = []
     for knob in KNOBS:
@@ -369,7 +374,7 @@ def _landscape_knobs(sw: xr.Dataset) -> tuple[str, str] | None:
 def landscape(sw: xr.Dataset, metrics=LANDSCAPE) -> hv.Layout:
     """Fig. 9: training-loss, unbiased-accuracy and spurious-utilisation landscapes over two knobs
     (the LR and another that varies: focal γ in the paper), one heatmap per metric, each cell
-    the seed mean of the finished runs (hover: value and runs). Axes are the knobs' values in
+    the seed mean of the completed runs (hover: value and runs). Axes are the knobs' values in
     order (evenly spaced)."""
     knobs = _landscape_knobs(sw)
     if knobs is None:
@@ -430,7 +435,7 @@ def attribution_shares(sw: xr.Dataset, method: str = "ig") -> hv.Layout:
 
 
 def _run_at(sw: xr.Dataset, lr: float) -> int:
-    """The first finished run at a learning rate (lowest seed)."""
+    """The first completed run at a learning rate (lowest seed)."""
     return int(np.flatnonzero(_ok(sw) & (sw.lr.values == lr))[0])
 
 
@@ -446,7 +451,7 @@ def attribution_grid(sw: xr.Dataset, *, low_lr: float | None = None, high_lr: fl
 
     lrs = lr_values(sw)
     if len(lrs) == 0:
-        return hv.Layout([hv.Curve([]).opts(title="no finished run")])
+        return hv.Layout([hv.Curve([]).opts(title="no completed run")])
     picks = [lrs[0] if low_lr is None else low_lr] + ([lrs[-1] if high_lr is None else high_lr] if len(lrs) > 1 else [])
     stores = sw.attrs["stores"]
     panels = []
@@ -500,23 +505,30 @@ def _maps_panel(res: xr.Dataset, var: str, title: str, n: int, sw: xr.Dataset):
 def metric_panels(sw: xr.Dataset, metrics=HEADLINE) -> hv.Layout:
     """Each headline metric on its own scale against the LR: every run a point (hover: run id,
     seed, status), the seed mean as a line and ± one standard deviation as a band."""
-    panels = []
+    panels = [metric_panel(sw, var, label).opts(min_width=300, height=260) for var, label in metrics
+              if var in sw and sw[var].dims == ("run",)]
+    return hv.Layout(panels).cols(3) if panels else hv.Layout([hv.Curve([]).opts(title="no probe results")])
+
+
+STATUS_COLORS = {"completed": "#1f77b4", "diverged": "#d62728", "running": "#999999", "failed": "#000000"}
+
+
+def metric_panel(sw: xr.Dataset, var: str, label: str | None = None) -> hv.Overlay:
+    """One per-run scalar against the LR on its own scale: every run a point coloured by its
+    status (hover: run id, seed, status), the seed mean of the completed runs as a line and ± one
+    standard deviation as a band (`per_lr`). The report's `metric_panels` and the explorer's
+    metric plot."""
+    label = label or str(sw[var].attrs.get("long_name", var))
     ids = sw.run_id.values if "run_id" in sw.coords else sw.run.values
     seeds = sw.seed.values if "seed" in sw.coords else np.zeros(sw.sizes["run"], int)
-    for var, label in metrics:
-        if var not in sw or sw[var].dims != ("run",):
-            continue
-        vals = sw[var].values.astype(float)
-        pts = hv.Points({"lr": sw.lr.values, label: vals, "run": ids.astype(str), "seed": seeds,
-                         "status": sw.status.values.astype(str)}, ["lr", label], ["run", "seed", "status"]).opts(
-            color="status", cmap={"completed": "#1f77b4", "diverged": "#d62728", "running": "#999999",
-                                  "failed": "#000000"}, size=7, tools=["hover"], logx=True, show_legend=False)
-        lrs, mean, sd = per_lr(sw, var)
-        band = hv.Spread((lrs, mean, sd), "lr", [label, "sd"]).opts(fill_alpha=0.2, color="grey")
-        line = hv.Curve((lrs, mean), "lr", label).opts(color="black")
-        panels.append((band * line * pts).opts(title=label, logx=True, responsive=True, min_width=300, height=260,
-                                               xlabel="learning rate", padding=0.08))
-    return hv.Layout(panels).cols(3) if panels else hv.Layout([hv.Curve([]).opts(title="no probe results")])
+    vals = sw[var].values.astype(float)
+    pts = hv.Points({"lr": sw.lr.values, label: vals, "run": ids.astype(str), "seed": seeds,
+                     "status": sw.status.values.astype(str)}, ["lr", label], ["run", "seed", "status"]).opts(
+        color="status", cmap=STATUS_COLORS, size=7, tools=["hover"], logx=True, show_legend=False)
+    lrs, mean, sd = per_lr(sw, var)
+    band = hv.Spread((lrs, mean, sd), "lr", [label, "sd"]).opts(fill_alpha=0.2, color="grey")
+    line = hv.Curve((lrs, mean), "lr", label).opts(color="black")
+    return (band * line * pts).opts(title=label, logx=True, responsive=True, xlabel="learning rate", padding=0.08)
 
 
 def group_accuracy_vs_lr(sw: xr.Dataset) -> hv.Overlay:
@@ -621,7 +633,7 @@ def data_maps(sw: xr.Dataset, max_points: int = 4000) -> hv.Layout:
             tools=["hover"], title=f"lr={lr:g}", responsive=True, min_width=260, height=260, xlim=(0, 0.5),
             ylim=(0, 1), show_legend=len(panels) == 0)
         panels.append(pts)
-    return hv.Layout(panels).cols(3) if panels else hv.Layout([hv.Curve([]).opts(title="no finished run")])
+    return hv.Layout(panels).cols(3) if panels else hv.Layout([hv.Curve([]).opts(title="no completed run")])
 
 
 def dynamics_summary(sw: xr.Dataset) -> hv.Layout:

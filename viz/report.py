@@ -8,14 +8,13 @@ import html
 import math
 import re
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import holoviews as hv
 
 from .. import __version__
 from ..errors import LrscopeError
-from ..store.reader import open_sweep
+from ..store.reader import group_sweeps, open_sweep
 from . import figures as F
 from .summary import HEAD, run_rows
 
@@ -64,10 +63,9 @@ def _fmt(v) -> str:
 
 
 def sections_for(paths) -> dict[tuple[str, str], list[Path]]:
-    groups: dict[tuple[str, str], list[Path]] = defaultdict(list)
-    for r in run_rows(paths):
-        groups[(r["dataset"], r["model"])].append(Path(r["path"]))
-    return dict(groups)
+    """The report's sections, one per sweep (`group_sweeps`: the report's, the figures' and the
+    explorer's one grouping): (dataset, model) -> its run stores."""
+    return {key: [p for p, _ in runs] for key, runs in group_sweeps(paths).items()}
 
 
 SUMMARY_COLUMNS = ["dataset", "model", "metric", "learning rate", "value", "with the LR"]
@@ -164,10 +162,7 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
     n_div = sum(r["status"] == "diverged" for r in rows)
     n_max = sum(r["status"] == "max_steps" for r in rows)  # ended by max_steps before their stop criterion
     n_stalled = sum(r["status"] == "stalled" for r in rows)  # the stall probe's flag (probe/stall.py)
-    groups: dict[tuple[str, str], list[Path]] = defaultdict(list)  # from the rows: each run is opened twice,
-    for r in rows:  # for its row and in its sweep (was three times)
-        groups[(r["dataset"], r["model"])].append(Path(r["path"]))
-    sweeps = {key: open_sweep(runs) for key, runs in groups.items()}
+    sweeps = {key: open_sweep(runs) for key, runs in sections_for(paths).items()}
     used: set[str] = set()
     toc: list[tuple[int, str, str]] = []  # (level, anchor, text)
     body: list[str] = []
@@ -179,7 +174,7 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
         body.append(f'<h{level} id="{anchor}">{html.escape(text)}</h{level}>')
 
     def figure(fig) -> None:
-        if isinstance(fig, hv.Layout) and len(fig) == 0:  # nothing to draw (no finished run, say)
+        if isinstance(fig, hv.Layout) and len(fig) == 0:  # nothing to draw (no completed run, say)
             body.append("<p class=note>nothing to draw for these runs</p>")
             return
         models.append(_render(fig))
@@ -205,7 +200,7 @@ def write_report(paths, output, *, title: str = "lrscope report") -> Path:
         body.append(f"<p class=note>{sw.sizes['run']} runs, {n_lr} learning rate(s)"
                     + ("" if n_lr > 1 else ": the figures against the LR need two; what follows shows the run(s) "
                        "through training") + ".</p>")
-        no_bias = [r for r in rows if (r["dataset"], r["model"]) == (dname, model) and not r["has_bias"]]
+        no_bias = [r for r in rows if r["sweep"] == (dname, model) and not r["has_bias"]]
         if no_bias:
             body.append(f"<p class=note>{len(no_bias)} of these runs' data have no bias attribute"
                         + (f" ({html.escape(no_bias[0]['data'])})" if no_bias[0]["data"] else "")

@@ -6,7 +6,7 @@ import math
 
 from ..probe.registry import headlines
 from ..store import schema as S
-from ..store.reader import find_runs, lock_held, open_run
+from ..store.reader import find_runs, lock_held, open_run, sweep_key
 
 HEAD = [(h.var, h.short) for h in headlines() if h.short]  # declared with their probes (probe/registry.py)
 
@@ -24,7 +24,8 @@ def run_rows(paths) -> list[dict]:
         if status in (S.STATUS_COMPLETED, "max_steps") and "stalled" in ds and bool(ds["stalled"]):
             status = "stalled"  # the stall probe's flag: a long plateau with many dead units (probe/stall.py)
         row = {"run_id": ds.attrs["run_id"], "status": status, "reason": ds.attrs["reason"],
-               "dataset": cfg["dataset"], "model": cfg["model"], "lr": cfg["lr"], "seed": cfg["seed"],
+               "dataset": cfg["dataset"], "model": cfg["model"], "sweep": sweep_key(cfg), "lr": cfg["lr"],
+               "seed": cfg["seed"],
                "iterations": int(ds.sizes.get("iteration", 0)), "path": str(p),
                "has_bias": bool(ds.attrs.get(S.ATTR_HAS_BIAS, True)),
                "data": ds.attrs.get("model_info", {}).get("dataset_description", ""),

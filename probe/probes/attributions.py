@@ -88,6 +88,35 @@ def _checkpoints(ctx: Context) -> list[int]:
     return sorted(set(out))
 
 
+def attribution_inputs(ctx: Context, x, y) -> tuple:
+    """Inputs (the store's layout, sample first) and their labels as the tensors the attributions
+    probe attributes, on ctx's device."""
+    import numpy as np
+    import torch
+
+    from ...train.data import as_model_input
+
+    dev = ctx.torch_device
+    return (as_model_input(torch.from_numpy(np.asarray(x))).to(dev),
+            torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev))
+
+
+def attribution_maps(ctx: Context, model, x, y, method: str, in_dims: list[str]) -> xr.DataArray:
+    """The attributions probe's maps (attr_sample, *in_dims) of `x` for the classes `y`
+    (`attribution_inputs`) by `model` with the probe's parameters (ig_steps): the probe on its
+    probe inputs at each chosen checkpoint, the explorer on one training sample at the last one
+    (`attributed_checkpoints`)."""
+    from ..attribution import attributions
+
+    return attributions(model, x, y, method=method, n_steps=int(ctx.param("ig_steps")),
+                        sample_dim="attr_sample", input_dims=in_dims)
+
+
+def attributed_checkpoints(ctx: Context) -> list[int]:
+    """The checkpoint positions the attributions probe attributes (its `checkpoints` parameter)."""
+    return _checkpoints(ctx)
+
+
 @probe(
     "attributions",
     "Integrated Gradients and DeepLift (Captum) on up to 256 group-balanced probe inputs at the chosen "
@@ -125,16 +154,13 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
     up to 16 samples picked evenly from every (y, b) group (bias-aligned and bias-conflicting
     alike) at the last chosen checkpoint, with their labels, for the report and the explorer."""
     import numpy as np
-    import torch
     import xarray as xr
 
-    from ...train.data import as_model_input
     from .. import metrics as M
     from ..attribution import (
         METHODS,
         attribution_entropy,
         attribution_rule,
-        attributions,
         background_share,
         region_shares,
     )
@@ -142,8 +168,7 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
     ds = ctx.ds
     n = min(ds.sizes["probe_sample"], int(ctx.param("attr_samples")))
     pos = np.linspace(0, ds.sizes["probe_sample"] - 1, n).round().astype(int)
-    x = as_model_input(torch.from_numpy(np.asarray(ds.probe_inputs.isel(probe_sample=pos).values)))
-    y = torch.from_numpy(ds.probe_y.values[pos])
+    x, y = attribution_inputs(ctx, ds.probe_inputs.isel(probe_sample=pos).values, ds.probe_y.values[pos])
     in_dims = list(ds.probe_inputs.dims[1:])
     cks = _checkpoints(ctx)
     picks = _map_picks(ds.probe_y.values[pos], ds.probe_b.values[pos], 16)
@@ -159,14 +184,12 @@ def probe_attributions(ctx: Context) -> xr.Dataset:
     ents = {method: [] for method in METHODS}
     regions = ds.regions.load() if "regions" in ds else None
     dev = ctx.torch_device
-    x, y = x.to(dev), y.to(dev)
     masks, seg_note = _foreground_masks(ctx, x, in_dims, dev)
     bg = {method: [] for method in METHODS}
     for k in cks:
         model = ctx.load_model(k).to(dev)  # once per checkpoint, for both methods
         for method in METHODS:
-            da_ = attributions(model, x, y, method=method, n_steps=int(ctx.param("ig_steps")),
-                               sample_dim="attr_sample", input_dims=in_dims)
+            da_ = attribution_maps(ctx, model, x, y, method, in_dims)
             ents[method].append(float(attribution_entropy(da_, sample_dim="attr_sample")))
             if masks is not None:
                 bg[method].append(float(background_share(da_, masks, sample_dim="attr_sample")))
