@@ -10,14 +10,19 @@ probe modules import xarray and torch inside their functions, so this module loa
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from ..errors import LrscopeError
 from .declare import DECLARED, PROBE_FORMAT, Headline, Param, ProbeEntry  # noqa: F401 - the plugins' names
 
-# every module that declares probes, in the registry's order (`lrprobe list`, the compute order,
-# the report's headline rows)
-PROBE_MODULES = ("accuracy", "representation", "pruning", "importance", "attributions", "subnetworks", "resets",
-                 "selection", "stall", "dynamics")
+# The registry's order (`lrprobe list`, the compute order, the report's headline rows) of the
+# modules in probe/probes/ that declare probes; a module not named here (a new probe) is found in
+# that folder and follows them, in alphabetical order: adding a probe touches its module and its test.
+ORDER = ("accuracy", "representation", "pruning", "importance", "attributions", "subnetworks", "resets",
+         "selection", "stall", "dynamics")
+_FOUND = sorted(m.name for m in pkgutil.iter_modules(importlib.import_module(".probes", __package__).__path__)
+                if not m.name.startswith("_"))
+PROBE_MODULES = tuple([m for m in ORDER if m in _FOUND] + [m for m in _FOUND if m not in ORDER])
 for _module in PROBE_MODULES:
     importlib.import_module(f".probes.{_module}", __package__)
 

@@ -192,6 +192,9 @@ def _compute_locked(path: Path, names, force, data_root, params, log, device="au
                         continue
                     raise StoreError(f"{path}: probe {name!r} failed reading the store ({type(e).__name__}: {e}); "
                                      "corrupted or truncated store? (LRSCOPE_DEBUG=1 shows the traceback)") from None
+                # the run's own coordinates a result carries along (snapshot_iteration, run, lr, ...) are the
+                # run's, read from the run: a probe returns its own variables only
+                res = res.drop_vars([c for c in res.coords if c not in res.dims and c in ctx.ds.variables])
                 res.attrs.update(prov)
                 res.attrs["seconds"] = round(time.perf_counter() - t0, 4)
                 if ctx.used_device:

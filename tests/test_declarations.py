@@ -249,3 +249,58 @@ def test_recipe_modules_import_only_the_shared_helpers():
     imported_by = [p.stem for p in train.glob("*.py") if p.stem != "data"
                    and any(f".{m}" in lrscope_imports(p) for m in data.RECIPE_MODULES)]
     assert imported_by == []
+
+
+def test_adding_a_probe_is_its_module(tmp_path):
+    """A new probe with one parameter is one file in probe/probes/: without touching any other
+    module, `lrprobe list` lists it, `lrprobe compute --help` shows its option with its default and
+    range, and `lrprobe compute` runs it on a real run (a copy of the package, so the source tree is
+    left alone)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    pkg = tmp_path / "site" / "lrscope"
+    shutil.copytree(repo, pkg, ignore=shutil.ignore_patterns(".*", "tests", "docs", "examples", "benchmarks",
+                                                             "scripts", "__pycache__", "*.egg-info", "demo"))
+    (pkg / "probe" / "probes" / "toy_mean.py").write_text('''
+"""A toy probe: the mean of the first k logits of the probe subset at each snapshot."""
+from ..declare import param, probe, var
+
+
+@probe("toy_mean", "The mean of the probe subset's logits over the first k samples.",
+       cost="reads the stored logits", samples="the first k probe samples",
+       params={"toy_k": param(3, "how many probe samples", lo=1, hi=9)},
+       variables={"toy_logit_mean": var("mean logit", "mean of the first k samples' logits")})
+def toy_mean(ctx):
+    k = ctx.param("toy_k")
+    return ctx.ds.probe_logits.isel(probe_sample=slice(0, k)).mean(("probe_sample", "class")).to_dataset(
+        name="toy_logit_mean")
+''')
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
+
+    def lrprobe(*args):
+        return subprocess.run([sys.executable, "-c", "from lrscope.cli.probe import main; main()", *args],
+                              env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    where = lrprobe("--version")
+    assert where.returncode == 0, where.stderr
+    listed = lrprobe("list")
+    assert "toy_mean" in listed.stdout and "toy_k" in listed.stdout, listed.stdout
+    helps = lrprobe("compute", "--help").stdout
+    assert "--toy-k" in helps and "1<=x<=9" in helps.replace(" ", "") and "default: 3" in helps, helps
+    runs = tmp_path / "runs"
+    train = subprocess.run([sys.executable, "-c", "from lrscope.cli.train import main; main()", "run",
+                            "--dataset", "parity", "--model", "fcn", "--widths", "8", "--lr", "0.1",
+                            "--max-steps", "20", "--data-options", '{"n_train": 100, "n_test": 100}',
+                            "--out", str(runs), "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr
+    res = lrprobe("compute", str(runs), "--only", "toy_mean", "--toy-k", "5", "--quiet")
+    assert res.returncode == 0, res.stderr
+    check = subprocess.run([sys.executable, "-c", "import glob, lrscope; ds = lrscope.open_run(glob.glob("
+                            f"'{runs}/*.zarr')[0]); print(lrscope.__file__, ds.toy_logit_mean.sizes['snapshot'])"],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0 and str(pkg) in check.stdout, check.stdout + check.stderr
