@@ -139,6 +139,38 @@ def compute_cmd(ctx, paths, only, force, data_root, device, workers, scheduler, 
         for name, o in r.items():
             if not (o.startswith("computed") or o == "up to date") or "not defined" in o:
                 echo(f"  {Path(path).name}: {name}: {o}")
+    if any("selection" in r for r in res.values()):
+        for line in selection_lines(list(res)):
+            echo(line)
+
+
+def selection_lines(paths) -> list[str]:
+    """The selection table of each sweep (dataset, model) of more than one run among `paths`: per
+    criterion, the run and snapshot it picks and that pick's test accuracy (the report's table)."""
+    from ..probe.selection import selection_table
+    from ..store.reader import group_sweeps, open_sweep
+
+    out = []
+    for (dataset, model), runs in group_sweeps(paths).items():
+        if len(runs) < 2:
+            continue
+        try:
+            t = selection_table(open_sweep([p for p, _ in runs]))
+        except LrscopeError as e:
+            out.append(f"model selection, {dataset} / {model}: not defined ({e})")
+            continue
+        out.append(f"model selection, {dataset} / {model} ({len(runs)} runs; test accuracy of each pick):")
+        for c in t.criterion.values:
+            row = t.sel(criterion=c)
+            why = str(row.not_defined.values)
+            if why:
+                out.append(f"  {c:16s} {why}")
+                continue
+            out.append(f"  {c:16s} {row.selected_run.item()} @ iteration {int(row.selected_iteration)}: unbiased "
+                       f"{float(row.selected_test_unbiased_accuracy):.3f}, worst-group "
+                       f"{float(row.selected_test_worst_group_accuracy):.3f}, gap to oracle "
+                       f"{float(row.gap_to_oracle):+.3f}" + (" (degenerate)" if bool(row.selected_degenerate) else ""))
+    return out
 
 
 PLUGIN_NOTE = (

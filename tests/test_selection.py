@@ -288,3 +288,21 @@ def test_the_report_shows_the_selection_table(tmp_path, val_sweep):
     text = out.read_text()
     assert "Model selection" in text and "validation worst-class accuracy (class labels only" in text
     assert "gap to oracle" in text
+
+
+def test_lrprobe_compute_prints_the_selection_table(val_sweep):
+    from click.testing import CliRunner
+
+    from lrscope.cli.probe import main as lrprobe
+
+    res = CliRunner().invoke(lrprobe, ["compute", str(val_sweep), "--only", "selection", "--quiet"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("model selection, parity / fcn (2 runs"))
+    rows = {ln.split()[0]: ln for ln in lines[head + 1:head + 5]}
+    assert set(rows) == {"oracle", "val_worst_group", "val_worst_class", "val_average"}
+    t = lrscope.selection_table(lrscope.open_sweep(val_sweep))
+    for c, ln in rows.items():
+        row = t.sel(criterion=c)
+        assert f"{row.selected_run.item()} @ iteration {int(row.selected_iteration)}" in ln, ln
+        assert f"unbiased {float(row.selected_test_unbiased_accuracy):.3f}" in ln, ln
