@@ -100,9 +100,10 @@ class ProbeEntry:
 
     `params`: name -> `Param` (a plain string, the older plugin form, is a Python-API parameter
     with that help and no default); `variables`: name -> `var(...)` for what it writes (names
-    unique across probes; `<v>_final` of a declared `v` is described from it); `coords`: its
-    per-run coordinates (open_sweep gives them the `run` dimension); `check(params)`: rules
-    across its parameters; `check_runs(runs, params)`: checks against the runs before anything is
+    unique across probes; `<v>_final` of a declared `v` is described from it); `describe(name)`: the
+    `var(...)` of a name it makes from a pattern (e.g. `pruning_<kind>`), None for another name;
+    `coords`: its per-run coordinates (open_sweep gives them the `run` dimension); `check(params)`:
+    rules across its parameters; `check_runs(runs, params)`: checks against the runs before anything is
     computed."""
 
     name: str
@@ -119,6 +120,7 @@ class ProbeEntry:
     runs_model: bool = False
     plugin: str = ""  # a plugin probe: its distribution and version (set when its entry point is loaded)
     variables: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    describe: Callable[[str], Mapping[str, str] | None] | None = None
     coords: tuple[str, ...] = ()
     check: Callable[[dict], None] | None = None
     check_runs: Callable[[list, dict], None] | None = None

@@ -99,7 +99,9 @@ def per_run_coords() -> list[str]:
 
 
 def describe(name: str) -> dict[str, str] | None:
-    """The attrs a probe declares for its variable (or coordinate) `name`, None if none does."""
+    """The attrs a probe declares for its variable (or coordinate) `name`: in its `variables`
+    (and `<v>_final` of such a `v`), or made by its `describe` for a pattern-made name; None if
+    no probe does."""
     for e in PROBES.values():
         if name in e.variables:
             return dict(e.variables[name])
@@ -108,6 +110,9 @@ def describe(name: str) -> dict[str, str] | None:
             d = e.variables[base]
             return {**d, "long_name": f"{d['long_name']} (final)",
                     "description": f"{base} at the run's final snapshot ({base}: {d['description']})"}
+        d = e.describe(name) if e.describe is not None else None
+        if d is not None:
+            return dict(d)
     return None
 
 

@@ -591,10 +591,11 @@ def _label_coords(ds: xr.Dataset) -> xr.Dataset:
 
 def _describe(ds: xr.Dataset, described: dict[str, dict] | None = None) -> xr.Dataset:
     """Every variable and coordinate gets its `long_name`, `description` and (where they apply)
-    `units` from `schema.describe` (or `described`, name -> attrs). A stored long_name wins (a
-    probe's names its parameters); description and units are the table's: a probe result may
-    carry those of the variable it was computed from (xarray keeps attrs through arithmetic and
-    reductions). A name nobody described keeps its attrs (the dynamics probe writes its own
+    `units` from `schema.describe` for the store's own arrays, the probes' declarations
+    (probe/registry.py:describe) for their variables, or `described` (name -> attrs). A stored
+    long_name wins (a probe's names its parameters); description and units are the table's: a
+    probe result may carry those of the variable it was computed from (xarray keeps attrs
+    through arithmetic and reductions). A name nobody described keeps its attrs (the dynamics probe writes its own
     descriptions) and gets its name as long_name if it has none."""
     from ..probe.registry import describe as declared
 

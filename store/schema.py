@@ -206,12 +206,13 @@ C_GROUP_LABEL, C_GROUP_Y, C_GROUP_B = "group_label", "group_y", "group_b"
 C_LAYER_NAME = "layer_name"  # the parameter tensor of each `layer` (state-dict name)
 
 
-# ---- what every variable means -----------------------------------------------------------
+# ---- what the store's variables mean -----------------------------------------------------
 # name -> attrs that open_run / open_sweep put on the variable of that name: long_name (a
 # short label, for axes), description (one line: what it is, how it was measured) and units
-# where they apply (iteration, count, fraction, probability, nats). A probe result's own attrs
-# win over these (its long_name may name its parameters). `describe(name)` also covers the
-# names made from patterns (`<x>_final`, attribution shares per region, pruning kinds).
+# where they apply (iteration, count, fraction, probability, nats). `describe(name)` also covers
+# the names made from patterns (`<x>_final`, per-split labels). A probe's output variables are
+# described by its declaration (`variables=`, `describe=` in @probe: probe/declare.py), which
+# store/reader.py:_describe consults after this table; a probe result's own long_name wins.
 def _d(long_name: str, description: str, units: str | None = None) -> dict[str, str]:
     return {"long_name": long_name, "description": description, **({"units": units} if units else {})}
 
@@ -346,135 +347,11 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     "status": _d("run status", "completed, diverged (a non-finite loss ended it), running or failed"),
     "stop_criterion_met": _d("stop criterion met", "whether the run's stop criterion held when it ended (False: "
                              "max_steps ended it first, or it diverged or has not ended)"),
-    # probes: accuracy
-    "unbiased_accuracy": _d("unbiased test accuracy", "accuracy on the test split, whose bias is uncorrelated with the "
-                            "class (y ⟂ b), at full snapshots; NaN at light ones", "fraction"),
-    "worst_group_accuracy": _d("worst-group accuracy", "lowest accuracy over the (y, b) groups of the test split",
-                               "fraction"),
-    "group_accuracy": _d("group accuracy", "test accuracy per (y, b) group", "fraction"),
-    "bc_accuracy": _d("bias-conflicting accuracy", "test accuracy on the bias-conflicting samples (b ≠ y)", "fraction"),
-    "ba_accuracy": _d("bias-aligned accuracy", "test accuracy on the bias-aligned samples (b = y)", "fraction"),
-    "probe_accuracy": _d("probe-subset accuracy", "accuracy on the group-balanced probe subset, at every snapshot",
-                         "fraction"),
-    "probe_worst_group_accuracy": _d("probe-subset worst-group accuracy", "lowest (y, b) group accuracy on the probe "
-                                     "subset, at every snapshot", "fraction"),
-    "train_accuracy": _d("train accuracy", "accuracy on the whole training split where it was evaluated", "fraction"),
-    # loss_ratio
-    "loss_ratio": _d("BC loss ratio", "bias-conflicting share of the step's minibatch loss: Σ BC losses / Σ all "
-                     "losses (Barsbey et al. Fig. 12)", "fraction"),
-    "max_loss_ratio": _d("max BC loss ratio", "maximum over training of a single minibatch's BC loss ratio (the "
-                         "paper's Fig. 12 quantity)", "fraction"),
-    "max_loss_ratio_smoothed": _d("max smoothed BC loss ratio", "maximum over training of the BC loss ratio's running "
-                                  "mean over one epoch of steps", "fraction"),
-    "ba_bc_loss_ratio": _d("BA/BC loss ratio", "mean bias-aligned loss / mean bias-conflicting loss on the training "
-                           "split, at snapshots with train logits"),
-    # compressibility
-    "activation_compressibility": _d("activation compressibility", "(q, κ)-compressibility of each probe sample's "
-                                     "penultimate activations (relative error of keeping the largest κ share), "
-                                     "mean over the probe subset; q and kappa in attrs"),
-    "activation_sparsity": _d("activation sparsity", "fraction of penultimate activations that are zero, mean over "
-                              "the probe subset", "fraction"),
-    "activation_pq_index": _d("activation PQ-index", "PQ-index (p = 1, q = 2) of each probe sample's penultimate "
-                              "activations, mean over the probe subset (higher: sparser)"),
-    "param_compressibility": _d("parameter compressibility", "(q, κ)-compressibility of all weights together at the "
-                                "last checkpoint"),
-    "param_pq_index": _d("parameter PQ-index", "PQ-index (p = 1, q = 2) of all weights together at the last "
-                         "checkpoint"),
-    "param_sparsity": _d("parameter sparsity", "fraction of weights within 1e-8 of zero at the last checkpoint",
-                         "fraction"),
-    "layer_param_compressibility": _d("parameter compressibility per layer", "(q, κ)-compressibility of each "
-                                      "parameter tensor at the last checkpoint (names: layer_name)"),
-    "layer_param_pq_index": _d("parameter PQ-index per layer", "PQ-index of each parameter tensor at the last "
-                               "checkpoint (names: layer_name)"),
-    # representation
-    "csi": _d("class selectivity index", "CSI of each penultimate neuron on the probe subset: selectivity with "
-              "coverage for the class label y (Barsbey et al. §3.3)"),
-    "bsi": _d("bias selectivity index", "BSI of each penultimate neuron: selectivity for the bias label b"),
-    "csi_mean": _d("average CSI", "mean CSI over the penultimate neurons: core-feature utilisation"),
-    "bsi_mean": _d("average BSI", "mean BSI over the penultimate neurons: spurious-feature utilisation"),
-    "class_separation": _d("class separation R²", "R² class separation of the penultimate activations of the probe "
-                           "subset (Kornblith et al.)"),
-    "class_dominant_fraction": _d("class-dominant neurons", "fraction of penultimate neurons whose CSI exceeds their "
-                                  "BSI", "fraction"),
-    "class_neuron_survival": _d("class-dominant survival", "fraction of the snapshot's class-dominant neurons that are "
-                                "still class-dominant at the final snapshot", "fraction"),
-    "bias_neuron_survival": _d("bias-dominant survival", "fraction of the snapshot's bias-dominant neurons that are "
-                               "still bias-dominant at the final snapshot", "fraction"),
-    # feature_quality
-    "core_probe_error": _d("core linear-probe error", "error of a logistic-regression probe for the class y on the "
-                           "penultimate activations (Springer et al.)", "fraction"),
-    "spurious_probe_error": _d("spurious linear-probe error", "error of a logistic-regression probe for the bias "
-                               "label b on the penultimate activations", "fraction"),
-    # pruning
-    "prunability": _d("κ-prunability", "mean over κ of the retention ratio Acc(f^κ) / Acc(f) after structured "
-                      "pruning (lowest incoming-weight L2 norms per layer) at the last checkpoint, not clipped; "
-                      "the paper's text sums the ratios over κ, its Table 1 is on the scale of the mean "
-                      "(prunability_sum holds the sum)"),
-    "prunability_sum": _d("κ-prunability as a sum", "sum over κ of the retention ratio Acc(f^κ) / Acc(f) after "
-                          "structured pruning: the reading of the paper's text (Barsbey et al. 2025, §3.2); "
-                          "prunability is the mean"),
-    "pruned_accuracy": _d("mean pruned accuracy", "mean over κ of the accuracy after structured pruning, Acc(f^κ) "
-                          "(an extra view, not the paper's prunability)", "fraction"),
-    "criterion": _d("pruning criterion", "how structured pruning ranks the units it removes (incoming: lowest "
-                    "incoming-weight L2 norm per layer, the default; incoming-global; outgoing; in-x-out)"),
-    "pruning_by_criterion": _d("structured pruning curve per criterion", "accuracy after structured pruning of a "
-                               "fraction κ of the units, ranked by each criterion, at the last checkpoint", "fraction"),
-    "pruning_by_criterion_se": _d("standard error (pruning per criterion)", "binomial standard error "
-                                  "sqrt(a(1 − a)/n) of pruning_by_criterion over the n = pruning_samples samples",
-                                  "fraction"),
-    "prunability_by_criterion": _d("κ-prunability per criterion", "mean over κ of Acc(f^κ) / Acc(f) after "
-                                   "structured pruning ranked by each criterion (not clipped)"),
-    "pruning_samples": _d("pruning evaluation samples", "number of samples every pruned network was evaluated on",
-                          "count"),
-    # importance
-    "importance_gini": _d("importance Gini (snapshot train logits)", "Gini coefficient of the per-sample importance "
-                          "weights 1 − p(y|x) on the training split, from the train logits stored at snapshots where "
-                          "the train split was evaluated (Springer et al.); NaN at the others"),
-    "importance_lorenz": _d("importance Lorenz curve (snapshot train logits)", "share of the total importance weight "
-                            "held by the top fraction of training samples, from the stored train logits at the first "
-                            "and the last snapshot that has them", "fraction"),
-    "lorenz_snapshot": _d("Lorenz-curve snapshot", "snapshot position each Lorenz curve was taken at"),
-    "importance_epoch_gini": _d("importance Gini per epoch", "Gini coefficient of the importance weights 1 − p(y|x) "
-                                "of the training samples at their presentation in the epoch's minibatches (minibatch "
-                                "log), over all, the bias-aligned and the bias-conflicting samples (Springer et al.)"),
-    "importance_epoch_samples": _d("samples weighted per epoch", "training samples with a prediction in the epoch's "
-                                   "minibatches, per subset", "count"),
-    "importance_epoch_bc_share": _d("bias-conflicting share of importance", "share of the epoch's total importance "
-                                    "weight 1 − p(y|x) held by the bias-conflicting training samples", "fraction"),
-    "importance_epoch_lorenz": _d("importance Lorenz curve per epoch", "share of the epoch's total importance weight "
-                                  "held by the top fraction of training samples (minibatch log), at the epochs "
-                                  "importance_lorenz_epoch", "fraction"),
-    "importance_lorenz_epoch": _d("Lorenz-curve epoch", "epoch of each per-epoch Lorenz curve: the first to the last "
-                                  "complete one, geometrically spaced (repeats when the run has fewer epochs)"),
-    "lorenz_epoch_at": _d("per-epoch Lorenz curve", "position of a per-epoch Lorenz curve (0: the first epoch, the "
-                          "last: the last complete epoch; which epochs: importance_lorenz_epoch)"),
-    # selection (probe/selection.py)
-    "selection_test_unbiased_accuracy": _d("test unbiased accuracy (selection)", "accuracy on the test split at the "
-                                           "full snapshot (the paper's unbiased accuracy where y and b are independent "
-                                           "there): what a selection's pick is judged by; NaN at light snapshots",
-                                           "fraction"),
-    "selection_test_worst_group_accuracy": _d("test worst-group accuracy (selection)", "lowest (y, b)-group accuracy "
-                                              "on the test split at the full snapshot: the oracle's criterion and what "
-                                              "a pick is judged by", "fraction"),
-    "val_worst_group_accuracy": _d("validation worst-group accuracy", "lowest (y, b)-group accuracy on the validation "
-                                   "split at the full snapshot: model selection with group labels", "fraction"),
-    "val_worst_class_accuracy": _d("validation worst-class accuracy", "lowest per-class accuracy on the validation "
-                                   "split at the full snapshot: model selection without group labels", "fraction"),
-    "val_average_accuracy": _d("validation average accuracy", "accuracy on the validation split (distributed like the "
-                               "training data: the training-group-weighted average accuracy) at the full snapshot: "
-                               "model selection without group labels", "fraction"),
-    "predicted_classes": _d("classes predicted (test split)", "number of distinct classes the network predicts over "
-                            "the test split at the full snapshot; 1: degenerate (one class everywhere)", "count"),
 }
-_PRUNING_KINDS = {"structured": "whole units of every hidden layer (neurons, filters) by incoming-weight L2 norm",
-                  "magnitude": "single weights by "
-                  "magnitude", "column": "input columns of each layer by norm"}
-_ATTR_METHODS = {"ig": "Integrated Gradients", "deeplift": "DeepLift"}
-
-
 def describe(name: str) -> dict[str, str] | None:
     """The attrs of DESCRIPTIONS for a variable name, including the pattern-made names; None
-    for a name nobody described."""
+    for a name it does not describe (a probe's variables are described by their probe's
+    declaration: probe/registry.py:describe)."""
     if name in DESCRIPTIONS:
         return DESCRIPTIONS[name]
     if name.endswith("_final") and name[:-6] in DESCRIPTIONS:
@@ -488,28 +365,6 @@ def describe(name: str) -> dict[str, str] | None:
             return _d(f"{split} {long}", f"{desc}, per sample of the {words}")
     if name == "probe_test_index":
         return _d("test position", "position in the test split of each probe-subset sample")
-    for kind, how in _PRUNING_KINDS.items():
-        if name == f"pruning_{kind}":
-            return _d(f"{kind} pruning curve", f"accuracy after pruning a fraction κ ({how}) at the last checkpoint",
-                      "fraction")
-        if name == f"pruning_{kind}_se":
-            return _d(f"standard error ({kind} pruning)", f"binomial standard error sqrt(a(1 − a)/n) of pruning_{kind} "
-                      "over the n = pruning_samples samples", "fraction")
-        if name == f"prunability_{kind}":
-            return _d(f"κ-prunability ({kind})", f"mean over κ of Acc(f^κ) / Acc(f), pruning {how} (not clipped)")
-    method, _, rest = name.partition("_")
-    if method in _ATTR_METHODS:
-        full = _ATTR_METHODS[method]
-        if rest == "entropy":
-            return _d(f"{full} entropy", f"normalised entropy of the |{full}| attribution over the input, mean over "
-                      "the attributed probe samples (1: spread evenly)")
-        if rest == "maps":
-            return _d(f"{full} maps", f"{full} attributions of up to 16 probe samples, taken in turn from every "
-                      "(y, b) group (labels: map_y, map_b), at the last attributed checkpoint")
-        if rest.endswith("_share"):
-            region = rest[:-6]
-            return _d(f"{full} share on {region}", f"share of the |{full}| attribution mass on the {region} inputs, "
-                      "mean over the attributed probe samples", "fraction")
     return None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..declare import Headline, probe
+from ..declare import Headline, probe, var
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -27,6 +27,22 @@ if TYPE_CHECKING:
     headline=(Headline("unbiased_accuracy_final", "unbiased test accuracy", "unb.acc"),
     Headline("worst_group_accuracy_final", "worst-group accuracy", "worst"),
     Headline("average_accuracy_final", "average accuracy (training-group weighted)")),
+    variables={
+        "unbiased_accuracy": var("unbiased test accuracy", "accuracy on the test split, whose bias is uncorrelated "
+                                 "with the class (y ⟂ b), at full snapshots; NaN at light ones", "fraction"),
+        "worst_group_accuracy": var("worst-group accuracy", "lowest accuracy over the (y, b) groups of the test split",
+                                    "fraction"),
+        "group_accuracy": var("group accuracy", "test accuracy per (y, b) group", "fraction"),
+        "bc_accuracy": var("bias-conflicting accuracy", "test accuracy on the bias-conflicting samples (b ≠ y)",
+                           "fraction"),
+        "ba_accuracy": var("bias-aligned accuracy", "test accuracy on the bias-aligned samples (b = y)", "fraction"),
+        "probe_accuracy": var("probe-subset accuracy", "accuracy on the group-balanced probe subset, at every snapshot",
+                              "fraction"),
+        "probe_worst_group_accuracy": var("probe-subset worst-group accuracy", "lowest (y, b) group accuracy on the "
+                                          "probe subset, at every snapshot", "fraction"),
+        "train_accuracy": var("train accuracy", "accuracy on the whole training split where it was evaluated",
+                              "fraction"),
+    },
 )
 def probe_accuracy(ctx: Context) -> xr.Dataset:
     """Unbiased, worst-group, per-group, BA/BC accuracy per snapshot (test split at full
@@ -97,6 +113,16 @@ def _train_weighted(group_acc: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
     format=4,  # max_loss_ratio is the per-minibatch maximum (was the epoch running mean's)
     cost="reads the log (~0.01x)",
     samples="every training minibatch (the log), and the whole training split at snapshots with train logits",
+    variables={
+        "loss_ratio": var("BC loss ratio", "bias-conflicting share of the step's minibatch loss: Σ BC losses / Σ all "
+                          "losses (Barsbey et al. Fig. 12)", "fraction"),
+        "max_loss_ratio": var("max BC loss ratio", "maximum over training of a single minibatch's BC loss ratio (the "
+                              "paper's Fig. 12 quantity)", "fraction"),
+        "max_loss_ratio_smoothed": var("max smoothed BC loss ratio", "maximum over training of the BC loss ratio's "
+                                       "running mean over one epoch of steps", "fraction"),
+        "ba_bc_loss_ratio": var("BA/BC loss ratio", "mean bias-aligned loss / mean bias-conflicting loss on the "
+                                "training split, at snapshots with train logits"),
+    },
 )
 def probe_loss_ratio(ctx: Context) -> xr.Dataset:
     import xarray as xr

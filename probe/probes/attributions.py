@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...errors import LrscopeError
-from ..declare import param, probe
+from ..declare import param, probe, var
 
 if TYPE_CHECKING:
     import numpy as np
@@ -117,6 +117,28 @@ def attributed_checkpoints(ctx: Context) -> list[int]:
     return _checkpoints(ctx)
 
 
+ATTR_METHODS = {"ig": "Integrated Gradients", "deeplift": "DeepLift"}
+
+
+def _describe(name: str) -> dict[str, str] | None:
+    """The attrs of a per-method variable (<method>_entropy, <method>_maps, <method>_<region>_share)."""
+    method, _, rest = name.partition("_")
+    if method not in ATTR_METHODS:
+        return None
+    full = ATTR_METHODS[method]
+    if rest == "entropy":
+        return var(f"{full} entropy", f"normalised entropy of the |{full}| attribution over the input, mean over "
+                   "the attributed probe samples (1: spread evenly)")
+    if rest == "maps":
+        return var(f"{full} maps", f"{full} attributions of up to 16 probe samples, taken in turn from every "
+                   "(y, b) group (labels: map_y, map_b), at the last attributed checkpoint")
+    if rest.endswith("_share"):
+        region = rest[:-6]
+        return var(f"{full} share on {region}", f"share of the |{full}| attribution mass on the {region} inputs, "
+                   "mean over the attributed probe samples", "fraction")
+    return None
+
+
 @probe(
     "attributions",
     "Integrated Gradients and DeepLift (Captum) on up to 256 group-balanced probe inputs at the chosen "
@@ -147,6 +169,7 @@ def attributed_checkpoints(ctx: Context) -> list[int]:
     check=_check_segmenter,
     check_runs=_check_checkpoint_range,
     coords=("attr_iteration", "attr_checkpoint_position"),
+    describe=_describe,
 )
 def probe_attributions(ctx: Context) -> xr.Dataset:
     """Integrated Gradients and DeepLift on the probe inputs (up to 256, group-balanced) at the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..declare import Headline, param, probe
+from ..declare import Headline, param, probe, var
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -17,6 +17,24 @@ def _check_criteria(value) -> None:
     from ..pruning import check_criteria
 
     check_criteria(value)
+
+
+PRUNING_KINDS = {"structured": "whole units of every hidden layer (neurons, filters) by incoming-weight L2 norm",
+                 "magnitude": "single weights by magnitude", "column": "input columns of each layer by norm"}
+
+
+def _describe(name: str) -> dict[str, str] | None:
+    """The attrs of a per-kind variable (pruning_<kind>, pruning_<kind>_se, prunability_<kind>)."""
+    for kind, how in PRUNING_KINDS.items():
+        if name == f"pruning_{kind}":
+            return var(f"{kind} pruning curve", f"accuracy after pruning a fraction κ ({how}) at the last checkpoint",
+                       "fraction")
+        if name == f"pruning_{kind}_se":
+            return var(f"standard error ({kind} pruning)", f"binomial standard error sqrt(a(1 − a)/n) of "
+                       f"pruning_{kind} over the n = pruning_samples samples", "fraction")
+        if name == f"prunability_{kind}":
+            return var(f"κ-prunability ({kind})", f"mean over κ of Acc(f^κ) / Acc(f), pruning {how} (not clipped)")
+    return None
 
 
 @probe(
@@ -39,6 +57,7 @@ def _check_criteria(value) -> None:
     samples="the whole test split rebuilt from the config (its size: pruning_samples; each accuracy's standard "
     "error: *_se), else the probe subset",
     runs_model=True,
+    describe=_describe,
     headline=(Headline("prunability", "prunability", "prun"),
     Headline("pruned_accuracy", "mean pruned accuracy")),
     params={
@@ -50,6 +69,29 @@ def _check_criteria(value) -> None:
         "eval_samples": param(None, "evaluate on a group-balanced subset of at most N test samples (default: all of "
                               "the test split; the pruning_*_se variables give each accuracy's standard error)",
                               kind=int, lo=1, hi=1 << 31, flag="--pruning-samples", metavar="N"),
+    },
+    variables={
+        "prunability": var("κ-prunability", "mean over κ of the retention ratio Acc(f^κ) / Acc(f) after structured "
+                           "pruning (lowest incoming-weight L2 norms per layer) at the last checkpoint, not clipped; "
+                           "the paper's text sums the ratios over κ, its Table 1 is on the scale of the mean "
+                           "(prunability_sum holds the sum)"),
+        "prunability_sum": var("κ-prunability as a sum", "sum over κ of the retention ratio Acc(f^κ) / Acc(f) after "
+                               "structured pruning: the reading of the paper's text (Barsbey et al. 2025, §3.2); "
+                               "prunability is the mean"),
+        "pruned_accuracy": var("mean pruned accuracy", "mean over κ of the accuracy after structured pruning, "
+                               "Acc(f^κ) (an extra view, not the paper's prunability)", "fraction"),
+        "criterion": var("pruning criterion", "how structured pruning ranks the units it removes (incoming: lowest "
+                         "incoming-weight L2 norm per layer, the default; incoming-global; outgoing; in-x-out)"),
+        "pruning_by_criterion": var("structured pruning curve per criterion", "accuracy after structured pruning of a "
+                                    "fraction κ of the units, ranked by each criterion, at the last checkpoint",
+                                    "fraction"),
+        "pruning_by_criterion_se": var("standard error (pruning per criterion)", "binomial standard error sqrt(a(1 − "
+                                       "a)/n) of pruning_by_criterion over the n = pruning_samples samples",
+                                       "fraction"),
+        "prunability_by_criterion": var("κ-prunability per criterion", "mean over κ of Acc(f^κ) / Acc(f) after "
+                                        "structured pruning ranked by each criterion (not clipped)"),
+        "pruning_samples": var("pruning evaluation samples", "number of samples every pruned network was evaluated on",
+                               "count"),
     },
 )
 def probe_pruning(ctx: Context) -> xr.Dataset:

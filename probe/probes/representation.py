@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..declare import Headline, param, probe
+from ..declare import Headline, param, probe, var
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -25,6 +25,25 @@ if TYPE_CHECKING:
     headline=(Headline("activation_compressibility_final", "activation compressibility"),),
     params={"kappa": param(0.1, "the κ of the (q, κ)-compressibility", lo=0, hi=1),
             "q": param(2, "the q of the (q, κ)-compressibility", kind=float, lo=1, lo_open=True)},
+    variables={
+        "activation_compressibility": var("activation compressibility", "(q, κ)-compressibility of each probe "
+                                          "sample's penultimate activations (relative error of keeping the largest κ "
+                                          "share), mean over the probe subset; q and kappa in attrs"),
+        "activation_sparsity": var("activation sparsity", "fraction of penultimate activations that are zero, mean "
+                                   "over the probe subset", "fraction"),
+        "activation_pq_index": var("activation PQ-index", "PQ-index (p = 1, q = 2) of each probe sample's penultimate "
+                                   "activations, mean over the probe subset (higher: sparser)"),
+        "param_compressibility": var("parameter compressibility", "(q, κ)-compressibility of all weights together at "
+                                     "the last checkpoint"),
+        "param_pq_index": var("parameter PQ-index", "PQ-index (p = 1, q = 2) of all weights together at the last "
+                              "checkpoint"),
+        "param_sparsity": var("parameter sparsity", "fraction of weights within 1e-8 of zero at the last checkpoint",
+                              "fraction"),
+        "layer_param_compressibility": var("parameter compressibility per layer", "(q, κ)-compressibility of each "
+                                           "parameter tensor at the last checkpoint (names: layer_name)"),
+        "layer_param_pq_index": var("parameter PQ-index per layer", "PQ-index of each parameter tensor at the last "
+                                    "checkpoint (names: layer_name)"),
+    },
 )
 def probe_compressibility(ctx: Context) -> xr.Dataset:
     import json
@@ -79,6 +98,21 @@ def probe_compressibility(ctx: Context) -> xr.Dataset:
     samples="the probe subset",
     headline=(Headline("csi_mean_final", "average CSI", "CSI"),
     Headline("class_separation_final", "class separation R²")),
+    variables={
+        "csi": var("class selectivity index", "CSI of each penultimate neuron on the probe subset: selectivity with "
+                   "coverage for the class label y (Barsbey et al. §3.3)"),
+        "bsi": var("bias selectivity index", "BSI of each penultimate neuron: selectivity for the bias label b"),
+        "csi_mean": var("average CSI", "mean CSI over the penultimate neurons: core-feature utilisation"),
+        "bsi_mean": var("average BSI", "mean BSI over the penultimate neurons: spurious-feature utilisation"),
+        "class_separation": var("class separation R²", "R² class separation of the penultimate activations of the "
+                                "probe subset (Kornblith et al.)"),
+        "class_dominant_fraction": var("class-dominant neurons", "fraction of penultimate neurons whose CSI exceeds "
+                                       "their BSI", "fraction"),
+        "class_neuron_survival": var("class-dominant survival", "fraction of the snapshot's class-dominant neurons "
+                                     "that are still class-dominant at the final snapshot", "fraction"),
+        "bias_neuron_survival": var("bias-dominant survival", "fraction of the snapshot's bias-dominant neurons that "
+                                    "are still bias-dominant at the final snapshot", "fraction"),
+    },
 )
 def probe_representation(ctx: Context) -> xr.Dataset:
     import xarray as xr
@@ -114,6 +148,12 @@ def probe_representation(ctx: Context) -> xr.Dataset:
     format=4,  # two-label probes fit scikit-learn's binary objective (was the 2-class multinomial)
     cost="two small fits per snapshot (~0.04x on the demo sweep, ~0.013x of the CNN run)",
     samples="the probe subset: fitted on one half, the error measured on the other (halves stratified by group)",
+    variables={
+        "core_probe_error": var("core linear-probe error", "error of a logistic-regression probe for the class y on "
+                                "the penultimate activations (Springer et al.)", "fraction"),
+        "spurious_probe_error": var("spurious linear-probe error", "error of a logistic-regression probe for the bias "
+                                    "label b on the penultimate activations", "fraction"),
+    },
 )
 def probe_feature_quality(ctx: Context) -> xr.Dataset:
     from ..context import final_value, without_bias
