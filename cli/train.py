@@ -208,6 +208,7 @@ def preflight(cfg, out, run_id: str, data=None):
     dataset when the caller built it already."""
     import torch
 
+    from ..store.reader import store_exists
     from ..train.data import build_dataset
     from ..train.loop import CHECK_SAMPLES, pick_device, store_path
     from ..train.placement import check_budgets
@@ -216,7 +217,7 @@ def preflight(cfg, out, run_id: str, data=None):
 
     check_budgets()  # $LRSCOPE_*_BUDGET_BYTES: read by the loop, checked before anything is touched
     path = store_path(out, run_id)
-    if (path / "zarr.json").exists():
+    if store_exists(path):
         return None
     if path.exists() and not path.is_dir():
         raise StoreError(f"{path} exists and is not a run store; refusing to overwrite it")
@@ -246,13 +247,14 @@ def preflight_sweep(configs, out) -> None:
     (into the dataset cache, where the workers find it), each distinct model checked on it."""
     import json
 
+    from ..store.reader import store_exists
     from ..train.loop import store_path
 
     def data_key(c):
         return json.dumps([c.dataset, c.data_seed, c.bias_conflicting_ratio, c.data_root, c.data_options],
                           sort_keys=True)
 
-    fresh = [c for c in configs if not (store_path(out, c.run_id()) / "zarr.json").exists()]
+    fresh = [c for c in configs if not store_exists(store_path(out, c.run_id()))]
     groups: dict[str, list] = {}
     for c in fresh:
         groups.setdefault(data_key(c), []).append(c)

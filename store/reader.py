@@ -757,6 +757,23 @@ def sweep_key(config: dict) -> tuple[str, str]:
     return str(config["dataset"]), str(config["model"])
 
 
+def store_exists(path) -> bool:
+    """Whether `path` holds a Zarr group's root metadata: a run store, possibly one whose creation
+    was cut off (`half_created`)."""
+    return (Path(path) / "zarr.json").is_file()
+
+
+def half_created(path) -> bool:
+    """A store whose creation was cut off before its attributes were written: nothing but an
+    attribute-less root zarr.json (anything else is never deleted)."""
+    import os
+
+    try:
+        return set(os.listdir(path)) <= {"zarr.json"} and not zarr.open_group(str(path), mode="r").attrs.asdict()
+    except Exception:
+        return False
+
+
 def group_sweeps(paths, *, skip_unreadable: bool = False) -> dict[tuple[str, str], list[tuple[Path, dict]]]:
     """The run stores under `paths` (as `find_runs`) grouped into sweeps by `sweep_key`, each run
     with its checked root attributes (`run_attrs`: no array is opened), sweeps and runs in the

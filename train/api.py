@@ -40,11 +40,11 @@ import torch
 
 from ..errors import ConfigError, DataError, LrscopeError, StoreError
 from ..store import schema as S
-from ..store.reader import open_store
+from ..store.reader import half_created, open_store, store_exists
 from ..store.writer import RunWriter
 from .config import EXECUTION_FIELDS, OPTIMIZERS, RunConfig, check_run_id
 from .data import DataBundle, as_model_input, probe_subset
-from .loop import Trainer, _half_created, create_store, locked_output, store_path
+from .loop import Trainer, create_store, locked_output, store_path
 from .optim import load_optimizer
 from .placement import Placed, choose, dataset_bytes
 from .recipes import bundle_from_arrays
@@ -355,8 +355,8 @@ class Recorder:
     # ------------------------------------------------------------------ opening
     def _open(self) -> None:
         path = self.path
-        fresh = not (path / "zarr.json").exists()
-        if not fresh and _half_created(path):
+        fresh = not store_exists(path)
+        if not fresh and half_created(path):
             shutil.rmtree(path)
             fresh = True
         if not fresh:

@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 
 from ..errors import ConfigError, LrscopeError, StoreError
 from ..store import schema as S
 from ..store.lock import RunLock
 from ..store.nesting import check_not_in_store
-from ..store.reader import open_store
+from ..store.reader import half_created, open_store, store_exists
 from ..store.writer import RunWriter
 from .config import RunConfig, check_run_id
 from .data import DataBundle, Split, as_model_input, build_dataset, probe_subset
@@ -200,8 +199,8 @@ def train_run(cfg: RunConfig, out: str | os.PathLike, *, run_id: str | None = No
 
 
 def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle | None, lock: RunLock) -> RunResult:
-    resume = (path / "zarr.json").exists()
-    if resume and _half_created(path):
+    resume = store_exists(path)
+    if resume and half_created(path):
         shutil.rmtree(path)
         resume = False
     if resume:
@@ -318,15 +317,6 @@ def create_store(path, cfg, bundle, model, probe_idx, device, lock, placement: s
     w.root.attrs.update({S.ATTR_DATA_PLACEMENT: placement})  # beside `device`: where the data lived
     return w
 
-
-
-def _half_created(path: Path) -> bool:
-    """A store whose creation was cut off before its attributes were written: nothing but an
-    attribute-less zarr.json (anything else is never deleted)."""
-    try:
-        return set(os.listdir(path)) <= {"zarr.json"} and not zarr.open_group(str(path), mode="r").attrs.asdict()
-    except Exception:
-        return False
 
 
 def _label_arrays(bundle: DataBundle, split: Split, pos: np.ndarray) -> dict[str, np.ndarray]:
