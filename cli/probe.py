@@ -36,7 +36,7 @@ def probe_options(fn):
     declaration, and which probes take it. The values are checked against the declaration in
     `probe_params`."""
     from ..probe.registry import PARAM_DECLS, PROBES
-    from .train import KnobOption, _range_text
+    from .train import KnobOption, range_text_of
 
     for name, p in reversed(list(PARAM_DECLS.items())):
         if not p.cli:
@@ -49,7 +49,7 @@ def probe_options(fn):
             kw["type"] = click.Path(dir_okay=False)
         elif kind in (int, float):
             kw["type"] = kind
-            kw["range_text"] = _range_text({"lo": p.lo, "hi": p.hi, "lo_open": p.lo_open, "hi_open": p.hi_open})
+            kw["range_text"] = range_text_of({"lo": p.lo, "hi": p.hi, "lo_open": p.lo_open, "hi_open": p.hi_open})
         else:
             kw["type"] = str
         metavar = p.metavar or (f"[{'|'.join(p.choices)}]" if p.choices else None)

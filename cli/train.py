@@ -59,19 +59,19 @@ def flag_of(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _range_text(md: dict) -> str:
+def range_text_of(md: dict) -> str:
     """A declared range in click's notation (0<=x<1, x>0)."""
-    from ..train.config import _num
+    from ..train.checks import number_text
 
     lo, hi = md["lo"], md["hi"]
     if hi is not None and hi >= SHOWN_BOUND:
         hi = None
-    left = "" if lo is None else f"{_num(lo)}{'<' if md['lo_open'] else '<='}"
-    right = "" if hi is None else f"{'<' if md['hi_open'] else '<='}{_num(hi)}"
+    left = "" if lo is None else f"{number_text(lo)}{'<' if md['lo_open'] else '<='}"
+    right = "" if hi is None else f"{'<' if md['hi_open'] else '<='}{number_text(hi)}"
     if lo is None and hi is None:
         return ""
     if hi is None:
-        return f"x{'>' if md['lo_open'] else '>='}{_num(lo)}"
+        return f"x{'>' if md['lo_open'] else '>='}{number_text(lo)}"
     return f"{left}x{right}"
 
 
@@ -129,7 +129,7 @@ def config_options(fn):
         form = CLI_FORMS.get(f.name, {})
         kw: dict = {"help": option_help(f), "cls": KnobOption}
         if kind in (int, float):
-            kw["range_text"] = _range_text(f.metadata)
+            kw["range_text"] = range_text_of(f.metadata)
         if kind is bool:
             kw.update(is_flag=True, default=f.default)
         elif form.get("required"):
@@ -338,11 +338,11 @@ def sweep_cmd(spec, out, workers, scheduler, data_root, device, data_placement, 
 
 def options_lines(options: dict, defaults: dict, indent: str = "      ") -> list[str]:
     """'name = default: type and range (help)' per declared option of a dataset or model."""
-    from ..train.config import _describe
+    from ..train.checks import describe_range
 
     out = []
     for k, spec in options.items():
-        desc = _describe(spec["kind"], spec.get("lo"), spec.get("hi"), spec.get("lo_open", False),
+        desc = describe_range(spec["kind"], spec.get("lo"), spec.get("hi"), spec.get("lo_open", False),
                          spec.get("hi_open", False), spec.get("choices"), spec.get("nullable", False))
         note = f"; {spec['help']}" if spec.get("help") else ""
         out.append(f"{indent}{k} = {json.dumps(defaults.get(k))}: {desc}{note}")

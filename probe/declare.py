@@ -56,7 +56,7 @@ class Param:
 
     def validate(self, name: str, value) -> None:
         """LrscopeError in one line unless `value` is a valid value of this parameter."""
-        from ..train.config import check_value
+        from ..train.checks import check_value
 
         kind = self.type
         if kind == "path":

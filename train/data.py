@@ -55,7 +55,7 @@ def check_data_options(name: str, options: dict) -> dict:
     """Raise ConfigError unless `options` are valid data options of dataset `name` (known names,
     types, ranges, and the dataset's own joint rules); nothing is built. Returns the options
     over the builder's defaults."""
-    from .config import check_value
+    from .checks import check_value
 
     e = entry(name)
     check_value("data_options", options, dict)
@@ -231,14 +231,14 @@ def build_dataset(name: str, *, seed: int = 0, bias_conflicting_ratio: float | N
     ``data_root`` is passed to the datasets that read files. ``val_fraction``: the share of the
     training pool held out as the validation split when the dataset ships none
     (`hold_out_validation`; RunConfig.val_fraction)."""
-    from .config import check_value
+    from .checks import check_value
 
     check_value("val_fraction", val_fraction, float, lo=0, hi=0.5)
     e = entry(name)
     if e.rho_train is None and bias_conflicting_ratio is not None:
         raise ConfigError(f"{name!r} has no bias-conflicting ratio to set (its bias is natural or absent)")
     if bias_conflicting_ratio is not None:
-        from .config import check_value
+        from .checks import check_value
 
         check_value("bias-conflicting ratio", bias_conflicting_ratio, float, lo=0, hi=1)
     check_data_options(name, options)

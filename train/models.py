@@ -6,71 +6,17 @@ this module loads without torch (`lrtrain models` answers at once).
 
 from __future__ import annotations
 
-import inspect
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from .config import option
+from .checks import option
 
 if TYPE_CHECKING:
     from torch import nn
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    """One model, declared once: `lrtrain models` prints it, `create_model` builds from it."""
-
-    name: str
-    build: Callable[..., nn.Module]  # keywords: input_shape, num_classes, widths (when takes_widths), the options
-    description: str  # the builder's docstring
-    options: Mapping[str, dict]  # model option -> its declaration (`option`)
-    defaults: Mapping[str, Any]  # model option -> the builder's default
-    image: bool = False  # needs image inputs (C, H, W)
-    batchable: bool = False  # `lrtrain sweep --batched` stacks its runs (train/batched.py)
-    heavy: bool = False  # slow on a CPU: its dataset pairs are in the slow test suite
-    takes_widths: bool = False  # built from the config field `widths` (the others ignore it)
-    check: Callable[[dict, list | None], None] | None = None  # (options over defaults, widths): no building
-    # Its penultimate representation can be negative (not a ReLU output). Selectivity (CSI, BSI)
-    # and activation sparsity are defined on non-negative activations: for these models they are
-    # computed on the rectified representation max(0, h) (probe/runner.py `selective_features`).
-    signed_features: bool = False
-
-
-MODELS: dict[str, ModelEntry] = {}
-_BUILT_IN = ("input_shape", "num_classes", "widths")  # keywords every builder may take that are not options
-
-
-def model_entry(fn, *, name: str, options: dict[str, dict] | None = None, image: bool = False,
-                batchable: bool = False, heavy: bool = False, check=None, signed_features: bool = False) -> ModelEntry:
-    """The registry entry of builder `fn` under `name`, its declared options checked against the
-    keywords it takes (a TypeError when they differ: a programming error). `register_model` puts it
-    in MODELS; a plugin's builder carries it (train/plugins.py: `plugin_model`)."""
-    params = inspect.signature(fn).parameters
-    taken = set(params) - set(_BUILT_IN)
-    if taken != set(options or {}):  # a programming error: declared and taken options differ
-        raise TypeError(f"model {name!r}: declared options {sorted(options or {})} != builder's {sorted(taken)}")
-    defaults = {k: params[k].default for k in options or {}}
-    return ModelEntry(name, fn, inspect.cleandoc(fn.__doc__ or ""), dict(options or {}), defaults,
-                      image, batchable, heavy, "widths" in params, check, signed_features)
-
-
-def register_model(fn=None, *, name: str | None = None, options: dict[str, dict] | None = None, image: bool = False,
-                   batchable: bool = False, heavy: bool = False, check=None, signed_features: bool = False):
-    """Register a model builder (``@register_model`` or ``@register_model(options={...}, ...)``)
-    under its function's name. Builders take ``input_shape``, ``num_classes``, ``widths`` if they
-    are built from the config's widths, and exactly their declared options."""
-    def deco(fn):
-        key = name or fn.__name__
-        e = model_entry(fn, name=key, options=options, image=image, batchable=batchable, heavy=heavy, check=check,
-                        signed_features=signed_features)
-        if key in MODELS:
-            raise TypeError(f"model {key!r} registered twice")
-        MODELS[key] = e
-        return fn
-
-    return deco(fn) if fn is not None else deco
+from .model_registry import _BUILT_IN, MODELS, ModelEntry, model_entry, register_model  # noqa: F401 - the registry
 
 
 def entry(name: str) -> ModelEntry:
@@ -87,7 +33,7 @@ def param_gb(n: int) -> str:
 
 def check_param_count(n: int, what: str) -> None:
     """Refuse a model of more than MAX_PARAMS parameters before it is allocated."""
-    from .config import MAX_PARAMS
+    from .checks import MAX_PARAMS
 
     if n > MAX_PARAMS:
         raise ConfigError(f"{what} has {n:,} parameters ({param_gb(n)}); the limit is {MAX_PARAMS:,} "
@@ -97,7 +43,7 @@ def check_param_count(n: int, what: str) -> None:
 def check_model_options(name: str, options: dict, widths: list[int] | None = None) -> None:
     """Raise ConfigError unless `options` are valid model options of `name` (known names, types,
     ranges) and the model is not too large for what can be told without the data; nothing is built."""
-    from .config import check_value
+    from .checks import check_value
 
     e = entry(name)
     check_value("model_options", options, dict)
@@ -135,7 +81,7 @@ def create_model(name: str, *, input_shape: tuple[int, ...], num_classes: int, *
 # ------------------------------------------------------------------------------- the models
 def _check_fcn(options: dict, widths) -> None:
     if widths is not None:
-        from .config import MAX_WIDTH, check_value
+        from .checks import MAX_WIDTH, check_value
 
         check_value("widths", widths, list, lo=1, hi=MAX_WIDTH)
         # the hidden layers alone (the first layer's size depends on the data)

@@ -128,7 +128,7 @@ def plugin_model(fn=None, *, options: dict[str, dict] | None = None, image: bool
     takes ``input_shape`` and ``num_classes`` keywords and exactly its declared options, and
     returns any ``torch.nn.Module`` (``--features-at NAME`` names the module whose input is its
     penultimate representation) or a ``lrscope.train.nets.FeatureNet``."""
-    from .models import model_entry
+    from .model_registry import model_entry
 
     def deco(fn):
         e = model_entry(fn, name=f"{fn.__module__}:{fn.__qualname__}", options=options, image=image, heavy=heavy,
@@ -160,7 +160,7 @@ def _declared(kind: str, path: str, obj):
     """The registry entry of the plugin object `obj` at `path`, named by its path."""
     what = f"plugin {kind}"
     if kind == "probe":
-        from ..probe.registry import ProbeEntry
+        from ..probe.declare import ProbeEntry
 
         if not isinstance(obj, ProbeEntry):
             raise PluginError(f"{what} {path}: expected a lrscope.probe.registry.ProbeEntry, got "
@@ -172,7 +172,7 @@ def _declared(kind: str, path: str, obj):
             raise PluginError(f"{what} {path}: not a function (got {type(obj).__name__})")
         try:
             if kind == "model":
-                from .models import model_entry
+                from .model_registry import model_entry
 
                 e = model_entry(obj, name=path)
             else:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .config import option
+from .checks import option
 
 if TYPE_CHECKING:
     import torch
@@ -122,7 +122,7 @@ def bundle_from_arrays(train, test, *, name: str = "data", num_classes: int | No
     one-line `DataError`."""
     import torch
 
-    from .config import NAME_RE
+    from ..store.schema import NAME_RE
 
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise DataError(f"the data's name must be letters, digits and _ . - (starting with a letter), got {name!r}")
