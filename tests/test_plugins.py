@@ -156,7 +156,7 @@ def test_without_the_plugin_the_array_probes_are_computed(trained, tmp_path):
     reason = "not defined: plugin model own_model.nets:small_cnn: cannot import own_model.nets (ModuleNotFoundError"
     for probe in ("pruning", "attributions"):
         assert f"{probe}: {reason}" in r.stdout, r.stdout
-    assert "1 runs: 8 probes computed" in r.stdout, r.stdout  # accuracy, compressibility, representation, ...
+    assert "1 runs: 10 probes computed" in r.stdout, r.stdout  # accuracy, compressibility, representation, ...
     with pytest.raises(PluginMissing, match="own_model.nets:small_cnn: cannot import own_model.nets"):
         lrscope.load_model(store)
     r = cli("probe", "ls", store)  # says which probes are not defined here, and why
