@@ -328,13 +328,26 @@ def ba_bc_loss_ratio(logits, y, bias_conflicting, *, sample_dim: str | None = No
 
 
 # ------------------------------------------------------------------------------- compressibility
+def _unit_scaled(a: np.ndarray) -> np.ndarray:
+    """Non-negative vectors (last axis) divided by their largest finite entry where it is positive:
+    the scale-free measures below then neither underflow (tiny activations, whose squares would be
+    subnormal) nor overflow; vectors with an inf or all zeros are left as they are."""
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+        m = np.nanmax(np.where(np.isinf(a), np.nan, a), axis=-1, keepdims=True) if a.shape[-1] else None
+    if m is None:
+        return a
+    ok = np.isfinite(m) & (m > 0) & ~np.isinf(a).any(-1, keepdims=True)
+    return np.where(ok, a / np.where(ok, m, 1.0), a)
+
+
 def compressibility_np(a, q: float = 2, kappa: float = 0.1) -> np.ndarray:
     """Numpy core of :func:`compressibility`, along the last axis."""
     if not 0 <= kappa <= 1:
         raise MetricError(f"kappa must be in [0, 1], got {kappa}")
     if isinstance(q, bool) or not isinstance(q, (int, float, np.integer, np.floating)) or not q > 0:
         raise MetricError(f"compressibility needs a norm order q > 0 (‖·‖_q is no norm below), got {q!r}")
-    a = np.abs(np.asarray(a).astype(np.float64))
+    a = _unit_scaled(np.abs(np.asarray(a).astype(np.float64)))
     d = a.shape[-1]
     k = math.ceil(kappa * d)
     if d - k > 0:  # the d - k smallest are dropped (a partition finds them; their order does not matter)
@@ -399,7 +412,7 @@ def pq_index_np(a, p: float = 1, q: float = 2):
     if not 0 < p < q:
         raise MetricError(f"pq_index needs 0 < p < q, got p={p}, q={q}")
     d = a.shape[-1]
-    a = np.abs(a)
+    a = _unit_scaled(np.abs(np.asarray(a, dtype=np.float64)))
     with np.errstate(over="ignore", invalid="ignore"):  # a diverged network's activations overflow: inf is the truth
         lp = np.nansum(a**p, -1) ** (1 / p)
         lq = np.nansum(a**q, -1) ** (1 / q)

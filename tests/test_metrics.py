@@ -518,3 +518,17 @@ def test_last_mistake_by_hand():
     out = probe.last_mistake(idx, logits, np.array([0, 1, 0, 1]), n_samples=5)
     np.testing.assert_array_equal(out.values, [-1, 2, 1, -1, -1])
     assert out.dims == ("train_sample",)
+
+
+def test_scale_free_measures_survive_tiny_and_huge_magnitudes():
+    """Compressibility and the PQ-index do not depend on the vectors' scale: activations of 1e-159
+    (whose squares are subnormal) or 1e150 give the values of the same vectors at scale 1 (a case
+    hypothesis found: 4.35e-159 gave a PQ-index of -4e-8)."""
+    from lrscope.probe import metrics as M
+
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.standard_normal((5, 7)))
+    x[0] = 1.0  # a constant vector
+    for scale in (4.35262665e-159, 1e-300, 1e150):
+        np.testing.assert_allclose(M.compressibility_np(x * scale), M.compressibility_np(x), atol=1e-12)
+        np.testing.assert_allclose(M.pq_index_np(x * scale), M.pq_index_np(x), atol=1e-12)
