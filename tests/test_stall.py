@@ -91,3 +91,8 @@ def test_a_collapsed_run_is_flagged_stalled_in_ls(tmp_path):
     assert bool(ds.stalled) and float(ds.plateau_dead_input_fraction) >= ST.DEAD_INPUTS
     assert ds.plateau_steps.attrs["units"] == "steps" and not math.isnan(float(ds.plateau_accuracy))
     assert ds.dead_input_fraction.dims == ("snapshot",)
+    # the explorer's run list says it too
+    from lrscope.viz.app import SweepData, discover
+
+    d = SweepData.load(next(iter(discover([tmp_path]).values())))
+    assert d.flags.get(hi) == "stalled" and d.flags.get(lo) != "stalled", d.flags

@@ -117,6 +117,9 @@ class SweepData:
     per_snap: dict[str, list[np.ndarray]] = field(default_factory=dict)  # var -> per run (snapshot,)
     neurons: dict[str, list[np.ndarray]] = field(default_factory=dict)  # csi/bsi -> per run (snapshot, neuron)
     curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    # run id -> what `lrprobe ls` says of it where that is more than the stored status: "max_steps"
+    # (completed before its stop criterion), "stalled" (the stall probe's flag)
+    flags: dict[str, str] = field(default_factory=dict)
     _datasets: dict = field(default_factory=dict)
 
     @classmethod
@@ -138,6 +141,13 @@ class SweepData:
         sd.table = xr.Dataset({v: ("run", a, sw[v].attrs) for v, a in sd.scalars.items()},
                               coords={"run": sw.run.values, "run_id": ("run", [r.run_id for r in runs]),
                                       **{c: ("run", sw[c].values) for c in ("lr", "seed", "status")}})
+        for i, r in enumerate(runs):
+            if r.status != S.STATUS_COMPLETED:
+                continue
+            if "stalled" in sw and sw.stalled.dims == ("run",) and bool(sw.stalled.values[i] == 1):
+                sd.flags[r.run_id] = "stalled"
+            elif "stop_criterion_met" in sw.coords and not bool(sw.stop_criterion_met.values[i]):
+                sd.flags[r.run_id] = "max_steps"
         snap_it = np.asarray(sw.snapshot_iteration.values, dtype=float) if "snapshot_iteration" in sw else \
             np.zeros((n, 0))
         valid = np.isfinite(snap_it)
@@ -320,7 +330,7 @@ class Explorer:
         its = d.iterations()
         self.w_iter.options = its
         self.w_iter.value = its[-1]
-        self.w_run.options = {f"{r.run_id} ({r.status})": r.run_id for r in d.runs}
+        self.w_run.options = {f"{r.run_id} ({d.flags.get(r.run_id, r.status)})": r.run_id for r in d.runs}
         self.w_run.value = d.runs[-1].run_id
 
     def _chosen(self) -> list[int]:
