@@ -53,7 +53,7 @@ test-latest: system
 	$(LATEST)/bin/pip install -q --no-deps -e .
 	@$(LATEST)/bin/pip freeze --exclude-editable | diff <(grep -v '^#' requirements.lock | sort -f) <(sort -f -) \
 		| grep '^[<>]' || echo "newest releases = requirements.lock"
-	$(LATEST)/bin/python -m pytest -q
+	$(LATEST)/bin/python -m pytest -q -n $(TEST_WORKERS)
 
 # Rewrite requirements.lock from the test venv (after a deliberate upgrade, tested).
 lock: venv
