@@ -83,10 +83,14 @@ def probe_selection(ctx) -> xr.Dataset:
         return annotate(xr.DataArray(v, dims=["snapshot"], coords={"snapshot": snaps}), long_name, True,
                       description=description, units="fraction")
 
-    tl = in_memory(ds.test_logits)
-    full = evaluated_rows(tl, "test_sample")
-    logits = np.asarray(tl.isel(snapshot=full).values, dtype=np.float64)
-    y, b = ds.test_y.values.astype(np.int64), ds.test_b.values.astype(np.int64)
+    def at_full_snapshots(split: str):
+        """(positions of the full snapshots, their float64 logits, y, b) of a split's stored logits."""
+        lg = in_memory(ds[f"{split}_logits"])
+        rows = evaluated_rows(lg, f"{split}_sample")
+        return (rows, np.asarray(lg.isel(snapshot=rows).values, dtype=np.float64),
+                ds[f"{split}_y"].values.astype(np.int64), ds[f"{split}_b"].values.astype(np.int64))
+
+    full, logits, y, b = at_full_snapshots("test")
     if len(full):
         r = group_accuracy_np(logits, y, b)
         acc, worst = r["unbiased_accuracy"], r["worst_group_accuracy"]
@@ -112,10 +116,7 @@ def probe_selection(ctx) -> xr.Dataset:
         units="count")
 
     if "val_logits" in ds:
-        vl = in_memory(ds.val_logits)
-        vfull = evaluated_rows(vl, "val_sample")
-        vlog = np.asarray(vl.isel(snapshot=vfull).values, dtype=np.float64)
-        vy, vb = ds.val_y.values.astype(np.int64), ds.val_b.values.astype(np.int64)
+        vfull, vlog, vy, vb = at_full_snapshots("val")
         if len(vfull):
             vr = group_accuracy_np(vlog, vy, vb)
             vacc, vworst = vr["unbiased_accuracy"], vr["worst_group_accuracy"]
