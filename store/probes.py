@@ -19,7 +19,7 @@ import zarr
 from . import schema as S
 from .checked import COMPRESSORS
 from .reader import open_store
-from .writer import crash_point
+from .writer import crash_point, set_attrs
 from .zarr_internals import sync
 
 
@@ -46,7 +46,7 @@ def write_probe(path: Path, name: str, res: xr.Dataset) -> None:
     root = zarr.open_group(str(path), mode="r+")
     probes = root[S.G_PROBES] if S.G_PROBES in root else root.create_group(S.G_PROBES)
     if name in probes:
-        probes[name].attrs.update({"complete": 0})
+        set_attrs(probes[name], {"complete": 0})
         crash_point("probe")  # the crash tests stop here (old arrays intact, unmarked) or after the delete
         sync(root.store.delete_dir(group))
         crash_point("probe")
@@ -63,8 +63,8 @@ def write_probe(path: Path, name: str, res: xr.Dataset) -> None:
     sync(_copy_store(mem, root.store, group))
     crash_point("probe")  # arrays written, not yet marked
     # the arrays it wrote, with the mark (one metadata write): readers read these and ignore any other
-    zarr.open_group(str(path), path=group, mode="r+").attrs.update(
-        {S.ATTR_PROBE_ARRAYS: sorted(str(k) for k in res.variables), "complete": 1})
+    set_attrs(zarr.open_group(str(path), path=group, mode="r+"),
+              {S.ATTR_PROBE_ARRAYS: sorted(str(k) for k in res.variables), "complete": 1})
 
 
 async def _copy_store(src, dst, prefix: str) -> None:

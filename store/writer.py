@@ -1,9 +1,9 @@
 """Writing a run store. Training calls this with plain numpy arrays; it never sees torch.
 
 Crash safety: every append writes its data *beyond* the committed lengths first, then
-``commit()`` rewrites the root attributes (atomic on a local store: temp file + rename).
-A crash at any point leaves the previous commit intact; readers trim to it and a resume
-truncates the arrays back to the last committed checkpoint.
+``commit()`` rewrites the root attributes in one metadata write (`set_attrs`; atomic on a local
+store: temp file + rename). A crash at any point leaves the previous commit intact; readers trim
+to it and a resume truncates the arrays back to the last committed checkpoint.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from .checked import ARRAY_CONFIG, COMPRESSORS
 from .lock import RunLock
 
 # Fault injection for the crash tests: LRSCOPE_CRASH_AT="<point>:<n>" SIGKILLs this process the
-# n-th time it reaches <point> (flush, snapshot, checkpoint, optimizer, commit; probe: an old
-# probe result being deleted), mid-write.
+# n-th time it reaches <point> (flush, snapshot, checkpoint, optimizer, commit, shrink: a finished
+# run's arrays cut to length before its last commit; probe: an old probe result being deleted),
+# mid-write.
 _CRASH = os.environ.get("LRSCOPE_CRASH_AT", "")
 _crash_hits: dict[str, int] = {}
 
@@ -39,6 +40,15 @@ def crash_point(name: str) -> None:
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def set_attrs(node: zarr.Group | zarr.Array, attrs: dict[str, Any]) -> None:
+    """Merge `attrs` into a Zarr node's attributes with one write of its zarr.json. Not
+    ``node.attrs.update(attrs)``: zarr's Attributes is a MutableMapping whose update() rewrites
+    zarr.json once per key, so a process killed in between left a commit half made (its
+    committed lengths without its status: a finished run resumed at its end and recorded its final
+    snapshot twice; a new store with nothing but the lrscope marker, which no reader accepts)."""
+    node.update_attributes(dict(attrs))
 
 
 # Chunk sizes: log rows are flushed in blocks; a chunk holds several blocks.
@@ -117,7 +127,7 @@ class RunWriter:
         if log_logits not in S.LOG_POLICIES:
             raise StoreError(f"log_logits must be one of {', '.join(S.LOG_POLICIES)} here, got {log_logits!r}")
         root = zarr.open_group(str(path), mode="w", zarr_format=3)
-        root.attrs.update({
+        set_attrs(root, {
             S.ATTR_KIND: "run",
             S.ATTR_SCHEMA: S.SUMMARY_SCHEMA if log_logits == S.LOG_SUMMARY else S.CHECKSUM_SCHEMA,
             S.ATTR_LOG_LOGITS: log_logits,
@@ -315,12 +325,16 @@ class RunWriter:
             attrs[S.ATTR_REASON] = reason
         attrs.update(extra)
         crash_point("commit")
-        self.root.attrs.update(attrs)
+        set_attrs(self.root, attrs)
 
     def finish(self, status: str, reason: str, **extra: Any) -> None:
+        """The last flush and commit. Arrays grow in steps; a finished store is exact: they are cut
+        to the lengths about to be committed *before* the commit (only uncommitted rows go), so a
+        crash in between leaves a resumable run, never a finished store with rows past its end."""
         self.flush()
+        self._shrink_to_committed()
+        crash_point("shrink")
         self.commit(status=status, reason=reason, **extra)
-        self._shrink_to_committed()  # arrays grow in steps; a finished store is exact
 
 
 # ------------------------------------------------------------------------ array helpers

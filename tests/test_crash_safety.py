@@ -87,6 +87,35 @@ def _random_kill_trials(tmp_path, reference, trials, seed):
         assert_same_store(reference, next(out.glob("*.zarr")))
 
 
+def _write_kill(out, n):
+    script = os.path.join(os.path.dirname(__file__), "kill_at_write.py")
+    return subprocess.run([sys.executable, script, *ARGS, "--out", str(out)], capture_output=True, text=True,
+                          env=env(LRSCOPE_KILL_AT_WRITE=str(n)))
+
+
+@pytest.mark.slow
+@pytest.mark.integration  # a subprocess killed or signalled: after the fast suite (make test-slow)
+def test_killed_between_any_two_writes_of_creation_and_finish(tmp_path, reference):
+    """Killed before each of the first writes (the store's creation) and each of the last ones
+    (the final flush, snapshot, checkpoint, cut to length and commit): the run resumes to the
+    uninterrupted store. Found this way: zarr's attrs.update() wrote a commit key by key (a kill
+    in between left a store that no reader accepted, or a finished run that resumed at its end
+    and recorded its last snapshot twice), and a finished store cut to length after its commit."""
+    r = _write_kill(tmp_path / "count", 0)
+    assert r.returncode == 0, r.stderr[-1000:]
+    n = int(r.stderr.rsplit("zarr writes: ", 1)[1].split()[0])
+    for k in [*range(1, 7), *range(n - 30, n + 1)]:
+        out = tmp_path / f"k{k}"
+        r = _write_kill(out, k)
+        assert r.returncode == -9, (k, r.returncode, r.stderr[-500:])
+        r = subprocess.run(train_cmd(out), env=env(), capture_output=True, text=True)
+        assert r.returncode == 0, (k, r.stderr[-1000:])
+        try:
+            assert_same_store(reference, next(out.glob("*.zarr")))
+        except AssertionError as e:
+            raise AssertionError(f"killed at write {k} of {n}: {e}") from None
+
+
 @pytest.mark.integration  # a subprocess killed or signalled: after the fast suite (make test-slow)
 def test_killed_at_random_moments(tmp_path, reference):
     _random_kill_trials(tmp_path, reference, trials=1, seed=0)

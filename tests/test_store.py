@@ -162,3 +162,36 @@ def test_open_sweep_fast_path_matches_open_run(tiny_sweep):
         np.testing.assert_array_equal(sw.snapshot_iteration.isel(run=i).values[:ds.sizes["snapshot"]],
                                       ds.snapshot_iteration.values)
         assert float(sw.prunability.isel(run=i)) == float(ds.prunability)
+
+
+def test_every_commit_is_one_metadata_write(tmp_path, tiny, monkeypatch):
+    """zarr's attrs.update() rewrites zarr.json once per key: a commit made that way could be cut
+    between its committed lengths and its status (a finished run then resumed at its end and
+    recorded its last snapshot twice). Each lrscope attribute write is one write of zarr.json,
+    carrying every key; a finished store's arrays are cut to length before its last commit."""
+    from lrscope.store.writer import RunWriter
+
+    writes = []
+    real_set = zarr.storage.LocalStore.set
+
+    async def recording_set(self, key, value):
+        if key.endswith("zarr.json"):
+            writes.append((key, json.loads(value.to_bytes())))
+        return await real_set(self, key, value)
+
+    r = train_run(tiny(max_steps=40), tmp_path, progress=False)
+    zarr.open_group(str(r.path), mode="r+").attrs.update({"status": "running"})  # reopened as unfinished
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", recording_set)
+    w = RunWriter.resume(r.path)
+    root_writes = [a for k, a in writes if k == "zarr.json"]
+    assert len(root_writes) == 1 and root_writes[0]["attributes"]["reason"].startswith("resumed from")
+    writes.clear()
+    w.commit(status="running", reason="a test commit", extra_key=1)
+    assert [k for k, _ in writes] == ["zarr.json"]
+    attrs = writes[0][1]["attributes"]
+    assert attrs["reason"] == "a test commit" and attrs["extra_key"] == 1 and "committed" in attrs
+    writes.clear()
+    w.finish("completed", "done")
+    root_writes = [i for i, (k, _) in enumerate(writes) if k == "zarr.json"]
+    assert root_writes == [len(writes) - 1]  # the commit is the finish's last write: arrays first
+    assert writes[-1][1]["attributes"]["status"] == "completed"

@@ -29,7 +29,7 @@ from ..store import schema as S
 from ..store.lock import RunLock
 from ..store.nesting import check_not_in_store
 from ..store.reader import half_created, open_store, store_exists
-from ..store.writer import RunWriter
+from ..store.writer import RunWriter, set_attrs
 from .config import RunConfig, check_run_id
 from .data import DataBundle, Split, as_model_input, build_dataset, probe_subset
 from .optim import (
@@ -259,7 +259,7 @@ def _train_locked(cfg: RunConfig, path: Path, progress: bool, data: DataBundle |
         start = writer.committed["iteration"]
         if progress:
             print(f"{path.name}: resuming from iteration {start} (checkpoint {k})", file=sys.stderr, flush=True)
-        writer.root.attrs.update({S.ATTR_DATA_PLACEMENT: placement})  # this session's
+        set_attrs(writer.root, {S.ATTR_DATA_PLACEMENT: placement})  # this session's
     else:
         try:
             writer = create_store(path, cfg, bundle, model, probe_idx, device, lock, placement)
@@ -314,7 +314,7 @@ def create_store(path, cfg, bundle, model, probe_idx, device, lock, placement: s
         regions=bundle.regions, model_info=model_info, params=state_arrays(model),
         batch_size=min(cfg.batch_size, len(bundle.train)), num_classes=bundle.num_classes, device=str(device),
         log_logits=S.resolve_log_logits(cfg.log_logits, bundle.num_classes), lock=lock, has_bias=bundle.has_bias)
-    w.root.attrs.update({S.ATTR_DATA_PLACEMENT: placement})  # beside `device`: where the data lived
+    set_attrs(w.root, {S.ATTR_DATA_PLACEMENT: placement})  # beside `device`: where the data lived
     return w
 
 
