@@ -50,7 +50,7 @@ def reference(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- killed mid-write
-@pytest.mark.parametrize("point", ["flush:2", "snapshot:3", "checkpoint:2", "optimizer:3", "commit:4",
+@pytest.mark.parametrize("point", ["flush:2", "snapshot:3", "checkpoint:2", "optimizer:3", "commit:4", "shrink:1",
                                    pytest.param("snapshot:6", marks=pytest.mark.slow),
                                    pytest.param("checkpoint:5", marks=pytest.mark.slow),
                                    pytest.param("flush:7", marks=pytest.mark.slow),
