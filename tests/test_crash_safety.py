@@ -96,15 +96,15 @@ def _write_kill(out, n):
 @pytest.mark.slow
 @pytest.mark.integration  # a subprocess killed or signalled: after the fast suite (make test-slow)
 def test_killed_between_any_two_writes_of_creation_and_finish(tmp_path, reference):
-    """Killed before each of the first writes (the store's creation) and each of the last ones
-    (the final flush, snapshot, checkpoint, cut to length and commit): the run resumes to the
+    """Killed before each of the first writes (the store's creation) and every other one of the
+    last 31 (the final flush, snapshot, checkpoint, cut to length and commit): the run resumes to the
     uninterrupted store. Found this way: zarr's attrs.update() wrote a commit key by key (a kill
     in between left a store that no reader accepted, or a finished run that resumed at its end
     and recorded its last snapshot twice), and a finished store cut to length after its commit."""
     r = _write_kill(tmp_path / "count", 0)
     assert r.returncode == 0, r.stderr[-1000:]
     n = int(r.stderr.rsplit("zarr writes: ", 1)[1].split()[0])
-    for k in [*range(1, 7), *range(n - 30, n + 1)]:
+    for k in sorted({*range(1, 5), *range(n - 30, n + 1, 2), n - 1}):  # ~12 s each: 21 of them
         out = tmp_path / f"k{k}"
         r = _write_kill(out, k)
         assert r.returncode == -9, (k, r.returncode, r.stderr[-500:])
