@@ -78,7 +78,8 @@ def stop_line(sw, lrs, spec) -> list[str]:
         return []
     sel = np.isin(sw.lr.values, lrs)
     met = sw.stop_criterion_met.values.astype(bool)
-    cut = [f"LR {lr:g}: {int((~met[sw.lr.values == lr]).sum())}" for lr in lrs if (~met[sw.lr.values == lr]).any()]
+    at_cap = {lr: int((~met[sw.lr.values == lr]).sum()) for lr in lrs}
+    cut = [f"LR {lr:g}: {n}" for lr, n in at_cap.items() if n]
     max_steps = spec[0].max_steps
     if not cut:
         return [f"Every run at the LRs used reached the stop criterion ({int(sel.sum())} runs; "
