@@ -94,6 +94,7 @@ def _write_kill(out, n):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # ~8 min
 @pytest.mark.integration  # a subprocess killed or signalled: after the fast suite (make test-slow)
 def test_killed_between_any_two_writes_of_creation_and_finish(tmp_path, reference):
     """Killed before each of the first writes (the store's creation) and every other one of the
@@ -122,6 +123,7 @@ def test_killed_at_random_moments(tmp_path, reference):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # ~8 min
 def test_killed_at_random_moments_many(tmp_path, reference):
     _random_kill_trials(tmp_path, reference, trials=12, seed=1)
 

@@ -12,6 +12,7 @@ from lrscope.train.sweep import run_sweep
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.long  # ~2.5 min
 def test_parity_miniature_sweep_trend(tmp_path):
     configs = [RunConfig(lr=lr, seed=seed) for lr in (0.01, 0.1, 0.75) for seed in (0, 1)]
     res = run_sweep(configs, tmp_path, workers=2, progress=False)
@@ -38,6 +39,7 @@ def test_parity_miniature_sweep_trend(tmp_path):
 
 @pytest.mark.skipif(not __import__("lrscope.train.recipes", fromlist=["x"]).DEBIAN_FASHION.exists(),
                     reason="Debian's dataset-fashion-mnist not installed")
+@pytest.mark.long  # ~3 min
 def test_colored_fashion_mnist_cnn_fits_bias_conflicting_samples_last(tmp_path):
     """Colored MNIST on the Fashion-MNIST base, VGG-like CNN: trains to 100% training accuracy,
     and the per-step record shows the bias-conflicting samples being fit last."""
