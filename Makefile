@@ -41,7 +41,8 @@ test: lint system
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # The long checks, on the same workers: serially they took most of CI's 90 minutes (5328 s in all
-# on 2026-12-06). Their assertions hold under load (no wall-clock bounds, only ratios of work).
+# on 2026-12-06). Their checks hold under load: cost checks are ratios of times taken side by side,
+# and no test bounds a wall-clock time except start-up deadlines.
 test-slow: venv system
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15 -m 'slow or integration'
 
