@@ -41,8 +41,8 @@ test: lint system
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # The long checks, on the same workers: serially they took most of CI's 90 minutes (5328 s in all
-# on 2026-12-06). Their checks hold under load: cost checks are ratios of times taken side by side,
-# and no test bounds a wall-clock time except start-up deadlines.
+# on 2026-12-06). Cost checks are ratios of times taken side by side; a few wall-clock bounds remain
+# (start-up deadlines, a SIGINT'd sweep exiting within 60 s in test_interrupted_runs.py).
 test-slow: venv system
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15 -m 'slow or integration'
 
